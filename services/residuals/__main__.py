@@ -1,0 +1,5 @@
+import sys
+
+from residuals.cli import main
+
+sys.exit(main())

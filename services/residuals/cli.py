@@ -1,0 +1,45 @@
+"""The `residuals` console script.
+
+Each command group lives with the code it drives and exposes ``register(subparsers)``;
+this module only lists them, so adding a command never means editing another's code.
+Groups are imported lazily by name so `residuals replay` does not pay for Kafka imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> module that defines ``register(subparsers)``
+COMMAND_MODULES: dict[str, str] = {
+    "replay": "residuals.replay.command",
+    "stack": "residuals.stack.command",
+    "protos": "residuals.platform.protogen",
+}
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="residuals",
+        description="Per-use royalty metering for licensed AI likenesses.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in commands or COMMAND_MODULES:
+        importlib.import_module(COMMAND_MODULES[name]).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Import only the requested group when it is known: keeps start-up fast.
+    first = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser([first] if first in COMMAND_MODULES else None)
+    args = parser.parse_args(args_list)
+    result = args.handler(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
