@@ -1,0 +1,80 @@
+"""The one catalogue of Kafka topics.
+
+Services, the local stack (`residuals stack up`) and deployment code all read topic
+names and settings from here, so a topic is renamed or re-tuned in exactly one place.
+Names carry a ``.vN`` suffix: an incompatible change to a topic's records gets a new
+topic rather than a rewrite of an existing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic's name and the settings it is created with.
+
+    ``compacted`` topics keep the latest record per key forever (they are tables, e.g.
+    licences); the others are time-retained logs, ``retention_ms`` of -1 meaning forever.
+    Partition counts are not here: they depend on the environment (local stack, cluster).
+    """
+
+    name: str
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    description: str = ""
+
+    def qualified(self, prefix: str = "") -> str:
+        """The name with ``prefix`` (``RESIDUALS_TOPIC_PREFIX``, used to isolate tests)."""
+        return f"{prefix}{self.name}"
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration as passed to Kafka's CreateTopics."""
+        if self.compacted:
+            return {"cleanup.policy": "compact"}
+        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+
+
+USAGE = Topic(
+    "residuals.usage.v1",
+    retention_ms=7 * DAY_MS,
+    description="raw usage events as accepted by the ingest API",
+)
+USAGE_RATED = Topic(
+    "residuals.usage.rated.v1",
+    retention_ms=30 * DAY_MS,
+    description="usage events priced against their licence",
+)
+ALERTS = Topic(
+    "residuals.alerts.v1",
+    retention_ms=30 * DAY_MS,
+    description="scope violations, quota breaches and other alerts",
+)
+USAGE_DLQ = Topic(
+    "residuals.usage.dlq.v1",
+    retention_ms=30 * DAY_MS,
+    description="usage events that could not be processed, with the reason",
+)
+LICENCES = Topic(
+    "residuals.licences.v1",
+    compacted=True,
+    description="current licence terms keyed by licence id (compacted table)",
+)
+PAYOUTS = Topic(
+    "residuals.payouts.v1",
+    retention_ms=90 * DAY_MS,
+    description="payout statements per licence and period",
+)
+
+ALL: tuple[Topic, ...] = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, PAYOUTS)
+
+
+def by_name(name: str) -> Topic:
+    """Look a topic up by its unprefixed name; KeyError names the unknown topic."""
+    for topic in ALL:
+        if topic.name == name:
+            return topic
+    raise KeyError(f"unknown topic {name!r}")
