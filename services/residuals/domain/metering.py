@@ -1,0 +1,166 @@
+"""The incremental API: classify and price one use given the licence and its counters.
+
+The real-time meter calls :func:`rate_event` per event in arrival order (an estimate); the
+period statement folds the same function over the period's events in
+``(occurred_at, event_id)`` order (the contract). One function, so no rule exists twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, localcontext
+
+from residuals.domain.events import UsageEvent
+from residuals.domain.licences import Licence, LicenceVersion
+from residuals.domain.money import MONEY_CONTEXT, ZERO
+from residuals.domain.pricing import (
+    ad_amount,
+    held_amount,
+    render_tier_slices,
+    view_amount,
+    view_rate,
+)
+from residuals.domain.scope import exclusion, scope_violation
+from residuals.domain.vocabulary import Kind, Metric, OnExceed, Violation
+
+
+@dataclass(slots=True)
+class LicenceCounters:
+    """Per-licence state the rules need between events of one period.
+
+    Tier position and quota usage reset with the period; an automatic suspension does not
+    (it lasts until a person reinstates the licence).
+    """
+
+    period: str | None = None
+    billed_renders: int = 0
+    quota_used: dict[str, int] = field(default_factory=dict)
+    quota_near: set[str] = field(default_factory=set)
+    auto_suspended_since: datetime | None = None
+
+    def enter_period(self, period: str) -> None:
+        if self.period != period:
+            self.period = period
+            self.billed_renders = 0
+            self.quota_used = {}
+            self.quota_near = set()
+
+
+@dataclass(frozen=True, slots=True)
+class Portion:
+    """Units of one event that land on one statement line (billed) or one held line."""
+
+    units: int
+    version: int
+    violation: Violation | None  # None: billed
+    tier: int | None = None  # billed renders
+    channel: str | None = None
+    rate: Decimal | None = None  # render unit price / effective view CPM
+    revenue: Decimal = ZERO  # ad impressions, pro rata to units
+    amount: Decimal = ZERO  # exact, unrounded
+
+    @property
+    def held(self) -> bool:
+        return self.violation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """Everything one use did: exclusion, priced portions, violations, suspension."""
+
+    event: UsageEvent
+    version: int
+    excluded: str | None = None  # "ivt" | "non_viewable"
+    portions: tuple[Portion, ...] = ()
+    violations: tuple[Violation, ...] = ()
+    suspended_licence: bool = False
+
+    @property
+    def earned_estimate(self) -> Decimal:
+        return sum((p.amount for p in self.portions if not p.held), ZERO)
+
+    @property
+    def held_estimate(self) -> Decimal:
+        return sum((p.amount for p in self.portions if p.held), ZERO)
+
+
+def _revenue_share(event: UsageEvent, units: int) -> Decimal:
+    """Ad revenue for ``units`` of the event, pro rata when the event is split."""
+    revenue = event.ad_revenue or ZERO
+    if units == event.quantity:
+        return revenue
+    return revenue * units / event.quantity
+
+
+def _held(event: UsageEvent, v: LicenceVersion, units: int, violation: Violation) -> Portion:
+    revenue = _revenue_share(event, units) if event.kind is Kind.AD_IMPRESSION else ZERO
+    amount = held_amount(v.rates, event.kind, event.channel, units, revenue)
+    return Portion(units, v.version, violation, channel=event.channel, revenue=revenue, amount=amount)
+
+
+def _billed(
+    event: UsageEvent, v: LicenceVersion, units: int, counters: LicenceCounters
+) -> list[Portion]:
+    rates = v.rates
+    if event.kind is Kind.RENDER:
+        slices = list(render_tier_slices(rates, counters.billed_renders, units))
+        counters.billed_renders += units
+        return [
+            Portion(s.units, v.version, None, tier=s.tier, rate=s.unit_price, amount=s.units * s.unit_price)
+            for s in slices
+        ]
+    if event.kind is Kind.VIEW:
+        rate = view_rate(rates, event.channel)
+        amount = view_amount(rates, event.channel, units)
+        return [Portion(units, v.version, None, channel=event.channel, rate=rate, amount=amount)]
+    revenue = _revenue_share(event, units)
+    amount = ad_amount(rates, event.channel, units, revenue)
+    return [Portion(units, v.version, None, channel=event.channel, revenue=revenue, amount=amount)]
+
+
+def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -> Rating:
+    """Classify and price one valid, de-duplicated usage event (§4-7); updates ``counters``."""
+    if event.kind is Kind.RETRACTION:
+        raise ValueError("retractions are resolved by identity, not rated")
+    version = licence.version_at(event.occurred_at)
+    excluded = exclusion(event)
+    if excluded is not None:
+        return Rating(event, version.version, excluded=excluded)
+
+    with localcontext(MONEY_CONTEXT):
+        violation = scope_violation(event, licence, version, counters.auto_suspended_since)
+        if violation is not None:
+            suspends = (
+                violation.suspends
+                and version.auto_suspend_on_critical
+                and counters.auto_suspended_since is None
+            )
+            if suspends:
+                counters.auto_suspended_since = event.occurred_at
+            held = _held(event, version, event.quantity, violation)
+            return Rating(event, version.version, None, (held,), (violation,), suspends)
+        return _rate_in_scope(event, version, counters)
+
+
+def _rate_in_scope(event: UsageEvent, v: LicenceVersion, counters: LicenceCounters) -> Rating:
+    metric = event.kind.value
+    quota = v.quota(Metric(metric))
+    billable, over = event.quantity, 0
+    violations: list[Violation] = []
+    if quota is not None:
+        used = counters.quota_used.get(metric, 0)
+        now = used + event.quantity
+        counters.quota_used[metric] = now
+        if metric not in counters.quota_near and now * 5 >= quota.limit * 4:
+            counters.quota_near.add(metric)
+            violations.append(Violation.QUOTA_NEAR)
+        if now > quota.limit:
+            over = now - max(used, quota.limit)
+            violations.append(Violation.QUOTA_EXCEEDED)
+            if quota.on_exceed is OnExceed.BLOCK:
+                billable -= over
+    portions = _billed(event, v, billable, counters) if billable else []
+    if over and quota is not None and quota.on_exceed is OnExceed.BLOCK:
+        portions.append(_held(event, v, over, Violation.QUOTA_EXCEEDED))
+    return Rating(event, v.version, None, tuple(portions), tuple(violations))
