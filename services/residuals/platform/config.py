@@ -142,6 +142,12 @@ class KafkaSettings:
     topic_prefix: str = env(
         "RESIDUALS_TOPIC_PREFIX", "", help="prefix for every topic name (test isolation)"
     )
+    topic_partitions: int = env(
+        "RESIDUALS_TOPIC_PARTITIONS",
+        6,
+        help="partitions of the topics services create (faust changelogs must match sources)",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""faust-streaming applications configured for Residuals' stream processors.
+
+Processing is **at least once**, never faust's ``exactly_once``: that mode has open
+issues (rebalance crashes, duplicates), so every sink downstream of a faust agent is
+idempotent instead (ARCHITECTURE.md, "Money must be exactly right").
+
+The app is configured only from our typed settings: faust otherwise reads dozens of
+environment variables (``BROKER_URL``, ``WEB_PORT``, ``STORE``, ``DATADIR``...) that would
+silently override what the service was given, so it is handed an empty environment.
+The app id carries ``RESIDUALS_TOPIC_PREFIX`` because faust derives the consumer group
+and its internal topic names (``<id>-<table>-changelog``, ``<id>-__assignor-__leader``)
+from it: a prefixed test run then shares nothing with other runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from residuals.platform.config import KafkaSettings
+
+if TYPE_CHECKING:
+    import faust
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    """``host1:9092,host2:9092`` (librdkafka style) -> ``["kafka://host1:9092", ...]``."""
+    urls = []
+    for server in bootstrap_servers.split(","):
+        server = server.strip()
+        if not server:
+            continue
+        if "://" in server:
+            server = server.split("://", 1)[1]
+        urls.append(f"kafka://{server}")
+    if not urls:
+        raise ValueError("no Kafka bootstrap servers configured")
+    return urls
+
+
+def faust_settings(
+    kafka: KafkaSettings,
+    *,
+    data_dir: Path | str,
+    web_port: int | None = None,
+    web_host: str = "127.0.0.1",
+    store: str = "memory://",
+    replication_factor: int = 1,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The keyword settings :func:`make_faust_app` passes to ``faust.App`` (pure)."""
+    settings: dict[str, Any] = {
+        "broker": broker_urls(kafka.bootstrap_servers),
+        "processing_guarantee": "at_least_once",
+        # Tables in memory, rebuilt from their changelog topics on start (rocksdb is not
+        # installed; state stays small per partition).
+        "store": store,
+        "datadir": str(data_dir),
+        "topic_partitions": kafka.topic_partitions,
+        "topic_replication_factor": replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "web_enabled": web_port is not None,
+        "web_port": web_port if web_port is not None else 6066,
+        "web_bind": web_host,
+        "web_host": web_host,
+        "autodiscover": False,
+        # Only our settings count: see the module docstring.
+        "env": {},
+    }
+    settings.update(overrides)
+    return settings
+
+
+def make_faust_app(
+    name: str,
+    kafka: KafkaSettings,
+    *,
+    data_dir: Path | str,
+    web_port: int | None = None,
+    **overrides: Any,
+) -> faust.App:
+    """A faust ``App`` named ``<topic prefix><name>`` (also its consumer group id).
+
+    ``web_port=None`` disables faust's web server (services expose /metrics through
+    :mod:`residuals.platform.telemetry` instead); ``replication_factor`` (default 1, for
+    the single-broker local stack), ``store``, ``web_host`` and any other faust setting
+    can be passed as keyword overrides.
+    """
+    import faust
+
+    settings = faust_settings(kafka, data_dir=data_dir, web_port=web_port, **overrides)
+    return faust.App(f"{kafka.topic_prefix}{name}", **settings)
+
+
+def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
+    """Run ``app`` until SIGTERM/SIGINT, keeping the logging set up by ``init_telemetry``.
+
+    faust/mode workers replace the root logging handlers and redirect stdout by default;
+    both are switched off so the service's JSON log lines stay intact. Exits the process.
+    """
+    import faust
+
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
