@@ -75,11 +75,14 @@ def parse_timestamp(value: Any) -> datetime:
     return parsed.astimezone(UTC)
 
 
+_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
+
+
 def _text(raw: Mapping[str, Any], name: str) -> str | None:
     value = raw.get(name)
     if value is None:
         return None
-    text = str(value).strip()
+    text = (value if value.__class__ is str else str(value)).strip()
     return text or None
 
 
@@ -132,9 +135,9 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
         return Rejection(reason, detail, vendor_id, event_id)
 
     kind_text = _text(raw, "kind")
-    if kind_text not in Kind.__members__:
+    kind = _KINDS.get(kind_text or "")
+    if kind is None:
         return reject(RejectReason.MALFORMED, f"unknown kind {kind_text!r}")
-    kind = Kind(kind_text)
     if event_id is None:
         return reject(RejectReason.MALFORMED, "missing event_id")
     if vendor_id is None:
@@ -158,11 +161,10 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
             if value is None:
                 return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without {name}")
             fields[name] = value
-        if kind in (Kind.VIEW, Kind.AD_IMPRESSION):
-            channel = _text(raw, "channel")
-            if channel is None:
-                return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without channel")
-            fields["channel"] = channel
+        channel = _text(raw, "channel")
+        if channel is None and kind in (Kind.VIEW, Kind.AD_IMPRESSION):
+            return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without channel")
+        fields["channel"] = channel  # a render has no channel, but it is part of the payload
         if kind is Kind.AD_IMPRESSION:
             revenue, currency = _money_field(raw.get("ad_revenue"))
             if revenue is None or revenue < 0:
@@ -170,7 +172,9 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
                     RejectReason.MALFORMED, "ad impression without non-negative ad_revenue"
                 )
             fields["ad_revenue"] = revenue
-            fields["ad_currency"] = _text(raw, "ad_revenue_currency") or currency
+            fields["ad_currency"] = (
+                _text(raw, "ad_revenue_currency") or _text(raw, "currency") or currency
+            )
         for name, default in (("viewable", True), ("ivt", False)):
             flag = _flag(raw, name, default)
             if flag is None:

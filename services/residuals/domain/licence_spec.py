@@ -235,23 +235,44 @@ def _version(r: _Reader, number: int, effective_from: datetime | None) -> Licenc
     )
 
 
-def _windows(r: _Reader, key: str) -> tuple[Window, ...]:
+_SUSPENSION_KEYS = ("suspensions", "suspension_windows")
+
+
+def _windows(r: _Reader) -> list[Window]:
+    """Suspension windows ``[from, until)``; ``until`` absent means still suspended."""
     windows = []
-    for i, item in enumerate(r.items(key)):
-        w = _Reader(item, f"{r.at(key)}[{i}]")
-        start = w.time("from")
-        end = w.time("until", required=False)
-        assert start is not None
-        if end is not None and end <= start:
-            raise SpecError(w.at("until"), "must be after from")
-        windows.append(Window(start, end))
-    return tuple(windows)
+    for key in _SUSPENSION_KEYS:
+        for i, item in enumerate(r.items(key)):
+            w = _Reader(item, f"{r.at(key)}[{i}]")
+            start_key = next((k for k in ("from", "start", "starts_at") if w.has(k)), "from")
+            end_key = next((k for k in ("until", "end", "ends_at") if w.has(k)), "until")
+            start = w.time(start_key)
+            end = w.time(end_key, required=False)
+            assert start is not None
+            if end is not None and end <= start:
+                raise SpecError(w.at(end_key), f"must be after {start_key}")
+            windows.append(Window(start, end))
+    return windows
+
+
+def _reinstatements(r: _Reader) -> list[datetime]:
+    values = r.items("reinstatements")
+    if r.has("reinstated_at"):
+        single = r.data["reinstated_at"]
+        values += single if isinstance(single, list) else [single]
+    times = []
+    for i, value in enumerate(values):
+        try:
+            times.append(parse_timestamp(value))
+        except (ValueError, TypeError):
+            raise SpecError(r.at(f"reinstatements[{i}]"), f"is not a timestamp: {value!r}") from None
+    return times
 
 
 def _merge(base: Mapping[str, Any], amendment: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in amendment.items():
-        if key in ("effective_from", "version"):
+        if key in ("effective_from", "version", *_SUSPENSION_KEYS, "reinstatements", "reinstated_at"):
             continue
         if key in _NESTED and isinstance(value, Mapping):
             merged[key] = {**(base.get(key) or {}), **value}
@@ -270,6 +291,7 @@ def parse_licence(data: Any, path: str = "licence") -> Licence:
     versions = [_version(r, number, None)]
     spec: dict[str, Any] = dict(r.data)
     last_effective: datetime | None = None
+    windows, reinstated = _windows(r), _reinstatements(r)
     for i, item in enumerate(r.items("amendments")):
         a = _Reader(item, f"{r.at('amendments')}[{i}]")
         for key in _IDENTITY:
@@ -280,16 +302,14 @@ def parse_licence(data: Any, path: str = "licence") -> Licence:
         if last_effective is not None and effective <= last_effective:
             raise SpecError(a.at("effective_from"), "amendments must be in time order")
         number = a.integer("version", number + 1, minimum=number + 1)
+        windows += _windows(a)
+        reinstated += _reinstatements(a)
         spec = _merge(spec, a.data)
         versions.append(_version(_Reader(spec, a.path), number, effective))
         last_effective = effective
-    suspensions = _windows(r, "suspensions")
-    reinstatements = tuple(
-        sorted(parse_timestamp(v) for v in r.items("reinstatements"))
-    )
     return Licence(
         **identity,
         versions=tuple(versions),
-        suspensions=suspensions,
-        reinstatements=reinstatements,
+        suspensions=tuple(dict.fromkeys(windows)),
+        reinstatements=tuple(sorted(set(reinstated))),
     )

@@ -85,6 +85,9 @@ class Rating:
         return sum((p.amount for p in self.portions if p.held), ZERO)
 
 
+_METRICS: dict[str, Metric] = {m.value: m for m in Metric}
+
+
 def _revenue_share(event: UsageEvent, units: int) -> Decimal:
     """Ad revenue for ``units`` of the event, pro rata when the event is split."""
     revenue = event.ad_revenue or ZERO
@@ -145,7 +148,7 @@ def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -
 
 def _rate_in_scope(event: UsageEvent, v: LicenceVersion, counters: LicenceCounters) -> Rating:
     metric = event.kind.value
-    quota = v.quota(Metric(metric))
+    quota = v.quota(_METRICS[metric]) if v.quotas else None
     billable, over = event.quantity, 0
     violations: list[Violation] = []
     if quota is not None:
