@@ -27,7 +27,10 @@ def make_licences(count: int, vendors: int, seed: int = 7) -> list[dict[str, Any
         currency = CURRENCIES[i % len(CURRENCIES)]
         scale = 100 if currency == "JPY" else 1
         tiers = [
-            {"up_to": rng.choice([100, 500, 1000]), "unit_price": f"{rng.choice([0.5, 0.75, 1.0]) * scale:.2f}"},
+            {
+                "up_to": rng.choice([100, 500, 1000]),
+                "unit_price": f"{rng.choice([0.5, 0.75, 1.0]) * scale:.2f}",
+            },
             {"up_to": None, "unit_price": f"{rng.choice([0.3, 0.4]) * scale:.2f}"},
         ]
         spec: dict[str, Any] = {
@@ -96,7 +99,9 @@ def make_events(
             "avatar_id": lic["avatar_id"],
             "occurred_at": occurred.isoformat(),
             "category": rng.choice(lic["scope"]["categories_allowed"]),
-            "territory": rng.choice(lic["scope"]["territories_allowed"] if lic_index % 3 == 0 else TERRITORIES),
+            "territory": rng.choice(
+                lic["scope"]["territories_allowed"] if lic_index % 3 == 0 else TERRITORIES
+            ),
         }
         if roll < 0.006:
             event["category"] = rng.choice(FORBIDDEN)

@@ -17,12 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from month import make_events, make_licences  # noqa: E402
-
-from residuals.domain.events import parse_event  # noqa: E402
-from residuals.domain.licence_spec import parse_licence  # noqa: E402
-from residuals.domain.period import Period  # noqa: E402
-from residuals.domain.statement import compute_statement  # noqa: E402
+from month import make_events, make_licences
+from residuals.domain.events import parse_event
+from residuals.domain.licence_spec import parse_licence
+from residuals.domain.period import Period
+from residuals.domain.statement import compute_statement
 
 
 def main() -> int:

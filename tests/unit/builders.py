@@ -27,7 +27,10 @@ BASE_LICENCE: dict[str, Any] = {
         "channels_allowed": ["web", "social"],
     },
     "rates": {
-        "render_tiers": [{"up_to": 10, "unit_price": "1.00"}, {"up_to": None, "unit_price": "0.50"}],
+        "render_tiers": [
+            {"up_to": 10, "unit_price": "1.00"},
+            {"up_to": None, "unit_price": "0.50"},
+        ],
         "view_cpm": "2.00",
         "ad_revenue_share": "0.50",
         "ad_floor_cpm": "1.00",

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from residuals.replay.casefile import CaseError, load_case
 
 pytestmark = pytest.mark.unit
@@ -29,22 +28,58 @@ def _write(tmp_path: Path, mutate: Any) -> Path:
     ("mutate", "field", "message"),
     [
         (lambda d: d.update(period="October"), "period", "YYYY-MM"),
-        (lambda d: d["licences"][0]["rates"].update(view_cpm="cheap"), "licences[0].rates.view_cpm", "not a decimal"),
-        (lambda d: d["licences"][0]["rates"].update(view_cpm=4.0), "licences[0].rates.view_cpm", "decimal string"),
-        (lambda d: d["licences"][0].update(splits={"A": "0.5", "B": "0.4"}), "licences[0].splits", "sum to 1"),
+        (
+            lambda d: d["licences"][0]["rates"].update(view_cpm="cheap"),
+            "licences[0].rates.view_cpm",
+            "not a decimal",
+        ),
+        (
+            lambda d: d["licences"][0]["rates"].update(view_cpm=4.0),
+            "licences[0].rates.view_cpm",
+            "decimal string",
+        ),
+        (
+            lambda d: d["licences"][0].update(splits={"A": "0.5", "B": "0.4"}),
+            "licences[0].splits",
+            "sum to 1",
+        ),
         (lambda d: d["licences"][0].update(currency="XXX"), "licences[0].currency", "ISO 4217"),
         (lambda d: d["licences"][0].pop("vendor_id"), "licences[0].vendor_id", "required"),
-        (lambda d: d["licences"][0]["rates"].update(render_tiers=[{"up_to": 5, "unit_price": "1"}]),
-         "licences[0].rates.render_tiers", "last tier must be open"),
-        (lambda d: d["licences"][0]["rates"].update(render_tiers=[
-            {"up_to": 5, "unit_price": "1"}, {"up_to": 3, "unit_price": "1"}, {"up_to": None, "unit_price": "1"}]),
-         "licences[0].rates.render_tiers[1].up_to", "ascending"),
-        (lambda d: d["licences"][0].update(ends_at="2025-01-01T00:00:00Z"), "licences[0].ends_at", "after starts_at"),
-        (lambda d: d["licences"][0]["scope"].update(territories_allowed=["usa"]),
-         "licences[0].scope.territories_allowed", "ISO 3166"),
+        (
+            lambda d: d["licences"][0]["rates"].update(
+                render_tiers=[{"up_to": 5, "unit_price": "1"}]
+            ),
+            "licences[0].rates.render_tiers",
+            "last tier must be open",
+        ),
+        (
+            lambda d: d["licences"][0]["rates"].update(
+                render_tiers=[
+                    {"up_to": 5, "unit_price": "1"},
+                    {"up_to": 3, "unit_price": "1"},
+                    {"up_to": None, "unit_price": "1"},
+                ]
+            ),
+            "licences[0].rates.render_tiers[1].up_to",
+            "ascending",
+        ),
+        (
+            lambda d: d["licences"][0].update(ends_at="2025-01-01T00:00:00Z"),
+            "licences[0].ends_at",
+            "after starts_at",
+        ),
+        (
+            lambda d: d["licences"][0]["scope"].update(territories_allowed=["usa"]),
+            "licences[0].scope.territories_allowed",
+            "ISO 3166",
+        ),
         (lambda d: d["events"][0].update(repeat="many"), "events[0].repeat", "whole number"),
         (lambda d: d.update(events=["not an event"]), "events[0]", "mapping"),
-        (lambda d: d["licences"][0].update(quotas=[{"metric": "HOVER", "limit": 3}]), "licences[0].quotas[0].metric", "one of"),
+        (
+            lambda d: d["licences"][0].update(quotas=[{"metric": "HOVER", "limit": 3}]),
+            "licences[0].quotas[0].metric",
+            "one of",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, mutate: Any, field: str, message: str) -> None:
@@ -59,7 +94,10 @@ def test_bad_fields_are_named(tmp_path: Path, mutate: Any, field: str, message: 
 def test_the_command_prints_the_error_not_a_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda d: d["licences"][0]["rates"].update(view_cpm="cheap"))
     result = subprocess.run(
-        [sys.executable, "-m", "residuals", "replay", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "residuals", "replay", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -67,7 +105,7 @@ def test_the_command_prints_the_error_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
-    with pytest.raises(CaseError, match="missing.yaml"):
+    with pytest.raises(CaseError, match=r"missing\.yaml"):
         load_case(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("period: [unclosed\n")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from residuals.cli import main
 from residuals.replay.compare import differences
 
@@ -23,7 +22,9 @@ def test_the_worked_cases_are_in_the_repository() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
-def test_replay_prints_the_expected_statement(case: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_prints_the_expected_statement(
+    case: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["replay", str(case)]) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = yaml.safe_load(case.read_text())["expected"]

@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import pytest
 from builders import dlq, ev, licence, licence_spec, only, statement, violations
-
 from residuals.domain.licence_spec import parse_licence
 
 pytestmark = pytest.mark.unit
@@ -43,7 +42,11 @@ def test_suspension_window_holds_uses_inside_it_only() -> None:
 
 def test_open_suspension_window_holds_everything_after() -> None:
     lic = licence(suspensions=[{"from": "2026-10-15T00:00:00Z"}])
-    doc = only(statement([lic], [ev(occurred_at="2026-10-20T00:00:00Z"), ev(occurred_at="2026-10-01T00:00:00Z")]))
+    doc = only(
+        statement(
+            [lic], [ev(occurred_at="2026-10-20T00:00:00Z"), ev(occurred_at="2026-10-01T00:00:00Z")]
+        )
+    )
     assert doc["held"][0]["units"] == 1 and doc["lines"][0]["units"] == 1
 
 
@@ -72,7 +75,13 @@ def test_reinstatement_lifts_an_automatic_suspension() -> None:
 
 def test_auto_suspension_can_be_switched_off() -> None:
     lic = licence(auto_suspend_on_critical=False)
-    doc = statement([lic], [ev(category="political", occurred_at="2026-10-10T00:00:00Z"), ev(occurred_at="2026-10-11T00:00:00Z")])
+    doc = statement(
+        [lic],
+        [
+            ev(category="political", occurred_at="2026-10-10T00:00:00Z"),
+            ev(occurred_at="2026-10-11T00:00:00Z"),
+        ],
+    )
     assert violations(doc) == {"FORBIDDEN_CATEGORY": 1}
 
 
@@ -104,18 +113,42 @@ def test_forbidden_category_is_checked_before_the_allow_list() -> None:
 
 
 def test_channel_is_checked_for_views_not_renders() -> None:
-    doc = statement([licence()], [ev("VIEW", channel="broadcast", quantity=1000), ev(channel="broadcast")])
+    doc = statement(
+        [licence()], [ev("VIEW", channel="broadcast", quantity=1000), ev(channel="broadcast")]
+    )
     assert violations(doc) == {"CHANNEL_NOT_LICENSED": 1}
     held = only(doc)["held"]
     # 1000 views at CPM 2.00, times the default unlicensed-use multiplier 2
-    assert held == [{"violation": "CHANNEL_NOT_LICENSED", "kind": "VIEW", "units": 1000, "amount": "4.00"}]
+    assert held == [
+        {"violation": "CHANNEL_NOT_LICENSED", "kind": "VIEW", "units": 1000, "amount": "4.00"}
+    ]
 
 
 def test_held_ad_impression_uses_revenue_share_floor_and_multipliers() -> None:
     lic = licence(scope={"territories_allowed": ["US"]})
-    doc = only(statement([lic], [ev("AD_IMPRESSION", territory="FR", channel="social", quantity=1000, ad_revenue="3.00")]))
+    doc = only(
+        statement(
+            [lic],
+            [
+                ev(
+                    "AD_IMPRESSION",
+                    territory="FR",
+                    channel="social",
+                    quantity=1000,
+                    ad_revenue="3.00",
+                )
+            ],
+        )
+    )
     # max(3.00 * 0.50, 1000 * 1.00 / 1000) = 1.50, x social 2 = 3.00, x unlicensed 2 = 6.00
-    assert doc["held"] == [{"violation": "TERRITORY_NOT_LICENSED", "kind": "AD_IMPRESSION", "units": 1000, "amount": "6.00"}]
+    assert doc["held"] == [
+        {
+            "violation": "TERRITORY_NOT_LICENSED",
+            "kind": "AD_IMPRESSION",
+            "units": 1000,
+            "amount": "6.00",
+        }
+    ]
 
 
 def test_quota_block_splits_an_ad_impression_with_revenue_pro_rata() -> None:
@@ -124,10 +157,19 @@ def test_quota_block_splits_an_ad_impression_with_revenue_pro_rata() -> None:
     block = only(doc)
     # billed 300 units with 7.50 revenue: max(3.75, 0.30) = 3.75
     assert block["lines"] == [
-        {"kind": "AD_IMPRESSION", "version": 1, "channel": "web", "units": 300, "revenue": "7.50", "amount": "3.75"}
+        {
+            "kind": "AD_IMPRESSION",
+            "version": 1,
+            "channel": "web",
+            "units": 300,
+            "revenue": "7.50",
+            "amount": "3.75",
+        }
     ]
     # held 100 units with 2.50 revenue: max(1.25, 0.10) x 2 = 2.50
-    assert block["held"] == [{"violation": "QUOTA_EXCEEDED", "kind": "AD_IMPRESSION", "units": 100, "amount": "2.50"}]
+    assert block["held"] == [
+        {"violation": "QUOTA_EXCEEDED", "kind": "AD_IMPRESSION", "units": 100, "amount": "2.50"}
+    ]
     assert violations(doc) == {"QUOTA_EXCEEDED": 1, "QUOTA_NEAR": 1, "UNREPORTED_RENDER": 1}
 
 
@@ -141,7 +183,9 @@ def test_quota_alert_bills_past_the_limit_and_tiers_count_those_renders() -> Non
 
 def test_quota_near_is_raised_once_even_when_one_event_jumps_past_the_limit() -> None:
     lic = licence(quotas=[{"metric": "VIEW", "limit": 100, "on_exceed": "block"}])
-    doc = statement([lic], [ev("VIEW", quantity=50), ev("VIEW", quantity=500), ev("VIEW", quantity=5)])
+    doc = statement(
+        [lic], [ev("VIEW", quantity=50), ev("VIEW", quantity=500), ev("VIEW", quantity=5)]
+    )
     assert violations(doc) == {"QUOTA_NEAR": 1, "QUOTA_EXCEEDED": 2, "UNREPORTED_RENDER": 1}
     assert only(doc)["lines"][0]["units"] == 100
     assert only(doc)["held"][0]["units"] == 455
@@ -167,22 +211,35 @@ def test_excluded_traffic_is_not_a_use() -> None:
     )
     block = only(doc)
     assert block["excluded"] == {"duplicates": 0, "ivt": 60, "non_viewable": 30, "retracted": 0}
-    assert violations(doc) == {"UNREPORTED_RENDER": 1}  # the non-viewable ad impression still counts
+    assert violations(doc) == {
+        "UNREPORTED_RENDER": 1
+    }  # the non-viewable ad impression still counts
     assert block["lines"][0]["kind"] == "AD_IMPRESSION" and block["lines"][0]["units"] == 10
 
 
 def test_unreported_renders_are_counted_per_render_id() -> None:
     doc = statement(
         [licence()],
-        [ev(render_id="r1"), ev("VIEW", render_id="r1"), ev("VIEW", render_id="ghost"), ev("AD_IMPRESSION", render_id="ghost"),
-         ev("VIEW", render_id="ghost-2", ivt=True)],
+        [
+            ev(render_id="r1"),
+            ev("VIEW", render_id="r1"),
+            ev("VIEW", render_id="ghost"),
+            ev("AD_IMPRESSION", render_id="ghost"),
+            ev("VIEW", render_id="ghost-2", ivt=True),
+        ],
     )
     assert violations(doc) == {"UNREPORTED_RENDER": 1}
 
 
 def test_a_retracted_render_no_longer_reports_its_id() -> None:
-    doc = statement([licence()], [ev(event_id="r", render_id="r1"), ev("VIEW", render_id="r1"),
-                                  ev("RETRACTION", event_id="x", original_event_id="r")])
+    doc = statement(
+        [licence()],
+        [
+            ev(event_id="r", render_id="r1"),
+            ev("VIEW", render_id="r1"),
+            ev("RETRACTION", event_id="x", original_event_id="r"),
+        ],
+    )
     assert violations(doc) == {"UNREPORTED_RENDER": 1}
     assert only(doc)["excluded"]["retracted"] == 1
 
@@ -205,8 +262,10 @@ def test_retraction_of_another_vendors_event_is_unknown_original() -> None:
     other = licence(licence_id="LIC-2", vendor_id="VEN-2", avatar_id="AVA-2")
     doc = statement(
         [licence(), other],
-        [ev(event_id="theirs", vendor_id="VEN-2", licence_id="LIC-2", avatar_id="AVA-2"),
-         ev("RETRACTION", event_id="x", original_event_id="theirs")],
+        [
+            ev(event_id="theirs", vendor_id="VEN-2", licence_id="LIC-2", avatar_id="AVA-2"),
+            ev("RETRACTION", event_id="x", original_event_id="theirs"),
+        ],
     )
     assert dlq(doc) == {"UNKNOWN_ORIGINAL": 1}
 
@@ -220,14 +279,20 @@ def test_a_rejected_event_does_not_reserve_its_id() -> None:
 def test_same_payload_with_defaults_applied_is_a_duplicate() -> None:
     doc = statement(
         [licence()],
-        [ev("VIEW", event_id="v", occurred_at=T), ev("VIEW", event_id="v", occurred_at=T, quantity=1, viewable=True, ivt=False)],
+        [
+            ev("VIEW", event_id="v", occurred_at=T),
+            ev("VIEW", event_id="v", occurred_at=T, quantity=1, viewable=True, ivt=False),
+        ],
     )
     assert only(doc)["excluded"]["duplicates"] == 1
     assert "DUPLICATE_CONFLICT" not in violations(doc)
 
 
 def test_conflicting_resend_first_wins() -> None:
-    doc = statement([licence()], [ev(event_id="a", territory="US"), ev(event_id="a", territory="FR", quantity=5)])
+    doc = statement(
+        [licence()],
+        [ev(event_id="a", territory="US"), ev(event_id="a", territory="FR", quantity=5)],
+    )
     assert violations(doc) == {"DUPLICATE_CONFLICT": 1}
     assert only(doc)["lines"][0]["units"] == 1
 
@@ -245,8 +310,18 @@ def test_conflicting_resend_first_wins() -> None:
         ({"licence_id": "LIC-NOPE"}, "UNKNOWN_LICENCE"),
         ({"vendor_id": "VEN-X"}, "VENDOR_MISMATCH"),
         ({"avatar_id": "AVA-X"}, "AVATAR_MISMATCH"),
-        ({"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": {"amount": "1.00", "currency": "EUR"}}, "CURRENCY_MISMATCH"),
-        ({"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": "1.00 EUR"}, "CURRENCY_MISMATCH"),
+        (
+            {
+                "kind": "AD_IMPRESSION",
+                "channel": "web",
+                "ad_revenue": {"amount": "1.00", "currency": "EUR"},
+            },
+            "CURRENCY_MISMATCH",
+        ),
+        (
+            {"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": "1.00 EUR"},
+            "CURRENCY_MISMATCH",
+        ),
         ({"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": "-1.00"}, "MALFORMED"),
         ({"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": None}, "MALFORMED"),
         ({"kind": "RETRACTION"}, "MALFORMED"),
@@ -267,36 +342,88 @@ def test_validation_reasons_in_order(fields: dict[str, object], reason: str) -> 
 
 
 def test_amendment_changes_multiplier_per_version_line() -> None:
-    spec = licence_spec(amendments=[{"effective_from": "2026-10-15T00:00:00Z", "rates": {"view_cpm": "3.00"}}])
-    doc = only(statement([parse_licence(spec)], [
-        ev("VIEW", quantity=1000, occurred_at="2026-10-14T00:00:00Z"),
-        ev("VIEW", quantity=1000, occurred_at="2026-10-15T00:00:00Z"),
-    ]))
-    assert [(x["version"], x["rate"], x["amount"]) for x in doc["lines"]] == [(1, "2.00", "2.00"), (2, "3.00", "3.00")]
+    spec = licence_spec(
+        amendments=[{"effective_from": "2026-10-15T00:00:00Z", "rates": {"view_cpm": "3.00"}}]
+    )
+    doc = only(
+        statement(
+            [parse_licence(spec)],
+            [
+                ev("VIEW", quantity=1000, occurred_at="2026-10-14T00:00:00Z"),
+                ev("VIEW", quantity=1000, occurred_at="2026-10-15T00:00:00Z"),
+            ],
+        )
+    )
+    assert [(x["version"], x["rate"], x["amount"]) for x in doc["lines"]] == [
+        (1, "2.00", "2.00"),
+        (2, "3.00", "3.00"),
+    ]
 
 
 def test_terms_at_the_last_instant_decide_fee_and_splits() -> None:
-    spec = licence_spec(amendments=[{"effective_from": "2026-10-31T23:00:00Z", "platform_fee": "0.20",
-                                     "splits": {"TAL-1": "0.5", "AGT-1": "0.5"}}])
+    spec = licence_spec(
+        amendments=[
+            {
+                "effective_from": "2026-10-31T23:00:00Z",
+                "platform_fee": "0.20",
+                "splits": {"TAL-1": "0.5", "AGT-1": "0.5"},
+            }
+        ]
+    )
     doc = only(statement([parse_licence(spec)], [ev(quantity=10)]))
     assert doc["platform_fee"] == "2.00"
-    assert doc["allocations"] == [{"payee_id": "AGT-1", "amount": "4.00"}, {"payee_id": "TAL-1", "amount": "4.00"}]
+    assert doc["allocations"] == [
+        {"payee_id": "AGT-1", "amount": "4.00"},
+        {"payee_id": "TAL-1", "amount": "4.00"},
+    ]
 
 
 def test_minimum_guarantee_tops_up_an_idle_licence() -> None:
     doc = statement([licence(minimum_guarantee="50.00", advance_outstanding="100.00")], [])
     block = only(doc)
-    assert (block["earned"], block["minimum_guarantee_topup"], block["gross"]) == ("0.00", "50.00", "50.00")
-    assert (block["net"], block["advance_recouped"], block["vendor_invoice"]) == ("45.00", "45.00", "5.00")
+    assert (block["earned"], block["minimum_guarantee_topup"], block["gross"]) == (
+        "0.00",
+        "50.00",
+        "50.00",
+    )
+    assert (block["net"], block["advance_recouped"], block["vendor_invoice"]) == (
+        "45.00",
+        "45.00",
+        "5.00",
+    )
     assert block["allocations"] == [{"payee_id": "TAL-1", "amount": "0.00"}]
-    assert doc["payees"] == [{"payee_id": "TAL-1", "currency": "USD", "earned": "0.00", "payable": "0.00", "carried_forward": "0.00"}]
+    assert doc["payees"] == [
+        {
+            "payee_id": "TAL-1",
+            "currency": "USD",
+            "earned": "0.00",
+            "payable": "0.00",
+            "carried_forward": "0.00",
+        }
+    ]
 
 
 def test_carried_in_amounts_lift_a_payee_over_the_threshold() -> None:
-    doc = statement([licence()], [ev(quantity=5)], carried_in={("TAL-1", "USD"): Decimal("6.00"), ("OLD", "USD"): Decimal("2.00")})
+    doc = statement(
+        [licence()],
+        [ev(quantity=5)],
+        carried_in={("TAL-1", "USD"): Decimal("6.00"), ("OLD", "USD"): Decimal("2.00")},
+    )
     assert doc["payees"] == [
-        {"payee_id": "OLD", "currency": "USD", "earned": "0.00", "payable": "0.00", "carried_forward": "2.00"},
-        {"payee_id": "TAL-1", "currency": "USD", "earned": "4.50", "payable": "10.50", "carried_forward": "0.00"},
+        {
+            "payee_id": "OLD",
+            "currency": "USD",
+            "earned": "0.00",
+            "payable": "0.00",
+            "carried_forward": "2.00",
+        },
+        {
+            "payee_id": "TAL-1",
+            "currency": "USD",
+            "earned": "4.50",
+            "payable": "10.50",
+            "carried_forward": "0.00",
+        },
     ]
 
 

@@ -66,7 +66,9 @@ class _Reader:
             raise SpecError(self.at(key), "is required")
         return str(value).strip()
 
-    def decimal(self, key: str, default: Decimal | None = None, *, maximum: Decimal | None = None) -> Decimal:
+    def decimal(
+        self, key: str, default: Decimal | None = None, *, maximum: Decimal | None = None
+    ) -> Decimal:
         value = self.data.get(key)
         if value is None:
             if default is None:
@@ -122,7 +124,7 @@ class _Reader:
 def to_decimal(value: Any, path: str, *, maximum: Decimal | None = None) -> Decimal:
     """A non-negative decimal from a string or integer (floats are refused: never binary)."""
     if isinstance(value, (bool, float)):
-        raise SpecError(path, f"must be a decimal string like \"0.50\", not {value!r}")
+        raise SpecError(path, f'must be a decimal string like "0.50", not {value!r}')
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
@@ -203,7 +205,9 @@ def _splits(r: _Reader) -> tuple[tuple[str, Decimal], ...]:
     if not splits.data:
         raise SpecError(r.at("splits"), "needs at least one payee")
     shares = tuple(
-        sorted((str(p), to_decimal(s, splits.at(str(p)), maximum=ONE)) for p, s in splits.data.items())
+        sorted(
+            (str(p), to_decimal(s, splits.at(str(p)), maximum=ONE)) for p, s in splits.data.items()
+        )
     )
     total = sum((share for _, share in shares), Decimal(0))
     if total != ONE:
@@ -265,14 +269,22 @@ def _reinstatements(r: _Reader) -> list[datetime]:
         try:
             times.append(parse_timestamp(value))
         except (ValueError, TypeError):
-            raise SpecError(r.at(f"reinstatements[{i}]"), f"is not a timestamp: {value!r}") from None
+            raise SpecError(
+                r.at(f"reinstatements[{i}]"), f"is not a timestamp: {value!r}"
+            ) from None
     return times
 
 
 def _merge(base: Mapping[str, Any], amendment: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in amendment.items():
-        if key in ("effective_from", "version", *_SUSPENSION_KEYS, "reinstatements", "reinstated_at"):
+        if key in (
+            "effective_from",
+            "version",
+            *_SUSPENSION_KEYS,
+            "reinstatements",
+            "reinstated_at",
+        ):
             continue
         if key in _NESTED and isinstance(value, Mapping):
             merged[key] = {**(base.get(key) or {}), **value}
@@ -308,7 +320,11 @@ def parse_licence(data: Any, path: str = "licence") -> Licence:
         versions.append(_version(_Reader(spec, a.path), number, effective))
         last_effective = effective
     return Licence(
-        **identity,
+        licence_id=identity["licence_id"],
+        talent_id=identity["talent_id"],
+        avatar_id=identity["avatar_id"],
+        vendor_id=identity["vendor_id"],
+        currency=identity["currency"],
         versions=tuple(versions),
         suspensions=tuple(dict.fromkeys(windows)),
         reinstatements=tuple(sorted(set(reinstated))),

@@ -99,7 +99,9 @@ def _revenue_share(event: UsageEvent, units: int) -> Decimal:
 def _held(event: UsageEvent, v: LicenceVersion, units: int, violation: Violation) -> Portion:
     revenue = _revenue_share(event, units) if event.kind is Kind.AD_IMPRESSION else ZERO
     amount = held_amount(v.rates, event.kind, event.channel, units, revenue)
-    return Portion(units, v.version, violation, channel=event.channel, revenue=revenue, amount=amount)
+    return Portion(
+        units, v.version, violation, channel=event.channel, revenue=revenue, amount=amount
+    )
 
 
 def _billed(
@@ -110,7 +112,14 @@ def _billed(
         slices = list(render_tier_slices(rates, counters.billed_renders, units))
         counters.billed_renders += units
         return [
-            Portion(s.units, v.version, None, tier=s.tier, rate=s.unit_price, amount=s.units * s.unit_price)
+            Portion(
+                s.units,
+                v.version,
+                None,
+                tier=s.tier,
+                rate=s.unit_price,
+                amount=s.units * s.unit_price,
+            )
             for s in slices
         ]
     if event.kind is Kind.VIEW:

@@ -117,7 +117,12 @@ def _licence_document(s: LicenceStatement) -> dict[str, Any]:
         "currency": s.currency,
         "lines": [_line_document(line) for line in s.lines],
         "held": [
-            {"violation": h.violation.value, "kind": h.kind.value, "units": h.units, "amount": fmt(h.amount)}
+            {
+                "violation": h.violation.value,
+                "kind": h.kind.value,
+                "units": h.units,
+                "amount": fmt(h.amount),
+            }
             for h in s.held
         ],
         "excluded": {
@@ -254,9 +259,7 @@ def _unreported_renders(ratings: list[Rating]) -> int:
     """Render ids shown by views/impressions that no accepted render reported (§9)."""
     reported = {r.event.render_id for r in ratings if r.event.kind is Kind.RENDER}
     shown = {
-        r.event.render_id
-        for r in ratings
-        if r.event.kind is not Kind.RENDER and r.excluded is None
+        r.event.render_id for r in ratings if r.event.kind is not Kind.RENDER and r.excluded is None
     }
     return len(shown - reported)
 

@@ -58,12 +58,18 @@ def expand_repeats(raw: Mapping[str, Any], where: str) -> Iterator[dict[str, Any
         yield event
         return
     for name, value in (("repeat", repeat), ("every_seconds", every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "repeat" else 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < (1 if name == "repeat" else 0)
+        ):
             raise SpecError(f"{where}.{name}", f"must be a whole number, got {value!r}")
     try:
         start = parse_timestamp(event.get("occurred_at"))
     except (ValueError, TypeError):
-        raise SpecError(f"{where}.occurred_at", "a repeated event needs a valid occurred_at") from None
+        raise SpecError(
+            f"{where}.occurred_at", "a repeated event needs a valid occurred_at"
+        ) from None
     for i in range(repeat):
         copy = dict(event)
         copy["event_id"] = f"{event.get('event_id')}-{i}"
@@ -80,7 +86,9 @@ def _carried_in(value: Any) -> dict[tuple[str, str], Decimal]:
             if not isinstance(by_currency, Mapping):
                 raise SpecError(f"carried_in.{payee}", "must map currency to amount")
             for currency, amount in by_currency.items():
-                carried[(str(payee), str(currency))] = to_decimal(amount, f"carried_in.{payee}.{currency}")
+                carried[(str(payee), str(currency))] = to_decimal(
+                    amount, f"carried_in.{payee}.{currency}"
+                )
     elif isinstance(value, list):
         for i, item in enumerate(value):
             if not isinstance(item, Mapping):
@@ -141,7 +149,7 @@ def load_case(path: Path | str) -> Case:
     except OSError as exc:
         raise CaseError(path, "(file)", exc.strerror or str(exc)) from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(yaml)"

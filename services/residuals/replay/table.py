@@ -11,7 +11,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     out = []
     for n, row in enumerate(cells):
-        out.append("  ".join(c.rjust(w) if n and _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        out.append(
+            "  ".join(
+                c.rjust(w) if n and _numeric(c) else c.ljust(w)
+                for c, w in zip(row, widths, strict=True)
+            ).rstrip()
+        )
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
@@ -27,11 +32,16 @@ def render_table(doc: dict[str, Any]) -> str:
         cur = lic["currency"]
         out.append(f"Licence {lic['licence_id']} ({cur})")
         rows = [
-            [l["kind"], l["version"], l.get("tier", l.get("channel")), l["units"],
-             l.get("rate", l.get("revenue", "")), l["amount"]]
-            for l in lic["lines"]
+            [ln["kind"], ln["version"], ln.get("tier", ln.get("channel")), ln["units"],
+             ln.get("rate", ln.get("revenue", "")), ln["amount"]]
+            for ln in lic["lines"]
         ]  # fmt: skip
-        out += ["  " + s for s in _table(["kind", "ver", "tier/channel", "units", "rate/revenue", "amount"], rows)]
+        out += [
+            "  " + s
+            for s in _table(
+                ["kind", "ver", "tier/channel", "units", "rate/revenue", "amount"], rows
+            )
+        ]
         if lic["held"]:
             out.append("  held (not paid until resolved):")
             held = [[h["violation"], h["kind"], h["units"], h["amount"]] for h in lic["held"]]
@@ -48,9 +58,23 @@ def render_table(doc: dict[str, Any]) -> str:
             out.append(f"  -> {a['payee_id']:<21}{a['amount']:>14} {cur}")
         out.append("")
     out.append("Payees")
-    payees = [[p["payee_id"], p["currency"], p["earned"], p["payable"], p["carried_forward"]] for p in doc["payees"]]
-    out += ["  " + s for s in _table(["payee", "currency", "earned", "payable", "carried forward"], payees)]
+    payees = [
+        [p["payee_id"], p["currency"], p["earned"], p["payable"], p["carried_forward"]]
+        for p in doc["payees"]
+    ]
+    out += [
+        "  " + s
+        for s in _table(["payee", "currency", "earned", "payable", "carried forward"], payees)
+    ]
     out.append("")
-    out.append("Violations: " + (", ".join(f"{v['kind']} ({v['severity']}) x{v['count']}" for v in doc["violations"]) or "none"))
-    out.append("Dead letters: " + (", ".join(f"{d['reason']} x{d['count']}" for d in doc["dlq"]) or "none"))
+    out.append(
+        "Violations: "
+        + (
+            ", ".join(f"{v['kind']} ({v['severity']}) x{v['count']}" for v in doc["violations"])
+            or "none"
+        )
+    )
+    out.append(
+        "Dead letters: " + (", ".join(f"{d['reason']} x{d['count']}" for d in doc["dlq"]) or "none")
+    )
     return "\n".join(out)
