@@ -106,3 +106,19 @@ def test_port_open_on_listening_and_closed_ports() -> None:
         port = server.getsockname()[1]
         assert processes.port_open("127.0.0.1", port)
     assert not processes.port_open("127.0.0.1", port)
+
+
+def test_missing_postgresql_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from residuals.stack import postgres
+
+    monkeypatch.setattr(postgres.glob, "glob", lambda _pattern: [])
+    monkeypatch.setattr(postgres.shutil, "which", lambda _name: None)
+    with pytest.raises(processes.StackError, match="apt-get install -y postgresql"):
+        postgres.find_bindir()
+
+
+def test_missing_java_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(kafka.shutil, "which", lambda _name: None)
+    settings = load(StackSettings, environ={"RESIDUALS_STACK_DIR": str(tmp_path)})
+    with pytest.raises(processes.StackError, match="openjdk-17-jre-headless"):
+        kafka.check_tools(settings)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import psycopg
 
 from residuals.platform import migrations
 from residuals.platform.config import ConfigError, load
@@ -47,15 +50,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate.set_defaults(handler=_guard(_migrate))
 
 
-def _guard(func: object) -> object:
-    """Turn expected failures into one readable line and exit status 1, not a traceback."""
-    assert callable(func)
+Action = Callable[[argparse.Namespace, StackSettings], int]
+
+
+def _guard(action: Action) -> Callable[[argparse.Namespace], int]:
+    """Turn expected failures into one readable message and exit status 1, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
-            result = func(args, load(StackSettings))
-            return int(result or 0)
-        except (StackError, ConfigError, migrations.MigrationError) as exc:
+            return action(args, load(StackSettings))
+        except (StackError, ConfigError, migrations.MigrationError, psycopg.Error) as exc:
             print(f"residuals stack: {exc}", file=sys.stderr)
             return 1
 

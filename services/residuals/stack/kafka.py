@@ -114,11 +114,25 @@ def _jar_stamp() -> str:
     return f"kafka {KAFKA_VERSION} pom {pom_hash}\n"
 
 
+def _jars_cached(p: KafkaPaths) -> bool:
+    core_jar = p.libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
+    marker = p.version_marker
+    return core_jar.is_file() and marker.is_file() and marker.read_text() == _jar_stamp()
+
+
+def check_tools(settings: StackSettings) -> None:
+    """Fail before anything starts if Java, or Maven when the jars are not cached, is missing."""
+    _java()
+    if not _jars_cached(paths(settings)) and shutil.which("mvn") is None:
+        raise StackError(
+            "mvn not found: the Kafka jars are fetched with Maven (apt-get install maven)"
+        )
+
+
 def ensure_jars(p: KafkaPaths, log: Log) -> bool:
     """Download the broker jars unless this version is already in ``libs``; True if fetched."""
     core_jar = p.libs / f"kafka_2.13-{KAFKA_VERSION}.jar"
-    marker = p.version_marker
-    if core_jar.is_file() and marker.is_file() and marker.read_text() == _jar_stamp():
+    if _jars_cached(p):
         return False
     mvn = shutil.which("mvn")
     if mvn is None:

@@ -34,6 +34,9 @@ def up(settings: StackSettings, log: Log = stderr_log) -> UpResult:
     If Kafka fails to come up after PostgreSQL was started here, PostgreSQL is stopped
     again so a failed `up` leaves nothing behind that it created.
     """
+    # Missing tools are reported before anything starts, not after PostgreSQL is up.
+    postgres.find_bindir()
+    kafka.check_tools(settings)
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     started: list[str] = []
     try:
