@@ -96,8 +96,9 @@ def make_faust_app(
 def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
     """Run ``app`` until SIGTERM/SIGINT, keeping the logging set up by ``init_telemetry``.
 
-    faust/mode workers replace the root logging handlers and redirect stdout by default;
-    both are switched off so the service's JSON log lines stay intact. Exits the process.
+    faust/mode workers replace the root logging handlers, redirect stdout and draw a
+    spinner by default; all are switched off so the service's JSON log lines stay intact.
+    Exits the process (``SystemExit``) when the worker stops.
     """
     import faust
 
@@ -108,4 +109,7 @@ def run_worker(app: faust.App, *, loglevel: str = "INFO") -> None:
         override_logging=False,
         redirect_stdouts=False,
     )
+    # The start-up spinner writes terminal control codes to stdout even when it is not a
+    # terminal, which would corrupt the JSON log stream; without it faust logs "Ready".
+    worker.spinner = None
     worker.execute_from_commandline()
