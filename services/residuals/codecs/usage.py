@@ -1,0 +1,91 @@
+"""Usage events: protobuf ``UsageEvent`` ↔ the raw mapping the domain validates.
+
+Decoding never judges an event: it hands :func:`residuals.domain.events.parse_event` what
+the vendor sent (unset fields as absent), so every path (replay, gateway, meter) rejects
+the same events for the same reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from residuals.codecs.timestamps import optional_datetime, set_timestamp
+from residuals.domain.events import UsageEvent
+from residuals.domain.money import fmt
+from residuals.v1 import common_pb2, usage_pb2
+
+_KIND_PREFIX = "USAGE_KIND_"
+_TEXT_FIELDS = (
+    "event_id",
+    "vendor_id",
+    "licence_id",
+    "avatar_id",
+    "render_id",
+    "category",
+    "territory",
+    "channel",
+    "ad_revenue_currency",
+    "original_event_id",
+)
+
+
+def kind_name(value: int) -> str:
+    """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED)."""
+    try:
+        name = common_pb2.UsageKind.Name(common_pb2.UsageKind.ValueType(value))
+    except ValueError:
+        return ""
+    return "" if name.endswith("UNSPECIFIED") else name.removeprefix(_KIND_PREFIX)
+
+
+def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
+    """The event as a plain mapping for ``parse_event`` (absent = unset)."""
+    raw: dict[str, Any] = {"kind": kind_name(message.kind)}
+    for name in _TEXT_FIELDS:
+        value = getattr(message, name)
+        if value:
+            raw[name] = value
+    occurred = optional_datetime(message, "occurred_at")
+    if occurred is not None:
+        raw["occurred_at"] = occurred
+    if message.HasField("quantity"):
+        raw["quantity"] = message.quantity
+    if message.HasField("viewable"):
+        raw["viewable"] = message.viewable
+    if message.HasField("ivt"):
+        raw["ivt"] = message.ivt
+    if message.HasField("ad_revenue"):
+        raw["ad_revenue"] = message.ad_revenue
+    return raw
+
+
+def from_domain(event: UsageEvent) -> usage_pb2.UsageEvent:
+    """A protobuf event from a normalised domain event (what the SDK sends)."""
+    message = usage_pb2.UsageEvent(
+        event_id=event.event_id,
+        vendor_id=event.vendor_id,
+        kind=common_pb2.UsageKind.Value(_KIND_PREFIX + event.kind.value),
+        licence_id=event.licence_id or "",
+        avatar_id=event.avatar_id or "",
+        render_id=event.render_id or "",
+        category=event.category or "",
+        territory=event.territory or "",
+        channel=event.channel or "",
+        ad_revenue_currency=event.ad_currency or "",
+        original_event_id=event.original_event_id or "",
+    )
+    set_timestamp(message.occurred_at, event.occurred_at)
+    if event.quantity != 1:
+        message.quantity = event.quantity
+    if not event.viewable:
+        message.viewable = False
+    if event.ivt:
+        message.ivt = True
+    if event.ad_revenue is not None:
+        message.ad_revenue = fmt(event.ad_revenue)
+    return message
+
+
+def payload_bytes(message: usage_pb2.UsageEvent) -> bytes:
+    """The bytes a signature covers: one deterministic serialization, never redone."""
+    return message.SerializeToString(deterministic=True)
