@@ -121,7 +121,7 @@ class Licence:
         return self.versions[-1]
 
     def suspended_at(self, t: datetime) -> bool:
-        return any(window.contains(t) for window in self.suspensions)
+        return bool(self.suspensions) and any(w.contains(t) for w in self.suspensions)
 
     def reinstated_between(self, after: datetime, t: datetime) -> bool:
         """Did a person reinstate the licence after ``after`` and at or before ``t``?"""

@@ -3,13 +3,18 @@
 The real-time meter calls :func:`rate_event` per event in arrival order (an estimate); the
 period statement folds the same function over the period's events in
 ``(occurred_at, event_id)`` order (the contract). One function, so no rule exists twice.
+
+Products and sums of rates and counts are exact in any decimal context (they need far fewer
+than 28 digits); the one division that may not terminate, a pro-rata split of ad revenue,
+runs in the 60-digit money context.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, localcontext
+from decimal import Decimal
+from typing import NamedTuple
 
 from residuals.domain.events import UsageEvent
 from residuals.domain.licences import Licence, LicenceVersion
@@ -47,8 +52,7 @@ class LicenceCounters:
             self.quota_near = set()
 
 
-@dataclass(frozen=True, slots=True)
-class Portion:
+class Portion(NamedTuple):
     """Units of one event that land on one statement line (billed) or one held line."""
 
     units: int
@@ -65,8 +69,7 @@ class Portion:
         return self.violation is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Rating:
+class Rating(NamedTuple):
     """Everything one use did: exclusion, priced portions, violations, suspension."""
 
     event: UsageEvent
@@ -93,7 +96,7 @@ def _revenue_share(event: UsageEvent, units: int) -> Decimal:
     revenue = event.ad_revenue or ZERO
     if units == event.quantity:
         return revenue
-    return revenue * units / event.quantity
+    return MONEY_CONTEXT.divide(revenue * units, event.quantity)
 
 
 def _held(event: UsageEvent, v: LicenceVersion, units: int, violation: Violation) -> Portion:
@@ -140,19 +143,18 @@ def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -
     if excluded is not None:
         return Rating(event, version.version, excluded=excluded)
 
-    with localcontext(MONEY_CONTEXT):
-        violation = scope_violation(event, licence, version, counters.auto_suspended_since)
-        if violation is not None:
-            suspends = (
-                violation.suspends
-                and version.auto_suspend_on_critical
-                and counters.auto_suspended_since is None
-            )
-            if suspends:
-                counters.auto_suspended_since = event.occurred_at
-            held = _held(event, version, event.quantity, violation)
-            return Rating(event, version.version, None, (held,), (violation,), suspends)
-        return _rate_in_scope(event, version, counters)
+    violation = scope_violation(event, licence, version, counters.auto_suspended_since)
+    if violation is not None:
+        suspends = (
+            violation.suspends
+            and version.auto_suspend_on_critical
+            and counters.auto_suspended_since is None
+        )
+        if suspends:
+            counters.auto_suspended_since = event.occurred_at
+        held = _held(event, version, event.quantity, violation)
+        return Rating(event, version.version, None, (held,), (violation,), suspends)
+    return _rate_in_scope(event, version, counters)
 
 
 def _rate_in_scope(event: UsageEvent, v: LicenceVersion, counters: LicenceCounters) -> Rating:

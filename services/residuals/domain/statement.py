@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
+from operator import attrgetter
 from typing import Any
 
 from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.licences import Licence
 from residuals.domain.metering import LicenceCounters, Rating, rate_event
-from residuals.domain.money import ZERO, fmt, round_money
+from residuals.domain.money import MONEY_CONTEXT, ZERO, fmt, round_money
 from residuals.domain.period import Period
 from residuals.domain.settlement import PayeeBalance, Settlement, payee_balances, settle
 from residuals.domain.validation import check_licence
@@ -209,13 +210,17 @@ def _admit(event: UsageEvent, licence_id: str, tally: _Tally) -> Repeat:
     return repeat
 
 
+_SCOPE_ORDER = attrgetter("occurred_at", "event_id")
+
+
 def rate_licence_events(
     licence: Licence, events: Iterable[UsageEvent], period: Period
 ) -> list[Rating]:
     """Fold the incremental rules over one licence's uses in scope order."""
     counters = LicenceCounters()
     counters.enter_period(str(period))
-    return [rate_event(e, licence, counters) for e in sorted(events, key=lambda e: e.order_key)]
+    ordered = sorted(events, key=_SCOPE_ORDER)
+    return [rate_event(e, licence, counters) for e in ordered]
 
 
 def _lines(ratings: list[Rating], currency: str) -> tuple[tuple[Line, ...], tuple[HeldLine, ...]]:
@@ -223,15 +228,19 @@ def _lines(ratings: list[Rating], currency: str) -> tuple[tuple[Line, ...], tupl
     held: dict[tuple[Violation, int], list[Any]] = {}
     for rating in ratings:
         kind = rating.event.kind
+        order = KIND_ORDER[kind]
         for p in rating.portions:
             if p.violation is not None:
-                slot = held.setdefault((p.violation, KIND_ORDER[kind]), [kind, 0, ZERO])
+                slot = held.get((p.violation, order))
+                if slot is None:
+                    slot = held[(p.violation, order)] = [kind, 0, ZERO]
                 slot[1] += p.units
                 slot[2] += p.amount
                 continue
-            sub = p.tier if kind is Kind.RENDER else p.channel
-            key = (KIND_ORDER[kind], p.version, sub)
-            entry = billed.setdefault(key, [kind, p, 0, ZERO, ZERO])
+            key = (order, p.version, p.tier if kind is Kind.RENDER else p.channel)
+            entry = billed.get(key)
+            if entry is None:
+                entry = billed[key] = [kind, p, 0, ZERO, ZERO]
             entry[2] += p.units
             entry[3] += p.amount
             entry[4] += p.revenue
@@ -273,6 +282,17 @@ def compute_statement(
     carried_in: Mapping[tuple[str, str], Decimal] | None = None,
 ) -> PeriodStatement:
     """The period statement by ROYALTY-RULES.md, from events in arrival order."""
+    with localcontext(MONEY_CONTEXT):
+        return _compute(period, licences, events, thresholds, carried_in)
+
+
+def _compute(
+    period: Period,
+    licences: Iterable[Licence],
+    events: Iterable[UsageEvent | Rejection],
+    thresholds: Mapping[str, Decimal] | None,
+    carried_in: Mapping[tuple[str, str], Decimal] | None,
+) -> PeriodStatement:
     registry = {lic.licence_id: lic for lic in licences}
     tally = _Tally()
     _sort_identity(events, registry, tally)

@@ -7,7 +7,8 @@ an *event* is not: invalid events are data the rules send to the dead-letter top
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -42,11 +43,35 @@ class Case:
     thresholds: dict[str, Decimal] = field(default_factory=dict)
     carried_in: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     expected: dict[str, Any] | None = None
+    more_events: list[Iterable[Mapping[str, Any]]] = field(default_factory=list)
 
     def events(self) -> Iterator[UsageEvent | Rejection]:
         """Parsed events in arrival order (invalid ones as rejections)."""
         for raw in self.raw_events:
             yield parse_event(raw)
+        for source in self.more_events:
+            for raw in source:
+                yield parse_event(raw)
+
+
+def read_event_lines(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Stored events as JSON lines (one event object per line), streamed in file order."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise CaseError(path, "(file)", exc.strerror or str(exc)) from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except ValueError as exc:
+                raise CaseError(path, f"line {number}", f"not a JSON object: {exc}") from None
+            if not isinstance(raw, dict):
+                raise CaseError(path, f"line {number}", "not a JSON object")
+            yield raw
 
 
 def expand_repeats(raw: Mapping[str, Any], where: str) -> Iterator[dict[str, Any]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from residuals.domain.statement import PeriodStatement, compute_statement
-from residuals.replay.casefile import Case, CaseError, load_case
+from residuals.replay.casefile import Case, CaseError, load_case, read_event_lines
 from residuals.replay.compare import differences
 from residuals.replay.table import render_table
 
@@ -37,6 +37,14 @@ def register(sub: Any) -> None:
     parser.add_argument("cases", nargs="+", type=Path, metavar="CASE.yaml")
     parser.add_argument("--format", choices=("json", "table"), default="json")
     parser.add_argument(
+        "--events",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="EVENTS.jsonl",
+        help="more events as JSON lines, arriving after the case's own (repeatable)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="compare with each case's expected block; exit 1 on any difference",
@@ -49,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     for path in args.cases:
         try:
             case = load_case(path)
+            case.more_events = [read_event_lines(p) for p in args.events]
+            doc = replay(case).to_document()
         except CaseError as exc:
             print(f"residuals replay: {exc}", file=sys.stderr)
             return 2
-        doc = replay(case).to_document()
         if args.check:
             status |= _check(path, case, doc)
             continue
