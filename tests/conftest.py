@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from residuals.platform.config import load
 from residuals.stack import lifecycle
 from residuals.stack.settings import StackSettings

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import CollectorRegistry
+
 from residuals.platform.grpc_server import (
     GrpcMetrics,
     GrpcServer,

@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_producer, topic_name
 from residuals.platform.telemetry import inject_kafka_headers

@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.cimpl import NewTopic
+
 from residuals.platform import migrations, topics
 from residuals.stack import kafka, postgres
 from residuals.stack.settings import StackSettings

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from residuals.replay.casefile import CaseError, load_case
 
 pytestmark = pytest.mark.unit

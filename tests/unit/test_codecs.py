@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from residuals.codecs import licences as licence_codec
 from residuals.codecs import usage as usage_codec
 from residuals.domain.events import Rejection, UsageEvent, parse_event

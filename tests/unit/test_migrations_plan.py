@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from residuals.platform import migrations
 from residuals.platform.migrations import Applied, Migration, MigrationError
 

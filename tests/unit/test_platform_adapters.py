@@ -12,6 +12,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
 from residuals.platform import faust_app, kafka, logs, postgres, telemetry
 from residuals.platform.config import KafkaSettings, PostgresSettings, load
 from residuals.platform.topics import USAGE

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import residuals.v1
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
+
+import residuals.v1
 from residuals.cli import main
 from residuals.platform import protogen
 from residuals.v1 import common_pb2, usage_pb2

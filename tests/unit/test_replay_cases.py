@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from residuals.cli import main
 from residuals.replay.compare import differences
 

@@ -10,6 +10,7 @@ import pytest
 from builders import licence_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from residuals.domain.events import parse_event
 from residuals.domain.licence_spec import parse_licence
 from residuals.domain.money import minor_digits, split_largest_remainder

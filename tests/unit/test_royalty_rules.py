@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from builders import dlq, ev, licence, licence_spec, only, statement, violations
+
 from residuals.domain.licence_spec import parse_licence
 
 pytestmark = pytest.mark.unit

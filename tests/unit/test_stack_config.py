@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from residuals.platform import topics
 from residuals.platform.config import ConfigError, load
 from residuals.stack import kafka, processes
