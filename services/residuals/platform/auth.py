@@ -1,0 +1,442 @@
+"""API-key authentication and role checks shared by every gRPC service.
+
+Callers send ``authorization: Bearer rsd_<key_id>_<secret>`` in the call metadata.
+:class:`AuthInterceptor` resolves the key to a :class:`Principal` through an
+:class:`Authenticator` and makes it available to the handler as
+:func:`current_principal`; handlers then check what the principal may do with
+:func:`require_role` (and their own tenant checks: a vendor only sees its own data).
+
+Keys are high-entropy random strings (``secrets.token_urlsafe(32)``: 256 bits), so the
+server stores only ``SHA-256(secret)``. A slow password hash (bcrypt, argon2) exists to
+make guessing *low*-entropy secrets expensive; with 256 random bits there is nothing to
+guess, and a fast hash keeps the ingest hot path cheap. Hashes are compared with
+:func:`hmac.compare_digest` so timing reveals nothing about a near miss. The ``key_id``
+part is public (it appears in lists and logs) and only selects the stored hash.
+
+The authentication itself runs inside the wrapped handler, i.e. in the server's worker
+thread: ``intercept_service`` runs on grpc's polling thread, where a database lookup
+would stall every other call on the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+import grpc
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from residuals.platform.postgres import Database
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "rsd"
+#: Bytes of randomness in a secret (``secrets.token_urlsafe`` encodes them as ~43 chars).
+SECRET_BYTES = 32
+#: Hex characters of a generated key id (64 random bits: unique, not secret).
+KEY_ID_HEX_CHARS = 16
+
+METADATA_KEY = "authorization"
+MISSING_KEY_MESSAGE = "missing API key (metadata 'authorization: Bearer rsd_…')"
+MALFORMED_KEY_MESSAGE = "malformed API key (metadata 'authorization: Bearer rsd_…')"
+REJECTED_KEY_MESSAGE = "unknown or revoked API key"
+BACKEND_UNAVAILABLE_MESSAGE = "authentication is temporarily unavailable; retry"
+
+#: Services anyone may call: probes and tooling must work without credentials.
+PUBLIC_SERVICES: frozenset[str] = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# token_urlsafe alphabet; at least 43 chars = 32 bytes of entropy.
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{43,256}$")
+
+
+class Role(StrEnum):
+    """What a caller may do (ARCHITECTURE.md: vendor, talent, finance, admin)."""
+
+    VENDOR = "vendor"
+    TALENT = "talent"
+    FINANCE = "finance"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. Vendors and talent are tied to exactly one tenant."""
+
+    principal_id: str
+    role: Role
+    vendor_id: str | None = None
+    talent_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role is Role.VENDOR and not self.vendor_id:
+            raise ValueError(f"vendor principal {self.principal_id!r} needs a vendor_id")
+        if self.role is Role.TALENT and not self.talent_id:
+            raise ValueError(f"talent principal {self.principal_id!r} needs a talent_id")
+        if self.role is not Role.VENDOR and self.vendor_id:
+            raise ValueError(f"only vendor principals carry a vendor_id ({self.principal_id!r})")
+        if self.role is not Role.TALENT and self.talent_id:
+            raise ValueError(f"only talent principals carry a talent_id ({self.principal_id!r})")
+
+    def describe(self) -> str:
+        """``vendor:acme (principal p-1)``: for error messages and audit columns."""
+        tenant = self.vendor_id or self.talent_id
+        who = f"{self.role}:{tenant}" if tenant else str(self.role)
+        return f"{who} (principal {self.principal_id})"
+
+
+# --- key format and hashing -----------------------------------------------------------
+
+
+def hash_secret(secret: str) -> bytes:
+    """SHA-256 of the secret (32 bytes), the only form the server stores."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def verify_secret(secret: str, secret_hash: bytes) -> bool:
+    """Constant-time comparison of ``secret`` against a stored :func:`hash_secret`."""
+    return hmac.compare_digest(hash_secret(secret), bytes(secret_hash))
+
+
+def format_api_key(key_id: str, secret: str) -> str:
+    return f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+def generate_api_key() -> tuple[str, str, bytes]:
+    """A new key: ``(key_id, plaintext "rsd_<key_id>_<secret>", SHA-256 of the secret)``.
+
+    The plaintext is shown to its owner once; store only ``key_id`` and the hash.
+    """
+    key_id = secrets.token_hex(KEY_ID_HEX_CHARS // 2)
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    return key_id, format_api_key(key_id, secret), hash_secret(secret)
+
+
+def parse_api_key(text: str) -> tuple[str, str] | None:
+    """``"rsd_<key_id>_<secret>"`` -> ``(key_id, secret)``; None when malformed.
+
+    The key id never contains ``_`` (the secret may, token_urlsafe uses it), so the id ends
+    at the second underscore.
+    """
+    prefix, sep, rest = text.strip().partition("_")
+    if prefix != KEY_PREFIX or not sep:
+        return None
+    key_id, sep, secret = rest.partition("_")
+    if not sep or not _KEY_ID.match(key_id) or not _SECRET.match(secret):
+        return None
+    return key_id, secret
+
+
+def bearer_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``api_key``, for clients: ``stub.M(req, metadata=...)``."""
+    return ((METADATA_KEY, f"Bearer {api_key}"),)
+
+
+# --- authenticators -------------------------------------------------------------------
+
+
+class Authenticator(Protocol):
+    """Resolves a presented key to its principal, or None (unknown, revoked or wrong secret).
+
+    Raising means the backend failed (database down): the caller gets UNAVAILABLE, not a
+    false "unauthenticated".
+    """
+
+    def authenticate(self, key_id: str, secret: str) -> Principal | None: ...
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """What an authenticator needs about one key."""
+
+    key_id: str
+    secret_hash: bytes
+    principal: Principal
+    revoked: bool = False
+
+
+class StaticAuthenticator:
+    """Keys held in memory: tests, and tools that run with a fixed set of keys."""
+
+    def __init__(self, keys: list[StoredKey] | None = None) -> None:
+        self._keys: dict[str, StoredKey] = {k.key_id: k for k in keys or []}
+        self._lock = threading.Lock()
+
+    def add(self, principal: Principal) -> str:
+        """Create a key for ``principal`` and return its plaintext."""
+        key_id, plaintext, secret_hash = generate_api_key()
+        with self._lock:
+            self._keys[key_id] = StoredKey(key_id, secret_hash, principal)
+        return plaintext
+
+    def revoke(self, key_id: str) -> None:
+        with self._lock:
+            key = self._keys[key_id]
+            self._keys[key_id] = StoredKey(key.key_id, key.secret_hash, key.principal, True)
+
+    def authenticate(self, key_id: str, secret: str) -> Principal | None:
+        with self._lock:
+            key = self._keys.get(key_id)
+        if key is None or key.revoked or not verify_secret(secret, key.secret_hash):
+            return None
+        return key.principal
+
+
+# Tables from migration 0002_licensing.sql (the licensing service owns them).
+_LOOKUP_SQL = """
+SELECT k.secret_sha256, k.revoked_at IS NOT NULL,
+       p.principal_id, p.role, p.vendor_id, p.talent_id
+FROM api_keys k JOIN principals p ON p.principal_id = k.principal_id
+WHERE k.key_id = %s
+"""
+
+
+class PostgresAuthenticator:
+    """Keys from the licensing schema (``api_keys`` + ``principals``) with a TTL cache.
+
+    The cache holds the *row* (hash, revoked flag, principal), never a verdict on a
+    secret, so every call still verifies the presented secret. Unknown key ids are cached
+    too (a flood of made-up ids costs one query per id per TTL), within ``max_entries``
+    (least recently used evicted). A revocation is visible everywhere within
+    ``ttl_seconds``; :meth:`invalidate` makes it immediate in this process.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        ttl_seconds: float = 30.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, StoredKey | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def authenticate(self, key_id: str, secret: str) -> Principal | None:
+        key = self._lookup(key_id)
+        if key is None or key.revoked or not verify_secret(secret, key.secret_hash):
+            return None
+        return key.principal
+
+    def invalidate(self, key_id: str | None = None) -> None:
+        """Forget one cached key (or all), so the next call reads the database."""
+        with self._lock:
+            if key_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(key_id, None)
+
+    def _lookup(self, key_id: str) -> StoredKey | None:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(key_id)
+            if cached is not None and cached[0] > now:
+                self._cache.move_to_end(key_id)
+                return cached[1]
+        key = self._load(key_id)
+        with self._lock:
+            self._cache[key_id] = (now + self.ttl_seconds, key)
+            self._cache.move_to_end(key_id)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return key
+
+    def _load(self, key_id: str) -> StoredKey | None:
+        with self.db.connection() as conn:
+            row = conn.execute(_LOOKUP_SQL, (key_id,)).fetchone()
+        if row is None:
+            return None
+        secret_hash, revoked, principal_id, role, vendor_id, talent_id = row
+        principal = Principal(principal_id, Role(role), vendor_id, talent_id)
+        return StoredKey(key_id, bytes(secret_hash), principal, bool(revoked))
+
+
+# --- the current principal -------------------------------------------------------------
+
+_current: ContextVar[Principal | None] = ContextVar("residuals_principal", default=None)
+
+
+class PermissionDenied(Exception):
+    """The principal may not do this; :class:`AuthInterceptor` turns it into
+    PERMISSION_DENIED with this message (raise it from anywhere inside a handler)."""
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being handled (set by :class:`AuthInterceptor`).
+
+    Raises RuntimeError outside an authenticated handler: a service that forgot the
+    interceptor must fail closed, not serve anonymous callers.
+    """
+    principal = _current.get()
+    if principal is None:
+        raise RuntimeError("no authenticated principal: is AuthInterceptor installed?")
+    return principal
+
+
+def require_role(*roles: Role) -> Principal:
+    """The current principal if its role is one of ``roles``, else :class:`PermissionDenied`."""
+    principal = current_principal()
+    if principal.role not in roles:
+        allowed = " or ".join(str(r) for r in roles)
+        raise PermissionDenied(
+            f"{principal.describe()} may not call this method: it requires role {allowed}"
+        )
+    return principal
+
+
+@contextmanager
+def principal_scope(principal: Principal) -> Iterator[Principal]:
+    """Run code as ``principal`` (tests, in-process callers): ``with principal_scope(p):``."""
+    token = _current.set(principal)
+    try:
+        yield principal
+    finally:
+        _current.reset(token)
+
+
+# --- interceptor -----------------------------------------------------------------------
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """``context.abort`` always raises; this tells the type checker so."""
+    context.abort(code, message)
+    raise AssertionError("grpc context.abort returned")
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == METADATA_KEY:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                return ""
+            return token.strip()
+    return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates every call except health and reflection; sets :func:`current_principal`.
+
+    Outcomes: no ``authorization`` metadata or not ``Bearer rsd_…`` -> UNAUTHENTICATED;
+    unknown, revoked or wrong secret -> UNAUTHENTICATED (indistinguishable on purpose);
+    authenticator failure -> UNAVAILABLE; :class:`PermissionDenied` raised by the handler
+    -> PERMISSION_DENIED with its message.
+    """
+
+    def __init__(
+        self, authenticator: Authenticator, *, public_services: frozenset[str] = PUBLIC_SERVICES
+    ) -> None:
+        self.authenticator = authenticator
+        self.public_services = public_services
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service = handler_call_details.method.lstrip("/").partition("/")[0]
+        if service in self.public_services:
+            return handler
+        return self._wrap(handler, handler_call_details.invocation_metadata)
+
+    def _authenticate(self, metadata: Any, context: grpc.ServicerContext) -> Principal:
+        """The caller's principal, or abort the RPC (abort raises)."""
+        token = _bearer(metadata)
+        if token is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, MISSING_KEY_MESSAGE)
+        parsed = parse_api_key(token)
+        if parsed is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, MALFORMED_KEY_MESSAGE)
+        key_id, secret = parsed
+        try:
+            principal = self.authenticator.authenticate(key_id, secret)
+        except Exception:
+            log.exception("authenticator failed", extra={"api_key_id": key_id})
+            _abort(context, grpc.StatusCode.UNAVAILABLE, BACKEND_UNAVAILABLE_MESSAGE)
+        if principal is None:
+            log.info("rejected API key", extra={"api_key_id": key_id})
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, REJECTED_KEY_MESSAGE)
+        span = trace.get_current_span()
+        span.set_attribute("enduser.id", principal.principal_id)
+        span.set_attribute("enduser.role", str(principal.role))
+        return principal
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, metadata: Any) -> grpc.RpcMethodHandler:
+        behavior: Any = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        authenticate = self._authenticate
+
+        def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
+            principal = authenticate(metadata, context)
+            token = _current.set(principal)
+            try:
+                return behavior(request, context)
+            except PermissionDenied as denied:
+                _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+            finally:
+                _current.reset(token)
+
+        def streaming_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            principal = authenticate(metadata, context)
+            # Set around each step rather than across yields: a generator abandoned
+            # mid-stream must not leave its principal behind in the worker thread.
+            token = _current.set(principal)
+            try:
+                responses = iter(behavior(request, context))
+            except PermissionDenied as denied:
+                _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+            finally:
+                _current.reset(token)
+            while True:
+                token = _current.set(principal)
+                try:
+                    item = next(responses)
+                except StopIteration:
+                    return
+                except PermissionDenied as denied:
+                    _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+                finally:
+                    _current.reset(token)
+                yield item
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary_response, **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming_response, **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(unary_response, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(streaming_response, **kwargs)
