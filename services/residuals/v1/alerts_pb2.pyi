@@ -69,6 +69,36 @@ RESOLUTION_DISPUTE: Resolution.ValueType  # 3
 """Contested; stays held pending a dispute outside the platform."""
 Global___Resolution: _TypeAlias = Resolution  # noqa: Y015
 
+class _AlertChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_CHANGE_UNSPECIFIED: _AlertChange.ValueType  # 0
+    ALERT_CHANGE_RAISED: _AlertChange.ValueType  # 1
+    """The alert was stored for the first time."""
+    ALERT_CHANGE_ACKNOWLEDGED: _AlertChange.ValueType  # 2
+    ALERT_CHANGE_RESOLVED: _AlertChange.ValueType  # 3
+    ALERT_CHANGE_LICENCE_SUSPENDED: _AlertChange.ValueType  # 4
+    """The licence registry recorded the automatic suspension this alert caused
+    (licence_suspended_at and suspension_id are set).
+    """
+
+class AlertChange(_AlertChange, metaclass=_AlertChangeEnumTypeWrapper):
+    """What changed an alert at its sequence (WatchAlerts streams every change)."""
+
+ALERT_CHANGE_UNSPECIFIED: AlertChange.ValueType  # 0
+ALERT_CHANGE_RAISED: AlertChange.ValueType  # 1
+"""The alert was stored for the first time."""
+ALERT_CHANGE_ACKNOWLEDGED: AlertChange.ValueType  # 2
+ALERT_CHANGE_RESOLVED: AlertChange.ValueType  # 3
+ALERT_CHANGE_LICENCE_SUSPENDED: AlertChange.ValueType  # 4
+"""The licence registry recorded the automatic suspension this alert caused
+(licence_suspended_at and suspension_id are set).
+"""
+Global___AlertChange: _TypeAlias = AlertChange  # noqa: Y015
+
 @_typing.final
 class Alert(_message.Message):
     """One violation raised by the meter (or at period close)."""
@@ -102,6 +132,9 @@ class Alert(_message.Message):
     RESOLVED_BY_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    LICENCE_SUSPENDED_AT_FIELD_NUMBER: _builtins.int
+    SUSPENSION_ID_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     """Deterministic: derived from the triggering identity and kind (e.g. vendor_id,
     event_id and kind; licence, metric and period for QUOTA_NEAR; licence, render and
@@ -136,6 +169,9 @@ class Alert(_message.Message):
     """Position of this alert's latest change in the alert stream; strictly increasing.
     WatchAlerts resumes after a sequence.
     """
+    change: Global___AlertChange.ValueType
+    """What the change at `sequence` was (set by the alerts service; producers leave it)."""
+    suspension_id: _builtins.str
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The events that triggered it (one for most kinds)."""
@@ -152,6 +188,12 @@ class Alert(_message.Message):
     def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def trace(self) -> _common_pb2.TraceContext: ...
+    @_builtins.property
+    def licence_suspended_at(self) -> _timestamp_pb2.Timestamp:
+        """When the licence registry recorded the automatic suspension this alert caused,
+        and the registry's id of that suspension window.
+        """
+
     def __init__(
         self,
         *,
@@ -182,10 +224,13 @@ class Alert(_message.Message):
         resolved_by: _builtins.str = ...,
         sequence: _builtins.int = ...,
         trace: _common_pb2.TraceContext | None = ...,
+        change: Global___AlertChange.ValueType = ...,
+        licence_suspended_at: _timestamp_pb2.Timestamp | None = ...,
+        suspension_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "occurred_at", b"occurred_at", "raised_at", b"raised_at", "resolved_at", b"resolved_at", "trace", b"trace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "licence_suspended_at", b"licence_suspended_at", "occurred_at", b"occurred_at", "raised_at", b"raised_at", "resolved_at", b"resolved_at", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "avatar_id", b"avatar_id", "currency_code", b"currency_code", "detail", b"detail", "event_ids", b"event_ids", "held_amount", b"held_amount", "held_units", b"held_units", "kind", b"kind", "licence_id", b"licence_id", "licence_version", b"licence_version", "occurred_at", b"occurred_at", "period", b"period", "raised_at", b"raised_at", "render_id", b"render_id", "resolution", b"resolution", "resolution_note", b"resolution_note", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "sequence", b"sequence", "severity", b"severity", "state", b"state", "suspended_licence", b"suspended_licence", "talent_id", b"talent_id", "trace", b"trace", "vendor_id", b"vendor_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "alert_id", b"alert_id", "avatar_id", b"avatar_id", "change", b"change", "currency_code", b"currency_code", "detail", b"detail", "event_ids", b"event_ids", "held_amount", b"held_amount", "held_units", b"held_units", "kind", b"kind", "licence_id", b"licence_id", "licence_suspended_at", b"licence_suspended_at", "licence_version", b"licence_version", "occurred_at", b"occurred_at", "period", b"period", "raised_at", b"raised_at", "render_id", b"render_id", "resolution", b"resolution", "resolution_note", b"resolution_note", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "sequence", b"sequence", "severity", b"severity", "state", b"state", "suspended_licence", b"suspended_licence", "suspension_id", b"suspension_id", "talent_id", b"talent_id", "trace", b"trace", "vendor_id", b"vendor_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
