@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from sys import intern
 from typing import Any, NamedTuple
 
 from residuals.domain.vocabulary import Kind, RejectReason
@@ -168,10 +169,15 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
         )
 
     values = _texts(raw, _USAGE)
+    required: list[str] = []
     for name, value in zip(_USAGE_REQUIRED, values, strict=False):
         if value is None:
             return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without {name}")
-    licence_id, avatar_id, render_id, category, territory, channel = values
+        # Few distinct values, millions of events: share one string object per value.
+        required.append(value if name == "render_id" else intern(value))
+    licence_id, avatar_id, render_id, category, territory = required
+    channel = values[-1] if values[-1] is None else intern(values[-1])
+    vendor_id = intern(vendor_id)
     if channel is None and kind is not Kind.RENDER:
         return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without channel")
     revenue: Decimal | None = None
