@@ -50,11 +50,14 @@ def test_bad_port_names_the_variable() -> None:
         load(StackSettings, environ={"RESIDUALS_TOPIC_PARTITIONS": "0"})
 
 
-def test_topic_catalogue_names_are_unique_versioned_and_only_licences_compact() -> None:
+def test_topic_catalogue_names_are_unique_versioned_and_only_tables_compact() -> None:
     names = [t.name for t in topics.ALL]
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 7
     assert all(n.startswith("residuals.") and n.endswith(".v1") for n in names)
-    assert [t.name for t in topics.ALL if t.compacted] == ["residuals.licences.v1"]
+    assert [t.name for t in topics.ALL if t.compacted] == [
+        "residuals.licences.v1",
+        "residuals.signing-keys.v1",
+    ]
     assert topics.LICENCES.config() == {"cleanup.policy": "compact"}
     assert topics.USAGE.config()["cleanup.policy"] == "delete"
     assert topics.USAGE.qualified("t1.") == "t1.residuals.usage.v1"

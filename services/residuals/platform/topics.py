@@ -63,13 +63,27 @@ LICENCES = Topic(
     compacted=True,
     description="current licence terms keyed by licence id (compacted table)",
 )
+SIGNING_KEYS = Topic(
+    "residuals.signing-keys.v1",
+    compacted=True,
+    description="vendor Ed25519 public keys keyed by key id (compacted table; revoked keys "
+    "carry revoked_at)",
+)
 PAYOUTS = Topic(
     "residuals.payouts.v1",
     retention_ms=90 * DAY_MS,
     description="payout statements per licence and period",
 )
 
-ALL: tuple[Topic, ...] = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, PAYOUTS)
+ALL: tuple[Topic, ...] = (
+    USAGE,
+    USAGE_RATED,
+    ALERTS,
+    USAGE_DLQ,
+    LICENCES,
+    SIGNING_KEYS,
+    PAYOUTS,
+)
 
 
 def by_name(name: str) -> Topic:
