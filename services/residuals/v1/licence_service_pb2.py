@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from residuals.v1 import licence_pb2 as residuals_dot_v1_dot_licence__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"residuals/v1/licence_service.proto\x12\x0cresiduals.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aresiduals/v1/licence.proto\"\xa7\x01\n\x14\x43reateLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x11\n\ttalent_id\x18\x02 \x01(\t\x12\x11\n\tavatar_id\x18\x03 \x01(\t\x12\x11\n\tvendor_id\x18\x04 \x01(\t\x12\x15\n\rcurrency_code\x18\x05 \x01(\t\x12+\n\x05terms\x18\x06 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\"?\n\x15\x43reateLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\xe4\x01\n\x13\x41mendLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12+\n\x05terms\x18\x02 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x65xpected_revision\x18\x05 \x01(\x04\x12\x0c\n\x04note\x18\x06 \x01(\t\">\n\x14\x41mendLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\x97\x01\n\x15SuspendLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12-\n\tstarts_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x16SuspendLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"c\n\x17ReinstateLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x18ReinstateLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\x82\x01\n\x14RevokeLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewind_down_days\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"?\n\x15RevokeLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"R\n\x11GetLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x12GetLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\x12.\n\x08in_force\x18\x02 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\"\xcf\x01\n\x13ListLicencesRequest\x12\x11\n\ttalent_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x11\n\tvendor_id\x18\x03 \x01(\t\x12-\n\x08statuses\x18\x04 \x03(\x0e\x32\x1b.residuals.v1.LicenceStatus\x12)\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"X\n\x14ListLicencesResponse\x12\'\n\x08licences\x18\x01 \x03(\x0b\x32\x15.residuals.v1.Licence\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x19RegisterSigningKeyRequest\x12\x11\n\tvendor_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"I\n\x1aRegisterSigningKeyResponse\x12+\n\x03key\x18\x01 \x01(\x0b\x32\x1e.residuals.v1.VendorSigningKey\"V\n\x13\x43reateApiKeyRequest\x12*\n\tprincipal\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Principal\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.residuals.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.residuals.v1.ApiKey2\x9a\x07\n\x0eLicenceService\x12X\n\rCreateLicence\x12\".residuals.v1.CreateLicenceRequest\x1a#.residuals.v1.CreateLicenceResponse\x12U\n\x0c\x41mendLicence\x12!.residuals.v1.AmendLicenceRequest\x1a\".residuals.v1.AmendLicenceResponse\x12[\n\x0eSuspendLicence\x12#.residuals.v1.SuspendLicenceRequest\x1a$.residuals.v1.SuspendLicenceResponse\x12\x61\n\x10ReinstateLicence\x12%.residuals.v1.ReinstateLicenceRequest\x1a&.residuals.v1.ReinstateLicenceResponse\x12X\n\rRevokeLicence\x12\".residuals.v1.RevokeLicenceRequest\x1a#.residuals.v1.RevokeLicenceResponse\x12O\n\nGetLicence\x12\x1f.residuals.v1.GetLicenceRequest\x1a .residuals.v1.GetLicenceResponse\x12U\n\x0cListLicences\x12!.residuals.v1.ListLicencesRequest\x1a\".residuals.v1.ListLicencesResponse\x12g\n\x12RegisterSigningKey\x12\'.residuals.v1.RegisterSigningKeyRequest\x1a(.residuals.v1.RegisterSigningKeyResponse\x12U\n\x0c\x43reateApiKey\x12!.residuals.v1.CreateApiKeyRequest\x1a\".residuals.v1.CreateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.residuals.v1.RevokeApiKeyRequest\x1a\".residuals.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"residuals/v1/licence_service.proto\x12\x0cresiduals.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aresiduals/v1/licence.proto\"\xa7\x01\n\x14\x43reateLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x11\n\ttalent_id\x18\x02 \x01(\t\x12\x11\n\tavatar_id\x18\x03 \x01(\t\x12\x11\n\tvendor_id\x18\x04 \x01(\t\x12\x15\n\rcurrency_code\x18\x05 \x01(\t\x12+\n\x05terms\x18\x06 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\"?\n\x15\x43reateLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\xe4\x01\n\x13\x41mendLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12+\n\x05terms\x18\x02 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x65xpected_revision\x18\x05 \x01(\x04\x12\x0c\n\x04note\x18\x06 \x01(\t\">\n\x14\x41mendLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\xbc\x01\n\x15SuspendLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12-\n\tstarts_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tautomatic\x18\x05 \x01(\x08\x12\x10\n\x08\x61lert_id\x18\x06 \x01(\t\"@\n\x16SuspendLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"c\n\x17ReinstateLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x18ReinstateLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"\x82\x01\n\x14RevokeLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewind_down_days\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"?\n\x15RevokeLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\"R\n\x11GetLicenceRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x12GetLicenceResponse\x12&\n\x07licence\x18\x01 \x01(\x0b\x32\x15.residuals.v1.Licence\x12.\n\x08in_force\x18\x02 \x01(\x0b\x32\x1c.residuals.v1.LicenceVersion\"\xcf\x01\n\x13ListLicencesRequest\x12\x11\n\ttalent_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x11\n\tvendor_id\x18\x03 \x01(\t\x12-\n\x08statuses\x18\x04 \x03(\x0e\x32\x1b.residuals.v1.LicenceStatus\x12)\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"X\n\x14ListLicencesResponse\x12\'\n\x08licences\x18\x01 \x03(\x0b\x32\x15.residuals.v1.Licence\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x19RegisterSigningKeyRequest\x12\x11\n\tvendor_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"I\n\x1aRegisterSigningKeyResponse\x12+\n\x03key\x18\x01 \x01(\x0b\x32\x1e.residuals.v1.VendorSigningKey\"Y\n\x17RevokeSigningKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\nrevoked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x18RevokeSigningKeyResponse\x12+\n\x03key\x18\x01 \x01(\x0b\x32\x1e.residuals.v1.VendorSigningKey\"V\n\x13\x43reateApiKeyRequest\x12*\n\tprincipal\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Principal\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.residuals.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x14.residuals.v1.ApiKey\";\n\x13\x43reateTalentRequest\x12$\n\x06talent\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Talent\"<\n\x14\x43reateTalentResponse\x12$\n\x06talent\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Talent\";\n\x13\x43reateAvatarRequest\x12$\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Avatar\"<\n\x14\x43reateAvatarResponse\x12$\n\x06\x61vatar\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Avatar\";\n\x13\x43reateVendorRequest\x12$\n\x06vendor\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Vendor\"<\n\x14\x43reateVendorResponse\x12$\n\x06vendor\x18\x01 \x01(\x0b\x32\x14.residuals.v1.Vendor\"8\n\x12\x43reatePayeeRequest\x12\"\n\x05payee\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Payee\"9\n\x13\x43reatePayeeResponse\x12\"\n\x05payee\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Payee2\xd6\n\n\x0eLicenceService\x12X\n\rCreateLicence\x12\".residuals.v1.CreateLicenceRequest\x1a#.residuals.v1.CreateLicenceResponse\x12U\n\x0c\x41mendLicence\x12!.residuals.v1.AmendLicenceRequest\x1a\".residuals.v1.AmendLicenceResponse\x12[\n\x0eSuspendLicence\x12#.residuals.v1.SuspendLicenceRequest\x1a$.residuals.v1.SuspendLicenceResponse\x12\x61\n\x10ReinstateLicence\x12%.residuals.v1.ReinstateLicenceRequest\x1a&.residuals.v1.ReinstateLicenceResponse\x12X\n\rRevokeLicence\x12\".residuals.v1.RevokeLicenceRequest\x1a#.residuals.v1.RevokeLicenceResponse\x12O\n\nGetLicence\x12\x1f.residuals.v1.GetLicenceRequest\x1a .residuals.v1.GetLicenceResponse\x12U\n\x0cListLicences\x12!.residuals.v1.ListLicencesRequest\x1a\".residuals.v1.ListLicencesResponse\x12g\n\x12RegisterSigningKey\x12\'.residuals.v1.RegisterSigningKeyRequest\x1a(.residuals.v1.RegisterSigningKeyResponse\x12\x61\n\x10RevokeSigningKey\x12%.residuals.v1.RevokeSigningKeyRequest\x1a&.residuals.v1.RevokeSigningKeyResponse\x12U\n\x0c\x43reateApiKey\x12!.residuals.v1.CreateApiKeyRequest\x1a\".residuals.v1.CreateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.residuals.v1.RevokeApiKeyRequest\x1a\".residuals.v1.RevokeApiKeyResponse\x12U\n\x0c\x43reateTalent\x12!.residuals.v1.CreateTalentRequest\x1a\".residuals.v1.CreateTalentResponse\x12U\n\x0c\x43reateAvatar\x12!.residuals.v1.CreateAvatarRequest\x1a\".residuals.v1.CreateAvatarResponse\x12U\n\x0c\x43reateVendor\x12!.residuals.v1.CreateVendorRequest\x1a\".residuals.v1.CreateVendorResponse\x12R\n\x0b\x43reatePayee\x12 .residuals.v1.CreatePayeeRequest\x1a!.residuals.v1.CreatePayeeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,37 +43,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AMENDLICENCERESPONSE']._serialized_start=613
   _globals['_AMENDLICENCERESPONSE']._serialized_end=675
   _globals['_SUSPENDLICENCEREQUEST']._serialized_start=678
-  _globals['_SUSPENDLICENCEREQUEST']._serialized_end=829
-  _globals['_SUSPENDLICENCERESPONSE']._serialized_start=831
-  _globals['_SUSPENDLICENCERESPONSE']._serialized_end=895
-  _globals['_REINSTATELICENCEREQUEST']._serialized_start=897
-  _globals['_REINSTATELICENCEREQUEST']._serialized_end=996
-  _globals['_REINSTATELICENCERESPONSE']._serialized_start=998
-  _globals['_REINSTATELICENCERESPONSE']._serialized_end=1064
-  _globals['_REVOKELICENCEREQUEST']._serialized_start=1067
-  _globals['_REVOKELICENCEREQUEST']._serialized_end=1197
-  _globals['_REVOKELICENCERESPONSE']._serialized_start=1199
-  _globals['_REVOKELICENCERESPONSE']._serialized_end=1262
-  _globals['_GETLICENCEREQUEST']._serialized_start=1264
-  _globals['_GETLICENCEREQUEST']._serialized_end=1346
-  _globals['_GETLICENCERESPONSE']._serialized_start=1348
-  _globals['_GETLICENCERESPONSE']._serialized_end=1456
-  _globals['_LISTLICENCESREQUEST']._serialized_start=1459
-  _globals['_LISTLICENCESREQUEST']._serialized_end=1666
-  _globals['_LISTLICENCESRESPONSE']._serialized_start=1668
-  _globals['_LISTLICENCESRESPONSE']._serialized_end=1756
-  _globals['_REGISTERSIGNINGKEYREQUEST']._serialized_start=1758
-  _globals['_REGISTERSIGNINGKEYREQUEST']._serialized_end=1840
-  _globals['_REGISTERSIGNINGKEYRESPONSE']._serialized_start=1842
-  _globals['_REGISTERSIGNINGKEYRESPONSE']._serialized_end=1915
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1917
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2003
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2005
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2082
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2084
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2125
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2127
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2188
-  _globals['_LICENCESERVICE']._serialized_start=2191
-  _globals['_LICENCESERVICE']._serialized_end=3113
+  _globals['_SUSPENDLICENCEREQUEST']._serialized_end=866
+  _globals['_SUSPENDLICENCERESPONSE']._serialized_start=868
+  _globals['_SUSPENDLICENCERESPONSE']._serialized_end=932
+  _globals['_REINSTATELICENCEREQUEST']._serialized_start=934
+  _globals['_REINSTATELICENCEREQUEST']._serialized_end=1033
+  _globals['_REINSTATELICENCERESPONSE']._serialized_start=1035
+  _globals['_REINSTATELICENCERESPONSE']._serialized_end=1101
+  _globals['_REVOKELICENCEREQUEST']._serialized_start=1104
+  _globals['_REVOKELICENCEREQUEST']._serialized_end=1234
+  _globals['_REVOKELICENCERESPONSE']._serialized_start=1236
+  _globals['_REVOKELICENCERESPONSE']._serialized_end=1299
+  _globals['_GETLICENCEREQUEST']._serialized_start=1301
+  _globals['_GETLICENCEREQUEST']._serialized_end=1383
+  _globals['_GETLICENCERESPONSE']._serialized_start=1385
+  _globals['_GETLICENCERESPONSE']._serialized_end=1493
+  _globals['_LISTLICENCESREQUEST']._serialized_start=1496
+  _globals['_LISTLICENCESREQUEST']._serialized_end=1703
+  _globals['_LISTLICENCESRESPONSE']._serialized_start=1705
+  _globals['_LISTLICENCESRESPONSE']._serialized_end=1793
+  _globals['_REGISTERSIGNINGKEYREQUEST']._serialized_start=1795
+  _globals['_REGISTERSIGNINGKEYREQUEST']._serialized_end=1877
+  _globals['_REGISTERSIGNINGKEYRESPONSE']._serialized_start=1879
+  _globals['_REGISTERSIGNINGKEYRESPONSE']._serialized_end=1952
+  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_start=1954
+  _globals['_REVOKESIGNINGKEYREQUEST']._serialized_end=2043
+  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_start=2045
+  _globals['_REVOKESIGNINGKEYRESPONSE']._serialized_end=2116
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2118
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2204
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2206
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2283
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2285
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2326
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2328
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2389
+  _globals['_CREATETALENTREQUEST']._serialized_start=2391
+  _globals['_CREATETALENTREQUEST']._serialized_end=2450
+  _globals['_CREATETALENTRESPONSE']._serialized_start=2452
+  _globals['_CREATETALENTRESPONSE']._serialized_end=2512
+  _globals['_CREATEAVATARREQUEST']._serialized_start=2514
+  _globals['_CREATEAVATARREQUEST']._serialized_end=2573
+  _globals['_CREATEAVATARRESPONSE']._serialized_start=2575
+  _globals['_CREATEAVATARRESPONSE']._serialized_end=2635
+  _globals['_CREATEVENDORREQUEST']._serialized_start=2637
+  _globals['_CREATEVENDORREQUEST']._serialized_end=2696
+  _globals['_CREATEVENDORRESPONSE']._serialized_start=2698
+  _globals['_CREATEVENDORRESPONSE']._serialized_end=2758
+  _globals['_CREATEPAYEEREQUEST']._serialized_start=2760
+  _globals['_CREATEPAYEEREQUEST']._serialized_end=2816
+  _globals['_CREATEPAYEERESPONSE']._serialized_start=2818
+  _globals['_CREATEPAYEERESPONSE']._serialized_end=2875
+  _globals['_LICENCESERVICE']._serialized_start=2878
+  _globals['_LICENCESERVICE']._serialized_end=4244
 # @@protoc_insertion_point(module_scope)

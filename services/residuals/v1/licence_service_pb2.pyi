@@ -155,8 +155,15 @@ class SuspendLicenceRequest(_message.Message):
     STARTS_AT_FIELD_NUMBER: _builtins.int
     ENDS_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
     licence_id: _builtins.str
     reason: _builtins.str
+    automatic: _builtins.bool
+    """Set by the alerting pipeline when critical misuse suspends the licence; requires
+    alert_id, and the same alert suspends at most once.
+    """
+    alert_id: _builtins.str
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """Unset = now."""
@@ -172,10 +179,12 @@ class SuspendLicenceRequest(_message.Message):
         starts_at: _timestamp_pb2.Timestamp | None = ...,
         ends_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        automatic: _builtins.bool = ...,
+        alert_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "licence_id", b"licence_id", "reason", b"reason", "starts_at", b"starts_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "automatic", b"automatic", "ends_at", b"ends_at", "licence_id", b"licence_id", "reason", b"reason", "starts_at", b"starts_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -466,6 +475,51 @@ class RegisterSigningKeyResponse(_message.Message):
 Global___RegisterSigningKeyResponse: _TypeAlias = RegisterSigningKeyResponse  # noqa: Y015
 
 @_typing.final
+class RevokeSigningKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset = now."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSigningKeyRequest: _TypeAlias = RevokeSigningKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeSigningKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> _licence_pb2.VendorSigningKey: ...
+    def __init__(
+        self,
+        *,
+        key: _licence_pb2.VendorSigningKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSigningKeyResponse: _TypeAlias = RevokeSigningKeyResponse  # noqa: Y015
+
+@_typing.final
 class CreateApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -497,7 +551,9 @@ class CreateApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
-    """The secret, shown only now; the server keeps a hash."""
+    """The complete key, rsd_<api_key_id>_<secret>, shown only now (the server keeps a hash
+    of the secret). Send it as call metadata "authorization: Bearer <key>".
+    """
     @_builtins.property
     def api_key(self) -> _licence_pb2.ApiKey: ...
     def __init__(
@@ -552,3 +608,163 @@ class RevokeApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class CreateTalentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TALENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def talent(self) -> _licence_pb2.Talent: ...
+    def __init__(
+        self,
+        *,
+        talent: _licence_pb2.Talent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["talent", b"talent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["talent", b"talent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTalentRequest: _TypeAlias = CreateTalentRequest  # noqa: Y015
+
+@_typing.final
+class CreateTalentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TALENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def talent(self) -> _licence_pb2.Talent: ...
+    def __init__(
+        self,
+        *,
+        talent: _licence_pb2.Talent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["talent", b"talent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["talent", b"talent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTalentResponse: _TypeAlias = CreateTalentResponse  # noqa: Y015
+
+@_typing.final
+class CreateAvatarRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVATAR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def avatar(self) -> _licence_pb2.Avatar: ...
+    def __init__(
+        self,
+        *,
+        avatar: _licence_pb2.Avatar | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAvatarRequest: _TypeAlias = CreateAvatarRequest  # noqa: Y015
+
+@_typing.final
+class CreateAvatarResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVATAR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def avatar(self) -> _licence_pb2.Avatar: ...
+    def __init__(
+        self,
+        *,
+        avatar: _licence_pb2.Avatar | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar", b"avatar"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAvatarResponse: _TypeAlias = CreateAvatarResponse  # noqa: Y015
+
+@_typing.final
+class CreateVendorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VENDOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vendor(self) -> _licence_pb2.Vendor: ...
+    def __init__(
+        self,
+        *,
+        vendor: _licence_pb2.Vendor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vendor", b"vendor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vendor", b"vendor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVendorRequest: _TypeAlias = CreateVendorRequest  # noqa: Y015
+
+@_typing.final
+class CreateVendorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VENDOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vendor(self) -> _licence_pb2.Vendor: ...
+    def __init__(
+        self,
+        *,
+        vendor: _licence_pb2.Vendor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vendor", b"vendor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vendor", b"vendor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVendorResponse: _TypeAlias = CreateVendorResponse  # noqa: Y015
+
+@_typing.final
+class CreatePayeeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYEE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payee(self) -> _licence_pb2.Payee: ...
+    def __init__(
+        self,
+        *,
+        payee: _licence_pb2.Payee | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payee", b"payee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payee", b"payee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePayeeRequest: _TypeAlias = CreatePayeeRequest  # noqa: Y015
+
+@_typing.final
+class CreatePayeeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYEE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payee(self) -> _licence_pb2.Payee: ...
+    def __init__(
+        self,
+        *,
+        payee: _licence_pb2.Payee | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payee", b"payee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payee", b"payee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePayeeResponse: _TypeAlias = CreatePayeeResponse  # noqa: Y015

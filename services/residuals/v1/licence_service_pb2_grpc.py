@@ -75,6 +75,11 @@ class LicenceServiceStub:
                 request_serializer=residuals_dot_v1_dot_licence__service__pb2.RegisterSigningKeyRequest.SerializeToString,
                 response_deserializer=residuals_dot_v1_dot_licence__service__pb2.RegisterSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.RevokeSigningKey = channel.unary_unary(
+                '/residuals.v1.LicenceService/RevokeSigningKey',
+                request_serializer=residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/residuals.v1.LicenceService/CreateApiKey',
                 request_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateApiKeyRequest.SerializeToString,
@@ -84,6 +89,26 @@ class LicenceServiceStub:
                 '/residuals.v1.LicenceService/RevokeApiKey',
                 request_serializer=residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateTalent = channel.unary_unary(
+                '/residuals.v1.LicenceService/CreateTalent',
+                request_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateTalentRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateTalentResponse.FromString,
+                _registered_method=True)
+        self.CreateAvatar = channel.unary_unary(
+                '/residuals.v1.LicenceService/CreateAvatar',
+                request_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateAvatarRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateAvatarResponse.FromString,
+                _registered_method=True)
+        self.CreateVendor = channel.unary_unary(
+                '/residuals.v1.LicenceService/CreateVendor',
+                request_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateVendorRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateVendorResponse.FromString,
+                _registered_method=True)
+        self.CreatePayee = channel.unary_unary(
+                '/residuals.v1.LicenceService/CreatePayee',
+                request_serializer=residuals_dot_v1_dot_licence__service__pb2.CreatePayeeRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreatePayeeResponse.FromString,
                 _registered_method=True)
 
 
@@ -142,6 +167,13 @@ class LicenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeSigningKey(self, request, context):
+        """Signatures made with the key are rejected from revoked_at on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -150,6 +182,34 @@ class LicenceServiceServicer:
 
     def RevokeApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTalent(self, request, context):
+        """Parties a licence refers to. Creating an id again with the same content is a no-op,
+        with different content an ALREADY_EXISTS error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAvatar(self, request, context):
+        """The avatar's talent must exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateVendor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePayee(self, request, context):
+        """Every payee named in a licence's splits must exist.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -197,6 +257,11 @@ def add_LicenceServiceServicer_to_server(servicer, server):
                     request_deserializer=residuals_dot_v1_dot_licence__service__pb2.RegisterSigningKeyRequest.FromString,
                     response_serializer=residuals_dot_v1_dot_licence__service__pb2.RegisterSigningKeyResponse.SerializeToString,
             ),
+            'RevokeSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSigningKey,
+                    request_deserializer=residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyResponse.SerializeToString,
+            ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateApiKeyRequest.FromString,
@@ -206,6 +271,26 @@ def add_LicenceServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'CreateTalent': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTalent,
+                    request_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateTalentRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateTalentResponse.SerializeToString,
+            ),
+            'CreateAvatar': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAvatar,
+                    request_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateAvatarRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateAvatarResponse.SerializeToString,
+            ),
+            'CreateVendor': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVendor,
+                    request_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreateVendorRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_licence__service__pb2.CreateVendorResponse.SerializeToString,
+            ),
+            'CreatePayee': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePayee,
+                    request_deserializer=residuals_dot_v1_dot_licence__service__pb2.CreatePayeeRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_licence__service__pb2.CreatePayeeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +521,33 @@ class LicenceService:
             _registered_method=True)
 
     @staticmethod
+    def RevokeSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.LicenceService/RevokeSigningKey',
+            residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyRequest.SerializeToString,
+            residuals_dot_v1_dot_licence__service__pb2.RevokeSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateApiKey(request,
             target,
             options=(),
@@ -479,6 +591,114 @@ class LicenceService:
             '/residuals.v1.LicenceService/RevokeApiKey',
             residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyRequest.SerializeToString,
             residuals_dot_v1_dot_licence__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTalent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.LicenceService/CreateTalent',
+            residuals_dot_v1_dot_licence__service__pb2.CreateTalentRequest.SerializeToString,
+            residuals_dot_v1_dot_licence__service__pb2.CreateTalentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.LicenceService/CreateAvatar',
+            residuals_dot_v1_dot_licence__service__pb2.CreateAvatarRequest.SerializeToString,
+            residuals_dot_v1_dot_licence__service__pb2.CreateAvatarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVendor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.LicenceService/CreateVendor',
+            residuals_dot_v1_dot_licence__service__pb2.CreateVendorRequest.SerializeToString,
+            residuals_dot_v1_dot_licence__service__pb2.CreateVendorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePayee(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.LicenceService/CreatePayee',
+            residuals_dot_v1_dot_licence__service__pb2.CreatePayeeRequest.SerializeToString,
+            residuals_dot_v1_dot_licence__service__pb2.CreatePayeeResponse.FromString,
             options,
             channel_credentials,
             insecure,

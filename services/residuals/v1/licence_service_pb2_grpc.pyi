@@ -46,8 +46,19 @@ class LicenceServiceStub:
     GetLicence: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.GetLicenceRequest, _licence_service_pb2.GetLicenceResponse]
     ListLicences: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.ListLicencesRequest, _licence_service_pb2.ListLicencesResponse]
     RegisterSigningKey: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.RegisterSigningKeyRequest, _licence_service_pb2.RegisterSigningKeyResponse]
+    RevokeSigningKey: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.RevokeSigningKeyRequest, _licence_service_pb2.RevokeSigningKeyResponse]
+    """Signatures made with the key are rejected from revoked_at on."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.CreateApiKeyRequest, _licence_service_pb2.CreateApiKeyResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.RevokeApiKeyRequest, _licence_service_pb2.RevokeApiKeyResponse]
+    CreateTalent: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.CreateTalentRequest, _licence_service_pb2.CreateTalentResponse]
+    """Parties a licence refers to. Creating an id again with the same content is a no-op,
+    with different content an ALREADY_EXISTS error.
+    """
+    CreateAvatar: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.CreateAvatarRequest, _licence_service_pb2.CreateAvatarResponse]
+    """The avatar's talent must exist."""
+    CreateVendor: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.CreateVendorRequest, _licence_service_pb2.CreateVendorResponse]
+    CreatePayee: _grpc.UnaryUnaryMultiCallable[_licence_service_pb2.CreatePayeeRequest, _licence_service_pb2.CreatePayeeResponse]
+    """Every payee named in a licence's splits must exist."""
 
 @_typing.type_check_only
 class LicenceServiceAsyncStub(LicenceServiceStub):
@@ -65,8 +76,19 @@ class LicenceServiceAsyncStub(LicenceServiceStub):
     GetLicence: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.GetLicenceRequest, _licence_service_pb2.GetLicenceResponse]  # type: ignore[assignment]
     ListLicences: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.ListLicencesRequest, _licence_service_pb2.ListLicencesResponse]  # type: ignore[assignment]
     RegisterSigningKey: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.RegisterSigningKeyRequest, _licence_service_pb2.RegisterSigningKeyResponse]  # type: ignore[assignment]
+    RevokeSigningKey: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.RevokeSigningKeyRequest, _licence_service_pb2.RevokeSigningKeyResponse]  # type: ignore[assignment]
+    """Signatures made with the key are rejected from revoked_at on."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.CreateApiKeyRequest, _licence_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.RevokeApiKeyRequest, _licence_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    CreateTalent: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.CreateTalentRequest, _licence_service_pb2.CreateTalentResponse]  # type: ignore[assignment]
+    """Parties a licence refers to. Creating an id again with the same content is a no-op,
+    with different content an ALREADY_EXISTS error.
+    """
+    CreateAvatar: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.CreateAvatarRequest, _licence_service_pb2.CreateAvatarResponse]  # type: ignore[assignment]
+    """The avatar's talent must exist."""
+    CreateVendor: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.CreateVendorRequest, _licence_service_pb2.CreateVendorResponse]  # type: ignore[assignment]
+    CreatePayee: _aio.UnaryUnaryMultiCallable[_licence_service_pb2.CreatePayeeRequest, _licence_service_pb2.CreatePayeeResponse]  # type: ignore[assignment]
+    """Every payee named in a licence's splits must exist."""
 
 class LicenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages licences, their versions and suspensions, and vendor credentials."""
@@ -131,6 +153,14 @@ class LicenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_licence_service_pb2.RegisterSigningKeyResponse, _abc.Awaitable[_licence_service_pb2.RegisterSigningKeyResponse]]: ...
 
     @_abc_1.abstractmethod
+    def RevokeSigningKey(
+        self,
+        request: _licence_service_pb2.RevokeSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_licence_service_pb2.RevokeSigningKeyResponse, _abc.Awaitable[_licence_service_pb2.RevokeSigningKeyResponse]]:
+        """Signatures made with the key are rejected from revoked_at on."""
+
+    @_abc_1.abstractmethod
     def CreateApiKey(
         self,
         request: _licence_service_pb2.CreateApiKeyRequest,
@@ -143,5 +173,38 @@ class LicenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _licence_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_licence_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_licence_service_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateTalent(
+        self,
+        request: _licence_service_pb2.CreateTalentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_licence_service_pb2.CreateTalentResponse, _abc.Awaitable[_licence_service_pb2.CreateTalentResponse]]:
+        """Parties a licence refers to. Creating an id again with the same content is a no-op,
+        with different content an ALREADY_EXISTS error.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateAvatar(
+        self,
+        request: _licence_service_pb2.CreateAvatarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_licence_service_pb2.CreateAvatarResponse, _abc.Awaitable[_licence_service_pb2.CreateAvatarResponse]]:
+        """The avatar's talent must exist."""
+
+    @_abc_1.abstractmethod
+    def CreateVendor(
+        self,
+        request: _licence_service_pb2.CreateVendorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_licence_service_pb2.CreateVendorResponse, _abc.Awaitable[_licence_service_pb2.CreateVendorResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreatePayee(
+        self,
+        request: _licence_service_pb2.CreatePayeeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_licence_service_pb2.CreatePayeeResponse, _abc.Awaitable[_licence_service_pb2.CreatePayeeResponse]]:
+        """Every payee named in a licence's splits must exist."""
 
 def add_LicenceServiceServicer_to_server(servicer: LicenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
