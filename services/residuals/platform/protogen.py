@@ -10,6 +10,14 @@ code by hand). Both commands also run ``buf lint`` (STANDARD rules, see ``buf.ya
 protoc runs as ``python -m grpc_tools.protoc`` in a subprocess with ``-I protos``, so the
 generated imports are absolute (``from residuals.v1 import common_pb2``) and match the
 package layout. mypy-protobuf writes ``.pyi`` stubs for the messages and the gRPC stubs.
+
+The vendor SDK (``sdk/python``, distribution ``residuals-sdk``) must not depend on the
+server package, so it ships its own copy of the few modules it needs (``common``, ``usage``,
+``ingest``) under ``residuals_sdk/_proto``, made from the same protoc run with the imports
+rewritten to that package. The descriptors keep their file names (``residuals/v1/*.proto``),
+so both copies can be imported into one process: protobuf accepts a file added twice with
+identical content, and both modules then share the same message classes. ``check`` compares
+that copy too, so the SDK can never drift from the contracts.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import importlib.resources
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +48,22 @@ INIT_TEXT = (
     "`residuals protos check` (run in CI) fails when these files are stale.\n"
     '"""\n'
 )
+
+
+# The vendor SDK's copy: which contracts it carries, where, and under which package.
+SDK_OUTPUT = Path("sdk") / "python" / "src" / "residuals_sdk" / "_proto"
+SDK_PACKAGE = "residuals_sdk._proto"
+SDK_PROTOS = ("common", "usage", "ingest")
+SDK_INIT_TEXT = (
+    '"""Generated protobuf and gRPC code of ``residuals.v1`` for the vendor SDK. Do not edit.\n'
+    "\n"
+    "A copy of the contracts the SDK needs (common, usage, ingest) with imports rewritten to\n"
+    "this package. Regenerate with `residuals protos gen`; `residuals protos check` fails\n"
+    "when these files are stale.\n"
+    '"""\n'
+)
+_IMPORT = re.compile(r"^from residuals\.v1 import (\w+)", re.MULTILINE)
+_BUILDER_MODULE = re.compile(r"'residuals\.v1\.(\w+)'")
 
 
 class ProtogenError(RuntimeError):
@@ -141,6 +166,49 @@ def generate_into(root: Path, out_root: Path) -> list[Path]:
     return sorted(p for p in package.iterdir() if p.is_file() and _is_generated(p.name))
 
 
+def vendor_sdk(fresh_package: Path, out: Path) -> list[Path]:
+    """Copy the SDK's contracts from a fresh ``residuals/v1`` into ``out``, re-packaged.
+
+    Only import statements and the module names given to protobuf's builder change; the
+    serialized descriptors stay byte-identical to the server's copy.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    allowed = {
+        f"{name}{suffix.removesuffix('.pyi').removesuffix('.py')}"
+        for name in SDK_PROTOS
+        for suffix in GENERATED_SUFFIXES
+    }
+    written: list[Path] = []
+    for name in SDK_PROTOS:
+        for suffix in GENERATED_SUFFIXES:
+            source = fresh_package / f"{name}{suffix}"
+            if not source.is_file():
+                raise ProtogenError(f"protoc produced no {source.name} for the SDK")
+            text = source.read_text(encoding="utf-8")
+            for imported in _IMPORT.findall(text):
+                if imported not in allowed:
+                    raise ProtogenError(
+                        f"{source.name} imports residuals.v1.{imported}, which the SDK does not"
+                        f" ship: add its .proto to SDK_PROTOS"
+                    )
+            text = _IMPORT.sub(rf"from {SDK_PACKAGE} import \1", text)
+            text = _BUILDER_MODULE.sub(rf"'{SDK_PACKAGE}.\1'", text)
+            target = out / source.name
+            target.write_text(text, encoding="utf-8")
+            written.append(target)
+    (out / INIT_FILE).write_text(SDK_INIT_TEXT, encoding="utf-8")
+    return sorted(written)
+
+
+def _fresh_targets(root: Path, tmp: Path) -> list[tuple[Path, Path]]:
+    """Generate everything into ``tmp``: (committed directory relative to root, fresh copy)."""
+    generate_into(root, tmp / OUTPUT_ROOT)
+    fresh_services = tmp / OUTPUT_ROOT / PACKAGE_DIR
+    fresh_sdk = tmp / "sdk"
+    vendor_sdk(fresh_services, fresh_sdk)
+    return [(Path(OUTPUT_ROOT) / PACKAGE_DIR, fresh_services), (SDK_OUTPUT, fresh_sdk)]
+
+
 def _generated_names(directory: Path) -> set[str]:
     if not directory.is_dir():
         return set()
@@ -169,30 +237,37 @@ def buf_lint(root: Path) -> None:
         raise ProtogenError(f"buf lint failed:\n{findings}")
 
 
-def check(root: Path) -> CheckResult:
-    """Regenerate into a temporary directory and compare with the committed code."""
+def check(root: Path) -> list[tuple[str, CheckResult]]:
+    """Regenerate into a temporary directory and compare with every committed copy.
+
+    Returns one ``(directory, result)`` per generated directory (server package, SDK).
+    """
     with tempfile.TemporaryDirectory(prefix="residuals-protos-") as tmp:
-        generate_into(root, Path(tmp))
-        return compare(Path(tmp) / PACKAGE_DIR, root / OUTPUT_ROOT / PACKAGE_DIR)
+        return [
+            (committed.as_posix(), compare(fresh, root / committed))
+            for committed, fresh in _fresh_targets(root, Path(tmp))
+        ]
 
 
 def generate(root: Path) -> list[str]:
-    """Regenerate the committed code in place; return the names of files that changed.
+    """Regenerate the committed code in place; return the paths of files that changed.
 
     Generation goes to a temporary directory first, so a protoc failure leaves the
     committed files untouched, and generated files whose .proto was deleted are removed.
     """
-    target = root / OUTPUT_ROOT / PACKAGE_DIR
-    target.mkdir(parents=True, exist_ok=True)
+    changed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="residuals-protos-") as tmp:
-        generate_into(root, Path(tmp))
-        fresh = Path(tmp) / PACKAGE_DIR
-        diff = compare(fresh, target)
-        for name in diff.changed + diff.missing:
-            shutil.copyfile(fresh / name, target / name)
-        for name in diff.extra:
-            (target / name).unlink()
-    return sorted(diff.changed + diff.missing + diff.extra)
+        for committed, fresh in _fresh_targets(root, Path(tmp)):
+            target = root / committed
+            target.mkdir(parents=True, exist_ok=True)
+            diff = compare(fresh, target)
+            for name in diff.changed + diff.missing:
+                shutil.copyfile(fresh / name, target / name)
+            for name in diff.extra:
+                (target / name).unlink()
+            changed += [f"{committed.as_posix()}/{n}" for n in diff.changed + diff.missing]
+            changed += [f"{committed.as_posix()}/{n}" for n in diff.extra]
+    return sorted(changed)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -211,12 +286,11 @@ def _run_gen(args: argparse.Namespace) -> int:
     except ProtogenError as exc:
         print(f"residuals protos gen: {exc}", file=sys.stderr)
         return 1
-    target = (Path(OUTPUT_ROOT) / PACKAGE_DIR).as_posix()
     if changed:
-        for name in changed:
-            print(f"updated {target}/{name}")
+        for path in changed:
+            print(f"updated {path}")
     else:
-        print(f"{target} is up to date")
+        print("generated code is up to date")
     return 0
 
 
@@ -225,17 +299,18 @@ def _run_check(args: argparse.Namespace) -> int:
         root = _root_of(args)
         if not args.no_lint:
             buf_lint(root)
-        result = check(root)
+        results = check(root)
     except ProtogenError as exc:
         print(f"residuals protos check: {exc}", file=sys.stderr)
         return 1
-    target = (Path(OUTPUT_ROOT) / PACKAGE_DIR).as_posix()
-    if not result.ok:
-        for line in result.lines(target):
+    stale = [line for directory, result in results for line in result.lines(directory)]
+    if stale:
+        for line in stale:
             print(line, file=sys.stderr)
         print("generated code is stale: run `residuals protos gen`", file=sys.stderr)
         return 1
-    print(f"{target} matches protos/ (buf lint {'skipped' if args.no_lint else 'clean'})")
+    directories = " and ".join(directory for directory, _ in results)
+    print(f"{directories} match protos/ (buf lint {'skipped' if args.no_lint else 'clean'})")
     return 0
 
 
@@ -246,7 +321,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     commands = parser.add_subparsers(dest="protos_command", metavar="SUBCOMMAND", required=True)
     for name, handler, text in (
-        ("gen", _run_gen, "buf lint, then regenerate services/residuals/v1 from protos/"),
+        ("gen", _run_gen, "buf lint, then regenerate services/residuals/v1 and the SDK copy"),
         ("check", _run_check, "buf lint, then fail (exit 1) if generated code is stale"),
     ):
         sub = commands.add_parser(name, help=text, description=text)

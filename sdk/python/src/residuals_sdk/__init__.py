@@ -1,0 +1,41 @@
+"""Residuals vendor SDK: publish signed usage events of licensed avatars.
+
+>>> from residuals_sdk import SigningKey, UsageClient
+>>> client = UsageClient.kafka(vendor_id="VEN-PIXEL", signing_key=key,
+...                            bootstrap_servers="kafka:9092", spool_dir="/var/lib/app/spool")
+>>> client.render(licence_id="LIC-1", avatar_id="AVA-1", render_id="vid-1",
+...               category="product_demo", territory="GB")
+
+See sdk/python/README.md. This package never imports the ``residuals`` server package;
+the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
+"""
+
+from residuals_sdk.client import UsageClient
+from residuals_sdk.errors import (
+    ClientClosedError,
+    ResidualsError,
+    SpoolFullError,
+    SpoolLockedError,
+)
+from residuals_sdk.ids import uuid7
+from residuals_sdk.report import DeliveryCallback, DeliveryReport, DeliveryStatus
+from residuals_sdk.retry import RetryPolicy
+from residuals_sdk.signing import SigningKey, sign_event, verify_signature
+
+__all__ = [
+    "ClientClosedError",
+    "DeliveryCallback",
+    "DeliveryReport",
+    "DeliveryStatus",
+    "ResidualsError",
+    "RetryPolicy",
+    "SigningKey",
+    "SpoolFullError",
+    "SpoolLockedError",
+    "UsageClient",
+    "sign_event",
+    "uuid7",
+    "verify_signature",
+]
+
+__version__ = "0.1.0"
