@@ -309,8 +309,9 @@ def _run_check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print("generated code is stale: run `residuals protos gen`", file=sys.stderr)
         return 1
-    directories = " and ".join(directory for directory, _ in results)
-    print(f"{directories} match protos/ (buf lint {'skipped' if args.no_lint else 'clean'})")
+    directories = ", ".join(directory for directory, _ in results)
+    lint = "skipped" if args.no_lint else "clean"
+    print(f"generated code matches protos/ ({directories}; buf lint {lint})")
     return 0
 
 
