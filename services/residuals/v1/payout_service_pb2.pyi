@@ -338,6 +338,60 @@ class ListPayoutsResponse(_message.Message):
 Global___ListPayoutsResponse: _TypeAlias = ListPayoutsResponse  # noqa: Y015
 
 @_typing.final
+class PayPayoutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAYOUT_IDS_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """"YYYY-MM"; empty = every period with unpaid payouts."""
+    @_builtins.property
+    def payout_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these payouts (by payout_id); empty = all unpaid of the period."""
+
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        payout_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_ids", b"payout_ids", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayPayoutsRequest: _TypeAlias = PayPayoutsRequest  # noqa: Y015
+
+@_typing.final
+class PayPayoutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUTS_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    paid: _builtins.int
+    failed: _builtins.int
+    @_builtins.property
+    def payouts(self) -> _containers.RepeatedCompositeFieldContainer[_payouts_pb2.Payout]:
+        """The payouts attempted, as they stand afterwards."""
+
+    def __init__(
+        self,
+        *,
+        payouts: _abc.Iterable[_payouts_pb2.Payout] | None = ...,
+        paid: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "paid", b"paid", "payouts", b"payouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayPayoutsResponse: _TypeAlias = PayPayoutsResponse  # noqa: Y015
+
+@_typing.final
 class WatchPayoutsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

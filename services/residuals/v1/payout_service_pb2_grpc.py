@@ -60,6 +60,11 @@ class PayoutServiceStub:
                 request_serializer=residuals_dot_v1_dot_payout__service__pb2.ListPayoutsRequest.SerializeToString,
                 response_deserializer=residuals_dot_v1_dot_payout__service__pb2.ListPayoutsResponse.FromString,
                 _registered_method=True)
+        self.PayPayouts = channel.unary_unary(
+                '/residuals.v1.PayoutService/PayPayouts',
+                request_serializer=residuals_dot_v1_dot_payout__service__pb2.PayPayoutsRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_payout__service__pb2.PayPayoutsResponse.FromString,
+                _registered_method=True)
         self.WatchPayouts = channel.unary_stream(
                 '/residuals.v1.PayoutService/WatchPayouts',
                 request_serializer=residuals_dot_v1_dot_payout__service__pb2.WatchPayoutsRequest.SerializeToString,
@@ -109,6 +114,15 @@ class PayoutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PayPayouts(self, request, context):
+        """Sends the period's pending and failed payouts through the payment rail (failed ones
+        are retried under the same idempotency key, so nothing is paid twice). Finance and
+        admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchPayouts(self, request, context):
         """Streams payout changes in sequence order, backlog then live, with heartbeats;
         resume with the last sequence seen.
@@ -153,6 +167,11 @@ def add_PayoutServiceServicer_to_server(servicer, server):
                     servicer.ListPayouts,
                     request_deserializer=residuals_dot_v1_dot_payout__service__pb2.ListPayoutsRequest.FromString,
                     response_serializer=residuals_dot_v1_dot_payout__service__pb2.ListPayoutsResponse.SerializeToString,
+            ),
+            'PayPayouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayPayouts,
+                    request_deserializer=residuals_dot_v1_dot_payout__service__pb2.PayPayoutsRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_payout__service__pb2.PayPayoutsResponse.SerializeToString,
             ),
             'WatchPayouts': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchPayouts,
@@ -301,6 +320,33 @@ class PayoutService:
             '/residuals.v1.PayoutService/ListPayouts',
             residuals_dot_v1_dot_payout__service__pb2.ListPayoutsRequest.SerializeToString,
             residuals_dot_v1_dot_payout__service__pb2.ListPayoutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayPayouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.PayoutService/PayPayouts',
+            residuals_dot_v1_dot_payout__service__pb2.PayPayoutsRequest.SerializeToString,
+            residuals_dot_v1_dot_payout__service__pb2.PayPayoutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

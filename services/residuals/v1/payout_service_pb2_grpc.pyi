@@ -42,6 +42,11 @@ class PayoutServiceStub:
     ListStatements: _grpc.UnaryUnaryMultiCallable[_payout_service_pb2.ListStatementsRequest, _payout_service_pb2.ListStatementsResponse]
     ExportStatement: _grpc.UnaryUnaryMultiCallable[_payout_service_pb2.ExportStatementRequest, _payout_service_pb2.ExportStatementResponse]
     ListPayouts: _grpc.UnaryUnaryMultiCallable[_payout_service_pb2.ListPayoutsRequest, _payout_service_pb2.ListPayoutsResponse]
+    PayPayouts: _grpc.UnaryUnaryMultiCallable[_payout_service_pb2.PayPayoutsRequest, _payout_service_pb2.PayPayoutsResponse]
+    """Sends the period's pending and failed payouts through the payment rail (failed ones
+    are retried under the same idempotency key, so nothing is paid twice). Finance and
+    admin only.
+    """
     WatchPayouts: _grpc.UnaryStreamMultiCallable[_payout_service_pb2.WatchPayoutsRequest, _payout_service_pb2.WatchPayoutsResponse]
     """Streams payout changes in sequence order, backlog then live, with heartbeats;
     resume with the last sequence seen.
@@ -66,6 +71,11 @@ class PayoutServiceAsyncStub(PayoutServiceStub):
     ListStatements: _aio.UnaryUnaryMultiCallable[_payout_service_pb2.ListStatementsRequest, _payout_service_pb2.ListStatementsResponse]  # type: ignore[assignment]
     ExportStatement: _aio.UnaryUnaryMultiCallable[_payout_service_pb2.ExportStatementRequest, _payout_service_pb2.ExportStatementResponse]  # type: ignore[assignment]
     ListPayouts: _aio.UnaryUnaryMultiCallable[_payout_service_pb2.ListPayoutsRequest, _payout_service_pb2.ListPayoutsResponse]  # type: ignore[assignment]
+    PayPayouts: _aio.UnaryUnaryMultiCallable[_payout_service_pb2.PayPayoutsRequest, _payout_service_pb2.PayPayoutsResponse]  # type: ignore[assignment]
+    """Sends the period's pending and failed payouts through the payment rail (failed ones
+    are retried under the same idempotency key, so nothing is paid twice). Finance and
+    admin only.
+    """
     WatchPayouts: _aio.UnaryStreamMultiCallable[_payout_service_pb2.WatchPayoutsRequest, _payout_service_pb2.WatchPayoutsResponse]  # type: ignore[assignment]
     """Streams payout changes in sequence order, backlog then live, with heartbeats;
     resume with the last sequence seen.
@@ -117,6 +127,17 @@ class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payout_service_pb2.ListPayoutsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payout_service_pb2.ListPayoutsResponse, _abc.Awaitable[_payout_service_pb2.ListPayoutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PayPayouts(
+        self,
+        request: _payout_service_pb2.PayPayoutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payout_service_pb2.PayPayoutsResponse, _abc.Awaitable[_payout_service_pb2.PayPayoutsResponse]]:
+        """Sends the period's pending and failed payouts through the payment rail (failed ones
+        are retried under the same idempotency key, so nothing is paid twice). Finance and
+        admin only.
+        """
 
     @_abc_1.abstractmethod
     def WatchPayouts(

@@ -401,13 +401,18 @@ class Statement(_message.Message):
     DLQ_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_FIELD_NUMBER: _builtins.int
+    ADJUSTMENTS_HASH_FIELD_NUMBER: _builtins.int
     statement_id: _builtins.str
     period: _builtins.str
     """"YYYY-MM"."""
     content_hash: _builtins.str
-    """Lower-case hex SHA-256 of the statement's canonical JSON export (without this
-    field and closed_at); equal statements have equal hashes.
+    """Lower-case hex SHA-256 of the statement's canonical JSON export (the ROYALTY-RULES.md
+    section 10 document: sorted keys, no whitespace, UTF-8); equal statements have equal
+    hashes. Adjustments are covered by adjustments_hash.
     """
+    adjustments_hash: _builtins.str
+    """Lower-case hex SHA-256 of the canonical JSON list of the adjustment lines."""
     @_builtins.property
     def licences(self) -> _containers.RepeatedCompositeFieldContainer[Global___LicenceStatement]:
         """Licences by licence_id."""
@@ -426,6 +431,12 @@ class Statement(_message.Message):
 
     @_builtins.property
     def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def adjustments(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdjustmentLine]:
+        """Corrections of earlier, closed periods posted with this statement (late events and
+        retractions), by (adjusts_period, licence_id, section, ref).
+        """
+
     def __init__(
         self,
         *,
@@ -437,14 +448,64 @@ class Statement(_message.Message):
         dlq: _abc.Iterable[Global___DeadLetterCount] | None = ...,
         content_hash: _builtins.str = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
+        adjustments: _abc.Iterable[Global___AdjustmentLine] | None = ...,
+        adjustments_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "content_hash", b"content_hash", "dlq", b"dlq", "licences", b"licences", "payees", b"payees", "period", b"period", "statement_id", b"statement_id", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments", b"adjustments", "adjustments_hash", b"adjustments_hash", "closed_at", b"closed_at", "content_hash", b"content_hash", "dlq", b"dlq", "licences", b"licences", "payees", b"payees", "period", b"period", "statement_id", b"statement_id", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Statement: _TypeAlias = Statement  # noqa: Y015
+
+@_typing.final
+class AdjustmentLine(_message.Message):
+    """A signed correction of one item of a closed period's statement. The closed period is
+    computed again with the late events included; each item that changed is posted as the
+    difference, so the closed statement plus its adjustments equals the restatement.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADJUSTS_PERIOD_FIELD_NUMBER: _builtins.int
+    LICENCE_ID_FIELD_NUMBER: _builtins.int
+    SECTION_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    adjusts_period: _builtins.str
+    """"YYYY-MM" of the closed period corrected."""
+    licence_id: _builtins.str
+    section: _builtins.str
+    """"line", "held", "settlement" or "allocation"."""
+    ref: _builtins.str
+    """The corrected item: "RENDER/v1/tier-1", "VIEW/v2/web", "held/FORBIDDEN_CATEGORY/RENDER",
+    a settlement total such as "vendor_invoice", or a payee id for an allocation.
+    """
+    units: _builtins.int
+    """Signed change of units (lines and held lines; 0 otherwise)."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Signed change of the amount."""
+
+    def __init__(
+        self,
+        *,
+        adjusts_period: _builtins.str = ...,
+        licence_id: _builtins.str = ...,
+        section: _builtins.str = ...,
+        ref: _builtins.str = ...,
+        units: _builtins.int = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusts_period", b"adjusts_period", "amount", b"amount", "licence_id", b"licence_id", "ref", b"ref", "section", b"section", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustmentLine: _TypeAlias = AdjustmentLine  # noqa: Y015
 
 @_typing.final
 class StatementSummary(_message.Message):
@@ -498,6 +559,8 @@ class Payout(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    RAIL_FIELD_NUMBER: _builtins.int
+    RAIL_REFERENCE_FIELD_NUMBER: _builtins.int
     payout_id: _builtins.str
     idempotency_key: _builtins.str
     """Stable for (period, payee_id, currency); the payment rail dedupes on it."""
@@ -509,6 +572,9 @@ class Payout(_message.Message):
     failure_reason: _builtins.str
     sequence: _builtins.int
     """Position of this payout's latest change in the payout stream; strictly increasing."""
+    rail: _builtins.str
+    """The payment rail that carries it ("file", "test", ...) and the rail's reference."""
+    rail_reference: _builtins.str
     @_builtins.property
     def amount(self) -> _common_pb2.Money: ...
     @_builtins.property
@@ -530,11 +596,51 @@ class Payout(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        rail: _builtins.str = ...,
+        rail_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "created_at", b"created_at", "failure_reason", b"failure_reason", "idempotency_key", b"idempotency_key", "payee_id", b"payee_id", "payout_id", b"payout_id", "period", b"period", "sequence", b"sequence", "state", b"state", "statement_id", b"statement_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "created_at", b"created_at", "failure_reason", b"failure_reason", "idempotency_key", b"idempotency_key", "payee_id", b"payee_id", "payout_id", b"payout_id", "period", b"period", "rail", b"rail", "rail_reference", b"rail_reference", "sequence", b"sequence", "state", b"state", "statement_id", b"statement_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Payout: _TypeAlias = Payout  # noqa: Y015
+
+@_typing.final
+class PayoutEvent(_message.Message):
+    """One change of a payout, as published on residuals.payouts.v1 (key = payee_id) and sent
+    by WatchPayouts: the payout as it stands after the change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EMITTED_AT_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Same as payout.sequence: the change's position in the payout stream."""
+    @_builtins.property
+    def payout(self) -> Global___Payout: ...
+    @_builtins.property
+    def emitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trace(self) -> _common_pb2.TraceContext:
+        """Trace of the operation that made the change (close, payment attempt)."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+        sequence: _builtins.int = ...,
+        emitted_at: _timestamp_pb2.Timestamp | None = ...,
+        trace: _common_pb2.TraceContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "payout", b"payout", "trace", b"trace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "payout", b"payout", "sequence", b"sequence", "trace", b"trace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayoutEvent: _TypeAlias = PayoutEvent  # noqa: Y015
