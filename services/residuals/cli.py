@@ -17,6 +17,7 @@ COMMAND_MODULES: dict[str, str] = {
     "replay": "residuals.replay.command",
     "stack": "residuals.stack.command",
     "protos": "residuals.platform.protogen",
+    "alerts": "residuals.alerts.command",
 }
 
 
