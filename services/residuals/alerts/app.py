@@ -1,0 +1,195 @@
+"""Wiring of the alerts service: one settings object in, running components out.
+
+:class:`AlertsApp` owns the database pool, the change feed, the Kafka sink (its own
+thread), the suspender (its own thread, when a licence registry is configured) and the
+gRPC server. Tests build it in-process with their own authenticator and registry;
+``python -m residuals.alerts`` builds it from the environment (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from residuals.alerts.config import SERVICE_NAME, AlertsSettings
+from residuals.alerts.feed import ChangeFeed
+from residuals.alerts.ingest import AlertIngest
+from residuals.alerts.metrics import AlertMetrics, default_metrics
+from residuals.alerts.service import AlertServicer, servicer_descriptor
+from residuals.alerts.store import Change, Raised
+from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
+from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
+from residuals.platform.config import load
+from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
+from residuals.platform.kafka import topic_name
+from residuals.platform.postgres import Database
+from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
+from residuals.platform.telemetry import init_telemetry
+from residuals.platform.topics import ALERTS
+from residuals.v1 import alert_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def licence_registry(settings: AlertsSettings) -> LicenceRegistry | None:
+    """The gRPC licence registry client, or None when no address/key is configured."""
+    licensing = settings.licensing
+    if not licensing.address or not licensing.api_key:
+        return None
+    if licensing.tls:
+        channel = grpc.secure_channel(licensing.address, grpc.ssl_channel_credentials())
+    else:
+        channel = grpc.insecure_channel(licensing.address)
+    return GrpcLicenceRegistry(channel, licensing.api_key, timeout=licensing.timeout_seconds)
+
+
+class AlertsApp:
+    def __init__(
+        self,
+        settings: AlertsSettings,
+        *,
+        authenticator: Authenticator | None = None,
+        registry: LicenceRegistry | None = None,
+        metrics: AlertMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or default_metrics()
+        self.db = Database(settings.postgres, application_name=settings.telemetry.service_name)
+        self.authenticator = authenticator
+        self.registry = registry if registry is not None else licence_registry(settings)
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.feed = ChangeFeed(
+            self.db,
+            capacity=settings.window_size,
+            poll_interval=settings.tail_poll_seconds,
+            on_changes=self._on_changes,
+        )
+        self.suspender: Suspender | None = None
+        self.server: GrpcServer | None = None
+        self.sink: KafkaPostgresSink | None = None
+
+    # --- callbacks -----------------------------------------------------------------------
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        self.metrics.stream_head.set(changes[-1].sequence)
+
+    def _on_raised(self, raised: list[Raised]) -> None:
+        self.feed.poke()
+        if self.suspender is not None and any(r.suspend for r in raised):
+            self.suspender.poke()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> AlertsApp:
+        settings = self.settings
+        self.db.open()
+        self.feed.start()
+        if self.registry is not None:
+            self.suspender = Suspender(
+                self.db,
+                self.registry,
+                self.metrics,
+                poll_interval=settings.suspension_poll_seconds,
+                on_commit=self.feed.poke,
+            )
+            self._thread(self.suspender.run, "alert-suspender")
+        else:
+            log.warning(
+                "no licence registry configured (ALERTS_LICENSING_ADDRESS/API_KEY): automatic "
+                "suspensions stay pending"
+            )
+        ingest = AlertIngest(metrics=self.metrics, on_raised=self._on_raised)
+        consumer = make_sink_consumer(
+            settings.kafka, settings.consumer_group, client_id=settings.telemetry.service_name
+        )
+        self.sink = KafkaPostgresSink(
+            name="alerts",
+            consumer=consumer,
+            db=self.db,
+            group_id=settings.consumer_group,
+            topics=[topic_name(settings.kafka, ALERTS)],
+            apply=ingest.apply,
+            after_commit=ingest.after_commit,
+            batch_size=settings.batch_size,
+            poll_timeout=0.05,
+        )
+        self._thread(self._run_sink, "alert-sink")
+        authenticator = self.authenticator or PostgresAuthenticator(self.db)
+        servicer = AlertServicer(
+            self.db, self.feed, self.metrics, heartbeat_seconds=settings.heartbeat_seconds
+        )
+        self.server = make_grpc_server(
+            settings.grpc,
+            servicers=[
+                Servicer(
+                    servicer,
+                    alert_service_pb2_grpc.add_AlertServiceServicer_to_server,
+                    servicer_descriptor(),
+                )
+            ],
+            interceptors=[AuthInterceptor(authenticator)],
+        ).start()
+        return self
+
+    def _run_sink(self, stop: threading.Event) -> None:
+        assert self.sink is not None
+        try:
+            self.sink.run(stop)
+        finally:
+            self.sink.close()
+
+    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
+        def run() -> None:
+            try:
+                target(self.stop_event)
+            except Exception:
+                log.exception("%s stopped with an error", name)
+                if self.server is not None:
+                    self.server.set_serving(False)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.port
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.suspender is not None:
+            self.suspender.poke()
+        if self.server is not None:
+            self.server.stop(grace=1.0)
+        self.feed.stop()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.db.close()
+
+
+def main() -> int:
+    """``python -m residuals.alerts``: run until SIGTERM/SIGINT."""
+    settings = load(AlertsSettings)
+    if "OTEL_SERVICE_NAME" not in os.environ:
+        settings = dataclasses.replace(
+            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
+        )
+    telemetry = init_telemetry(settings.telemetry)
+    app = AlertsApp(settings).start()
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    log.info("alerts service running", extra={"grpc_port": app.port})
+    done.wait()
+    log.info("alerts service stopping")
+    app.stop()
+    telemetry.shutdown()
+    return 0

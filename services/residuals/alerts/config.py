@@ -1,0 +1,76 @@
+"""The alerts service's one settings object, read from the environment at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from residuals.platform.config import (
+    KafkaSettings,
+    PostgresSettings,
+    TelemetrySettings,
+    env,
+    group,
+)
+from residuals.platform.grpc_server import GrpcSettings
+
+SERVICE_NAME = "alerts"
+
+
+@dataclass(frozen=True)
+class LicensingClientSettings:
+    """How the service reaches the licence registry to suspend licences automatically."""
+
+    address: str | None = env(
+        "ALERTS_LICENSING_ADDRESS",
+        None,
+        help="host:port of LicenceService; unset = automatic suspensions wait (stay pending)",
+    )
+    api_key: str | None = env(
+        "ALERTS_LICENSING_API_KEY",
+        None,
+        help="API key of the service principal (role admin) used to suspend licences",
+    )
+    timeout_seconds: float = env(
+        "ALERTS_LICENSING_TIMEOUT_SECONDS", 5.0, help="deadline of each registry call", minimum=0.1
+    )
+    tls: bool = env("ALERTS_LICENSING_TLS", False, help="use TLS to reach LicenceService")
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    # group() only builds a dataclass field; RUF009 cannot tell it is immutable.
+    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
+    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
+    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
+    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    licensing: LicensingClientSettings = group(LicensingClientSettings)  # noqa: RUF009
+    consumer_group: str = env(
+        "ALERTS_CONSUMER_GROUP", "residuals-alerts", help="Kafka consumer group (and offset rows)"
+    )
+    batch_size: int = env(
+        "ALERTS_BATCH_SIZE", 500, help="alerts stored per transaction at most", minimum=1
+    )
+    heartbeat_seconds: float = env(
+        "ALERTS_HEARTBEAT_SECONDS",
+        5.0,
+        help="WatchAlerts heartbeat interval when the request asks for none",
+        minimum=0.1,
+    )
+    window_size: int = env(
+        "ALERTS_WINDOW_SIZE",
+        20_000,
+        help="recent alert changes kept in memory for live subscribers",
+        minimum=100,
+    )
+    tail_poll_seconds: float = env(
+        "ALERTS_TAIL_POLL_SECONDS",
+        0.5,
+        help="longest wait before re-reading the change tail without a notification",
+        minimum=0.01,
+    )
+    suspension_poll_seconds: float = env(
+        "ALERTS_SUSPENSION_POLL_SECONDS",
+        2.0,
+        help="how often pending automatic suspensions are retried",
+        minimum=0.1,
+    )

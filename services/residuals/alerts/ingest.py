@@ -1,0 +1,172 @@
+"""Consuming ``residuals.alerts.v1``: decode, continue the trace, store once.
+
+Runs inside :class:`~residuals.platform.sink.KafkaPostgresSink`, so each batch of
+alerts is stored in the transaction that advances the consumer's offsets. Each record
+gets a CONSUMER span whose parent is the trace context in the record's headers (the
+meter's span, itself a child of the SDK's or gateway's), so the alert joins the trace of
+the usage that caused it; the span's context is kept in the stored alert (``trace``) and
+log lines about the alert carry its trace id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+from psycopg import Connection
+
+from residuals.alerts import store
+from residuals.alerts.metrics import AlertMetrics
+from residuals.alerts.query import severity_name
+from residuals.alerts.store import Incoming, Raised
+from residuals.codecs.timestamps import to_datetime
+from residuals.platform.telemetry import extract_kafka_headers, trace_context_message
+from residuals.v1 import alerts_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+#: When the triggering usage was published (RFC 3339). The gateway sets it on usage
+#: records; the meter copies it (or the usage record's broker timestamp) onto the alert.
+PUBLISHED_AT_HEADER = "residuals-received-at"
+
+
+def _header(headers: Any, name: str) -> str | None:
+    for key, value in headers or ():
+        if key.lower() == name:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def published_at(headers: Any) -> datetime | None:
+    text = _header(headers, PUBLISHED_AT_HEADER)
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def latency_origin(change_published: datetime | None, alert: alerts_pb2.Alert) -> tuple[str, float]:
+    """(origin label, start time as epoch seconds) for latency metrics."""
+    if change_published is not None:
+        return "usage_published", change_published.timestamp()
+    return "alert_raised", to_datetime(alert.raised_at).timestamp()
+
+
+class AlertIngest:
+    """``apply``/``after_commit`` for the sink; ``on_raised`` hears of new alerts after commit."""
+
+    def __init__(
+        self,
+        *,
+        metrics: AlertMetrics,
+        tracer: trace.Tracer | None = None,
+        on_raised: Callable[[list[Raised]], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.metrics = metrics
+        self.tracer = tracer or trace.get_tracer(__name__)
+        self.on_raised = on_raised
+        self.clock = clock or time.time
+        self._raised: list[Raised] = []
+        self._spans: dict[str, Span] = {}
+
+    def apply(self, conn: Connection[Any], records: Sequence[Any]) -> None:
+        self._raised = []
+        self._spans = {}
+        incoming: list[Incoming] = []
+        spans: list[Span] = []
+        undecodable = 0
+        for record in records:
+            parent = extract_kafka_headers(record.headers())
+            span = self.tracer.start_span(
+                f"{record.topic()} process",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation": "process",
+                    "messaging.destination.name": record.topic(),
+                    "messaging.kafka.partition": record.partition(),
+                    "messaging.kafka.offset": record.offset(),
+                },
+            )
+            spans.append(span)
+            try:
+                alert = alerts_pb2.Alert.FromString(record.value() or b"")
+            except DecodeError:
+                undecodable += 1
+                span.set_attribute("residuals.alert.invalid", "undecodable")
+                log.warning(
+                    "undecodable record on the alerts topic",
+                    extra={"partition": record.partition(), "offset": record.offset()},
+                )
+                continue
+            span.set_attribute("residuals.alert_id", alert.alert_id)
+            context = trace.set_span_in_context(span)
+            incoming.append(
+                Incoming(
+                    alert,
+                    published_at(record.headers()),
+                    trace_context_message(context=context),
+                )
+            )
+            self._spans[alert.alert_id] = span
+        try:
+            raised, duplicates, invalid = store.store_raised(conn, incoming)
+        finally:
+            for span in spans:
+                span.end()
+        for bad, reason in invalid:
+            log.warning(
+                "invalid alert ignored", extra={"alert_id": bad.alert.alert_id, "reason": reason}
+            )
+        self.metrics.invalid.inc(undecodable + len(invalid))
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+        self._raised = raised
+
+    def after_commit(self, records: Sequence[Any]) -> None:
+        raised, self._raised = self._raised, []
+        spans, self._spans = self._spans, {}
+        now = self.clock()
+        for item in raised:
+            alert = item.alert
+            kind = item.change.key.kind
+            severity = severity_name(alert.severity)
+            self.metrics.raised.labels(kind, severity).inc()
+            self.metrics.changes.labels("raised").inc()
+            origin, started = latency_origin(item.change.published_at, alert)
+            self.metrics.store_latency.labels(origin).observe(max(0.0, now - started))
+            span = spans.get(alert.alert_id)
+            level = logging.INFO if alert.severity >= common_pb2.SEVERITY_HIGH else logging.DEBUG
+            if span is not None:
+                with trace.use_span(span, end_on_exit=False):
+                    log.log(level, "alert stored", extra=_log_fields(item))
+            else:
+                log.log(level, "alert stored", extra=_log_fields(item))
+        if raised and self.on_raised is not None:
+            self.on_raised(raised)
+
+
+def _log_fields(item: Raised) -> dict[str, Any]:
+    alert = item.alert
+    return {
+        "alert_id": alert.alert_id,
+        "kind": item.change.key.kind,
+        "severity": severity_name(alert.severity),
+        "licence_id": alert.licence_id,
+        "talent_id": alert.talent_id,
+        "vendor_id": alert.vendor_id,
+        "sequence": item.change.sequence,
+        "suspends": item.suspend,
+    }

@@ -1,0 +1,310 @@
+"""Kafka -> PostgreSQL with exactly-once effect: the loop every confluent-kafka sink shares.
+
+One PostgreSQL transaction per consumed batch: lock the batch's partition positions
+(:class:`~residuals.platform.offsets.OffsetStore`), drop records another worker already
+applied, let the service write its rows (``apply``), advance the positions, commit. Kafka
+offsets are committed afterwards, asynchronously, only so lag tools see progress; on
+assignment the consumer seeks to the positions stored in PostgreSQL. The consumer reads
+``read_committed`` (``make_consumer``), so records of aborted producer transactions never
+reach ``apply``.
+
+Metrics (labelled by ``sink`` name): records applied and skipped, batches, batch
+duration, failures, and consumer lag per partition from librdkafka's statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from psycopg import Connection
+
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_consumer
+from residuals.platform.offsets import OffsetStore
+from residuals.platform.postgres import Database
+
+log = logging.getLogger(__name__)
+
+#: Writes one batch of (already de-duplicated) records inside the sink's transaction.
+ApplyBatch = Callable[[Connection[Any], Sequence[Any]], None]
+#: Runs after the transaction committed (notify watchers, end spans); must not raise.
+AfterCommit = Callable[[Sequence[Any]], None]
+
+
+class SinkMetrics:
+    """Prometheus series of the sinks in one process."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.records = Counter(
+            "residuals_sink_records_total",
+            "Kafka records written to PostgreSQL by a sink.",
+            ("sink", "topic"),
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "residuals_sink_skipped_records_total",
+            "Records dropped because their offset was already stored (re-delivery, zombie).",
+            ("sink", "topic"),
+            registry=registry,
+        )
+        self.batches = Counter(
+            "residuals_sink_batches_total",
+            "Transactions committed by a sink.",
+            ("sink",),
+            registry=registry,
+        )
+        self.failures = Counter(
+            "residuals_sink_failures_total",
+            "Batches rolled back (they are retried from the stored position).",
+            ("sink",),
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "residuals_sink_batch_seconds",
+            "Time to write and commit one batch.",
+            ("sink",),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "residuals_consumer_lag_records",
+            "Records between a consumer's position and the partition end (librdkafka stats).",
+            ("group", "topic", "partition"),
+            registry=registry,
+        )
+
+    def stats_callback(self, group_id: str) -> Callable[[str], None]:
+        """A librdkafka ``stats_cb`` that publishes per-partition consumer lag."""
+
+        def on_stats(raw: str) -> None:
+            try:
+                stats = json.loads(raw)
+                for topic, body in stats.get("topics", {}).items():
+                    for partition, p in body.get("partitions", {}).items():
+                        lag = p.get("consumer_lag", -1)
+                        if partition == "-1" or lag is None or lag < 0:
+                            continue
+                        self.lag.labels(group_id, topic, partition).set(lag)
+            except (ValueError, AttributeError, TypeError):
+                log.debug("unreadable librdkafka statistics", exc_info=True)
+
+        return on_stats
+
+
+_default_metrics: SinkMetrics | None = None
+
+
+def default_metrics() -> SinkMetrics:
+    """The sink series on the global registry, created once per process."""
+    global _default_metrics
+    if _default_metrics is None:
+        _default_metrics = SinkMetrics()
+    return _default_metrics
+
+
+def make_sink_consumer(
+    kafka: KafkaSettings,
+    group_id: str,
+    *,
+    client_id: str | None = None,
+    metrics: SinkMetrics | None = None,
+    stats_interval_ms: int = 5000,
+    **overrides: Any,
+) -> Any:
+    """A read_committed, manually committing consumer that reports lag to ``metrics``."""
+    metrics = metrics or default_metrics()
+    return make_consumer(
+        kafka,
+        group_id,
+        client_id=client_id,
+        **{
+            "statistics.interval.ms": stats_interval_ms,
+            "stats_cb": metrics.stats_callback(group_id),
+            **overrides,
+        },
+    )
+
+
+class KafkaPostgresSink:
+    """Consumes ``topics`` and applies each batch in one transaction with its offsets."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        consumer: Any,
+        db: Database,
+        group_id: str,
+        topics: Sequence[str],
+        apply: ApplyBatch,
+        after_commit: AfterCommit | None = None,
+        batch_size: int = 1000,
+        poll_timeout: float = 0.1,
+        retry_backoff: float = 1.0,
+        metrics: SinkMetrics | None = None,
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.db = db
+        self.offsets = OffsetStore(group_id)
+        self.topics = tuple(topics)
+        self.apply = apply
+        self.after_commit = after_commit
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.retry_backoff = retry_backoff
+        self.metrics = metrics or default_metrics()
+        #: Set once partitions were assigned (readiness).
+        self.assigned = threading.Event()
+
+    # --- assignment ----------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        """Seek every assigned partition to the position stored in PostgreSQL."""
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        with self.db.connection() as conn:
+            stored = {
+                topic: self.offsets.positions(conn, topic, numbers)
+                for topic, numbers in by_topic.items()
+            }
+        for tp in partitions:
+            position = stored[tp.topic].get(tp.partition)
+            if position is not None:
+                tp.offset = position
+        consumer.assign(partitions)
+        log.info(
+            "partitions assigned",
+            extra={
+                "sink": self.name,
+                "partitions": [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions],
+            },
+        )
+        self.assigned.set()
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("partitions revoked", extra={"sink": self.name, "count": len(partitions)})
+
+    # --- batches -------------------------------------------------------------------------
+
+    def poll_batch(self) -> list[Any]:
+        """Up to ``batch_size`` records (errors logged and dropped)."""
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                log.warning("consumer error", extra={"sink": self.name, "error": str(error)})
+                continue
+            records.append(message)
+        return records
+
+    def process(self, records: Sequence[Any]) -> int:
+        """Apply ``records`` exactly once; returns how many were applied (not skipped)."""
+        if not records:
+            return 0
+        started = time.perf_counter()
+        by_partition: dict[tuple[str, int], list[Any]] = {}
+        for record in records:
+            by_partition.setdefault((record.topic(), record.partition()), []).append(record)
+        fresh: list[Any] = []
+        skipped: dict[str, int] = {}
+        advanced: dict[str, dict[int, int]] = {}
+        try:
+            with self.db.connection() as conn:
+                for topic in sorted({t for t, _ in by_partition}):
+                    numbers = [p for t, p in by_partition if t == topic]
+                    stored = self.offsets.claim(conn, topic, numbers)
+                    for partition in numbers:
+                        floor = stored.get(partition, 0)
+                        batch = by_partition[(topic, partition)]
+                        kept = [r for r in batch if r.offset() >= floor]
+                        skipped[topic] = skipped.get(topic, 0) + len(batch) - len(kept)
+                        fresh.extend(kept)
+                        last = max(r.offset() for r in batch) + 1
+                        if last > floor:
+                            advanced.setdefault(topic, {})[partition] = last
+                if fresh:
+                    self.apply(conn, fresh)
+                for topic, positions in advanced.items():
+                    self.offsets.advance(conn, topic, positions)
+        except Exception:
+            self.metrics.failures.labels(self.name).inc()
+            self._rewind(by_partition)
+            raise
+        self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self.metrics.batches.labels(self.name).inc()
+        for topic, count in skipped.items():
+            if count:
+                self.metrics.skipped.labels(self.name, topic).inc(count)
+        for record in fresh:
+            self.metrics.records.labels(self.name, record.topic()).inc()
+        self._commit_kafka(advanced)
+        if self.after_commit is not None and fresh:
+            try:
+                self.after_commit(fresh)
+            except Exception:
+                log.exception("after-commit hook failed", extra={"sink": self.name})
+        return len(fresh)
+
+    def _rewind(self, by_partition: dict[tuple[str, int], list[Any]]) -> None:
+        """After a rollback, read the batch again from its first record."""
+        from confluent_kafka import TopicPartition
+
+        for (topic, partition), batch in by_partition.items():
+            first = min(r.offset() for r in batch)
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, first))
+            except Exception:
+                log.warning(
+                    "could not rewind after a failed batch; the next assignment will",
+                    extra={"sink": self.name, "topic": topic, "partition": partition},
+                    exc_info=True,
+                )
+
+    def _commit_kafka(self, advanced: dict[str, dict[int, int]]) -> None:
+        """Mirror the stored positions to Kafka for lag tools (never relied on)."""
+        if not advanced:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [
+            TopicPartition(topic, partition, position)
+            for topic, positions in advanced.items()
+            for partition, position in positions.items()
+        ]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException:
+            log.debug("kafka offset commit failed (positions are in PostgreSQL)", exc_info=True)
+
+    # --- loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; a failed batch is retried after a back-off."""
+        self.subscribe()
+        while not stop.is_set():
+            records = self.poll_batch()
+            try:
+                self.process(records)
+            except Exception:
+                log.exception("batch failed; retrying", extra={"sink": self.name})
+                stop.wait(self.retry_backoff)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception:
+            log.debug("consumer close failed", exc_info=True)
