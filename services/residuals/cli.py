@@ -18,6 +18,8 @@ COMMAND_MODULES: dict[str, str] = {
     "stack": "residuals.stack.command",
     "protos": "residuals.platform.protogen",
     "alerts": "residuals.alerts.command",
+    "ingest": "residuals.ingest.command",
+    "dlq": "residuals.ingest.dlq",
 }
 
 
