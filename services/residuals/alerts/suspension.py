@@ -120,15 +120,14 @@ class GrpcLicenceRegistry:
         open_window = _open_window(got.licence, datetime.now(UTC))
         if open_window is not None:
             return _result(Outcome.ALREADY, open_window)
+        # automatic + alert_id: the registry marks the window automatic (statements then
+        # re-derive it from events) and suspends at most once per alert.
         suspend = licence_service_pb2.SuspendLicenceRequest(
-            licence_id=alert.licence_id, reason=suspension_reason(alert)
+            licence_id=alert.licence_id,
+            reason=suspension_reason(alert),
+            automatic=True,
+            alert_id=alert.alert_id,
         )
-        # Fields the registry may offer for automatic suspensions (set when it does).
-        fields = licence_service_pb2.SuspendLicenceRequest.DESCRIPTOR.fields_by_name
-        if "alert_id" in fields:
-            setattr(suspend, "alert_id", alert.alert_id)  # noqa: B010
-        if "automatic" in fields:
-            setattr(suspend, "automatic", True)  # noqa: B010
         response = self.stub.SuspendLicence(
             suspend, metadata=self._metadata(), timeout=self.timeout
         )
