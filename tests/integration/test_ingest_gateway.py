@@ -1,0 +1,625 @@
+"""The ingest gateway over a real socket, with real Kafka and PostgreSQL.
+
+Every bad input gets its own reason, lands in the dead-letter topic with its original
+bytes, and costs nothing to the good events sent with it; an accepted answer means the
+record is on the usage topic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from ingest_support import Registry, Tenant, Topics, headers_of, read_topic
+from residuals_sdk import DeliveryReport, DeliveryStatus, SigningKey, UsageClient, uuid7
+from residuals_sdk import events as build
+from residuals_sdk.signing import sign_event, verify_signature
+from residuals_sdk.transports.grpc import encode_batch
+
+from residuals.ingest.app import IngestApp
+from residuals.ingest.config import IngestSettings
+from residuals.platform.config import load
+from residuals.stack.settings import StackSettings
+from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = "/residuals.v1.IngestService/PublishBatch"
+STREAM = "/residuals.v1.IngestService/PublishStream"
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def registry(stack: StackSettings, run_id: str) -> Registry:
+    return Registry(stack.dsn, run_id)
+
+
+@pytest.fixture(scope="module")
+def topics(stack: StackSettings, run_id: str) -> Iterator[Topics]:
+    t = Topics(stack, f"ingest-{run_id}.").create()
+    yield t
+    t.delete()
+
+
+def gateway_env(stack: StackSettings, topics: Topics, **extra: str) -> dict[str, str]:
+    return {
+        **topics.env(),
+        "DATABASE_URL": stack.dsn,
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": "0",
+        "INGEST_ACK_TIMEOUT_SECONDS": "10",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def start_gateway(stack: StackSettings, topics: Topics) -> Iterator[Callable[..., IngestApp]]:
+    apps: list[IngestApp] = []
+
+    def start(**extra: str) -> IngestApp:
+        settings = load(IngestSettings, gateway_env(stack, topics, **extra))
+        app = IngestApp(settings).start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(start_gateway: Callable[..., IngestApp]) -> IngestApp:
+    return start_gateway()
+
+
+@pytest.fixture(scope="module")
+def pixel(registry: Registry) -> Tenant:
+    return registry.vendor("PIXEL", currencies=("USD", "EUR"))
+
+
+@pytest.fixture(scope="module")
+def orbit(registry: Registry) -> Tenant:
+    return registry.vendor("ORBIT")
+
+
+class Gateway:
+    """Raw calls with exact bytes (what a broken or malicious client could send)."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.batch = self.channel.unary_unary(
+            BATCH,
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.PublishBatchResponse.FromString,
+        )
+        self.stream = self.channel.stream_unary(
+            STREAM,
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.PublishStreamResponse.FromString,
+        )
+
+    def publish(self, api_key: str, envelopes: list[bytes]) -> list[ingest_pb2.PublishResult]:
+        return self.publish_raw(api_key, encode_batch(envelopes))
+
+    def publish_raw(self, api_key: str, request: bytes) -> list[ingest_pb2.PublishResult]:
+        response = self.batch(request, metadata=auth(api_key), timeout=30)
+        return list(response.results)
+
+
+def auth(api_key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {api_key}")]
+
+
+@pytest.fixture(scope="module")
+def raw(gateway: IngestApp) -> Iterator[Gateway]:
+    client = Gateway(gateway.port)
+    yield client
+    client.channel.close()
+
+
+def render(tenant: Tenant, **overrides: Any) -> usage_pb2.UsageEvent:
+    fields: dict[str, Any] = {
+        "event_id": uuid7(),
+        "vendor_id": tenant.vendor_id,
+        "licence_id": tenant.licence_id,
+        "avatar_id": tenant.avatar_id,
+        "render_id": f"vid-{uuid.uuid4().hex[:6]}",
+        "category": "product_demo",
+        "territory": "GB",
+    }
+    fields.update(overrides)
+    return build.render(**fields)
+
+
+def mutate(event: usage_pb2.UsageEvent, **fields: Any) -> usage_pb2.UsageEvent:
+    """The event with fields set directly (bypassing the SDK's call-site checks)."""
+    for name, value in fields.items():
+        setattr(event, name, value)
+    return event
+
+
+def envelope(event: usage_pb2.UsageEvent, key: SigningKey) -> bytes:
+    return sign_event(event, key).SerializeToString()
+
+
+def signed_payload(payload: bytes, key: SigningKey) -> bytes:
+    """An envelope around arbitrary payload bytes, validly signed."""
+    return usage_pb2.SignedUsageEvent(
+        payload=payload, signature=key.sign(payload), key_id=key.key_id
+    ).SerializeToString()
+
+
+def reason(result: ingest_pb2.PublishResult) -> str:
+    return common_pb2.RejectReason.Name(result.reason).removeprefix("REJECT_REASON_")
+
+
+def dead_letters(topics: Topics, vendor_id: str, expect: int) -> list[usage_pb2.DeadLetter]:
+    deadline = time.monotonic() + 30
+    letters: list[usage_pb2.DeadLetter] = []
+    while time.monotonic() < deadline:
+        records = read_topic(topics.kafka, topics.dlq, expect=1, timeout=5, settle=1)
+        letters = [
+            usage_pb2.DeadLetter.FromString(r.value())
+            for r in records
+            if headers_of(r).get("residuals-vendor") == vendor_id.encode()
+        ]
+        if len(letters) >= expect:
+            break
+    return letters
+
+
+def usage_records(topics: Topics, event_ids: set[str], *, settle: float = 1.0) -> list[Any]:
+    """Usage records whose payload has one of ``event_ids`` (all of them, with repeats)."""
+    deadline = time.monotonic() + 30
+    found: list[Any] = []
+    while time.monotonic() < deadline:
+        found = [
+            r
+            for r in read_topic(topics.kafka, topics.usage, expect=1, timeout=5, settle=settle)
+            if usage_pb2.UsageEvent.FromString(
+                usage_pb2.SignedUsageEvent.FromString(r.value()).payload
+            ).event_id
+            in event_ids
+        ]
+        if {
+            usage_pb2.UsageEvent.FromString(
+                usage_pb2.SignedUsageEvent.FromString(r.value()).payload
+            ).event_id
+            for r in found
+        } >= event_ids:
+            break
+    return found
+
+
+def event_id_of(record: Any) -> str:
+    return usage_pb2.UsageEvent.FromString(
+        usage_pb2.SignedUsageEvent.FromString(record.value()).payload
+    ).event_id
+
+
+# --- the happy path: the SDK through the gateway ---------------------------------------
+
+
+def test_sdk_publishes_every_kind_through_the_gateway(
+    gateway: IngestApp, topics: Topics, pixel: Tenant, tmp_path: Path
+) -> None:
+    reports: list[DeliveryReport] = []
+    eur_licence = next(lid for lid, (_, cur) in pixel.licences.items() if cur == "EUR")
+    with UsageClient.grpc(
+        vendor_id=pixel.vendor_id,
+        signing_key=pixel.signing_key,
+        target=f"127.0.0.1:{gateway.port}",
+        api_key=pixel.api_key,
+        spool_dir=tmp_path / "spool",
+        on_delivery=reports.append,
+    ) as client:
+        common = {
+            "licence_id": pixel.licence_id,
+            "avatar_id": pixel.avatar_id,
+            "render_id": "vid-1",
+            "category": "product_demo",
+            "territory": "GB",
+        }
+        ids = [
+            client.render(**common, quantity=3),
+            client.view(**common, channel="social", quantity=1200),
+            client.ad_impression(
+                **common, channel="web", ad_revenue=Decimal("12.40"), quantity=1000
+            ),
+        ]
+        ids.append(client.retract(original_event_id=ids[0], licence_id=pixel.licence_id))
+        ids.append(
+            client.ad_impression(
+                licence_id=eur_licence,
+                avatar_id=pixel.licences[eur_licence][0],
+                render_id="vid-2",
+                category="product_demo",
+                territory="FR",
+                channel="web",
+                ad_revenue="3.10",
+                ad_revenue_currency="EUR",
+            )
+        )
+        assert client.flush(timeout=30) == 0
+    assert [r.status for r in reports] == [DeliveryStatus.DELIVERED] * 5
+    assert sorted(r.event_id for r in reports) == sorted(ids)
+
+    records = usage_records(topics, set(ids))
+    assert sorted(event_id_of(r) for r in records) == sorted(ids)  # each exactly once
+    for record in records:
+        signed = usage_pb2.SignedUsageEvent.FromString(record.value())
+        event = usage_pb2.UsageEvent.FromString(signed.payload)
+        headers = headers_of(record)
+        assert headers["residuals-vendor"] == pixel.vendor_id.encode()
+        received = datetime.fromisoformat(headers["residuals-received-at"].decode())
+        assert abs(received - datetime.now(UTC)) < timedelta(minutes=5)
+        assert record.key().decode() == event.licence_id  # retraction: the original's licence
+        assert verify_signature(
+            pixel.signing_key.public_key_bytes(), signed.payload, signed.signature
+        )
+
+
+def test_exact_repeat_is_duplicate_and_written_once(
+    raw: Gateway, topics: Topics, pixel: Tenant
+) -> None:
+    event = render(pixel)
+    sent = envelope(event, pixel.signing_key)
+    first = raw.publish(pixel.api_key, [sent, sent])
+    again = raw.publish(pixel.api_key, [sent])
+    statuses = [r.status for r in [*first, *again]]
+    assert statuses == [
+        ingest_pb2.PUBLISH_STATUS_ACCEPTED,
+        ingest_pb2.PUBLISH_STATUS_DUPLICATE,
+        ingest_pb2.PUBLISH_STATUS_DUPLICATE,
+    ]
+    assert len(usage_records(topics, {event.event_id})) == 1
+
+    # Same id, different payload: not a duplicate; the meter raises DUPLICATE_CONFLICT.
+    conflicting = render(pixel, event_id=event.event_id, quantity=2)
+    (result,) = raw.publish(pixel.api_key, [envelope(conflicting, pixel.signing_key)])
+    assert result.status == ingest_pb2.PUBLISH_STATUS_ACCEPTED
+
+
+# --- bad input: each gets its reason, nothing else is lost -----------------------------
+
+
+def test_every_bad_event_gets_its_reason_and_good_ones_pass(
+    raw: Gateway, topics: Topics, pixel: Tenant, orbit: Tenant, registry: Registry
+) -> None:
+    now = datetime.now(UTC)
+    key = pixel.signing_key
+    good = [render(pixel) for _ in range(3)]
+    tampered = bytearray(envelope(render(pixel), key))
+    tampered[12] ^= 0x01  # inside the signed payload
+    stranger = SigningKey.generate(f"unregistered-{uuid.uuid4().hex[:6]}")
+    revoked = SigningKey.generate(f"revoked-{uuid.uuid4().hex[:6]}")
+    registry.add_signing_key(pixel, revoked)
+    registry.revoke_signing_key(revoked.key_id)
+    mistyped_quantity = (
+        render(pixel).SerializeToString(deterministic=True) + b"\x5a\x03ten"
+    )  # field 11 (quantity) sent as a string
+    bad_utf8 = b"\x0a\x04\xff\xfe\xfd\xfc"  # event_id is not UTF-8
+    cases: list[tuple[bytes, str]] = [
+        (bytes(tampered), "BAD_SIGNATURE"),
+        (envelope(render(pixel), stranger), "BAD_SIGNATURE"),  # unknown key
+        (envelope(render(pixel), orbit.signing_key), "BAD_SIGNATURE"),  # another vendor's key
+        (envelope(render(pixel), revoked), "BAD_SIGNATURE"),
+        (b"\x12\x40" + b"\x00" * 64, "BAD_SIGNATURE"),  # signature but no key id
+        (b"\xff\xff\xff", "MALFORMED"),  # not an envelope at all
+        (signed_payload(b"\x0a\x05abc", key), "MALFORMED"),  # truncated payload
+        (signed_payload(mistyped_quantity, key), "MALFORMED"),
+        (signed_payload(bad_utf8, key), "MALFORMED"),
+        (envelope(mutate(render(pixel), render_id=" "), key), "MALFORMED"),
+        (
+            signed_payload(
+                usage_pb2.UsageEvent(
+                    event_id="e", vendor_id=pixel.vendor_id, kind=common_pb2.USAGE_KIND_RENDER
+                ).SerializeToString(),
+                key,
+            ),
+            "MALFORMED",
+        ),
+        (envelope(render(pixel, quantity=1_000_000), key), "ACCEPTED"),
+        (
+            signed_payload(render(pixel).SerializeToString() + b"\x58\x00", key),
+            "INVALID_QUANTITY",
+        ),  # quantity explicitly 0
+        (envelope(render(pixel, occurred_at=now - timedelta(days=40)), key), "TOO_LATE"),
+        (envelope(render(pixel, occurred_at=now + timedelta(minutes=10)), key), "IN_FUTURE"),
+        (envelope(render(pixel, licence_id="LIC-NOPE"), key), "UNKNOWN_LICENCE"),
+        (envelope(render(pixel, licence_id=orbit.licence_id), key), "VENDOR_MISMATCH"),
+        (envelope(render(pixel, vendor_id=orbit.vendor_id), key), "VENDOR_MISMATCH"),
+        (envelope(render(pixel, avatar_id=orbit.avatar_id), key), "AVATAR_MISMATCH"),
+        (
+            envelope(
+                build.ad_impression(
+                    event_id=uuid7(),
+                    vendor_id=pixel.vendor_id,
+                    licence_id=pixel.licence_id,
+                    avatar_id=pixel.avatar_id,
+                    render_id="vid",
+                    category="product_demo",
+                    territory="GB",
+                    channel="web",
+                    ad_revenue="1.00",
+                    ad_revenue_currency="JPY",
+                ),
+                key,
+            ),
+            "CURRENCY_MISMATCH",
+        ),
+        (
+            envelope(
+                build.render(
+                    event_id=uuid7(),
+                    vendor_id=pixel.vendor_id,
+                    licence_id=pixel.licence_id,
+                    avatar_id=pixel.avatar_id,
+                    render_id="vid",
+                    category="x" * (70 * 1024),
+                    territory="GB",
+                ),
+                key,
+            ),
+            "OVERSIZED",
+        ),
+    ]
+    batch = [envelope(good[0], key), *[c[0] for c in cases], envelope(good[1], key)]
+    results = raw.publish(pixel.api_key, batch)
+    assert [r.index for r in results] == list(range(len(batch)))
+    assert results[0].status == results[-1].status == ingest_pb2.PUBLISH_STATUS_ACCEPTED
+    got = [
+        "ACCEPTED" if r.status == ingest_pb2.PUBLISH_STATUS_ACCEPTED else reason(r)
+        for r in results[1:-1]
+    ]
+    assert got == [c[1] for c in cases]
+    for result in results[1:-1]:
+        if result.status == ingest_pb2.PUBLISH_STATUS_REJECTED:
+            assert result.detail  # every rejection says why
+
+    rejected = [c for c in cases if c[1] != "ACCEPTED"]
+    letters = dead_letters(topics, pixel.vendor_id, len(rejected))
+    by_original = {bytes(letter.original): letter for letter in letters}
+    for original, want in rejected:
+        if want == "OVERSIZED":
+            letter = next(
+                x for x in letters if common_pb2.RejectReason.Name(x.reason).endswith("OVERSIZED")
+            )
+            assert bytes(letter.original) == original[: 64 * 1024]
+            assert "truncated" in letter.detail
+            continue
+        letter = by_original[original]
+        assert common_pb2.RejectReason.Name(letter.reason) == f"REJECT_REASON_{want}"
+        assert letter.vendor_id == pixel.vendor_id  # the authenticated vendor, always
+        assert letter.detail
+        assert letter.HasField("received_at")
+    # The payload claiming another vendor is recorded under the vendor that sent it.
+    assert not dead_letters(topics, orbit.vendor_id, 0)
+
+    accepted = {good[0].event_id, good[1].event_id}
+    assert {event_id_of(r) for r in usage_records(topics, accepted)} == accepted
+
+
+def test_truncated_request_keeps_the_events_before_the_damage(
+    raw: Gateway, topics: Topics, pixel: Tenant
+) -> None:
+    events = [render(pixel) for _ in range(3)]
+    request = encode_batch([envelope(e, pixel.signing_key) for e in events])
+    cut = request[: len(request) - 20]  # the third event loses its tail
+    results = raw.publish_raw(pixel.api_key, cut)
+    assert [r.status for r in results] == [
+        ingest_pb2.PUBLISH_STATUS_ACCEPTED,
+        ingest_pb2.PUBLISH_STATUS_ACCEPTED,
+        ingest_pb2.PUBLISH_STATUS_REJECTED,
+    ]
+    assert reason(results[2]) == "MALFORMED"
+    assert "framing" in results[2].detail
+    kept = {events[0].event_id, events[1].event_id}
+    assert {event_id_of(r) for r in usage_records(topics, kept)} == kept
+    damaged = request[len(encode_batch([envelope(e, pixel.signing_key) for e in events[:2]])) :]
+    letters = dead_letters(topics, pixel.vendor_id, 1)
+    assert any(bytes(letter.original) == damaged[:-20] for letter in letters)
+
+
+def test_retraction_without_licence_is_keyed_by_vendor(
+    raw: Gateway, topics: Topics, pixel: Tenant
+) -> None:
+    retraction = build.retraction(
+        event_id=uuid7(), vendor_id=pixel.vendor_id, original_event_id="whatever"
+    )
+    (result,) = raw.publish(pixel.api_key, [envelope(retraction, pixel.signing_key)])
+    assert result.status == ingest_pb2.PUBLISH_STATUS_ACCEPTED
+    (record,) = usage_records(topics, {retraction.event_id})
+    assert record.key() == pixel.vendor_id.encode()
+
+
+# --- request-level refusals --------------------------------------------------------------
+
+
+def test_batch_limits_refuse_the_whole_request(
+    start_gateway: Callable[..., IngestApp], topics: Topics, pixel: Tenant
+) -> None:
+    app = start_gateway(INGEST_MAX_BATCH_EVENTS="5", INGEST_MAX_BATCH_BYTES="65536")
+    client = Gateway(app.port)
+    events = [render(pixel) for _ in range(6)]
+    with pytest.raises(grpc.RpcError) as too_many:
+        client.publish(pixel.api_key, [envelope(e, pixel.signing_key) for e in events])
+    assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "6 events exceeds the limit of 5" in too_many.value.details()
+
+    big = [envelope(render(pixel, category="c" * 30_000), pixel.signing_key) for _ in range(3)]
+    with pytest.raises(grpc.RpcError) as too_big:
+        client.publish(pixel.api_key, big)
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "byte batch limit" in too_big.value.details()
+    assert not usage_records(topics, {e.event_id for e in events}, settle=0.5)
+
+
+def test_rate_limit_answers_resource_exhausted_with_retry_info(
+    start_gateway: Callable[..., IngestApp], pixel: Tenant, orbit: Tenant
+) -> None:
+    app = start_gateway(
+        INGEST_VENDOR_RATE="5", INGEST_VENDOR_BURST="10", INGEST_MAX_BATCH_EVENTS="10"
+    )
+    client = Gateway(app.port)
+    batch = [envelope(render(pixel), pixel.signing_key) for _ in range(10)]
+    assert len(client.publish(pixel.api_key, batch)) == 10
+    with pytest.raises(grpc.RpcError) as limited:
+        client.publish(
+            pixel.api_key, [envelope(render(pixel), pixel.signing_key) for _ in range(5)]
+        )
+    error = limited.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers = dict(error.trailing_metadata())
+    assert 0 < float(trailers["retry-after"]) <= 1.1
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToTimedelta() > timedelta(0)
+    # Buckets are per vendor: another vendor is unaffected.
+    assert len(client.publish(orbit.api_key, [envelope(render(orbit), orbit.signing_key)])) == 1
+    time.sleep(float(trailers["retry-after"]))
+    assert len(client.publish(pixel.api_key, [envelope(render(pixel), pixel.signing_key)] * 5)) == 5
+
+
+def test_callers_must_be_vendors_with_valid_keys(
+    raw: Gateway, pixel: Tenant, registry: Registry
+) -> None:
+    sent = [envelope(render(pixel), pixel.signing_key)]
+    with pytest.raises(grpc.RpcError) as missing:
+        raw.batch(encode_batch(sent), timeout=10)
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as wrong:
+        raw.publish(pixel.api_key[:-3] + "xyz", sent)
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as finance:
+        raw.publish(registry.finance_api_key(), sent)
+    assert finance.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_kafka_unreachable_is_unavailable_and_the_sdk_keeps_the_events(
+    stack: StackSettings, topics: Topics, pixel: Tenant, tmp_path: Path
+) -> None:
+    settings = load(
+        IngestSettings,
+        gateway_env(
+            stack,
+            topics,
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+            INGEST_ACK_TIMEOUT_SECONDS="2",
+        ),
+    )
+    app = IngestApp(settings).start()
+    try:
+        client = Gateway(app.port)
+        with pytest.raises(grpc.RpcError) as down:
+            client.publish(pixel.api_key, [envelope(render(pixel), pixel.signing_key)])
+        assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+        sdk = UsageClient.grpc(
+            vendor_id=pixel.vendor_id,
+            signing_key=pixel.signing_key,
+            target=f"127.0.0.1:{app.port}",
+            api_key=pixel.api_key,
+            spool_dir=tmp_path,
+        )
+        sdk.render(
+            licence_id=pixel.licence_id,
+            avatar_id=pixel.avatar_id,
+            render_id="r",
+            category="c",
+            territory="GB",
+        )
+        assert sdk.flush(timeout=5) == 1  # still spooled, not lost
+        assert sdk.close(timeout=0) == 1
+    finally:
+        app.stop()
+
+
+def test_publish_stream_totals_and_rejections(raw: Gateway, topics: Topics, pixel: Tenant) -> None:
+    key = pixel.signing_key
+    good = [render(pixel) for _ in range(4)]
+    bad = envelope(render(pixel, licence_id="LIC-NOPE"), key)
+    messages = [
+        encode_batch([envelope(good[0], key), envelope(good[1], key)]),
+        encode_batch([bad, envelope(good[2], key)]),
+        encode_batch([envelope(good[3], key), envelope(good[3], key)]),
+    ]
+    response = raw.stream(iter(messages), metadata=auth(pixel.api_key), timeout=30)
+    assert (response.accepted, response.duplicates, response.rejected) == (4, 1, 1)
+    (rejection,) = response.rejections
+    assert rejection.index == 2
+    assert reason(rejection) == "UNKNOWN_LICENCE"
+    ids = {e.event_id for e in good}
+    assert {event_id_of(r) for r in usage_records(topics, ids)} == ids
+
+
+# --- operators: residuals dlq ------------------------------------------------------------
+
+
+def test_dlq_command_lists_filters_and_shows(
+    raw: Gateway, topics: Topics, orbit: Tenant, stack: StackSettings
+) -> None:
+    from confluent_kafka import Producer
+
+    bad = render(orbit, quantity=1, licence_id="LIC-GONE")
+    raw.publish(orbit.api_key, [envelope(bad, orbit.signing_key), b"\x01\x02\x03"])
+    poison = Producer({"bootstrap.servers": stack.bootstrap_servers})
+    poison.produce(topics.dlq, value=b"\xde\xad\xbe\xef", key=b"?")
+    assert poison.flush(10) == 0
+    dead_letters(topics, orbit.vendor_id, 2)
+
+    env = {**os.environ, **topics.env()}
+
+    def dlq(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "residuals", "dlq", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listed = [
+        json.loads(line) for line in dlq("list", "--vendor", orbit.vendor_id, "--json").splitlines()
+    ]
+    assert sorted(e["reason"] for e in listed) == ["MALFORMED", "UNKNOWN_LICENCE"]
+    only = [
+        json.loads(line)
+        for line in dlq(
+            "list", "--vendor", orbit.vendor_id, "--reason", "unknown_licence", "--json"
+        ).splitlines()
+    ]
+    assert [e["event_id"] for e in only] == [bad.event_id]
+    assert "UNDECODABLE" in dlq("list", "--reason", "UNDECODABLE")
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert dlq("list", "--vendor", orbit.vendor_id, "--since", future, "--json") == ""
+
+    shown = json.loads(dlq("show", only[0]["position"]))
+    assert shown["reason"] == "UNKNOWN_LICENCE"
+    assert shown["source"] == "ingest gateway"
+    assert shown["original"]["key_id"] == orbit.signing_key.key_id
+    assert shown["original"]["event"]["eventId"] == bad.event_id
+    assert shown["original"]["event"]["licenceId"] == "LIC-GONE"
