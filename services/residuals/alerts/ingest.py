@@ -25,6 +25,7 @@ from residuals.alerts.metrics import AlertMetrics
 from residuals.alerts.query import severity_name
 from residuals.alerts.store import Incoming, Raised
 from residuals.codecs.timestamps import to_datetime
+from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.telemetry import extract_kafka_headers, trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2
 
@@ -74,6 +75,7 @@ class AlertIngest:
         import time
 
         self.metrics = metrics
+        self.pipeline = pipeline_metrics()
         self.tracer = tracer or trace.get_tracer(__name__)
         self.on_raised = on_raised
         self.clock = clock or time.time
@@ -145,8 +147,10 @@ class AlertIngest:
             severity = severity_name(alert.severity)
             self.metrics.raised.labels(kind, severity).inc()
             self.metrics.changes.labels("raised").inc()
-            origin, started = latency_origin(item.change.published_at, alert)
-            self.metrics.store_latency.labels(origin).observe(max(0.0, now - started))
+            if item.change.published_at is not None:
+                self.pipeline.latency.labels("alert_stored").observe(
+                    max(0.0, now - item.change.published_at.timestamp())
+                )
             span = spans.get(alert.alert_id)
             level = logging.INFO if alert.severity >= common_pb2.SEVERITY_HIGH else logging.DEBUG
             if span is not None:

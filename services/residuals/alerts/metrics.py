@@ -52,14 +52,6 @@ class AlertMetrics:
             "Heartbeats sent on idle WatchAlerts streams.",
             registry=registry,
         )
-        self.store_latency = Histogram(
-            "residuals_alert_store_latency_seconds",
-            "From publication of the triggering usage (else the alert's raised_at) to the "
-            "alert being committed.",
-            ("origin",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
         self.delivery_latency = Histogram(
             "residuals_alert_delivery_latency_seconds",
             "From publication of the triggering usage (else raised_at) to a live WatchAlerts "

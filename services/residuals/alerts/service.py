@@ -34,6 +34,7 @@ from residuals.alerts.query import may_see, scoped_query
 from residuals.alerts.store import AlertNotFound, Change, InvalidTransition
 from residuals.codecs.timestamps import set_timestamp
 from residuals.platform.auth import PermissionDenied, Principal, Role, current_principal
+from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
 
@@ -74,6 +75,7 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         self.heartbeat_seconds = heartbeat_seconds
         self.on_commit = on_commit or feed.poke
         self.clock = clock
+        self.pipeline = pipeline_metrics()
 
     # --- WatchAlerts -------------------------------------------------------------------------
 
@@ -132,8 +134,11 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         self.metrics.delivered.labels("live").inc()
         if change.change != "raised":
             return
+        now = self.clock()
         origin, started = latency_origin(change.published_at, change.alert())
-        self.metrics.delivery_latency.labels(origin).observe(max(0.0, self.clock() - started))
+        self.metrics.delivery_latency.labels(origin).observe(max(0.0, now - started))
+        if change.published_at is not None:
+            self.pipeline.latency.labels("alert_delivered").observe(max(0.0, now - started))
 
     # --- ListAlerts ----------------------------------------------------------------------------
 

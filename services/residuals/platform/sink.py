@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from psycopg import Connection
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer
 from residuals.platform.offsets import OffsetStore
+from residuals.platform.pipeline_metrics import PipelineMetrics, pipeline_metrics
 from residuals.platform.postgres import Database
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,11 @@ class SinkMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
-        self.lag = Gauge(
-            "residuals_consumer_lag_records",
-            "Records between a consumer's position and the partition end (librdkafka stats).",
-            ("group", "topic", "partition"),
-            registry=registry,
+        # Shared with consumers that are not sinks (the meter): one series name for lag.
+        self.lag = (
+            pipeline_metrics().consumer_lag
+            if registry is REGISTRY
+            else PipelineMetrics(registry).consumer_lag
         )
 
     def stats_callback(self, group_id: str) -> Callable[[str], None]:
