@@ -20,6 +20,8 @@ COMMAND_MODULES: dict[str, str] = {
     "alerts": "residuals.alerts.command",
     "ingest": "residuals.ingest.command",
     "dlq": "residuals.ingest.dlq",
+    "licensing": "residuals.licensing.command",
+    "licences": "residuals.licensing.admin",
 }
 
 
