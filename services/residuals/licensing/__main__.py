@@ -1,0 +1,7 @@
+"""``python -m residuals.licensing``: the licensing service."""
+
+import sys
+
+from residuals.licensing.app import main
+
+sys.exit(main())

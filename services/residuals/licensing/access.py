@@ -1,0 +1,82 @@
+"""Who may do what in the licence registry: the whole policy in one module.
+
+* admin: everything, including keys and the parties (talent, avatars, vendors, payees);
+* finance: reads every licence;
+* vendor: reads its own licences, registers and revokes its own signing keys;
+* talent: reads its own licences and may suspend, reinstate and revoke them (it is their
+  likeness; reinstating lifts a suspension they or the system imposed);
+* only admin creates and amends licences and manages API keys.
+
+A vendor or talent asking about a licence that is not theirs is refused the same way
+whether or not it exists (PERMISSION_DENIED, AIP-211), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+from residuals.platform.auth import PermissionDenied, Principal, Role
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    """``action`` reads like "create licences"."""
+    if principal.role is not Role.ADMIN:
+        raise PermissionDenied(f"{principal.describe()} may not {action}: only admin may")
+
+
+def require_reader(principal: Principal) -> None:
+    """Every role reads licences (within its tenant); kept explicit for new roles."""
+    if principal.role not in (Role.ADMIN, Role.FINANCE, Role.VENDOR, Role.TALENT):
+        raise PermissionDenied(f"{principal.describe()} may not read licences")
+
+
+def sees_licence(principal: Principal, *, vendor_id: str, talent_id: str) -> bool:
+    if principal.role in (Role.ADMIN, Role.FINANCE):
+        return True
+    if principal.role is Role.VENDOR:
+        return principal.vendor_id == vendor_id
+    if principal.role is Role.TALENT:
+        return principal.talent_id == talent_id
+    return False
+
+
+def not_theirs(principal: Principal, licence_id: str) -> PermissionDenied:
+    """The refusal for a licence outside the caller's tenant (or one that does not exist)."""
+    tenant = principal.vendor_id or principal.talent_id
+    return PermissionDenied(
+        f"{principal.describe()} may not access licence {licence_id}: "
+        f"it is not a licence of {principal.role} {tenant}"
+    )
+
+
+def may_read_everything(principal: Principal) -> bool:
+    """Admin and finance get NOT_FOUND for unknown ids; tenants get PERMISSION_DENIED."""
+    return principal.role in (Role.ADMIN, Role.FINANCE)
+
+
+def require_talent_or_admin(principal: Principal, action: str) -> None:
+    """Role gate for suspend/reinstate/revoke; the tenant is checked against the licence."""
+    if principal.role not in (Role.ADMIN, Role.TALENT):
+        raise PermissionDenied(
+            f"{principal.describe()} may not {action}: only admin or the licence's talent may"
+        )
+
+
+def check_talent_owns(principal: Principal, licence_id: str, talent_id: str | None) -> None:
+    """A talent principal acts only on its own licences (``talent_id`` None: no licence)."""
+    if principal.role is Role.TALENT and principal.talent_id != talent_id:
+        raise not_theirs(principal, licence_id)
+
+
+def require_vendor_or_admin(principal: Principal, vendor_id: str, action: str) -> None:
+    """Signing keys: admin for any vendor, a vendor for itself only."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.role is Role.VENDOR:
+        if principal.vendor_id != vendor_id:
+            raise PermissionDenied(
+                f"{principal.describe()} may not {action} for vendor {vendor_id}: "
+                "a vendor manages only its own signing keys"
+            )
+        return
+    raise PermissionDenied(
+        f"{principal.describe()} may not {action}: only admin or the vendor itself may"
+    )

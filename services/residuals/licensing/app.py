@@ -1,0 +1,174 @@
+"""Wiring of the licensing service: one settings object in, running components out.
+
+:class:`LicensingApp` owns the database pool, the gRPC server (LicenceService behind the
+shared AuthInterceptor, with health, reflection, metrics and tracing), the outbox relay
+thread (restarted after a failure) and a readiness probe thread that reports NOT_SERVING
+while PostgreSQL is unreachable. Tests build it in-process; ``python -m residuals.licensing``
+builds it from the environment (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from residuals.licensing.config import SERVICE_NAME, LicensingSettings
+from residuals.licensing.outbox import OutboxRelay, RelayMetrics
+from residuals.licensing.registry import Registry
+from residuals.licensing.service import SERVICE_NAME as GRPC_SERVICE
+from residuals.licensing.service import servicer
+from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
+from residuals.platform.config import load
+from residuals.platform.grpc_server import GrpcMetrics, GrpcServer, make_grpc_server
+from residuals.platform.postgres import Database
+from residuals.platform.telemetry import init_telemetry
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_SECONDS = 5.0
+RELAY_RESTART_SECONDS = 2.0
+
+
+class LicensingApp:
+    def __init__(
+        self,
+        settings: LicensingSettings,
+        *,
+        authenticator: Authenticator | None = None,
+        grpc_metrics: GrpcMetrics | None = None,
+        relay_metrics: RelayMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = Database(settings.postgres, application_name=settings.telemetry.service_name)
+        self.cache: PostgresAuthenticator | None = None
+        if authenticator is None:
+            self.cache = PostgresAuthenticator(self.db, ttl_seconds=settings.auth_cache_seconds)
+            authenticator = self.cache
+        self.authenticator = authenticator
+        self.registry = Registry(self.db, on_api_key_revoked=self._forget_key)
+        self.grpc_metrics = grpc_metrics
+        self.relay_metrics = relay_metrics
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.server: GrpcServer | None = None
+        self.relay: OutboxRelay | None = None
+
+    def _forget_key(self, key_id: str) -> None:
+        if self.cache is not None:
+            self.cache.invalidate(key_id)
+
+    def start(self) -> LicensingApp:
+        self.db.open()
+        self.server = make_grpc_server(
+            self.settings.grpc,
+            servicers=[servicer(self.registry)],
+            interceptors=[AuthInterceptor(self.authenticator)],
+            metrics=self.grpc_metrics,
+        ).start()
+        if self.settings.relay.enabled:
+            self._thread(self._run_relay, "outbox-relay")
+        self._thread(self._probe, "licensing-health")
+        return self
+
+    def _run_relay(self, stop: threading.Event) -> None:
+        """Run the relay; after a failure start a fresh one (it recovers from Kafka)."""
+        relay_settings = self.settings.relay
+        while not stop.is_set():
+            self.relay = OutboxRelay(
+                self.settings.postgres.dsn,
+                self.settings.kafka,
+                batch_size=relay_settings.batch_size,
+                poll_interval=relay_settings.poll_seconds,
+                metrics=self.relay_metrics,
+            )
+            try:
+                self.relay.run(stop)
+            except Exception:
+                log.exception("outbox relay failed; restarting")
+                self.relay.close()
+                stop.wait(RELAY_RESTART_SECONDS)
+
+    def _probe(self, stop: threading.Event) -> None:
+        serving = True
+        while not stop.wait(HEALTH_INTERVAL_SECONDS):
+            try:
+                healthy = self.db.check(timeout=HEALTH_INTERVAL_SECONDS)
+            except Exception:
+                healthy = False
+            if healthy != serving and self.server is not None:
+                log.warning("licence registry database %s", "back" if healthy else "unreachable")
+                self.server.set_serving(healthy, GRPC_SERVICE)
+                serving = healthy
+
+    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
+        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.port
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.stop()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.db.close()
+
+
+def settings_from_env() -> LicensingSettings:
+    """The settings, with OTEL_SERVICE_NAME defaulting to the service folder's name."""
+    settings = load(LicensingSettings)
+    if "OTEL_SERVICE_NAME" not in os.environ:
+        settings = dataclasses.replace(
+            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
+        )
+    return settings
+
+
+def _until_signalled() -> None:
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    done.wait()
+
+
+def main() -> int:
+    """``python -m residuals.licensing``: serve LicenceService (and relay) until signalled."""
+    settings = settings_from_env()
+    telemetry = init_telemetry(settings.telemetry)
+    app = LicensingApp(settings).start()
+    log.info("licensing service running", extra={"grpc_port": app.port})
+    _until_signalled()
+    log.info("licensing service stopping")
+    app.stop()
+    telemetry.shutdown()
+    return 0
+
+
+def relay_main() -> int:
+    """``residuals licensing relay``: only the outbox relay (e.g. a separate deployment)."""
+    settings = settings_from_env()
+    telemetry = init_telemetry(settings.telemetry)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    relay = OutboxRelay(
+        settings.postgres.dsn,
+        settings.kafka,
+        batch_size=settings.relay.batch_size,
+        poll_interval=settings.relay.poll_seconds,
+    )
+    log.info("outbox relay starting")
+    try:
+        relay.run(stop)
+    finally:
+        telemetry.shutdown()
+    return 0

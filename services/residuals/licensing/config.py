@@ -1,0 +1,52 @@
+"""The licensing service's one settings object, read from the environment at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from residuals.platform.config import (
+    KafkaSettings,
+    PostgresSettings,
+    TelemetrySettings,
+    env,
+    group,
+)
+from residuals.platform.grpc_server import GrpcSettings
+
+SERVICE_NAME = "licensing"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The outbox relay (PostgreSQL -> Kafka) that runs inside the service by default."""
+
+    enabled: bool = env(
+        "LICENSING_OUTBOX_RELAY",
+        True,
+        help="run the outbox relay in this process (a second one stands by until it can lock)",
+    )
+    batch_size: int = env(
+        "LICENSING_OUTBOX_BATCH_SIZE", 500, help="rows per Kafka transaction at most", minimum=1
+    )
+    poll_seconds: float = env(
+        "LICENSING_OUTBOX_POLL_SECONDS",
+        1.0,
+        help="longest wait for new rows without a NOTIFY",
+        minimum=0.01,
+    )
+
+
+@dataclass(frozen=True)
+class LicensingSettings:
+    # group() only builds a dataclass field; RUF009 cannot tell it is immutable.
+    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
+    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
+    relay: RelaySettings = group(RelaySettings)  # noqa: RUF009
+    auth_cache_seconds: float = env(
+        "LICENSING_AUTH_CACHE_SECONDS",
+        30.0,
+        help="how long an API key lookup is cached (a revocation elsewhere shows within it)",
+        minimum=0,
+    )
