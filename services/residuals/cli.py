@@ -22,6 +22,8 @@ COMMAND_MODULES: dict[str, str] = {
     "dlq": "residuals.ingest.dlq",
     "licensing": "residuals.licensing.command",
     "licences": "residuals.licensing.admin",
+    "payouts": "residuals.payouts.command",
+    "finance": "residuals.payouts.finance_command",
 }
 
 

@@ -1,0 +1,1 @@
+"""The payouts service: period close, statements, journal, payouts and reconciliation."""

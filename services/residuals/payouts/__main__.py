@@ -1,0 +1,7 @@
+"""``python -m residuals.payouts``: the payouts service."""
+
+import sys
+
+from residuals.payouts.app import main
+
+sys.exit(main())

@@ -1,0 +1,307 @@
+"""Period close: the statement from stored events and licence versions, posted once.
+
+One PostgreSQL transaction, serialised by an advisory lock:
+
+1. already closed → the stored statement, unchanged (idempotent: same hash, no new row);
+2. refuse before the grace period has passed (unless forced), out of order, or after a
+   later period was closed;
+3. corrections first: every closed period with events that arrived after its cut-off is
+   computed again by :func:`compute_statement` with them included, and the difference from
+   its stored statement (plus earlier corrections) becomes adjustment lines and entries;
+4. the advance each licence may recoup and each payee's carried-in balance are read from
+   the journal (after the corrections), never from running totals;
+5. :func:`compute_statement` on the period's stored events → the §10 document, its
+   canonical JSON and hash, rows, journal entries, payouts and payout events.
+
+A dry run does all of it and rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from opentelemetry import trace
+
+from residuals.domain import journal
+from residuals.domain.adjustments import (
+    AdjustmentLine,
+    diff_items,
+    statement_items,
+    with_adjustments,
+)
+from residuals.domain.closing import (
+    DEFAULT_GRACE,
+    canonical_json,
+    closable_at,
+    content_hash,
+    licences_for_period,
+    with_advance_outstanding,
+)
+from residuals.domain.licences import Licence
+from residuals.domain.money import ZERO, round_money
+from residuals.domain.payouts import plan_payouts
+from residuals.domain.period import Period
+from residuals.domain.statement import compute_statement
+from residuals.payouts import store
+from residuals.payouts.messages import payout_event_bytes
+from residuals.payouts.sources import Conn, Sources
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+class CloseRefused(Exception):
+    """The period cannot be closed now; the message says why and what to do."""
+
+
+class _DryRun(Exception):
+    """Raised inside the close transaction to roll a dry run back, carrying its result."""
+
+    def __init__(self, result: CloseResult) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class ClosePolicy:
+    grace: timedelta = DEFAULT_GRACE
+    thresholds: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    statement: store.StoredStatement
+    already_closed: bool
+    dry_run: bool = False
+    payouts: int = 0
+    adjustments: int = 0
+    entries: int = 0
+
+
+def _thresholds_doc(thresholds: Mapping[str, Decimal]) -> dict[str, str]:
+    return {c: format(v, "f") for c, v in sorted(thresholds.items())}
+
+
+def _period_licences(
+    all_licences: Iterable[Licence], period: Period, used: Iterable[str], advance: Mapping[str, Any]
+) -> list[Licence]:
+    chosen = licences_for_period(all_licences, period, used)
+    return [
+        with_advance_outstanding(lic, period, Decimal(str(advance[lic.licence_id])))
+        if lic.licence_id in advance
+        else lic
+        for lic in chosen
+    ]
+
+
+def restate(
+    conn: Conn,
+    sources: Sources,
+    stored: store.StoredStatement,
+    licences: Iterable[Licence],
+    up_to: int | None = None,
+) -> dict[str, Any]:
+    """A closed period computed again from stored events (``up_to`` = its own cut-off to
+    reproduce it, None to include everything that has arrived since)."""
+    period = Period.parse(stored.period)
+    inputs = stored.inputs
+    batch = sources.events.period_events(conn, period, up_to)
+    used = set(inputs.get("licences", [])) | {
+        getattr(e, "licence_id", None) or "" for e in batch.events
+    }
+    chosen = [
+        lic
+        for lic in _period_licences(licences, period, used, inputs.get("advance", {}))
+        if lic.licence_id in used
+    ]
+    statement = compute_statement(
+        period,
+        chosen,
+        batch.events,
+        thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
+        carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
+    )
+    return statement.to_document()
+
+
+def close_period(
+    conn: Conn,
+    sources: Sources,
+    period: Period,
+    *,
+    policy: ClosePolicy,
+    closed_by: str,
+    now: datetime | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> CloseResult:
+    """Close ``period`` (see the module docstring). ``conn`` must not be in a transaction."""
+    now = now or datetime.now(UTC)
+    with tracer.start_as_current_span("close_period", attributes={"period": str(period)}):
+        try:
+            with conn.transaction():
+                result = _close(conn, sources, period, policy, closed_by, now, force, dry_run)
+                if dry_run and not result.already_closed:
+                    raise _DryRun(result)
+                return result
+        except _DryRun as rollback:
+            return rollback.result
+
+
+def _close(
+    conn: Conn,
+    sources: Sources,
+    period: Period,
+    policy: ClosePolicy,
+    closed_by: str,
+    now: datetime,
+    force: bool,
+    dry_run: bool,
+) -> CloseResult:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (store.CLOSE_LOCK,))
+    key = str(period)
+    existing = store.get_statement(conn, key)
+    if existing is not None:
+        return CloseResult(existing, already_closed=True)
+    opens = closable_at(period, policy.grace)
+    if now < opens and not force:
+        raise CloseRefused(
+            f"{key} can be closed from {opens.isoformat()} (grace period "
+            f"{policy.grace.days} days after the month ends); use force to close earlier"
+        )
+    closed = store.closed_periods(conn)
+    if closed and closed[-1] > key:
+        raise CloseRefused(f"{key} is before the last closed period {closed[-1]}")
+    if closed and Period.parse(closed[-1]).next() != period:
+        raise CloseRefused(f"close {Period.parse(closed[-1]).next()} before {key}")
+
+    licences = sources.licences.licences(conn)
+    registry = {lic.licence_id: lic for lic in licences}
+    vendors = {lic.licence_id: lic.vendor_id for lic in licences}
+
+    # 3. corrections of closed periods
+    adjustments: list[AdjustmentLine] = []
+    adjustment_cutoffs: dict[str, int] = {}
+    cutoffs = store.effective_cutoffs(conn)
+    for target in sorted(sources.events.late_periods(conn, cutoffs)):
+        stored = store.get_statement(conn, target)
+        if stored is None:
+            continue
+        baseline = with_adjustments(
+            statement_items(stored.document), store.adjustments_targeting(conn, target)
+        )
+        target_period = Period.parse(target)
+        batch = sources.events.period_events(conn, target_period)
+        restated = restate(conn, sources, stored, licences, batch.cutoff)
+        adjustments.extend(diff_items(target, baseline, statement_items(restated)))
+        adjustment_cutoffs[target] = batch.cutoff
+    new_entries = journal.adjustment_entries(key, adjustments, vendors)
+
+    # 4. advances and carried-in balances from the journal
+    balance = store.balances(conn)
+    _merge(balance, journal.balances(new_entries))
+    batch = sources.events.period_events(conn, period)
+    used = {getattr(e, "licence_id", None) or "" for e in batch.events}
+    chosen = licences_for_period(licences, period, used & set(registry))
+    advance: dict[str, str] = {}
+    priced: list[Licence] = []
+    for lic in chosen:
+        terms = lic.version_at(period.last_instant)
+        account = (journal.advance_outstanding(lic.licence_id), lic.currency)
+        suffix = f":advance:{lic.licence_id}:v{terms.version}"
+        if not store.entry_exists(conn, suffix, lic.licence_id):
+            stated = round_money(terms.advance_outstanding, lic.currency)
+            opening = journal.advance_opening_entry(
+                key, lic.licence_id, terms.version, lic.currency, stated, balance.get(account, ZERO)
+            )
+            if opening is not None:
+                new_entries.append(opening)
+                _merge(balance, journal.balances([opening]))
+        outstanding = max(balance.get(account, ZERO), ZERO)
+        advance[lic.licence_id] = format(round_money(outstanding, lic.currency), "f")
+        priced.append(with_advance_outstanding(lic, period, Decimal(advance[lic.licence_id])))
+    carried = journal.carried_in(balance)
+
+    # 5. the statement
+    statement = compute_statement(
+        period, priced, batch.events, thresholds=policy.thresholds, carried_in=carried
+    )
+    document = statement.to_document()
+    canonical = canonical_json(document).decode("utf-8")
+    adjustments_doc = [a.to_document() for a in adjustments]
+    statement_id = store.statement_id_for(key)
+    inputs = {
+        "cutoff": batch.cutoff,
+        "licences": [lic.licence_id for lic in priced],
+        "advance": advance,
+        "thresholds": _thresholds_doc(policy.thresholds),
+        "carried_in": [[p, c, format(a, "f")] for (p, c), a in sorted(carried.items())],
+        "adjustment_cutoffs": adjustment_cutoffs,
+        "grace_days": policy.grace.days,
+    }
+    metas = {
+        lic.licence_id: store.LicenceMeta(
+            lic.licence_id, lic.talent_id, lic.vendor_id, lic.currency
+        )
+        for lic in priced
+    }
+    store.insert_statement(
+        conn,
+        statement_id=statement_id,
+        period=key,
+        content_hash=content_hash(document),
+        canonical=canonical,
+        document=document,
+        adjustments=adjustments,
+        adjustments_hash=content_hash({"adjustments": adjustments_doc}),
+        inputs=inputs,
+        event_count=len(batch.events),
+        closed_by=closed_by,
+        licences=metas,
+        carried_in=carried,
+    )
+    new_entries.extend(journal.statement_entries(document, vendors))
+    planned = plan_payouts(key, document["payees"])
+    for p in planned:
+        entry = journal.payout_scheduled_entry(
+            key, p.idempotency_key, p.payee_id, p.currency, p.amount
+        )
+        if entry is not None:
+            new_entries.append(entry)
+    store.insert_entries(conn, new_entries, statement_id)
+    for p in planned:
+        row = store.insert_payout(conn, p, statement_id)
+        store.record_payout_event(conn, row, payout_event_bytes)
+    stored = store.get_statement(conn, key)
+    assert stored is not None
+    result = CloseResult(
+        stored,
+        already_closed=False,
+        dry_run=dry_run,
+        payouts=len(planned),
+        adjustments=len(adjustments),
+        entries=len(new_entries),
+    )
+    log.info(
+        "period closed",
+        extra={
+            "period": key,
+            "content_hash": stored.content_hash,
+            "licences": len(priced),
+            "events": len(batch.events),
+            "payouts": len(planned),
+            "adjustments": len(adjustments),
+            "dry_run": dry_run,
+        },
+    )
+    return result
+
+
+def _merge(into: dict[tuple[str, str], Decimal], more: Mapping[tuple[str, str], Decimal]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, ZERO) + v
