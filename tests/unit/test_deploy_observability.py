@@ -80,9 +80,9 @@ def test_dashboards_are_provisioned_with_the_provisioned_datasource() -> None:
 def test_dashboards_cover_what_sres_need() -> None:
     used = set().union(*dashboard_metrics().values())
     for needed in (
-        "residuals_usage_events_total",  # throughput by kind
+        "residuals_meter_events_total",  # throughput by kind
         "residuals_consumer_lag_records",  # lag
-        "residuals_dead_letters_total",  # dead letters by reason
+        "residuals_meter_dead_letters_total",  # dead letters by reason
         "residuals_pipeline_latency_seconds_bucket",  # publish -> rated/ledger/alert
         "residuals_royalties_accrued_total",  # by currency, top avatars
         "residuals_alerts_raised_total",  # violations by kind and severity

@@ -1,22 +1,22 @@
-"""The pipeline's business and flow metrics, declared once for every service that feeds them.
+"""Pipeline metrics that span services, declared once.
 
-Dashboards (``deploy/grafana``) and alert rules (``deploy/prometheus``) are written
-against these names; ``tests/e2e/test_observability.py`` fails when a panel or rule names
-a series no running service exports. A service records into them through
+Dashboards (``deploy/grafana``) and alert rules (``deploy/prometheus``) use these names
+next to each service's own series (``residuals_meter_*``, ``residuals_ingest_*``,
+``residuals_alert*``); ``tests/e2e/test_observability.py`` fails when a panel or rule
+names a series no running service exports. A service records into them through
 :func:`pipeline_metrics` (one instance per process, on the global registry):
 
-* the meter: ``usage_events`` (every usage record by kind and outcome), ``dead_letters``
-  (source ``meter``), ``latency`` (stage ``rated``), ``accrued`` and ``held`` (estimates),
-  ``consumer_lag``;
-* the ingest gateway: ``dead_letters`` (source ``gateway``);
-* the ledger writer: ``latency`` (stage ``ledger``), ``consumer_lag`` (the shared sink
-  sets it);
-* the alerts service: ``latency`` (stages ``alert_stored``, ``alert_delivered``).
+* ``latency``: publish -> stage, one histogram for the whole pipeline so one panel shows
+  every hop: ``ledger`` (ledger writer), ``alert_stored`` and ``alert_delivered`` (alerts
+  service); the meter's publish -> rated has its own series;
+* ``accrued``: royalties by currency *and avatar* (the "top avatars" panel), recorded by
+  whoever rates or ledgers accruals;
+* ``consumer_lag``: per consumer group and partition (the shared sink sets it from
+  librdkafka statistics).
 
 Money here is a float *estimate* for dashboards; the ledger and statements are exact.
-``avatar_id`` is a label of the royalties counters so dashboards can show top avatars;
-its cardinality is the number of active avatars, which Prometheus handles in the tens of
-thousands.
+``avatar_id`` cardinality is the number of active avatars, which Prometheus handles in
+the tens of thousands.
 """
 
 from __future__ import annotations
@@ -29,25 +29,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 #: Seconds; fine around the 1 s (alert) and 2 s (ledger) targets.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 
-#: ``usage_events`` outcomes.
-OUTCOMES = ("rated", "held", "excluded", "duplicate", "retracted", "dead")
-
 
 class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.usage_events = Counter(
-            "residuals_usage_events_total",
-            "Usage records processed by the meter, by usage kind and outcome "
-            "(rated, held, excluded, duplicate, retracted, dead).",
-            ("kind", "outcome"),
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "residuals_dead_letters_total",
-            "Events sent to the dead-letter topic, by reject reason and source (gateway, meter).",
-            ("reason", "source"),
-            registry=registry,
-        )
         self.latency = Histogram(
             "residuals_pipeline_latency_seconds",
             "From publication of a usage event (gateway receipt or broker timestamp) to a "
@@ -63,12 +47,6 @@ class PipelineMetrics:
             ("currency", "avatar_id"),
             registry=registry,
         )
-        self.held = Counter(
-            "residuals_royalties_held_total",
-            "Estimated value of held (out-of-scope) use, by currency.",
-            ("currency",),
-            registry=registry,
-        )
         self.consumer_lag = Gauge(
             "residuals_consumer_lag_records",
             "Records between a consumer group's position and the end of a partition.",
@@ -82,10 +60,6 @@ class PipelineMetrics:
     def accrue(self, currency: str, avatar_id: str, amount: Decimal) -> None:
         if amount > 0:
             self.accrued.labels(currency, avatar_id).inc(float(amount))
-
-    def hold(self, currency: str, amount: Decimal) -> None:
-        if amount > 0:
-            self.held.labels(currency).inc(float(amount))
 
 
 _default: PipelineMetrics | None = None
