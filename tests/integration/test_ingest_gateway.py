@@ -23,7 +23,14 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from ingest_support import Registry, Tenant, Topics, headers_of, read_topic
-from residuals_sdk import DeliveryReport, DeliveryStatus, SigningKey, UsageClient, uuid7
+from residuals_sdk import (
+    DeliveryReport,
+    DeliveryStatus,
+    RetryPolicy,
+    SigningKey,
+    UsageClient,
+    uuid7,
+)
 from residuals_sdk import events as build
 from residuals_sdk.signing import sign_event, verify_signature
 from residuals_sdk.transports.grpc import encode_batch
@@ -623,3 +630,50 @@ def test_dlq_command_lists_filters_and_shows(
     assert shown["original"]["key_id"] == orbit.signing_key.key_id
     assert shown["original"]["event"]["eventId"] == bad.event_id
     assert shown["original"]["event"]["licenceId"] == "LIC-GONE"
+
+
+def test_sdk_waits_for_a_late_gateway_and_reports_rejections(
+    start_gateway: Callable[..., IngestApp], pixel: Tenant, topics: Topics, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reports: list[DeliveryReport] = []
+    client = UsageClient.grpc(
+        vendor_id=pixel.vendor_id,
+        signing_key=pixel.signing_key,
+        target=f"127.0.0.1:{port}",
+        api_key=pixel.api_key,
+        spool_dir=tmp_path,
+        on_delivery=reports.append,
+        retry=RetryPolicy(initial_backoff=0.1, max_backoff=0.5),
+    )
+    try:
+        good = client.render(
+            licence_id=pixel.licence_id,
+            avatar_id=pixel.avatar_id,
+            render_id="late",
+            category="product_demo",
+            territory="GB",
+        )
+        bad = client.render(
+            licence_id="LIC-UNKNOWN",
+            avatar_id=pixel.avatar_id,
+            render_id="late",
+            category="product_demo",
+            territory="GB",
+        )
+        assert client.flush(timeout=2) == 2  # nobody listening yet: kept
+        start_gateway(GRPC_PORT=str(port))
+        assert client.flush(timeout=30) == 0
+    finally:
+        client.close()
+    by_id = {r.event_id: r for r in reports}
+    assert by_id[good].status is DeliveryStatus.DELIVERED
+    assert by_id[good].attempts >= 2
+    assert by_id[bad].status is DeliveryStatus.REJECTED
+    assert by_id[bad].reason == "UNKNOWN_LICENCE"
+    assert not by_id[bad].ok
+    assert [event_id_of(r) for r in usage_records(topics, {good})] == [good]
