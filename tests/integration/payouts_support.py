@@ -18,7 +18,7 @@ import psycopg
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
-from residuals.payouts.sources import EventAccounting, PeriodEvents, Sources
+from residuals.payouts.sources import EventAccounting, Sources
 from residuals.platform import migrations
 from residuals.stack import postgres
 from residuals.stack.settings import StackSettings
@@ -52,35 +52,48 @@ def _period_of(item: UsageEvent | Rejection, originals: Mapping[tuple[str, str],
 
 @dataclass
 class MemoryEvents:
-    """Events in arrival order with positions 1, 2, 3…; the period of a retraction is its
-    original's (as the ledger writer records it)."""
+    """Events in arrival order, modelled like the ledger writer stores them: the period of a
+    retraction is its original's, and a use of a closed period is recorded as an adjustment
+    of the first open period after it."""
 
-    rows: list[tuple[int, Period, UsageEvent | Rejection]] = field(default_factory=list)
+    rows: list[tuple[Period, Period | None, UsageEvent | Rejection]] = field(default_factory=list)
     originals: dict[tuple[str, str], Period] = field(default_factory=dict)
+    closed: set[Period] = field(default_factory=set)
 
     def add(self, raw: Mapping[str, Any], period: Period | None = None) -> None:
         item = parse_event(raw)
         where = period or _period_of(item, self.originals)
         if isinstance(item, UsageEvent) and item.identity not in self.originals:
             self.originals[item.identity] = where
-        self.rows.append((len(self.rows) + 1, where, item))
+        adjustment = None
+        if where in self.closed:
+            adjustment = where.next()
+            while adjustment in self.closed:
+                adjustment = adjustment.next()
+        self.rows.append((where, adjustment, item))
 
     def extend(self, raws: Iterable[Mapping[str, Any]]) -> None:
         for raw in raws:
             self.add(raw)
 
-    def period_events(self, conn: Any, period: Period, up_to: int | None = None) -> PeriodEvents:
-        chosen = [(n, e) for n, p, e in self.rows if p == period and (up_to is None or n <= up_to)]
-        cutoff = max((n for n, _ in chosen), default=up_to or 0)
-        return PeriodEvents([e for _, e in chosen], cutoff)
+    def mark_closed(self, conn: Any, period: Period) -> None:
+        self.closed.add(period)
 
-    def late_periods(self, conn: Any, cutoffs: Mapping[str, int]) -> list[str]:
-        late = {str(p) for n, p, _ in self.rows if str(p) in cutoffs and n > cutoffs[str(p)]}
-        return sorted(late)
+    def period_events(
+        self, conn: Any, period: Period, through: Period | None = None
+    ) -> list[UsageEvent | Rejection]:
+        return [
+            e
+            for p, adj, e in self.rows
+            if p == period and (adj is None or (through is not None and adj <= through))
+        ]
+
+    def late_periods(self, conn: Any, period: Period) -> list[str]:
+        return sorted({str(p) for p, adj, _ in self.rows if adj == period})
 
     def accounting(self, conn: Any, period: Period) -> EventAccounting:
         """Test double: every parsed event counts as ledgered, every rejection as dead."""
-        events = [e for _, p, e in self.rows if p == period]
+        events = [e for p, adj, e in self.rows if p == period and adj is None]
         dead = sum(1 for e in events if isinstance(e, Rejection))
         return EventAccounting(len(events), len(events) - dead, 0, dead, 0)
 

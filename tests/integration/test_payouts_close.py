@@ -126,9 +126,8 @@ def test_next_period_takes_carried_in_and_outstanding_advance_from_the_journal(
     case = load_case(CASE)
     # Oracle: the advance was fully recouped in October, AGT-MO carries 9.44 in.
     lics = [with_advance_outstanding(lic, NOV, Decimal("0.00")) for lic in case.licences]
-    batch = world.events.period_events(None, NOV)
     oracle = compute_statement(
-        NOV, lics, batch.events, thresholds=case.thresholds,
+        NOV, lics, world.events.period_events(None, NOV), thresholds=case.thresholds,
         carried_in={("AGT-MO", "USD"): Decimal("9.44")},
     ).to_document()  # fmt: skip
     assert nov.statement.document == oracle
@@ -162,7 +161,7 @@ def test_late_event_and_retraction_become_adjustments_in_the_next_period(world: 
     assert (views.units, views.amount) == (-400, Decimal("-0.60"))
     # exact: October restated with everything = October as closed + adjustments
     case = load_case(CASE)
-    restated = compute_statement(OCT, case.licences, world.events.period_events(None, OCT).events)
+    restated = compute_statement(OCT, case.licences, world.events.period_events(None, OCT, NOV))
     pixel = next(
         x for x in restated.to_document()["licences"] if x["licence_id"] == "LIC-GUS-PIXEL"
     )

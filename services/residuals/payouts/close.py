@@ -46,7 +46,7 @@ from residuals.domain.licences import Licence
 from residuals.domain.money import ZERO, round_money
 from residuals.domain.payouts import plan_payouts
 from residuals.domain.period import Period
-from residuals.domain.statement import compute_statement
+from residuals.domain.statement import PeriodStatement, compute_statement
 from residuals.payouts import store
 from residuals.payouts.messages import payout_event_bytes
 from residuals.payouts.sources import Conn, Sources
@@ -104,16 +104,26 @@ def restate(
     sources: Sources,
     stored: store.StoredStatement,
     licences: Iterable[Licence],
-    up_to: int | None = None,
+    through: Period | None = None,
 ) -> dict[str, Any]:
-    """A closed period computed again from stored events (``up_to`` = its own cut-off to
-    reproduce it, None to include everything that has arrived since)."""
+    """:func:`restate_statement` as a §10 document."""
+    return restate_statement(conn, sources, stored, licences, through).to_document()
+
+
+def restate_statement(
+    conn: Conn,
+    sources: Sources,
+    stored: store.StoredStatement,
+    licences: Iterable[Licence],
+    through: Period | None = None,
+) -> PeriodStatement:
+    """A closed period computed again from stored events and its stored inputs: its own
+    events only (``through`` None) reproduces it; with ``through``, late uses recorded
+    as adjustments of periods up to ``through`` are included (the restatement)."""
     period = Period.parse(stored.period)
     inputs = stored.inputs
-    batch = sources.events.period_events(conn, period, up_to)
-    used = set(inputs.get("licences", [])) | {
-        getattr(e, "licence_id", None) or "" for e in batch.events
-    }
+    events = sources.events.period_events(conn, period, through)
+    used = set(inputs.get("licences", [])) | {getattr(e, "licence_id", None) or "" for e in events}
     chosen = [
         lic
         for lic in _period_licences(licences, period, used, inputs.get("advance", {}))
@@ -122,11 +132,11 @@ def restate(
     statement = compute_statement(
         period,
         chosen,
-        batch.events,
+        events,
         thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
         carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
     )
-    return statement.to_document()
+    return statement
 
 
 def close_period(
@@ -180,33 +190,31 @@ def _close(
     if closed and Period.parse(closed[-1]).next() != period:
         raise CloseRefused(f"close {Period.parse(closed[-1]).next()} before {key}")
 
+    sources.events.mark_closed(conn, period)
     licences = sources.licences.licences(conn)
     registry = {lic.licence_id: lic for lic in licences}
     vendors = {lic.licence_id: lic.vendor_id for lic in licences}
 
     # 3. corrections of closed periods
     adjustments: list[AdjustmentLine] = []
-    adjustment_cutoffs: dict[str, int] = {}
-    cutoffs = store.effective_cutoffs(conn)
-    for target in sorted(sources.events.late_periods(conn, cutoffs)):
+    corrected: list[str] = []
+    for target in sorted(sources.events.late_periods(conn, period)):
         stored = store.get_statement(conn, target)
         if stored is None:
             continue
         baseline = with_adjustments(
             statement_items(stored.document), store.adjustments_targeting(conn, target)
         )
-        target_period = Period.parse(target)
-        batch = sources.events.period_events(conn, target_period)
-        restated = restate(conn, sources, stored, licences, batch.cutoff)
+        restated = restate(conn, sources, stored, licences, through=period)
         adjustments.extend(diff_items(target, baseline, statement_items(restated)))
-        adjustment_cutoffs[target] = batch.cutoff
+        corrected.append(target)
     new_entries = journal.adjustment_entries(key, adjustments, vendors)
 
     # 4. advances and carried-in balances from the journal
     balance = store.balances(conn)
     _merge(balance, journal.balances(new_entries))
-    batch = sources.events.period_events(conn, period)
-    used = {getattr(e, "licence_id", None) or "" for e in batch.events}
+    events = sources.events.period_events(conn, period)
+    used = {getattr(e, "licence_id", None) or "" for e in events}
     chosen = licences_for_period(licences, period, used & set(registry))
     advance: dict[str, str] = {}
     priced: list[Licence] = []
@@ -229,19 +237,18 @@ def _close(
 
     # 5. the statement
     statement = compute_statement(
-        period, priced, batch.events, thresholds=policy.thresholds, carried_in=carried
+        period, priced, events, thresholds=policy.thresholds, carried_in=carried
     )
     document = statement.to_document()
     canonical = canonical_json(document).decode("utf-8")
     adjustments_doc = [a.to_document() for a in adjustments]
     statement_id = store.statement_id_for(key)
     inputs = {
-        "cutoff": batch.cutoff,
         "licences": [lic.licence_id for lic in priced],
         "advance": advance,
         "thresholds": _thresholds_doc(policy.thresholds),
         "carried_in": [[p, c, format(a, "f")] for (p, c), a in sorted(carried.items())],
-        "adjustment_cutoffs": adjustment_cutoffs,
+        "corrected_periods": corrected,
         "grace_days": policy.grace.days,
     }
     metas = {
@@ -260,7 +267,7 @@ def _close(
         adjustments=adjustments,
         adjustments_hash=content_hash({"adjustments": adjustments_doc}),
         inputs=inputs,
-        event_count=len(batch.events),
+        event_count=len(events),
         closed_by=closed_by,
         licences=metas,
         carried_in=carried,
@@ -293,7 +300,7 @@ def _close(
             "period": key,
             "content_hash": stored.content_hash,
             "licences": len(priced),
-            "events": len(batch.events),
+            "events": len(events),
             "payouts": len(planned),
             "adjustments": len(adjustments),
             "dry_run": dry_run,

@@ -30,11 +30,12 @@ from residuals.domain.adjustments import (
     with_adjustments,
 )
 from residuals.domain.closing import canonical_json, content_hash
+from residuals.domain.licences import Licence
 from residuals.domain.money import ZERO
 from residuals.domain.payouts import PayoutState
 from residuals.domain.period import Period
 from residuals.payouts import store
-from residuals.payouts.close import restate
+from residuals.payouts.close import restate, restate_statement
 from residuals.payouts.sources import Conn, Sources
 
 
@@ -85,24 +86,45 @@ def reconcile(conn: Conn, sources: Sources, period: Period) -> Report:
     if stored is None:
         return Report(key, (Check("period is closed", False, "a statement", "none",
                                   f"{key} has not been closed"),))  # fmt: skip
+    licences = sources.licences.licences(conn)
+    again = restate_statement(conn, sources, stored, licences)
     checks = [
-        _events_check(conn, sources, period),
+        _events_check(conn, sources, period, again.outcomes),
         _balance_check(conn),
         _rows_check(conn, stored),
-        *_recompute_checks(conn, sources, stored),
+        *_recompute_checks(conn, sources, stored, licences, again.to_document()),
         _journal_check(conn, stored),
         *_payout_checks(conn, stored),
     ]
     return Report(key, tuple(checks))
 
 
-def _events_check(conn: Conn, sources: Sources, period: Period) -> Check:
+def _events_check(
+    conn: Conn, sources: Sources, period: Period, outcomes: Mapping[str, int]
+) -> Check:
+    """The ledger's own split of the period's records, and the rules' view of the same."""
     a = sources.events.accounting(conn, period)
     total = a.ledgered + a.held + a.dead + a.duplicates
-    detail = ", ".join(f"{k} {v}" for k, v in a.detail.items())
+    problems = list(a.problems)
+    rules = {
+        "accepted identities": (outcomes.get("accepted", 0), a.ledgered + a.held),
+        "dead letters": (outcomes.get("dead", 0), a.dead),
+        "duplicates and conflicts": (
+            outcomes.get("duplicate", 0) + outcomes.get("conflict", 0),
+            a.duplicates,
+        ),
+    }
+    problems += [
+        f"{name}: the rules count {want}, the ledger {have}"
+        for name, (want, have) in rules.items()
+        if want != have
+    ]
+    detail = "\n".join(
+        [x for x in (", ".join(f"{k} {v}" for k, v in a.detail.items()), *problems) if x]
+    )
     return Check(
         "accepted = ledgered + held + dead + duplicates",
-        a.accepted == total,
+        a.accepted == total and not problems,
         f"{a.accepted} accepted",
         f"{a.ledgered} + {a.held} + {a.dead} + {a.duplicates} = {total}",
         detail,
@@ -199,9 +221,13 @@ def _rows_check(conn: Conn, stored: store.StoredStatement) -> Check:
     )
 
 
-def _recompute_checks(conn: Conn, sources: Sources, stored: store.StoredStatement) -> list[Check]:
-    licences = sources.licences.licences(conn)
-    again = restate(conn, sources, stored, licences, int(stored.inputs["cutoff"]))
+def _recompute_checks(
+    conn: Conn,
+    sources: Sources,
+    stored: store.StoredStatement,
+    licences: list[Licence],
+    again: Mapping[str, Any],
+) -> list[Check]:
     diffs = diff_items(stored.period, statement_items(stored.document), statement_items(again))
     problems = [
         f"{d.licence_id} {d.section} {d.ref}: recomputation differs by {d.units} units, "
@@ -221,26 +247,26 @@ def _recompute_checks(conn: Conn, sources: Sources, stored: store.StoredStatemen
         )
     ]
     adjust_problems: list[str] = []
-    cutoffs = stored.inputs.get("adjustment_cutoffs") or {}
-    for target, cutoff in sorted(cutoffs.items()):
+    corrected = stored.inputs.get("corrected_periods") or []
+    for target in sorted(corrected):
         closed = store.get_statement(conn, target)
         if closed is None:
             adjust_problems.append(f"adjusts {target}, which has no statement")
             continue
         upto = _adjustments_through(conn, target, stored.period)
         baseline = with_adjustments(statement_items(closed.document), upto)
-        restated = restate(conn, sources, closed, licences, int(cutoff))
+        restated = restate(conn, sources, closed, licences, through=Period.parse(stored.period))
         for d in diff_items(target, baseline, statement_items(restated)):
             adjust_problems.append(
                 f"{target} {d.licence_id} {d.section} {d.ref}: off by {d.units} units, "
                 f"{d.amount} {d.currency}"
             )
-    if cutoffs:
+    if corrected:
         checks.append(
             Check(
                 "closed periods plus adjustments equal their recomputation",
                 not adjust_problems,
-                f"{len(cutoffs)} period(s) corrected",
+                f"{len(corrected)} period(s) corrected",
                 f"{len(adjust_problems)} difference(s)",
                 _limit(adjust_problems),
             )

@@ -23,19 +23,6 @@ Conn = Connection[TupleRow]
 
 
 @dataclass(frozen=True)
-class PeriodEvents:
-    """A period's stored events in arrival order, up to an arrival position.
-
-    ``cutoff`` is the arrival position (a monotonically increasing integer chosen by the
-    store) of the last event the statement may see; recomputing with the same cutoff gives
-    the same events, which is what makes a closed statement reproducible.
-    """
-
-    events: Sequence[UsageEvent | Rejection]
-    cutoff: int
-
-
-@dataclass(frozen=True)
 class EventAccounting:
     """What the ledger writer's tables say happened to a period's events (reconcile).
 
@@ -49,15 +36,33 @@ class EventAccounting:
     dead: int
     duplicates: int
     detail: Mapping[str, int] = field(default_factory=dict)
+    #: Disagreements the source found between its rows and the rules (named, readable).
+    problems: tuple[str, ...] = ()
 
 
 class EventSource(Protocol):
-    def period_events(self, conn: Conn, period: Period, up_to: int | None = None) -> PeriodEvents:
-        """Events whose ``occurred_at`` is in ``period``, arrival order, positions <= up_to."""
+    """The ledger writer's stored events, in its model of closed periods.
+
+    Events of a period that arrive while it is open are the period's own; once the period
+    is closed (:meth:`mark_closed`), a late use (or a retraction of one of its events) is
+    recorded as an adjustment of the next open period instead, so a closed period's own
+    events never change and its statement can be recomputed exactly, forever.
+    """
+
+    def mark_closed(self, conn: Conn, period: Period) -> None:
+        """Record ``period`` as closed, in the caller's transaction, after every write that
+        could still have counted as the period's own has committed (a fence)."""
         ...
 
-    def late_periods(self, conn: Conn, cutoffs: Mapping[str, int]) -> list[str]:
-        """Of the given closed periods, those with events that arrived after their cutoff."""
+    def period_events(
+        self, conn: Conn, period: Period, through: Period | None = None
+    ) -> Sequence[UsageEvent | Rejection]:
+        """The period's events in arrival order: its own, plus (when ``through`` is given)
+        the late ones recorded as adjustments of periods up to ``through``."""
+        ...
+
+    def late_periods(self, conn: Conn, period: Period) -> list[str]:
+        """Closed periods with uses recorded as adjustments of ``period``."""
         ...
 
     def accounting(self, conn: Conn, period: Period) -> EventAccounting:

@@ -297,16 +297,6 @@ def closed_periods(conn: Conn) -> list[str]:
     return [r[0] for r in conn.execute("SELECT period FROM statements ORDER BY period")]
 
 
-def effective_cutoffs(conn: Conn) -> dict[str, int]:
-    """Per closed period, the last arrival position its statement or adjustments saw."""
-    cutoffs: dict[str, int] = {}
-    for period, inputs in conn.execute("SELECT period, inputs FROM statements ORDER BY period"):
-        cutoffs[period] = max(cutoffs.get(period, 0), int(inputs["cutoff"]))
-        for target, cutoff in (inputs.get("adjustment_cutoffs") or {}).items():
-            cutoffs[target] = max(cutoffs.get(target, 0), int(cutoff))
-    return cutoffs
-
-
 def adjustments_targeting(conn: Conn, period: str) -> list[AdjustmentLine]:
     """Every adjustment line (of any later statement) that corrects ``period``."""
     return [
