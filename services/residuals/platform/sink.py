@@ -1,8 +1,10 @@
 """Kafka -> PostgreSQL with exactly-once effect: the loop every confluent-kafka sink shares.
 
 One PostgreSQL transaction per consumed batch: lock the batch's partition positions
-(:class:`~residuals.platform.offsets.OffsetStore`), drop records another worker already
-applied, let the service write its rows (``apply``), advance the positions, commit. Kafka
+(:class:`~residuals.platform.offsets.OffsetStore`), check that this worker still owns them
+(the epoch it acquired on assignment: a zombie is fenced and commits nothing), drop
+records another worker already applied, let the service write its rows (``apply``),
+advance the positions, commit. Kafka
 offsets are committed afterwards, asynchronously, only so lag tools see progress; on
 assignment the consumer seeks to the positions stored in PostgreSQL. The consumer reads
 ``read_committed`` (``make_consumer``), so records of aborted producer transactions never
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +36,11 @@ from residuals.platform.pipeline_metrics import PipelineMetrics, pipeline_metric
 from residuals.platform.postgres import Database
 
 log = logging.getLogger(__name__)
+
+
+class Fenced(RuntimeError):
+    """Another worker acquired a partition of the batch: this one must not commit it."""
+
 
 #: Writes one batch of (already de-duplicated) records inside the sink's transaction.
 ApplyBatch = Callable[[Connection[Any], Sequence[Any]], None]
@@ -163,6 +173,9 @@ class KafkaPostgresSink:
         self.metrics = metrics or default_metrics()
         #: Set once partitions were assigned (readiness).
         self.assigned = threading.Event()
+        #: Who this worker is in consumer_offsets.owner, and the epochs it acquired.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._epochs: dict[tuple[str, int], int] = {}
 
     # --- assignment ----------------------------------------------------------------------
 
@@ -172,19 +185,19 @@ class KafkaPostgresSink:
         )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        """Seek every assigned partition to the position stored in PostgreSQL."""
+        """Acquire every assigned partition and seek it to the position stored in PostgreSQL."""
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         with self.db.connection() as conn:
             stored = {
-                topic: self.offsets.positions(conn, topic, numbers)
-                for topic, numbers in by_topic.items()
+                topic: self.offsets.acquire(conn, topic, numbers, self.owner)
+                for topic, numbers in sorted(by_topic.items())
             }
         for tp in partitions:
-            position = stored[tp.topic].get(tp.partition)
-            if position is not None:
-                tp.offset = position
+            position = stored[tp.topic][tp.partition]
+            self._epochs[(tp.topic, tp.partition)] = position.epoch
+            tp.offset = position.next_offset
         consumer.assign(partitions)
         log.info(
             "partitions assigned",
@@ -196,6 +209,8 @@ class KafkaPostgresSink:
         self.assigned.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        for tp in partitions:
+            self._epochs.pop((tp.topic, tp.partition), None)
         log.info("partitions revoked", extra={"sink": self.name, "count": len(partitions)})
 
     # --- batches -------------------------------------------------------------------------
@@ -227,9 +242,16 @@ class KafkaPostgresSink:
             with self.db.connection() as conn:
                 for topic in sorted({t for t, _ in by_partition}):
                     numbers = [p for t, p in by_partition if t == topic]
-                    stored = self.offsets.claim(conn, topic, numbers)
+                    stored = self.offsets.lock(conn, topic, numbers)
                     for partition in numbers:
-                        floor = stored.get(partition, 0)
+                        position = stored.get(partition)
+                        mine = self._epochs.get((topic, partition))
+                        if position is None or mine is None or position.epoch != mine:
+                            raise Fenced(
+                                f"{topic}[{partition}] is owned by epoch "
+                                f"{position.epoch if position else None}, not {mine}"
+                            )
+                        floor = position.next_offset
                         batch = by_partition[(topic, partition)]
                         kept = [r for r in batch if r.offset() >= floor]
                         skipped[topic] = skipped.get(topic, 0) + len(batch) - len(kept)
