@@ -1,0 +1,85 @@
+"""Wiring of the ledger writer: the shared Kafka -> PostgreSQL sink around LedgerStore.
+
+:class:`~residuals.platform.sink.KafkaPostgresSink` gives the transaction per batch, the
+offsets stored with the rows (fenced against zombies, only forward), the seek to those
+offsets on assignment, and Kafka commits for lag tools only. The consumer reads
+``read_committed`` with auto-commit off (``make_consumer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import Connection
+
+from residuals.ledger.records import published_at
+from residuals.ledger.settings import LedgerSettings
+from residuals.ledger.store import LedgerStore
+from residuals.platform.kafka import topic_name
+from residuals.platform.pipeline_metrics import pipeline_metrics
+from residuals.platform.postgres import Database
+from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
+from residuals.platform.topics import USAGE, USAGE_DLQ, USAGE_RATED
+
+log = logging.getLogger(__name__)
+
+
+class LedgerWriter:
+    def __init__(self, settings: LedgerSettings) -> None:
+        self.settings = settings
+        kafka = settings.kafka
+        self.db = Database(settings.postgres, application_name=settings.telemetry.service_name)
+        self.group_id = f"{kafka.topic_prefix}{settings.consumer_group}"
+        self.rated_topic = topic_name(kafka, USAGE_RATED)
+        self.dlq_topic = topic_name(kafka, USAGE_DLQ)
+        self.store = LedgerStore(
+            usage_topic=topic_name(kafka, USAGE),
+            rated_topic=self.rated_topic,
+            dlq_topic=self.dlq_topic,
+        )
+        self.metrics = pipeline_metrics()
+        self.sink: KafkaPostgresSink | None = None
+        self.stop_event = threading.Event()
+
+    def _apply(self, conn: Connection[Any], records: Sequence[Any]) -> None:
+        self.store.apply(conn, records)
+
+    def _after_commit(self, records: Sequence[Any]) -> None:
+        now = datetime.now(UTC)
+        for record in records:
+            published = published_at(record.headers())
+            if published is not None:
+                self.metrics.observe_latency("ledger", published, now)
+
+    def build(self) -> KafkaPostgresSink:
+        consumer = make_sink_consumer(
+            self.settings.kafka,
+            self.group_id,
+            client_id=self.settings.telemetry.service_name,
+        )
+        self.sink = KafkaPostgresSink(
+            name="ledger",
+            consumer=consumer,
+            db=self.db,
+            group_id=self.group_id,
+            topics=[self.rated_topic, self.dlq_topic],
+            apply=self._apply,
+            after_commit=self._after_commit,
+            batch_size=self.settings.batch_size,
+            poll_timeout=self.settings.poll_timeout,
+        )
+        return self.sink
+
+    def run(self) -> None:
+        """Open the pool, then write batches until :attr:`stop_event` is set."""
+        self.db.open()
+        sink = self.sink or self.build()
+        try:
+            sink.run(self.stop_event)
+        finally:
+            sink.close()
+            self.db.close()

@@ -1,0 +1,33 @@
+"""The ledger writer's one settings object, read from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from residuals.platform.config import (
+    KafkaSettings,
+    PostgresSettings,
+    TelemetrySettings,
+    env,
+    group,
+)
+from residuals.platform.grpc_server import GrpcSettings
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
+    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
+    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
+    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    consumer_group: str = env(
+        "LEDGER_CONSUMER_GROUP",
+        "ledger-writer",
+        help="consumer group (prefixed with RESIDUALS_TOPIC_PREFIX) and offsets owner",
+    )
+    batch_size: int = env(
+        "LEDGER_BATCH_SIZE", 5000, help="records written per transaction", minimum=1
+    )
+    poll_timeout: float = env(
+        "LEDGER_POLL_TIMEOUT", 0.05, help="seconds to wait for records to fill a batch", minimum=0
+    )

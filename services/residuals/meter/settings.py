@@ -1,0 +1,46 @@
+"""The meter's one settings object, read from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from residuals.platform.config import KafkaSettings, TelemetrySettings, env, group
+from residuals.platform.grpc_server import GrpcSettings
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
+    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
+    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    # env() only builds a dataclass field; RUF009 cannot tell it is immutable.
+    data_dir: Path = env(  # noqa: RUF009
+        "METER_DATA_DIR", Path("/tmp/residuals-meter"), help="faust data directory"
+    )
+    store: str = env(
+        "METER_STORE",
+        "memory://",
+        help="faust table store (memory:// rebuilds state from the changelog on start)",
+    )
+    batch_size: int = env(
+        "METER_BATCH_SIZE", 2000, help="records rated per batch (one state write-out)", minimum=1
+    )
+    batch_within: float = env(
+        "METER_BATCH_WITHIN",
+        0.05,
+        help="seconds to wait for a batch to fill before rating what arrived",
+        minimum=0.001,
+    )
+    max_event_bytes: int = env(
+        "METER_MAX_EVENT_BYTES", 64 * 1024, help="larger records are OVERSIZED", minimum=1024
+    )
+    licence_cache: int = env(
+        "METER_LICENCE_CACHE", 20_000, help="decoded licences kept in memory", minimum=1
+    )
+    ready_timeout: float = env(
+        "METER_READY_TIMEOUT",
+        120.0,
+        help="seconds to wait for the licence and key registries to load",
+        minimum=1,
+    )

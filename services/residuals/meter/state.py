@@ -1,0 +1,137 @@
+"""The meter's per-partition state and its byte encodings.
+
+All state lives in ONE changelogged table (``meter-state``), co-partitioned with
+``residuals.usage.v1``: one changelog partition per usage partition, written in processing
+order. One table rather than several is what makes recovery exact: Kafka keeps order only
+within a partition, so only then is "everything written before this record is there too"
+true across identities and counters (see :mod:`residuals.meter.core` for how re-delivered
+records use it).
+
+Keys are bytes with a one-letter kind prefix; values are compact bytes:
+
+* ``I<vendor>\\x1f<event_id>`` → :class:`IdentityEntry`: the first accepted occurrence of an
+  identity (its source position, and the normalised event for ``classify_repeat``), plus
+  the retraction that withdrew it, if any;
+* ``C<licence>\\x1f<period>`` → :class:`PeriodCounters`: the
+  :class:`~residuals.domain.metering.LicenceCounters` of one licence and period (tier
+  position, quota usage, QUOTA_NEAR raised), kept per period so a late event of the
+  previous month is rated against that month's counters, not this one's;
+* ``S<licence>`` → :class:`Suspension`: the automatic suspension, which outlives periods.
+
+Every value carries ``through``: the source offset of the record that last wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from residuals.codecs.usage import from_domain, payload_bytes, to_raw
+from residuals.domain.events import UsageEvent, parse_event
+from residuals.domain.metering import LicenceCounters
+from residuals.v1 import usage_pb2
+
+SEP = "\x1f"
+_HEADER = struct.Struct(">iqH")  # partition, offset, len(retracted_by)
+
+
+def identity_key(vendor_id: str, event_id: str) -> bytes:
+    return f"I{vendor_id}{SEP}{event_id}".encode()
+
+
+def counters_key(licence_id: str, period: str) -> bytes:
+    return f"C{licence_id}{SEP}{period}".encode()
+
+
+def suspension_key(licence_id: str) -> bytes:
+    return f"S{licence_id}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityEntry:
+    """The first accepted record of an identity, where it was read, and its retraction."""
+
+    partition: int
+    offset: int
+    event: UsageEvent
+    retracted_by: str | None = None
+
+    def is_record(self, partition: int, offset: int) -> bool:
+        """Was this entry written by the record at ``(partition, offset)`` itself?"""
+        return self.partition == partition and self.offset == offset
+
+    def encode(self) -> bytes:
+        retracted = (self.retracted_by or "").encode()
+        canonical = payload_bytes(from_domain(self.event))
+        return _HEADER.pack(self.partition, self.offset, len(retracted)) + retracted + canonical
+
+    @classmethod
+    def decode(cls, raw: bytes) -> IdentityEntry:
+        partition, offset, n = _HEADER.unpack_from(raw)
+        start = _HEADER.size
+        retracted = raw[start : start + n].decode() or None
+        message = usage_pb2.UsageEvent.FromString(raw[start + n :])
+        event = parse_event(to_raw(message))
+        if not isinstance(event, UsageEvent):  # only valid events are ever stored
+            raise ValueError(f"stored identity does not parse: {event}")
+        return cls(partition, offset, event, retracted)
+
+
+@dataclass(slots=True)
+class PeriodCounters:
+    """One licence's counters for one period, and the offset that last changed them."""
+
+    through: int = -1
+    billed_renders: int = 0
+    quota_used: dict[str, int] = field(default_factory=dict)
+    quota_near: set[str] = field(default_factory=set)
+
+    def to_domain(self, period: str, auto_suspended_since: datetime | None) -> LicenceCounters:
+        return LicenceCounters(
+            period=period,
+            billed_renders=self.billed_renders,
+            quota_used=dict(self.quota_used),
+            quota_near=set(self.quota_near),
+            auto_suspended_since=auto_suspended_since,
+        )
+
+    @classmethod
+    def from_domain(cls, counters: LicenceCounters, through: int) -> PeriodCounters:
+        return cls(through, counters.billed_renders, counters.quota_used, counters.quota_near)
+
+    def encode(self) -> bytes:
+        doc: dict[str, object] = {"o": self.through, "r": self.billed_renders}
+        if self.quota_used:
+            doc["q"] = self.quota_used
+        if self.quota_near:
+            doc["n"] = sorted(self.quota_near)
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> PeriodCounters:
+        if raw is None:
+            return cls()
+        doc = json.loads(raw)
+        return cls(int(doc["o"]), int(doc["r"]), dict(doc.get("q", {})), set(doc.get("n", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """When the meter suspended the licence automatically (None: it has not)."""
+
+    through: int = -1
+    since: datetime | None = None
+
+    def encode(self) -> bytes:
+        since = self.since.isoformat() if self.since is not None else None
+        return json.dumps({"o": self.through, "s": since}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Suspension:
+        if raw is None:
+            return cls()
+        doc = json.loads(raw)
+        since = doc.get("s")
+        return cls(int(doc["o"]), datetime.fromisoformat(since) if since else None)

@@ -1,0 +1,163 @@
+"""An in-process replica of a compacted topic: every partition, latest value per key.
+
+Services that need a whole registry locally (the meter needs every licence and every
+vendor signing key) read its compacted topic from the beginning and keep following it.
+This is what a faust ``GlobalTable`` does, without its documented failure mode (with
+several app instances a GlobalTable can get stuck in an infinite recovery loop; faust's
+own docstring recommends one partition as the workaround) and without joining a consumer
+group: the replica assigns itself every partition, so any number of instances can read.
+
+Values are kept as the record bytes (callers decode on demand); a tombstone (null value)
+deletes the key. Reads from other threads are safe: each update is a single dict
+operation under the GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_consumer
+
+log = logging.getLogger(__name__)
+
+
+class TopicReplica(Mapping[bytes, bytes]):
+    """``key`` → latest value of a compacted topic, kept current by a background thread."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        *,
+        name: str,
+        poll_timeout: float = 0.2,
+        on_update: Callable[[bytes, bytes | None], None] | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.name = name
+        self.poll_timeout = poll_timeout
+        self.on_update = on_update
+        self._data: dict[bytes, bytes] = {}
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._targets: dict[int, int] = {}
+        self.records = 0
+
+    # --- Mapping ---------------------------------------------------------------------------
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self._data[key]
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> TopicReplica:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"replica-{self.name}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Block until every record present at start has been read (readiness)."""
+        return self._caught_up.wait(timeout)
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- the reader ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+        extra: dict[str, Any] = {"enable.partition.eof": True}
+        consumer = make_consumer(
+            self.kafka,
+            # A group id is required by librdkafka, but nothing is committed and partitions
+            # are assigned explicitly, so instances never share or rebalance anything.
+            f"{self.kafka.topic_prefix}replica-{self.name}",
+            **extra,
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    metadata = consumer.list_topics(self.topic, timeout=10)
+                    partitions = sorted(metadata.topics[self.topic].partitions)
+                    if not partitions:
+                        raise KafkaException(f"topic {self.topic} has no partitions")
+                    for p in partitions:
+                        _low, high = consumer.get_watermark_offsets(
+                            TopicPartition(self.topic, p), timeout=10
+                        )
+                        self._targets[p] = high
+                    break
+                except (KafkaException, KeyError):
+                    log.warning("replica waiting for topic", extra={"topic": self.topic})
+                    time.sleep(1.0)
+            else:
+                return
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            self._check_caught_up({})
+            positions: dict[int, int] = {}
+            while not self._stop.is_set():
+                for message in consumer.consume(num_messages=10_000, timeout=self.poll_timeout):
+                    error = message.error()
+                    partition, offset = message.partition(), message.offset()
+                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("replica read error", extra={"error": str(error)})
+                        continue
+                    if partition is None or offset is None:
+                        continue
+                    if error is not None:  # end of partition: offset is the next one
+                        positions[partition] = offset
+                        continue
+                    self._apply(message.key(), message.value())
+                    positions[partition] = offset + 1
+                if not self._caught_up.is_set():
+                    self._check_caught_up(positions)
+        except Exception:
+            log.exception("replica reader failed", extra={"topic": self.topic})
+            raise
+        finally:
+            consumer.close()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        self.records += 1
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+        if self.on_update is not None:
+            self.on_update(key, value)
+
+    def _check_caught_up(self, positions: Mapping[int, int]) -> None:
+        if all(positions.get(p, 0) >= high for p, high in self._targets.items() if high > 0):
+            self._caught_up.set()
+            log.info(
+                "replica caught up",
+                extra={"topic": self.topic, "keys": len(self._data), "records": self.records},
+            )

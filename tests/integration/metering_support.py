@@ -1,0 +1,388 @@
+"""A metering pipeline on the real local stack for tests and the benchmark.
+
+One :class:`Pipeline` is an isolated run: its own topic prefix (so topics, consumer groups
+and faust's changelog are new), its own vendor ids (so ledger rows never collide with
+other runs) and its own statement period. It publishes licences and signing keys the way
+the licence registry's outbox does, signs usage events the way the SDK does, runs the
+meter and the ledger writer as real subprocesses (``python -m residuals.meter`` /
+``residuals.ledger``) that tests can ``kill -9`` and restart, and reads the ledger back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka.admin import NewTopic
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from residuals.codecs import licences as licence_codec
+from residuals.codecs.signing import sign_event, signing_key_record
+from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import from_domain
+from residuals.domain.events import UsageEvent, parse_event, parse_timestamp
+from residuals.domain.licence_spec import parse_licence
+from residuals.domain.licences import Licence
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_admin, make_producer, topic_name
+from residuals.platform.topics import (
+    ALERTS,
+    LICENCES,
+    SIGNING_KEYS,
+    USAGE,
+    USAGE_DLQ,
+    USAGE_RATED,
+)
+from residuals.stack.settings import StackSettings
+from residuals.v1 import common_pb2, usage_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS)
+RECEIVED_AT = "residuals-received-at"
+VENDOR = "residuals-vendor"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raw_to_proto(raw: Mapping[str, Any]) -> usage_pb2.UsageEvent:
+    """The protobuf a vendor sends for a raw event: ``from_domain(parse_event(raw))`` when
+    the event is valid, else the fields exactly as given (so the meter rejects it)."""
+    parsed = parse_event(raw)
+    if isinstance(parsed, UsageEvent):
+        return from_domain(parsed)
+    message = usage_pb2.UsageEvent()
+    for name in (
+        "event_id",
+        "vendor_id",
+        "licence_id",
+        "avatar_id",
+        "render_id",
+        "category",
+        "territory",
+        "channel",
+        "original_event_id",
+    ):
+        if raw.get(name) is not None:
+            setattr(message, name, str(raw[name]))
+    kind = str(raw.get("kind") or "")
+    if kind:
+        message.kind = common_pb2.UsageKind.Value("USAGE_KIND_" + kind)
+    if raw.get("occurred_at"):
+        set_timestamp(message.occurred_at, parse_timestamp(raw["occurred_at"]))
+    if raw.get("quantity") is not None:
+        message.quantity = int(raw["quantity"])
+    if raw.get("viewable") is not None:
+        message.viewable = bool(raw["viewable"])
+    if raw.get("ivt") is not None:
+        message.ivt = bool(raw["ivt"])
+    if raw.get("ad_revenue") is not None:
+        message.ad_revenue = str(raw["ad_revenue"])
+    return message
+
+
+@dataclass
+class UsageRecord:
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Service:
+    """A service subprocess that can be killed with SIGKILL and started again."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    log_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+
+    def start(self) -> Service:
+        self.starts += 1
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(self.grpc_port),
+            "METRICS_PORT": str(self.metrics_port),
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        log = (self.log_dir / f"{self.name}-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.log_dir / f"{self.name}-{self.starts}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(current, peak) resident set size of the process, KiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        values = dict(
+            line.split(":", 1)
+            for line in status.splitlines()
+            if line.startswith(("VmRSS", "VmHWM"))
+        )
+        return int(values["VmRSS"].split()[0]), int(values["VmHWM"].split()[0])
+
+
+@dataclass
+class Pipeline:
+    """One isolated metering run on the local stack."""
+
+    stack: StackSettings
+    work_dir: Path
+    partitions: int = 6
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    keys: dict[str, tuple[str, Ed25519PrivateKey]] = field(default_factory=dict)
+    licences: list[Licence] = field(default_factory=list)
+    produced: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kafka = KafkaSettings(
+            bootstrap_servers=self.stack.bootstrap_servers,
+            topic_prefix=f"metering-{self.run_id}.",
+            topic_partitions=self.partitions,
+        )
+        self.dsn = self.stack.dsn
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- naming ------------------------------------------------------------------------------
+
+    def vendor(self, name: str) -> str:
+        """A vendor id of this run (ledger rows are keyed by vendor)."""
+        return f"{name}@{self.run_id}"
+
+    def topic(self, topic: Any) -> str:
+        return topic_name(self.kafka, topic)
+
+    # --- Kafka -------------------------------------------------------------------------------
+
+    def create_topics(self) -> None:
+        admin = make_admin(self.kafka)
+        new = [
+            NewTopic(self.topic(t), num_partitions=self.partitions, config=t.config())
+            for t in PIPELINE_TOPICS
+        ]
+        for future in admin.create_topics(new, operation_timeout=30).values():
+            future.result(timeout=60)
+
+    def delete_topics(self) -> None:
+        admin = make_admin(self.kafka)
+        names = [
+            t for t in admin.list_topics(timeout=10).topics if t.startswith(self.kafka.topic_prefix)
+        ]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=60)
+
+    def _producer(self) -> Any:
+        return make_producer(self.kafka, client_id="metering-test", **{"linger.ms": 20})
+
+    def publish_licences(self, specs: Iterable[Mapping[str, Any]]) -> list[Licence]:
+        producer = self._producer()
+        licences = [parse_licence(dict(spec)) for spec in specs]
+        for licence in licences:
+            value = licence_codec.to_proto(licence).SerializeToString()
+            producer.produce(self.topic(LICENCES), key=licence.licence_id.encode(), value=value)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        self.licences.extend(licences)
+        return licences
+
+    def publish_keys(self, vendors: Iterable[str]) -> None:
+        producer = self._producer()
+        for vendor in vendors:
+            key_id = f"key-{vendor}"
+            private = Ed25519PrivateKey.generate()
+            self.keys[vendor] = (key_id, private)
+            record = signing_key_record(key_id, vendor, private)
+            producer.produce(
+                self.topic(SIGNING_KEYS), key=key_id.encode(), value=record.SerializeToString()
+            )
+        assert producer.flush(60) == 0
+
+    def usage_record(
+        self,
+        raw: Mapping[str, Any],
+        *,
+        receive_delay: timedelta = timedelta(seconds=2),
+        key: str | None = None,
+        signer: str | None = None,
+    ) -> UsageRecord:
+        """The record the SDK publishes for ``raw``, received ``receive_delay`` after it
+        occurred (the gateway's ``residuals-received-at``, so the run is independent of
+        today's date)."""
+        message = raw_to_proto(raw)
+        vendor = signer or str(raw["vendor_id"])
+        key_id, private = self.keys[vendor]
+        signed = sign_event(message, key_id, private)
+        received = parse_timestamp(raw["occurred_at"]) + receive_delay
+        routing = key or str(raw.get("licence_id") or raw.get("_licence_of_original") or vendor)
+        return UsageRecord(
+            routing.encode(),
+            signed.SerializeToString(),
+            [(RECEIVED_AT, received.isoformat().encode()), (VENDOR, vendor.encode())],
+        )
+
+    def produce(self, records: Sequence[UsageRecord], *, producer: Any = None) -> None:
+        """Publish and remember each record's (partition, offset)."""
+        own = producer is None
+        producer = producer or self._producer()
+        failures: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+            else:
+                self.produced.append((msg.partition(), msg.offset()))
+
+        topic = self.topic(USAGE)
+        for record in records:
+            while True:
+                try:
+                    producer.produce(
+                        topic,
+                        key=record.key,
+                        value=record.value,
+                        headers=record.headers,
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        if own:
+            assert producer.flush(180) == 0, "records not delivered"
+        assert not failures, failures[:5]
+
+    # --- services ----------------------------------------------------------------------------
+
+    def service_env(self, name: str) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "RESIDUALS_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "RESIDUALS_TOPIC_PARTITIONS": str(self.partitions),
+            "DATABASE_URL": self.dsn,
+            "OTEL_SERVICE_NAME": name,
+            "METER_DATA_DIR": str(self.work_dir / "meter-data"),
+            "LOG_LEVEL": "INFO",
+        }
+
+    def meter(self, **env: str) -> Service:
+        return Service(
+            "meter", "residuals.meter", {**self.service_env("meter"), **env}, self.work_dir
+        )
+
+    def ledger(self, **env: str) -> Service:
+        return Service(
+            "ledger", "residuals.ledger", {**self.service_env("ledger"), **env}, self.work_dir
+        )
+
+    # --- ledger ------------------------------------------------------------------------------
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, connect_timeout=10)
+
+    def stored_positions(self) -> list[tuple[str, int, int]]:
+        """Source positions of this run's usage records in the ledger (every table)."""
+        topic = self.topic(USAGE)
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT 'e', source_partition, source_offset FROM usage_events "
+                "WHERE source_topic = %(t)s "
+                "UNION ALL SELECT 'r', source_partition, source_offset FROM usage_repeats "
+                "WHERE source_topic = %(t)s "
+                "UNION ALL SELECT 'd', source_partition, source_offset FROM dead_letters "
+                "WHERE source_topic = %(t)s",
+                {"t": topic},
+            ).fetchall()
+        return [(str(k), int(p), int(o)) for k, p, o in rows]
+
+    def wait_ledgered(
+        self, count: int, timeout: float, services: Sequence[Service] = ()
+    ) -> list[tuple[str, int, int]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.stored_positions()
+            if len(rows) >= count:
+                return rows
+            for service in services:
+                if service.process is not None and not service.alive():
+                    raise AssertionError(
+                        f"{service.name} exited ({service.process.returncode}):\n"
+                        + service.log_tail()
+                    )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(rows)} of {count} records ledgered after {timeout:.0f} s\n"
+                    + "\n".join(f"--- {s.name}\n{s.log_tail(2500)}" for s in services)
+                )
+            time.sleep(0.5)
+
+    def delete_period(self, period: str) -> None:
+        """Forget ledger rows of ``period`` (test-owned periods only)."""
+        with self.connect() as conn:
+            for table in ("usage_events", "usage_repeats", "dead_letters"):
+                conn.execute(f"DELETE FROM {table} WHERE period = %s", (period,))
+            conn.execute("DELETE FROM ledger_totals WHERE period = %s", (period,))
+
+
+@contextlib.contextmanager
+def pipeline(stack: StackSettings, work_dir: Path, partitions: int = 6) -> Iterator[Pipeline]:
+    run = Pipeline(stack, work_dir, partitions)
+    run.create_topics()
+    try:
+        yield run
+    finally:
+        run.delete_topics()
