@@ -160,11 +160,15 @@ _LOCK_HEAD = "SELECT sequence FROM alert_stream_head WHERE singleton FOR UPDATE"
 _SET_HEAD = "UPDATE alert_stream_head SET sequence = %s WHERE singleton"
 _READ_HEAD = "SELECT sequence FROM alert_stream_head WHERE singleton"
 
-_INSERT_ALERT = """
-INSERT INTO alerts (alert_id, kind, severity, licence_id, talent_id, vendor_id, avatar_id,
-                    period, event_ids, held_units, held_amount, currency_code, state,
-                    occurred_at, raised_at, raised_sequence, sequence)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s)
+_COPY_ALERTS = """
+COPY alerts (alert_id, kind, severity, licence_id, talent_id, vendor_id, avatar_id, period,
+             event_ids, held_units, held_amount, currency_code, state, occurred_at, raised_at,
+             raised_sequence, sequence) FROM STDIN
+"""
+
+_COPY_CHANGES = """
+COPY alert_changes (sequence, alert_id, change, kind, severity, state, licence_id, talent_id,
+                    vendor_id, avatar_id, period, published_at, snapshot) FROM STDIN
 """
 
 _INSERT_CHANGE = """
@@ -287,6 +291,7 @@ def store_raised(
                 alert.held_units,
                 Decimal(alert.held_amount or "0"),
                 alert.currency_code,
+                "open",
                 optional_datetime(alert, "occurred_at"),
                 optional_datetime(alert, "raised_at"),
                 head,
@@ -295,9 +300,15 @@ def store_raised(
         )
         if suspend:
             suspension_rows.append((alert.alert_id, alert.licence_id))
+    # COPY: one round trip per table however large the batch (the alert ids are new:
+    # checked above under the head lock, so no conflict handling is needed).
     with conn.cursor() as cur:
-        cur.executemany(_INSERT_ALERT, alert_rows)
-        cur.executemany(_INSERT_CHANGE, [_change_params(r.change) for r in raised])
+        with cur.copy(_COPY_ALERTS) as copy:
+            for alert_row in alert_rows:
+                copy.write_row(alert_row)
+        with cur.copy(_COPY_CHANGES) as copy:
+            for item in raised:
+                copy.write_row(_change_params(item.change))
         if suspension_rows:
             cur.executemany(_INSERT_SUSPENSION, suspension_rows)
     conn.execute(_SET_HEAD, (head,))
