@@ -16,6 +16,8 @@ import signal
 import threading
 from collections.abc import Callable
 
+from opentelemetry import trace
+
 from residuals.licensing.config import SERVICE_NAME, LicensingSettings
 from residuals.licensing.outbox import OutboxRelay, RelayMetrics
 from residuals.licensing.registry import Registry
@@ -41,6 +43,7 @@ class LicensingApp:
         authenticator: Authenticator | None = None,
         grpc_metrics: GrpcMetrics | None = None,
         relay_metrics: RelayMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.db = Database(settings.postgres, application_name=settings.telemetry.service_name)
@@ -52,6 +55,7 @@ class LicensingApp:
         self.registry = Registry(self.db, on_api_key_revoked=self._forget_key)
         self.grpc_metrics = grpc_metrics
         self.relay_metrics = relay_metrics
+        self.tracer = tracer
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.server: GrpcServer | None = None
@@ -68,6 +72,7 @@ class LicensingApp:
             servicers=[servicer(self.registry)],
             interceptors=[AuthInterceptor(self.authenticator)],
             metrics=self.grpc_metrics,
+            tracer=self.tracer,
         ).start()
         if self.settings.relay.enabled:
             self._thread(self._run_relay, "outbox-relay")

@@ -144,7 +144,11 @@ class OutboxRelay:
         self._lock_conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
         self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="outbox-relay")
         self._producer = make_producer(
-            self.kafka, transactional_id=transactional_id(self.kafka), client_id="outbox-relay"
+            self.kafka,
+            transactional_id=transactional_id(self.kafka),
+            client_id="outbox-relay",
+            # A transaction must be able to outlive each of its messages' delivery timeout.
+            **{"transaction.timeout.ms": 60_000, "message.timeout.ms": 30_000},
         )
         self._producer.init_transactions(30)
         recovered = self.recover()
@@ -274,12 +278,17 @@ class OutboxRelay:
                     time.sleep(0.5)
                     continue
                 raise  # fatal (e.g. fenced by a newer relay): stop; restart recovers
+        self._mark(rows)
+        for row in rows:
+            self.metrics.published.labels(row.topic).inc()
+
+    def _mark(self, rows: Sequence[OutboxRow]) -> None:
+        """Record that Kafka has ``rows`` (after the transaction committed there)."""
+        assert self._conn is not None
         self._conn.execute(
             "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)",
             ([row.id for row in rows],),
         )
-        for row in rows:
-            self.metrics.published.labels(row.topic).inc()
 
 
 def highest_published_id(kafka: KafkaSettings, *, timeout: float = 30.0) -> int | None:
