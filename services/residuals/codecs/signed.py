@@ -10,6 +10,7 @@ failed (operators need it; vendors get it in the dead letter and the gateway's a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,12 +62,16 @@ def signature_problem(
     if key.revoked_by(at):
         return f"signing key {key.key_id!r} was revoked at {key.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
     try:
-        Ed25519PublicKey.from_public_bytes(key.public_key).verify(
-            envelope.signature, envelope.payload
-        )
+        _public_key(key.public_key).verify(envelope.signature, envelope.payload)
     except (InvalidSignature, ValueError):
         return f"signature does not match the payload for key {key.key_id!r}"
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Parsed keys are reused: a vendor signs millions of events with one key."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def decode_envelope(raw: bytes) -> usage_pb2.SignedUsageEvent:
