@@ -28,11 +28,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import (  # type: ignore[import-untyped]
-    code_pb2,
-    error_details_pb2,
-    status_pb2,
-)
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from residuals.codecs.deadletters import dead_letter, reason_to_proto, record_headers
