@@ -147,6 +147,17 @@ def finance_key(dsn: str, run: str) -> str:
     return plaintext
 
 
+def forget(dsn: str, run: str) -> None:
+    """Delete the run's alerts so later runs and tests see a clean store."""
+    import psycopg
+
+    pattern = f"LIC-{run}-%"
+    with psycopg.connect(dsn) as conn:
+        for table in ("alert_suspensions", "alert_resolutions", "alert_changes", "alerts"):
+            conn.execute(f"DELETE FROM {table} WHERE licence_id LIKE %s", (pattern,))
+        conn.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (f"bench-{run}",))
+
+
 def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -290,6 +301,7 @@ def main() -> int:
             service.wait(timeout=20)
         except subprocess.TimeoutExpired:
             service.kill()
+        forget(stack.dsn, run)
         for future in make_admin(kafka).delete_topics([topic], operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 future.result(timeout=60)

@@ -140,10 +140,12 @@ class GrpcLicenceRegistry:
         return _result(Outcome.SUSPENDED, window)
 
 
+# New alerts first: a fresh critical misuse must not queue behind a licence whose
+# suspension keeps failing (those wait for their back-off anyway).
 _PENDING = """
 SELECT alert_id, attempts FROM alert_suspensions
 WHERE state = 'pending' AND next_attempt_at <= now()
-ORDER BY next_attempt_at
+ORDER BY attempts = 0 DESC, next_attempt_at
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
