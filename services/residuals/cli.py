@@ -24,6 +24,9 @@ COMMAND_MODULES: dict[str, str] = {
     "licences": "residuals.licensing.admin",
     "payouts": "residuals.payouts.command",
     "finance": "residuals.payouts.finance_command",
+    "deploy": "residuals.deploy.command",
+    "migrate": "residuals.deploy.migrate",
+    "probe": "residuals.deploy.probe",
 }
 
 

@@ -1,0 +1,31 @@
+{{/*
+Plain settings of one service, as a name -> value map in YAML (the ConfigMap's data).
+Call with (dict "root" $ "name" "<name>" "spec" <catalogue entry> "values" <merged values>).
+Every variable must be one the service's settings dataclass declares: the unit tests
+render the chart and compare with residuals.platform.config.describe (`residuals deploy settings` prints them).
+*/}}
+{{- define "residuals.configData" -}}
+{{- $root := .root -}}
+{{- $data := dict
+  "OTEL_SERVICE_NAME" .name
+  "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers
+  "RESIDUALS_TOPIC_PREFIX" $root.Values.kafka.topicPrefix
+  "RESIDUALS_TOPIC_PARTITIONS" (toString $root.Values.kafka.partitions)
+  "METRICS_PORT" (toString $root.Values.telemetry.metricsPort)
+  "LOG_LEVEL" $root.Values.telemetry.logLevel
+  "LOG_FORMAT" $root.Values.telemetry.logFormat
+  "GRPC_PORT" (toString $root.Values.grpcPort)
+-}}
+{{- with $root.Values.telemetry.otlpEndpoint }}
+{{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
+{{- end }}
+{{- if and $root.Values.kafka.sasl.enabled $root.Values.kafka.strimzi.users }}
+{{- $_ := set $data "KAFKA_SECURITY_PROTOCOL" $root.Values.kafka.sasl.securityProtocol -}}
+{{- $_ := set $data "KAFKA_SASL_MECHANISM" $root.Values.kafka.sasl.mechanism -}}
+{{- $_ := set $data "KAFKA_SASL_USERNAME" .spec.principal -}}
+{{- end }}
+{{- range $key, $value := .values.env }}
+{{- $_ := set $data $key (tpl (toString $value) $root) -}}
+{{- end }}
+{{- toYaml $data -}}
+{{- end -}}

@@ -1,0 +1,85 @@
+{{/*
+Names, labels and the per-service configuration every template shares.
+The service list itself is not here: it comes from files/catalogue.json, generated from
+the code (`residuals deploy generate`), merged with .Values.defaults and
+.Values.services.<name>.
+*/}}
+
+{{- define "residuals.fullname" -}}
+{{- if contains "residuals" .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-residuals" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "residuals.catalogue" -}}
+{{- .Files.Get "files/catalogue.json" -}}
+{{- end -}}
+
+{{/* Labels of every object; pass (dict "root" $ "component" "<name>"). */}}
+{{- define "residuals.labels" -}}
+app.kubernetes.io/name: residuals
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: residuals
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one service's pods. */}}
+{{- define "residuals.selectorLabels" -}}
+app.kubernetes.io/name: residuals
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "residuals.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The merged settings of one service as YAML: .Values.defaults overridden by
+.Values.services.<name>. Call with (dict "root" $ "name" "<name>") and fromYaml it.
+*/}}
+{{- define "residuals.serviceValues" -}}
+{{- $own := get .root.Values.services .name | default dict -}}
+{{- $merged := mergeOverwrite (deepCopy .root.Values.defaults) (deepCopy $own) -}}
+{{- if not (hasKey $merged "enabled") -}}{{- $_ := set $merged "enabled" true -}}{{- end -}}
+{{- toYaml $merged -}}
+{{- end -}}
+
+{{/* Name of the Strimzi KafkaUser (and its Secret) of a principal. */}}
+{{- define "residuals.strimziNamespace" -}}
+{{- .Values.kafka.strimzi.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{/* The hardened security context of every container. */}}
+{{- define "residuals.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "residuals.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,218 @@
+"""Cross-checks between the rendered chart and the code it deploys.
+
+* every environment variable the chart gives a service is one that service's settings
+  dataclass reads, and every variable it must have (required, or whose default only suits
+  a developer's machine) is given;
+* the catalogue's ``database`` flag agrees with whether the settings have PostgreSQL;
+* every catalogue topic a service's code names is covered by its Kafka ACLs;
+* Strimzi ``KafkaTopic`` / ``KafkaUser`` objects use only fields and values the CRDs
+  accept (the core objects are validated by ``kubernetes-validate``).
+
+Each function returns a list of problems (empty = consistent), so tests and
+``residuals deploy check`` report them all at once.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from residuals.deploy.services import SERVICES, Service, settings_class
+from residuals.platform import topics
+from residuals.platform.config import describe
+
+#: Variables whose defaults point at a developer's local stack: a deployment must set them.
+MUST_SET = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "OTEL_SERVICE_NAME", "METRICS_PORT")
+
+
+def _component(doc: Mapping[str, Any]) -> str | None:
+    labels = doc.get("metadata", {}).get("labels", {}) or {}
+    value = labels.get("app.kubernetes.io/component")
+    return str(value) if value is not None else None
+
+
+def container_env(docs: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """{service: names of every variable its container gets} from ConfigMaps + env."""
+    config_maps: dict[str, set[str]] = {}
+    env: dict[str, set[str]] = {}
+    for doc in docs:
+        component = _component(doc)
+        if component is None:
+            continue
+        if doc.get("kind") == "ConfigMap":
+            config_maps[component] = set((doc.get("data") or {}).keys())
+        elif doc.get("kind") == "Deployment":
+            names: set[str] = set()
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                names |= {item["name"] for item in container.get("env", [])}
+            env[component] = names
+    return {name: env[name] | config_maps.get(name, set()) for name in env}
+
+
+def env_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Problems of the rendered chart's Deployments (see :func:`settings_problems`)."""
+    return settings_problems(container_env(list(docs)), "the chart")
+
+
+def compose_env(compose: Mapping[str, Any]) -> dict[str, set[str]]:
+    """{service: variable names} of the six services in a (``config``-resolved) compose."""
+    names = {s.name for s in SERVICES}
+    return {
+        name: set((spec.get("environment") or {}).keys())
+        for name, spec in (compose.get("services") or {}).items()
+        if name in names
+    }
+
+
+def settings_problems(given: Mapping[str, set[str]], where: str) -> list[str]:
+    """Variables ``where`` gives each service vs what its settings dataclass reads."""
+    problems: list[str] = []
+    for service in SERVICES:
+        if service.name not in given:
+            problems.append(f"{service.name}: {where} does not run it")
+            continue
+        cls = settings_class(service.name)
+        if cls is None:
+            continue  # not landed: nothing to compare with yet
+        rows = describe(cls)
+        known = {var for var, _, _ in rows}
+        required = {var for var, default, _ in rows if default == "(required)"}
+        names = given[service.name]
+        for var in sorted(names - known):
+            problems.append(
+                f"{service.name}: {where} sets {var}, which {cls.__name__} does not read"
+            )
+        for var in sorted((required | (known & set(MUST_SET))) - names):
+            problems.append(f"{service.name}: {cls.__name__} needs {var}; {where} omits it")
+        if ("DATABASE_URL" in known) != service.database:
+            problems.append(
+                f"{service.name}: database={service.database} in residuals.deploy.services "
+                f"but {cls.__name__} {'reads' if 'DATABASE_URL' in known else 'lacks'} "
+                "DATABASE_URL"
+            )
+    return problems
+
+
+# --- topics named in code vs ACLs ---------------------------------------------------------
+
+_TOPIC_CONSTANTS = {
+    name
+    for name, value in vars(topics).items()
+    if isinstance(value, topics.Topic) and name.isupper()
+}
+
+
+def topics_named(package_dir: Path) -> set[str]:
+    """Catalogue constants (``USAGE``, ``LICENCES``...) a package's code refers to.
+
+    Static: ``from residuals.platform.topics import X`` and ``topics.X`` attribute uses.
+    """
+    found: set[str] = set()
+    for path in package_dir.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "residuals.platform.topics":
+                found |= {a.name for a in node.names if a.name in _TOPIC_CONSTANTS}
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "topics"
+                and node.attr in _TOPIC_CONSTANTS
+            ):
+                found.add(node.attr)
+    return found
+
+
+def acl_problems(services_dir: Path, services: Iterable[Service] = SERVICES) -> list[str]:
+    problems = []
+    for service in services:
+        package = services_dir / service.name
+        if not package.is_dir():
+            continue
+        access = service.kafka
+        granted = {t.name for t in (*access.reads, *access.writes, *access.mentions)}
+        for constant in sorted(topics_named(package)):
+            topic: topics.Topic = getattr(topics, constant)
+            if topic.name not in granted:
+                problems.append(
+                    f"{service.name}: code uses topics.{constant} ({topic.name}) but its "
+                    "Kafka access in residuals/deploy/services.py does not grant it"
+                )
+    return problems
+
+
+# --- Strimzi custom resources ------------------------------------------------------------
+
+_ACL_RESOURCES = {"topic", "group", "cluster", "transactionalId"}
+_ACL_PATTERNS = {"literal", "prefix"}
+_ACL_OPERATIONS = {
+    "Read",
+    "Write",
+    "Create",
+    "Delete",
+    "Alter",
+    "Describe",
+    "ClusterAction",
+    "AlterConfigs",
+    "DescribeConfigs",
+    "IdempotentWrite",
+    "All",
+}
+_STRIMZI_VERSIONS = {"kafka.strimzi.io/v1beta2", "kafka.strimzi.io/v1"}
+
+
+def _only(where: str, obj: Mapping[str, Any], allowed: set[str]) -> list[str]:
+    return [f"{where}: unknown field {key!r}" for key in obj if key not in allowed]
+
+
+def strimzi_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Structural checks of KafkaTopic/KafkaUser against the fields Strimzi's CRDs define."""
+    problems: list[str] = []
+    for doc in docs:
+        kind = doc.get("kind")
+        if kind not in {"KafkaTopic", "KafkaUser"}:
+            continue
+        name = f"{kind}/{doc.get('metadata', {}).get('name')}"
+        if doc.get("apiVersion") not in _STRIMZI_VERSIONS:
+            problems.append(f"{name}: apiVersion {doc.get('apiVersion')!r}")
+        if not doc.get("metadata", {}).get("labels", {}).get("strimzi.io/cluster"):
+            problems.append(f"{name}: no strimzi.io/cluster label (no operator would own it)")
+        spec = doc.get("spec") or {}
+        if kind == "KafkaTopic":
+            problems += _only(name, spec, {"topicName", "partitions", "replicas", "config"})
+            for key in ("partitions", "replicas"):
+                if not isinstance(spec.get(key), int) or spec[key] < 1:
+                    problems.append(f"{name}: spec.{key} must be a positive integer")
+            for key, value in (spec.get("config") or {}).items():
+                if not isinstance(value, (str, int, bool)):
+                    problems.append(f"{name}: config {key} has a {type(value).__name__}")
+            continue
+        problems += _only(name, spec, {"authentication", "authorization", "quotas"})
+        if (spec.get("authentication") or {}).get("type") not in {"scram-sha-512", "tls"}:
+            problems.append(f"{name}: authentication.type")
+        authorization = spec.get("authorization") or {}
+        if authorization.get("type") != "simple":
+            problems.append(f"{name}: authorization.type must be simple")
+        for i, acl in enumerate(authorization.get("acls") or []):
+            where = f"{name} acl {i}"
+            problems += _only(where, acl, {"resource", "operations", "type", "host"})
+            resource = acl.get("resource") or {}
+            problems += _only(where, resource, {"type", "name", "patternType"})
+            if resource.get("type") not in _ACL_RESOURCES:
+                problems.append(f"{where}: resource.type {resource.get('type')!r}")
+            if resource.get("type") != "cluster":
+                if not resource.get("name"):
+                    problems.append(f"{where}: resource without a name")
+                if resource.get("patternType") not in _ACL_PATTERNS:
+                    problems.append(f"{where}: patternType {resource.get('patternType')!r}")
+            ops = acl.get("operations") or []
+            if not ops or not set(ops) <= _ACL_OPERATIONS:
+                problems.append(f"{where}: operations {ops!r}")
+        for key, value in (spec.get("quotas") or {}).items():
+            if key not in {"producerByteRate", "consumerByteRate", "requestPercentage"}:
+                problems.append(f"{name}: quota {key!r}")
+            elif not isinstance(value, int) or value < 0:
+                problems.append(f"{name}: quota {key} must be a non-negative integer")
+    return problems

@@ -1,0 +1,200 @@
+"""The services a deployment runs, and what each may do on Kafka.
+
+The names are the same everywhere: package ``residuals.<name>``, compose service,
+Kubernetes Deployment/Service, Helm values key and ``OTEL_SERVICE_NAME``.
+
+Kafka access is least privilege and written once, here: the chart's KafkaUser ACLs and
+the ACL script for clusters without Strimzi are both generated from it, and a unit test
+checks that every catalogue topic a service's code references is covered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from residuals.platform import topics
+from residuals.platform.config import TelemetrySettings
+from residuals.platform.topics import Topic
+
+#: Port every gRPC service listens on inside its container (GrpcSettings default).
+GRPC_PORT = 50051
+#: Prometheus /metrics port inside every container (METRICS_PORT).
+METRICS_PORT = 9464
+
+
+class Kind(StrEnum):
+    """``grpc``: serves an API to callers. ``worker``: a stream processor that serves only
+    gRPC health (for probes) and metrics; it scales with topic partitions."""
+
+    GRPC = "grpc"
+    WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class Group:
+    """A consumer-group id prefix, granted as a *prefixed* ACL (``ledger-writer`` also
+    covers ``ledger-writer-replay``). ``prefixed``: the service puts
+    ``RESIDUALS_TOPIC_PREFIX`` in front of it (most do; the alerts service does not)."""
+
+    name: str
+    prefixed: bool = True
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """What a service's Kafka principal may do.
+
+    ``internal`` is the faust app id: faust names its consumer group and the topics it
+    creates itself (``<app id>-<table>-changelog``, ``<app id>-__assignor-__leader``)
+    after it. ``transactional`` is a transactional-id prefix (topic prefix applied).
+    ``mentions`` are topics the code only names (a record's source position), without
+    reading or writing them: no ACL.
+    """
+
+    reads: tuple[Topic, ...] = ()
+    writes: tuple[Topic, ...] = ()
+    groups: tuple[Group, ...] = ()
+    internal: str | None = None
+    transactional: str | None = None
+    mentions: tuple[Topic, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    kind: Kind
+    summary: str
+    kafka: KafkaAccess
+    database: bool = True
+
+    @property
+    def module(self) -> str:
+        """What ``python -m`` runs."""
+        return f"residuals.{self.name}"
+
+    @property
+    def principal(self) -> str:
+        """Kafka principal (SASL/SCRAM user) of the service."""
+        return f"residuals-{self.name}"
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        "licensing",
+        Kind.GRPC,
+        "LicenceService (licence registry) and the outbox relay to the compacted topics",
+        KafkaAccess(
+            # The relay reads the topics' tails to recover the last published outbox id.
+            reads=(topics.LICENCES, topics.SIGNING_KEYS),
+            writes=(topics.LICENCES, topics.SIGNING_KEYS),
+            groups=(Group("residuals-licensing"),),
+            transactional="residuals-licensing",
+        ),
+    ),
+    Service(
+        "ingest",
+        Kind.GRPC,
+        "IngestService: the gRPC gateway for vendors without Kafka",
+        KafkaAccess(writes=(topics.USAGE, topics.USAGE_DLQ)),
+    ),
+    Service(
+        "meter",
+        Kind.WORKER,
+        "faust-streaming worker: validate, de-duplicate, scope, quota and price each event",
+        KafkaAccess(
+            reads=(topics.USAGE, topics.LICENCES, topics.SIGNING_KEYS),
+            writes=(topics.USAGE_RATED, topics.ALERTS, topics.USAGE_DLQ),
+            # Licence and key replicas assign partitions themselves; their group ids are
+            # required by the client but never join or commit.
+            groups=(Group("replica-meter"),),
+            internal="meter",
+        ),
+        database=False,
+    ),
+    Service(
+        "ledger",
+        Kind.WORKER,
+        "Kafka -> PostgreSQL writer: rated events and dead letters, offsets in the same "
+        "transaction",
+        KafkaAccess(
+            reads=(topics.USAGE_RATED, topics.USAGE_DLQ),
+            groups=(Group("ledger-writer"),),
+            mentions=(topics.USAGE,),
+        ),
+    ),
+    Service(
+        "payouts",
+        Kind.GRPC,
+        "PayoutService: period close, statements, payouts and their event stream",
+        KafkaAccess(writes=(topics.PAYOUTS,)),
+    ),
+    Service(
+        "alerts",
+        Kind.GRPC,
+        "AlertService: stores alerts, streams them (WatchAlerts), suspends licences",
+        KafkaAccess(reads=(topics.ALERTS,), groups=(Group("residuals-alerts", prefixed=False),)),
+    ),
+)
+
+#: What a vendor's own principal may do: publish usage, nothing else (see acl_rules).
+VENDOR_WRITES: tuple[Topic, ...] = (topics.USAGE,)
+
+
+def by_name(name: str) -> Service:
+    for service in SERVICES:
+        if service.name == name:
+            return service
+    raise KeyError(f"unknown service {name!r}")
+
+
+SETTINGS_MODULES = ("config", "settings")
+
+
+class SettingsDiscoveryError(RuntimeError):
+    """A service package exists but its settings class cannot be identified."""
+
+
+def _is_settings_class(obj: Any, module: str) -> bool:
+    if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
+        return False
+    if obj.__module__ != module:
+        return False
+    hints = typing.get_type_hints(obj)
+    return any(
+        f.metadata.get("group") and hints.get(f.name) is TelemetrySettings
+        for f in dataclasses.fields(obj)
+    )
+
+
+def settings_class(name: str) -> type[Any] | None:
+    """The service's one settings dataclass, or None while its package has not landed.
+
+    Convention (every service follows it): ``residuals.<name>.config`` or
+    ``residuals.<name>.settings`` defines exactly one dataclass with a
+    :class:`TelemetrySettings` group - the object its ``__main__`` loads.
+    """
+    for leaf in SETTINGS_MODULES:
+        module_name = f"residuals.{name}.{leaf}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name in (f"residuals.{name}", module_name):
+                continue
+            raise
+        break
+    else:
+        return None
+    found = [obj for obj in vars(module).values() if _is_settings_class(obj, module_name)]
+    if len(found) != 1:
+        names = ", ".join(sorted(c.__name__ for c in found)) or "none"
+        raise SettingsDiscoveryError(
+            f"{module_name} must define exactly one settings dataclass with a telemetry "
+            f"group; found {names}"
+        )
+    settings: type[Any] = found[0]
+    return settings
