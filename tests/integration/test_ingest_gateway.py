@@ -755,3 +755,55 @@ def event_of_kind(record: Any) -> str:
         usage_pb2.SignedUsageEvent.FromString(record.value()).payload
     )
     return common_pb2.UsageKind.Name(event.kind)
+
+
+# --- the service process -----------------------------------------------------------------
+
+
+def test_service_process_serves_health_metrics_and_stops_cleanly(
+    stack: StackSettings, topics: Topics, pixel: Tenant, tmp_path: Path
+) -> None:
+    import signal
+    import socket
+    import urllib.request
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **gateway_env(stack, topics, GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port)),
+    }
+    env.pop("OTEL_SERVICE_NAME", None)
+    log = (tmp_path / "ingest.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "residuals", "ingest", "run"], env=env, stdout=log, stderr=log
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(
+            health_pb2.HealthCheckRequest(service="residuals.v1.IngestService"), timeout=10
+        ).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        client = Gateway(grpc_port)
+        (result,) = client.publish(pixel.api_key, [envelope(render(pixel), pixel.signing_key)])
+        assert result.status == ingest_pb2.PUBLISH_STATUS_ACCEPTED
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read()
+        assert b'residuals_ingest_events_total{reason="",status="ACCEPTED"} 1.0' in metrics
+        assert b'grpc_method="PublishBatch"' in metrics
+        channel.close()
+        client.channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    logged = (tmp_path / "ingest.log").read_text()
+    assert code == 0, logged
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert lines and all(line.get("service") == "ingest" for line in lines)
