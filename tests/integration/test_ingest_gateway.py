@@ -807,3 +807,40 @@ def test_service_process_serves_health_metrics_and_stops_cleanly(
     assert code == 0, logged
     lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
     assert lines and all(line.get("service") == "ingest" for line in lines)
+
+
+def test_sdk_adapts_to_batch_limits_and_honours_the_rate_limit(
+    start_gateway: Callable[..., IngestApp], topics: Topics, orbit: Tenant, tmp_path: Path
+) -> None:
+    app = start_gateway(
+        INGEST_MAX_BATCH_EVENTS="10", INGEST_VENDOR_RATE="40", INGEST_VENDOR_BURST="20"
+    )
+    reports: list[DeliveryReport] = []
+    with UsageClient.grpc(
+        vendor_id=orbit.vendor_id,
+        signing_key=orbit.signing_key,
+        target=f"127.0.0.1:{app.port}",
+        api_key=orbit.api_key,
+        spool_dir=tmp_path,
+        on_delivery=reports.append,
+        max_batch_events=50,  # more than the gateway takes: the SDK must split
+        retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.5),
+    ) as client:
+        started = time.monotonic()
+        ids = {
+            client.render(
+                licence_id=orbit.licence_id,
+                avatar_id=orbit.avatar_id,
+                render_id=f"r{i}",
+                category="product_demo",
+                territory="GB",
+            )
+            for i in range(60)
+        }
+        assert client.flush(timeout=60) == 0
+        elapsed = time.monotonic() - started
+    assert {r.event_id for r in reports} == ids
+    assert {r.status for r in reports} == {DeliveryStatus.DELIVERED}
+    assert max(r.attempts for r in reports) >= 2
+    assert elapsed >= 0.9  # 60 events at 40/s with a burst of 20 take at least a second
+    assert len(usage_records(topics, ids)) == 60
