@@ -114,6 +114,7 @@ class Service:
     log_dir: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    restarts_after_exit: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
 
@@ -350,8 +351,15 @@ class Pipeline:
         return [(str(k), int(p), int(o)) for k, p, o in rows]
 
     def wait_ledgered(
-        self, count: int, timeout: float, services: Sequence[Service] = ()
+        self,
+        count: int,
+        timeout: float,
+        services: Sequence[Service] = (),
+        *,
+        supervise: bool = False,
     ) -> list[tuple[str, int, int]]:
+        """Wait until ``count`` records are in the ledger. With ``supervise``, a service that
+        exited is started again (what Kubernetes does), else its exit fails the wait."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.stored_positions()
@@ -359,6 +367,10 @@ class Pipeline:
                 return rows
             for service in services:
                 if service.process is not None and not service.alive():
+                    if supervise:
+                        service.restarts_after_exit += 1
+                        service.start()
+                        continue
                     raise AssertionError(
                         f"{service.name} exited ({service.process.returncode}):\n"
                         + service.log_tail()
