@@ -60,6 +60,12 @@ class FileRail:
         return self.directory / (_UNSAFE.sub("_", key) + ".json")
 
     def pay(self, instruction: PaymentInstruction) -> str:
+        try:
+            return self._write(instruction)
+        except OSError as error:
+            raise RailError(f"file rail: cannot write the instruction: {error}") from error
+
+    def _write(self, instruction: PaymentInstruction) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(instruction.idempotency_key)
         body = {
