@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -166,8 +165,12 @@ class Client:
         return getattr(self.stub, method)(request, metadata=metadata, timeout=self.timeout)
 
 
-@contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Client]:
+def _connect(args: argparse.Namespace) -> tuple[Any, Client]:
+    """The channel (to close) and a client with the key from ``RESIDUALS_API_KEY``.
+
+    Deliberately not a generator context manager: contextlib assigns ``__traceback__``
+    on exceptions passing through, which the frozen ``SpecError`` dataclass refuses.
+    """
     import grpc
 
     from residuals.platform.auth import bearer_metadata, parse_api_key
@@ -179,9 +182,9 @@ def _client(args: argparse.Namespace) -> Iterator[Client]:
     if parse_api_key(key) is None:
         raise CliError(["RESIDUALS_API_KEY: is not an API key (rsd_<id>_<secret>)"], EXIT_INVALID)
     address = args.addr or os.environ.get("RESIDUALS_LICENSING_ADDR") or DEFAULT_ADDR
-    with grpc.insecure_channel(address) as channel:
-        stub = licence_service_pb2_grpc.LicenceServiceStub(channel)
-        yield Client(stub, bearer_metadata(key), args.timeout)
+    channel = grpc.insecure_channel(address)
+    stub = licence_service_pb2_grpc.LicenceServiceStub(channel)
+    return channel, Client(stub, bearer_metadata(key), args.timeout)
 
 
 def _handler(
@@ -197,8 +200,11 @@ def _handler(
         try:
             if not needs_client:
                 return action(args)
-            with _client(args) as client:
+            channel, client = _connect(args)
+            try:
                 return action(args, client)
+            finally:
+                channel.close()
         except CliError as error:
             for line in error.lines:
                 print(line, file=sys.stderr)
