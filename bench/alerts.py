@@ -11,7 +11,7 @@ for ``--seconds``. The meter is simulated at the alerts topic: every event picks
 political category and raise a CRITICAL FORBIDDEN_CATEGORY alert, which (with
 ``--auto-suspend``) suspends the licence so every later event of it raises a
 LICENCE_SUSPENDED alert, as ROYALTY-RULES §5 says the meter does. Alerts carry the
-publish time in ``residuals-received-at`` like the meter's, so the service's own latency
+publish time in ``residuals-published-at`` like the meter's, so the service's own latency
 metrics see it too.
 
 Reports events and alerts published, alerts delivered (each exactly once, checked), and
@@ -257,12 +257,12 @@ def main() -> int:
                     continue  # in scope: the meter rates it; no alert
                 alert = make_alert(licence, event_id, kind, run)
                 sent = time.time()
-                stamp = datetime.fromtimestamp(sent, UTC).isoformat().replace("+00:00", "Z")
+                stamp = str(int(sent * 1000))  # as the meter stamps its output
                 producer.produce(
                     topic,
                     key=alert.licence_id.encode(),
                     value=alert.SerializeToString(),
-                    headers=[("residuals-received-at", stamp.encode())],
+                    headers=[("residuals-published-at", stamp.encode())],
                 )
                 published[alert.alert_id] = sent
             producer.poll(0)

@@ -31,9 +31,11 @@ from residuals.v1 import alerts_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
-#: When the triggering usage was published (RFC 3339). The gateway sets it on usage
-#: records; the meter copies it (or the usage record's broker timestamp) onto the alert.
-PUBLISHED_AT_HEADER = "residuals-received-at"
+#: When the triggering usage was published: the meter copies the usage record's broker
+#: timestamp onto every record it produces as epoch milliseconds (the ledger reads the same
+#: header). ``residuals-received-at`` (RFC 3339, the gateway's receipt) is accepted too.
+PUBLISHED_AT_HEADER = "residuals-published-at"
+RECEIVED_AT_HEADER = "residuals-received-at"
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -44,7 +46,14 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def published_at(headers: Any) -> datetime | None:
-    text = _header(headers, PUBLISHED_AT_HEADER)
+    """When the usage behind this alert was published, from the record headers, if known."""
+    millis = _header(headers, PUBLISHED_AT_HEADER)
+    if millis:
+        try:
+            return datetime.fromtimestamp(int(millis) / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+    text = _header(headers, RECEIVED_AT_HEADER)
     if not text:
         return None
     try:
