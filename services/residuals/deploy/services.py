@@ -15,6 +15,7 @@ import importlib
 import typing
 from dataclasses import dataclass
 from enum import StrEnum
+from types import ModuleType
 from typing import Any
 
 from residuals.platform import topics
@@ -189,11 +190,16 @@ def settings_class(name: str) -> type[Any] | None:
         break
     else:
         return None
-    found = [obj for obj in vars(module).values() if _is_settings_class(obj, module_name)]
+    return find_settings(module)
+
+
+def find_settings(module: ModuleType) -> type[Any]:
+    """The one settings dataclass defined in ``module``; SettingsDiscoveryError otherwise."""
+    found = [obj for obj in vars(module).values() if _is_settings_class(obj, module.__name__)]
     if len(found) != 1:
         names = ", ".join(sorted(c.__name__ for c in found)) or "none"
         raise SettingsDiscoveryError(
-            f"{module_name} must define exactly one settings dataclass with a telemetry "
+            f"{module.__name__} must define exactly one settings dataclass with a telemetry "
             f"group; found {names}"
         )
     settings: type[Any] = found[0]

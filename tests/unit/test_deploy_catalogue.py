@@ -1,0 +1,446 @@
+"""Topics, ACLs and settings in the deployment come from the code, and cannot drift from it.
+
+These tests read the committed artefacts (helm/residuals/files/catalogue.json,
+deploy/k8s/*.yaml, docker-compose.yml, Dockerfile) without helm; tests/unit/
+test_deploy_chart.py renders the chart itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from residuals.deploy import catalogue, chart, consistency, kafka_admin, services
+from residuals.deploy.catalogue import AclRule, service_acls, strimzi_topic, vendor_acls
+from residuals.deploy.kafka_admin import TopicState, acl_script, plan_topics
+from residuals.platform import topics
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).parents[2]
+K8S = ROOT / chart.K8S_DIR
+VALUES = yaml.safe_load((ROOT / chart.CHART_DIR / "values.yaml").read_text())
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += chart.documents(path.read_text())
+    return docs
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_docs() if d["kind"] == kind]
+
+
+# --- catalogue.json and topics -----------------------------------------------------------
+
+
+def test_committed_catalogue_is_what_the_code_generates() -> None:
+    committed = (ROOT / catalogue.CATALOGUE_PATH).read_text()
+    assert committed == catalogue.catalogue_json(), (
+        "helm/residuals/files/catalogue.json is stale: run `residuals deploy generate`"
+    )
+
+
+def test_every_catalogue_topic_is_a_kafkatopic_with_the_catalogues_settings() -> None:
+    kafka = VALUES["kafka"]
+    rendered = {d["spec"]["topicName"]: d for d in of_kind("KafkaTopic")}
+    assert set(rendered) == {t.name for t in topics.ALL}
+    for topic in topics.ALL:
+        expected = strimzi_topic(
+            topic,
+            partitions=kafka["partitions"],
+            replicas=kafka["replicas"],
+            cluster=kafka["strimzi"]["cluster"],
+            min_insync_replicas=kafka["minInsyncReplicas"],
+        )
+        doc = rendered[topic.name]
+        assert doc["metadata"]["name"] == expected["metadata"]["name"]
+        assert doc["spec"] == expected["spec"], topic.name
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"] == "residuals"
+
+
+def test_compacted_topics_are_compacted_and_logs_are_retained() -> None:
+    specs = {d["spec"]["topicName"]: d["spec"]["config"] for d in of_kind("KafkaTopic")}
+    assert specs[topics.LICENCES.name]["cleanup.policy"] == "compact"
+    assert "retention.ms" not in specs[topics.LICENCES.name]
+    assert specs[topics.USAGE.name] == {
+        "cleanup.policy": "delete",
+        "retention.ms": str(topics.USAGE.retention_ms),
+        "min.insync.replicas": "2",
+    }
+
+
+def test_kubernetes_names_of_topics() -> None:
+    assert (
+        catalogue.kubernetes_name("staging_x.residuals.usage.v1") == "staging-x.residuals.usage.v1"
+    )
+    with pytest.raises(ValueError):
+        catalogue.kubernetes_name("__")
+
+
+# --- ACLs --------------------------------------------------------------------------------
+
+
+def _topic_ops(rules: list[AclRule]) -> dict[str, set[str]]:
+    return {
+        r.name: set(r.operations) for r in rules if r.resource == "topic" and r.pattern == "literal"
+    }
+
+
+def test_each_topic_is_written_only_by_its_producers() -> None:
+    writers: dict[str, set[str]] = {}
+    for service in services.SERVICES:
+        for name, ops in _topic_ops(service_acls(service)).items():
+            if "Write" in ops:
+                writers.setdefault(name, set()).add(service.name)
+    assert writers == {
+        topics.USAGE.name: {"ingest"},
+        topics.USAGE_DLQ.name: {"ingest", "meter"},
+        topics.USAGE_RATED.name: {"meter"},
+        topics.ALERTS.name: {"meter"},
+        topics.LICENCES.name: {"licensing"},
+        topics.SIGNING_KEYS.name: {"licensing"},
+        topics.PAYOUTS.name: {"payouts"},
+    }
+
+
+def test_a_vendor_may_only_publish_usage() -> None:
+    rules = vendor_acls("acme")
+    topic_rules = [r for r in rules if r.resource == "topic"]
+    # Literal, never a prefix: "residuals.usage." would also match the rated topic and DLQ.
+    assert topic_rules == [
+        AclRule("topic", topics.USAGE.name, "literal", ("Write", "Describe"), prefixed=True)
+    ]
+    assert {r.resource for r in rules} == {"topic", "transactionalId", "cluster"}
+    (txn,) = [r for r in rules if r.resource == "transactionalId"]
+    assert (txn.name, txn.pattern) == ("vendor-acme", "prefix")
+    assert not any("Read" in r.operations for r in rules)
+
+
+@pytest.mark.parametrize("bad", ["", "Acme", "acme_co", "-acme", "a" * 43, "acme-"])
+def test_vendor_ids_must_make_valid_principal_names(bad: str) -> None:
+    with pytest.raises(ValueError, match="vendor id"):
+        vendor_acls(bad)
+
+
+def test_every_topic_a_service_names_in_code_is_granted() -> None:
+    assert consistency.acl_problems(ROOT / "services" / "residuals") == []
+
+
+def test_the_code_to_acl_check_catches_an_ungranted_topic(tmp_path: Path) -> None:
+    package = tmp_path / "alerts"
+    package.mkdir()
+    (package / "x.py").write_text(
+        "from residuals.platform import topics\n"
+        "from residuals.platform.topics import PAYOUTS\n"
+        "NAME = topics.USAGE_RATED\n"
+    )
+    problems = consistency.acl_problems(tmp_path)
+    assert len(problems) == 2
+    assert "topics.PAYOUTS" in problems[0] and "topics.USAGE_RATED" in problems[1]
+
+
+def test_kafkausers_carry_the_generated_acls() -> None:
+    users = {d["metadata"]["name"]: d for d in of_kind("KafkaUser")}
+    assert set(users) == {s.principal for s in services.SERVICES}
+    for service in services.SERVICES:
+        acls = users[service.principal]["spec"]["authorization"]["acls"]
+        expected = service_acls(service)
+        assert len(acls) == len(expected)
+        for acl, rule in zip(acls, expected, strict=True):
+            assert acl["resource"]["type"] == rule.resource
+            assert acl["operations"] == list(rule.operations)
+            if rule.resource != "cluster":
+                assert acl["resource"]["name"] == rule.full_name(VALUES["kafka"]["topicPrefix"])
+                assert acl["resource"]["patternType"] == rule.pattern
+
+
+def test_acl_script_grants_the_same_rules(tmp_path: Path) -> None:
+    script = acl_script(["acme"], topic_prefix="staging.", vendor_producer_byte_rate=1024)
+    assert script.startswith("#!/usr/bin/env bash")
+    assert "user vendor-acme\nquota vendor-acme producer_byte_rate=1024\n" in script
+    assert (
+        "acl --allow-principal User:vendor-acme --operation Write --operation Describe "
+        "--topic staging.residuals.usage.v1 --resource-pattern-type literal"
+    ) in script
+    assert (
+        "acl --allow-principal User:residuals-meter --operation Create --operation Read "
+        "--operation Write --operation Describe --operation DescribeConfigs "
+        "--operation AlterConfigs --topic staging.meter --resource-pattern-type prefixed"
+    ) in script
+    # The alerts group is not prefixed by the service, so it is not prefixed here either.
+    assert "--group residuals-alerts --resource-pattern-type prefixed" in script
+    path = tmp_path / "acls.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+    lines = [line for line in script.splitlines() if line.startswith("acl ")]
+    assert len(lines) == sum(len(service_acls(s)) for s in services.SERVICES) + len(
+        vendor_acls("acme")
+    )
+
+
+# --- topic set-up without an operator ----------------------------------------------------
+
+
+def test_topic_plan_creates_missing_and_aligns_configs_but_never_grows() -> None:
+    existing = {
+        "p.residuals.usage.v1": TopicState(
+            12, {"cleanup.policy": "delete", "retention.ms": "1000"}
+        ),
+        "p.residuals.licences.v1": TopicState(3, {"cleanup.policy": "compact"}),
+    }
+    plan = plan_topics(
+        [topics.USAGE, topics.LICENCES, topics.ALERTS],
+        existing,
+        prefix="p.",
+        partitions=6,
+        min_insync_replicas=None,
+    )
+    assert plan.create == ["p.residuals.alerts.v1"]
+    assert plan.alter == {"p.residuals.usage.v1": {"retention.ms": str(topics.USAGE.retention_ms)}}
+    (warning,) = plan.warnings
+    assert "p.residuals.licences.v1 has 3 partitions" in warning
+
+
+def test_topic_plan_sets_min_insync_replicas() -> None:
+    existing = {"residuals.alerts.v1": TopicState(6, dict(topics.ALERTS.config()))}
+    plan = plan_topics([topics.ALERTS], existing, prefix="", partitions=6, min_insync_replicas=2)
+    assert plan.alter == {"residuals.alerts.v1": {"min.insync.replicas": "2"}}
+    assert kafka_admin.desired_config(topics.LICENCES, None) == {"cleanup.policy": "compact"}
+
+
+# --- settings and environment ------------------------------------------------------------
+
+
+def test_settings_classes_are_found_for_the_services_in_the_tree() -> None:
+    for service in services.SERVICES:
+        present = (ROOT / "services" / "residuals" / service.name / "__main__.py").is_file()
+        cls = services.settings_class(service.name)
+        assert (cls is not None) == present, service.name
+    assert services.settings_class("no_such_service") is None
+
+
+def test_settings_discovery_refuses_an_ambiguous_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("residuals_fake_config")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(
+        textwrap.dedent(
+            """
+            from dataclasses import dataclass
+            from residuals.platform.config import TelemetrySettings, group, env
+
+            @dataclass(frozen=True)
+            class A:
+                telemetry: TelemetrySettings = group(TelemetrySettings)
+
+            @dataclass(frozen=True)
+            class B:
+                telemetry: TelemetrySettings = group(TelemetrySettings)
+
+            @dataclass(frozen=True)
+            class NotSettings:
+                x: int = env("X", 1, help="no telemetry group")
+            """
+        ),
+        module.__dict__,
+    )
+    with pytest.raises(services.SettingsDiscoveryError, match="found A, B"):
+        services.find_settings(module)
+    del module.B
+    assert services.find_settings(module) is module.A
+
+
+def test_the_manifests_give_each_service_exactly_what_its_settings_read() -> None:
+    assert consistency.env_problems(k8s_docs()) == []
+
+
+def test_the_environment_check_catches_unknown_and_missing_variables() -> None:
+    docs = k8s_docs()
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "residuals-ledger":
+            doc["data"]["LEDGER_BATCHSIZE"] = "10"
+            del doc["data"]["KAFKA_BOOTSTRAP_SERVERS"]
+    problems = consistency.env_problems(docs)
+    assert any("LEDGER_BATCHSIZE" in p and "does not read" in p for p in problems)
+    assert any("needs KAFKA_BOOTSTRAP_SERVERS" in p for p in problems)
+
+
+def test_strimzi_resources_use_only_crd_fields() -> None:
+    assert consistency.strimzi_problems(k8s_docs()) == []
+    bad = {
+        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "kind": "KafkaUser",
+        "metadata": {"name": "x", "labels": {}},
+        "spec": {
+            "authentication": {"type": "scram-sha-256"},
+            "authorization": {
+                "type": "simple",
+                "acls": [
+                    {
+                        "resource": {"type": "topic", "patternType": "prefixed"},
+                        "operations": ["Read"],
+                    }
+                ],
+            },
+            "quotas": {"producerByteRate": 1.5e7},
+        },
+    }
+    problems = consistency.strimzi_problems([bad])
+    assert len(problems) == 5, problems
+
+
+# --- workloads ---------------------------------------------------------------------------
+
+
+def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
+    deployments = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in of_kind("Deployment")
+    }
+    assert set(deployments) == {s.name for s in services.SERVICES}
+    for name, doc in deployments.items():
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["python", "-m", f"residuals.{name}"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == 50051, (name, probe)
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert pod["automountServiceAccountToken"] is False
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert ("DATABASE_URL" in env) == services.by_name(name).database
+        if "DATABASE_URL" in env:
+            assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "residuals-postgres"
+
+
+def test_pdbs_networkpolicies_and_the_meter_hpa() -> None:
+    names = {s.name for s in services.SERVICES}
+    for kind in ("PodDisruptionBudget", "NetworkPolicy", "Service", "ConfigMap", "ServiceAccount"):
+        found = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in of_kind(kind)}
+        assert found == names, kind
+    (hpa,) = of_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "residuals-meter"
+    assert hpa["spec"]["maxReplicas"] <= VALUES["kafka"]["partitions"]
+    ledger = next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "residuals-ledger")
+    assert ledger["spec"]["replicas"] <= VALUES["kafka"]["partitions"]
+    (job,) = of_kind("Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["residuals", "migrate"]
+
+
+# --- image and compose -------------------------------------------------------------------
+
+
+def test_dockerfile_is_pinned_non_root_and_hadolint_clean() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11." in text and "-slim" in text
+    assert "USER 10001:10001" in text
+    assert text.count("FROM ") == 2  # build stage + runtime stage
+    chart.hadolint(ROOT)
+
+
+def test_the_build_context_builds_the_package_with_its_data(tmp_path: Path) -> None:
+    """Copy what .dockerignore lets through and build the wheel the image installs."""
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and {"!pyproject.toml", "!README.md", "!services/"} <= set(ignore)
+    context = tmp_path / "context"
+    context.mkdir()
+    tracked = subprocess.run(
+        ["git", "ls-files", "pyproject.toml", "README.md", "services"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in tracked:
+        target = context / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((ROOT / rel).read_bytes())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "wheels"),
+            str(context),
+        ],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "wheels").glob("residuals-*.whl")
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "residuals/platform/migrations/0001_foundation.sql" in names
+    assert "residuals/deploy/command.py" in names
+
+
+def compose() -> dict[str, Any]:
+    return chart.compose_resolved(ROOT)
+
+
+def test_compose_runs_the_whole_system_with_health_checks() -> None:
+    model = compose()
+    svc = model["services"]
+    expected = {s.name for s in services.SERVICES} | {
+        "kafka",
+        "postgres",
+        "init",
+        "prometheus",
+        "grafana",
+        "otel-collector",
+        "jaeger",
+    }
+    assert set(svc) == expected
+    for name in [s.name for s in services.SERVICES] + [
+        "kafka",
+        "postgres",
+        "prometheus",
+        "grafana",
+    ]:
+        assert svc[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
+    for s in services.SERVICES:
+        spec = svc[s.name]
+        assert spec["environment"]["OTEL_SERVICE_NAME"] == s.name
+        assert spec["command"] == ["python", "-m", s.module]
+        assert spec["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        assert spec["read_only"] is True
+    assert svc["init"]["command"] == ["residuals", "deploy", "init"]
+    assert svc["init"]["build"]["context"] == str(ROOT)
+    mounts = {v["target"]: v["source"] for v in svc["prometheus"]["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/prometheus"] == str(ROOT / "deploy" / "prometheus")
+    grafana = {v["target"] for v in svc["grafana"]["volumes"]}
+    assert "/var/lib/grafana/dashboards" in grafana
+    assert "/etc/grafana/provisioning/datasources/traces.yml" in grafana
+    assert consistency.settings_problems(consistency.compose_env(model), "compose") == []
+
+
+def test_compose_reads_its_env_file() -> None:
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env["RESIDUALS_TOPIC_PARTITIONS"] == "6"
+    kafka = compose()["services"]["kafka"]
+    assert kafka["ports"][0]["published"] == env["KAFKA_HOST_PORT"]
+
+
+def test_generated_manifests_say_so() -> None:
+    for path in K8S.glob("*.yaml"):
+        assert path.read_text().startswith("# Generated by `residuals deploy generate`"), path
+    assert json.loads((ROOT / catalogue.CATALOGUE_PATH).read_text())["generatedBy"]

@@ -1,0 +1,141 @@
+"""The Helm chart lints, renders valid Kubernetes objects, and deploy/k8s is its rendering.
+
+helm is built once per machine from the Go module proxy and cached
+(residuals.deploy.chart.ensure_helm); these tests fail, never skip, without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from residuals.deploy import chart, consistency, services
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).parents[2]
+CI_VALUES = ROOT / chart.CHART_DIR / "ci" / "full-values.yaml"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Iterator[Path]:
+    yield chart.ensure_helm()
+
+
+def render(helm: Path, values: tuple[Path, ...] = (), **sets: str) -> list[dict[str, Any]]:
+    return list(
+        chart.documents(chart.helm_template(ROOT, values=values, set_values=sets, helm=helm))
+    )
+
+
+def test_deploy_k8s_is_the_chart_rendered_with_default_values(helm: Path) -> None:
+    wanted = chart.render_k8s(ROOT, helm=helm)
+    drift = chart.compare_dir(ROOT / chart.K8S_DIR, wanted, chart.HAND_WRITTEN)
+    assert drift.clean, f"deploy/k8s is stale ({drift.describe()}): run `residuals deploy generate`"
+
+
+def test_the_chart_lints_strictly(helm: Path) -> None:
+    chart.helm_lint(ROOT, helm=helm)
+    chart.helm_lint(ROOT, values=[CI_VALUES], helm=helm)
+
+
+@pytest.mark.parametrize("version", chart.KUBERNETES_VERSIONS)
+def test_rendered_objects_are_valid_kubernetes(helm: Path, version: str, tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump_all(render(helm, (CI_VALUES,))))
+    chart.kubernetes_validate([path], version)
+    chart.kubernetes_validate(sorted((ROOT / chart.K8S_DIR).glob("*.yaml")), version)
+
+
+def test_validation_rejects_a_broken_object(helm: Path, tmp_path: Path) -> None:
+    import yaml
+
+    docs = render(helm)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["grpc"]["port"] = "x"
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(deployment))
+    with pytest.raises(chart.DeployError, match="kubernetes-validate"):
+        chart.kubernetes_validate([path], chart.KUBERNETES_VERSIONS[-1])
+
+
+def test_every_optional_feature_renders_consistently(helm: Path) -> None:
+    docs = render(helm, (CI_VALUES,))
+    kinds = [d["kind"] for d in docs]
+    assert "KafkaTopic" not in kinds  # topics.strimzi=false: the Job creates them
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["residuals", "deploy", "init"]
+    job_env = {e["name"]: e.get("value") for e in container["env"]}
+    assert job_env["RESIDUALS_TOPIC_PREFIX"] == "staging."
+    assert job_env["RESIDUALS_TOPIC_PARTITIONS"] == "24"
+    assert container["image"].endswith("@sha256:" + "0" * 64)
+    vendors = {
+        d["metadata"]["name"]: d
+        for d in docs
+        if d["kind"] == "KafkaUser" and d["metadata"]["name"].startswith("vendor-")
+    }
+    assert set(vendors) == {"vendor-acme", "vendor-northwind"}
+    assert vendors["vendor-acme"]["spec"]["quotas"] == {"producerByteRate": 10485760}
+    assert "quotas" not in vendors["vendor-northwind"]["spec"]
+    acme_topics = [
+        a["resource"]["name"]
+        for a in vendors["vendor-acme"]["spec"]["authorization"]["acls"]
+        if a["resource"]["type"] == "topic"
+    ]
+    assert acme_topics == ["staging.residuals.usage.v1"]
+    assert all(d["metadata"]["namespace"] == "kafka" for d in docs if d["kind"] == "KafkaUser")
+    assert "ServiceMonitor" in kinds
+    components = {d["metadata"]["labels"].get("app.kubernetes.io/component") for d in docs}
+    assert "payouts" not in components  # services.payouts.enabled=false
+    meter = next(d for d in docs if d["kind"] == "Deployment" and "meter" in d["metadata"]["name"])
+    env = {e["name"]: e for e in meter["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "residuals-meter",
+        "key": "password",
+    }
+    assert consistency.strimzi_problems(docs) == []
+
+
+def test_the_chart_refuses_more_processor_replicas_than_partitions(helm: Path) -> None:
+    with pytest.raises(chart.DeployError, match=r"exceeds kafka\.partitions"):
+        render(helm, **{"services.meter.autoscaling.maxReplicas": "13"})
+    with pytest.raises(chart.DeployError, match=r"exceeds kafka\.partitions"):
+        render(helm, **{"services.ledger.replicas": "13", "kafka.partitions": "12"})
+    docs = render(helm, **{"kafka.partitions": "3", "services.meter.autoscaling.maxReplicas": "3"})
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["maxReplicas"] == 3
+
+
+def test_the_values_schema_rejects_unknown_services_and_bad_vendor_ids(helm: Path) -> None:
+    with pytest.raises(chart.DeployError, match="additional properties 'metre'"):
+        render(helm, **{"services.metre.replicas": "1"})
+    with pytest.raises(chart.DeployError, match="does not match pattern"):
+        render(helm, **{"kafka.vendors[0].id": "Acme_Co"})
+
+
+def test_the_values_schema_names_exactly_the_catalogue_services() -> None:
+    import json
+
+    schema = json.loads((ROOT / chart.CHART_DIR / "values.schema.json").read_text())
+    assert set(schema["properties"]["services"]["properties"]) == {
+        s.name for s in services.SERVICES
+    }
+
+
+def test_split_by_template_groups_documents_per_source() -> None:
+    rendered = (
+        "---\n# Source: residuals/templates/a.yaml\nkind: A\nmetadata: {name: one}\n"
+        "---\n# Source: residuals/templates/a.yaml\nkind: A\nmetadata: {name: two}\n"
+        "---\n# Source: residuals/templates/b.yaml\n\n"
+        "---\n# Source: residuals/templates/c.yaml\nkind: C\n"
+    )
+    files = chart.split_by_template(rendered)
+    assert list(files) == ["a.yaml", "c.yaml"]
+    assert files["a.yaml"].count("\n---\n") == 2
+    assert "name: one" in files["a.yaml"] and "name: two" in files["a.yaml"]
