@@ -102,6 +102,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(refused))
         if not result.already_closed and not result.dry_run:
             self.metrics.closed(result)
+            self.metrics.refresh_states(self.db)
         return payout_service_pb2.ClosePeriodResponse(
             statement=statement_to_proto(result.statement), already_closed=result.already_closed
         )
