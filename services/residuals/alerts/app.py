@@ -22,7 +22,7 @@ from residuals.alerts.feed import ChangeFeed
 from residuals.alerts.ingest import AlertIngest
 from residuals.alerts.metrics import AlertMetrics, default_metrics
 from residuals.alerts.service import AlertServicer, servicer_descriptor
-from residuals.alerts.store import Change, Raised
+from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
 from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
 from residuals.platform.config import load
@@ -120,6 +120,7 @@ class AlertsApp:
             batch_size=settings.batch_size,
             poll_timeout=0.05,
         )
+        self._zero_series(topic_name(settings.kafka, ALERTS))
         self._thread(self._run_sink, "alert-sink")
         authenticator = self.authenticator or PostgresAuthenticator(self.db)
         servicer = AlertServicer(
@@ -137,6 +138,23 @@ class AlertsApp:
             interceptors=[AuthInterceptor(authenticator)],
         ).start()
         return self
+
+    def _zero_series(self, topic: str) -> None:
+        """Create every labelled counter at 0, so "none yet" is a series, not a gap."""
+        assert self.sink is not None
+        sink_metrics = self.sink.metrics
+        sink_metrics.failures.labels(self.sink.name)
+        sink_metrics.batches.labels(self.sink.name)
+        sink_metrics.skipped.labels(self.sink.name, topic)
+        sink_metrics.records.labels(self.sink.name, topic)
+        for resolution in RESOLUTION_NAMES.values():
+            self.metrics.resolutions.labels(resolution)
+        for outcome in ("suspended", "already", "skipped", "failed"):
+            self.metrics.suspensions.labels(outcome)
+        for change in ("raised", "acknowledged", "resolved", "licence_suspended"):
+            self.metrics.changes.labels(change)
+        for phase in ("backlog", "live"):
+            self.metrics.delivered.labels(phase)
 
     def _run_sink(self, stop: threading.Event) -> None:
         assert self.sink is not None
