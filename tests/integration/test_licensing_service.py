@@ -889,3 +889,29 @@ def test_denials_are_counted_by_the_shared_interceptor(world: World) -> None:
         },
     )
     assert denied == 3  # finance, vendor, talent in the matrix
+
+
+def test_postgres_authenticator_sees_revocation_within_its_ttl(world: World) -> None:
+    """Another process (e.g. the ingest gateway) caches keys; a revocation shows within TTL."""
+    from residuals.platform.auth import PostgresAuthenticator, parse_api_key
+
+    created = world.call(
+        "CreateApiKey",
+        licence_service_pb2.CreateApiKeyRequest(
+            principal=licence_pb2.Principal(role=licence_pb2.ROLE_VENDOR, vendor_id="VEN-A")
+        ),
+    )
+    parsed = parse_api_key(created.secret)
+    assert parsed is not None
+    key_id, secret = parsed
+    now = [0.0]
+    gateway = PostgresAuthenticator(world.service.app.db, ttl_seconds=30, clock=lambda: now[0])
+    principal = gateway.authenticate(key_id, secret)
+    assert principal is not None and principal.vendor_id == "VEN-A"
+    assert gateway.authenticate(key_id, secret[:-1] + ("x" if secret[-1] != "x" else "y")) is None
+    world.call("RevokeApiKey", licence_service_pb2.RevokeApiKeyRequest(api_key_id=key_id))
+    now[0] = 29.0
+    assert gateway.authenticate(key_id, secret) == principal  # cached
+    now[0] = 31.0
+    assert gateway.authenticate(key_id, secret) is None
+    assert gateway.authenticate("0123456789abcdef", secret) is None

@@ -126,6 +126,7 @@ class OutboxRelay:
         self._conn: psycopg.Connection[Any] | None = None
         #: Set once the relay holds the lock and has recovered: it is publishing.
         self.active = threading.Event()
+        self._stop: threading.Event | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -173,6 +174,7 @@ class OutboxRelay:
 
     def run(self, stop: threading.Event) -> None:
         """Publish until ``stop`` is set; waits for NOTIFY (or polls) when idle."""
+        self._stop = stop
         if not self.start(stop):
             return
         try:
@@ -263,24 +265,41 @@ class OutboxRelay:
                         headers=headers,
                     )
                     producer.poll(0)
-                # Flushes and waits for every delivery; raises if any failed.
-                producer.commit_transaction(60)
+                self._commit()
                 break
             except KafkaException as error:
-                kafka_error = error.args[0]
                 self.metrics.failures.inc()
-                if kafka_error.txn_requires_abort():
-                    log.warning("outbox batch aborted; retrying", extra={"error": str(error)})
-                    producer.abort_transaction(30)
-                    time.sleep(0.5)
-                    continue
-                if kafka_error.retriable():
-                    time.sleep(0.5)
-                    continue
-                raise  # fatal (e.g. fenced by a newer relay): stop; restart recovers
+                if not error.args[0].txn_requires_abort():
+                    raise  # fatal (e.g. fenced by a newer relay): stop; a restart recovers
+                log.warning("outbox batch aborted; retrying", extra={"error": str(error)})
+                producer.abort_transaction(30)
+                if self._stopping():
+                    raise  # shutting down: the rows stay unpublished for the next relay
+                time.sleep(0.5)
         self._mark(rows)
         for row in rows:
             self.metrics.published.labels(row.topic).inc()
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def _commit(self) -> None:
+        """Commit the open transaction: flushes, and waits for every delivery.
+
+        A retriable failure is retried as a commit (the transaction stays open); one that
+        needs an abort is raised to :meth:`_publish`, which re-sends the whole batch.
+        """
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                self._producer.commit_transaction(60)
+                return
+            except KafkaException as error:
+                if not error.args[0].retriable() or self._stopping():
+                    raise
+                self.metrics.failures.inc()
+                time.sleep(0.5)
 
     def _mark(self, rows: Sequence[OutboxRow]) -> None:
         """Record that Kafka has ``rows`` (after the transaction committed there)."""

@@ -79,12 +79,6 @@ def _request_terms(message: licence_pb2.LicenceVersion) -> terms.Spec:
         raise InvalidArgument.field(f"terms.{error.path}", error.message) from None
 
 
-def _required(**fields: str) -> None:
-    missing = [FieldViolation(name, "is required") for name, value in fields.items() if not value]
-    if missing:
-        raise InvalidArgument(missing)
-
-
 def _identifier(path: str, value: str) -> str:
     value = value.strip()
     if not value:
@@ -485,9 +479,10 @@ class Registry:
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         as_of_given = optional_datetime(request, "as_of")
         as_of = as_of_given or self.clock()
+        avatar_id = request.avatar_id.strip()
         query = {
             "talent": talent_id,
-            "avatar": request.avatar_id.strip(),
+            "avatar": avatar_id,
             "vendor": vendor_id,
             "statuses": sorted(statuses),
             "as_of": as_of_given.isoformat() if as_of_given else "",
@@ -501,7 +496,7 @@ class Registry:
                 ids = store.licence_ids(
                     conn,
                     talent_id=talent_id,
-                    avatar_id=query["avatar"],  # type: ignore[arg-type]
+                    avatar_id=avatar_id,
                     vendor_id=vendor_id,
                     after=after,
                     limit=batch,
