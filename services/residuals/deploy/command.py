@@ -15,6 +15,8 @@ import yaml
 from residuals.platform.config import ConfigError, load
 
 CI_VALUES = "helm/residuals/ci/full-values.yaml"
+#: Hand-written, except its principals table (regenerated between markers).
+K8S_README = "deploy/k8s/README.md"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -134,9 +136,13 @@ def _root(args: argparse.Namespace) -> Path:
 
 def generated_files(root: Path) -> dict[str, str]:
     """{path relative to root: content} of the single-file generated artefacts."""
-    from residuals.deploy.catalogue import CATALOGUE_PATH, catalogue_json
+    from residuals.deploy.catalogue import CATALOGUE_PATH, catalogue_json, with_principals
 
-    return {CATALOGUE_PATH: catalogue_json()}
+    readme = root / K8S_README
+    return {
+        CATALOGUE_PATH: catalogue_json(),
+        K8S_README: with_principals(readme.read_text()),
+    }
 
 
 def _generate(args: argparse.Namespace) -> int:
