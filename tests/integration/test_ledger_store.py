@@ -1,0 +1,364 @@
+"""The ledger writer's batch store and the fenced sink, against the real PostgreSQL.
+
+Records are built exactly as the meter publishes them (RatedUsage / DeadLetter bytes) and
+handed to :class:`LedgerStore` / :class:`KafkaPostgresSink` as consumed records, so the
+SQL (COPY, ON CONFLICT, retraction resolution, totals, adjustments, offsets and fencing)
+runs for real without a broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from residuals.codecs.signing import sign_event
+from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import from_domain
+from residuals.domain.events import Rejection, UsageEvent, parse_event
+from residuals.domain.period import Period
+from residuals.ledger.replay import load_adjustments, load_period_events
+from residuals.ledger.store import LedgerStore
+from residuals.platform.config import PostgresSettings
+from residuals.platform.postgres import Database
+from residuals.platform.sink import Fenced, KafkaPostgresSink
+from residuals.stack.settings import StackSettings
+from residuals.v1 import common_pb2, usage_pb2
+
+pytestmark = pytest.mark.integration
+
+USAGE, RATED, DLQ = "t.usage", "t.rated", "t.dlq"
+KEY = Ed25519PrivateKey.generate()
+Outcome = usage_pb2.RatedUsage.Outcome
+
+
+@dataclass
+class Message:
+    """A consumed record as confluent-kafka presents it."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes
+    _headers: list[tuple[str, bytes]] | None = None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def key(self) -> bytes | None:
+        return None
+
+    def error(self) -> None:
+        return None
+
+
+class Ledger:
+    """A unique vendor and period per test, and helpers to build the meter's records."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.run = uuid.uuid4().hex[:8]
+        self.vendor = f"VEN@{self.run}"
+        n = int(self.run, 16)
+        self.period = Period(2100 + n % 500, 1 + n % 11)  # never the last month of a year
+        self.store = LedgerStore(usage_topic=USAGE, rated_topic=RATED, dlq_topic=DLQ)
+        self.offset = 0
+
+    def when(self, day: int = 3) -> datetime:
+        return self.period.start + timedelta(days=day - 1, hours=1)
+
+    def event(self, event_id: str, **fields: Any) -> UsageEvent:
+        raw: dict[str, Any] = {
+            "event_id": event_id,
+            "vendor_id": self.vendor,
+            "kind": "RENDER",
+            "licence_id": f"LIC@{self.run}",
+            "avatar_id": "AVA-1",
+            "render_id": f"r-{event_id}",
+            "category": "product_demo",
+            "territory": "US",
+            "occurred_at": self.when(),
+        }
+        raw.update(fields)
+        event = parse_event({k: v for k, v in raw.items() if v is not None})
+        assert isinstance(event, UsageEvent)
+        return event
+
+    def rated(
+        self,
+        event: UsageEvent,
+        outcome: int = Outcome.OUTCOME_ACCEPTED,
+        *,
+        partition: int = 0,
+        offset: int | None = None,
+        amount: str = "1.00",
+    ) -> Message:
+        if offset is None:
+            self.offset += 1
+            offset = self.offset
+        message = from_domain(event)
+        signed = sign_event(message, "k1", KEY)
+        rated = usage_pb2.RatedUsage(
+            outcome=outcome,
+            authenticated_vendor_id=event.vendor_id,
+            units_priced=event.quantity if outcome == Outcome.OUTCOME_ACCEPTED else 0,
+            estimated_amount=amount if outcome == Outcome.OUTCOME_ACCEPTED else "0",
+            held_amount="0",
+            currency_code="USD",
+            licence_version=1,
+            source_partition=partition,
+            source_offset=offset,
+            retracted_event_id=event.original_event_id or "",
+        )
+        rated.event.CopyFrom(message)
+        rated.signed.CopyFrom(signed)
+        set_timestamp(rated.received_at, event.occurred_at + timedelta(seconds=3))
+        published = str(int(datetime.now(UTC).timestamp() * 1000)).encode()
+        return Message(
+            RATED,
+            partition,
+            offset,
+            rated.SerializeToString(),
+            [("residuals-published-at", published)],
+        )
+
+    def dead(self, reason: str, offset: int) -> Message:
+        letter = usage_pb2.DeadLetter(
+            reason=common_pb2.RejectReason.Value("REJECT_REASON_" + reason),
+            detail="bad",
+            vendor_id=self.vendor,
+            event_id=f"d-{offset}",
+            original=b"\x00junk",
+            source_topic=USAGE,
+            source_partition=0,
+            source_offset=offset,
+        )
+        set_timestamp(letter.received_at, self.when())
+        return Message(DLQ, 0, offset, letter.SerializeToString())
+
+    def apply(self, *messages: Message) -> Any:
+        with psycopg.connect(self.dsn) as conn:
+            return self.store.apply(conn, list(messages))
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def totals(self) -> dict[str, int]:
+        row = self.rows(
+            "SELECT sum(events), sum(units_priced), sum(duplicates), sum(conflicts), "
+            "sum(retracted), sum(estimated_amount), sum(adjustments) FROM ledger_totals "
+            "WHERE licence_id = %s",
+            f"LIC@{self.run}",
+        )[0]
+        names = ("events", "units", "duplicates", "conflicts", "retracted", "amount", "adj")
+        return {n: (v if n == "amount" else int(v or 0)) for n, v in zip(names, row, strict=True)}
+
+    def cleanup(self) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            for table in ("usage_events", "usage_repeats", "dead_letters"):
+                conn.execute(f"DELETE FROM {table} WHERE vendor_id = %s", (self.vendor,))
+            conn.execute("DELETE FROM ledger_totals WHERE licence_id = %s", (f"LIC@{self.run}",))
+            conn.execute(
+                "DELETE FROM closed_periods WHERE period IN (%s, %s)",
+                (str(self.period), str(self.period.next())),
+            )
+
+
+@pytest.fixture
+def ledger(stack: StackSettings) -> Iterator[Ledger]:
+    led = Ledger(stack.dsn)
+    try:
+        yield led
+    finally:
+        led.cleanup()
+
+
+def test_new_uses_are_stored_once_and_redelivery_changes_nothing(ledger: Ledger) -> None:
+    first = ledger.rated(ledger.event("e1"))
+    second = ledger.rated(ledger.event("e2", quantity=3))
+    result = ledger.apply(first, second, first)  # the meter re-published e1 after a crash
+    assert (result.events, result.redelivered) == (2, 1)
+    again = ledger.apply(first, second)
+    assert (again.events, again.repeats, again.redelivered) == (0, 0, 2)
+    rows = ledger.rows(
+        "SELECT event_id, quantity, outcome, period, payload, signature, published_at "
+        "FROM usage_events WHERE vendor_id = %s ORDER BY arrival_seq",
+        ledger.vendor,
+    )
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("e1", 1, "ACCEPTED", str(ledger.period)),
+        ("e2", 3, "ACCEPTED", str(ledger.period)),
+    ]
+    assert all(r[4] and len(r[5]) == 64 and r[6] is not None for r in rows)
+    assert ledger.totals()["events"] == 2 and ledger.totals()["units"] == 4
+
+
+def test_a_resend_through_another_partition_is_judged_by_the_ledger(ledger: Ledger) -> None:
+    original = ledger.event("e1")
+    ledger.apply(ledger.rated(original, partition=0))
+    same = ledger.rated(original, partition=3)
+    different = ledger.rated(ledger.event("e1", territory="FR"), partition=4)
+    result = ledger.apply(same, different)
+    assert (result.events, result.repeats) == (0, 2)
+    rows = ledger.rows(
+        "SELECT outcome, decided_by, source_partition FROM usage_repeats WHERE vendor_id = %s "
+        "ORDER BY arrival_seq",
+        ledger.vendor,
+    )
+    assert rows == [("DUPLICATE", "ledger", 3), ("CONFLICT", "ledger", 4)]
+    totals = ledger.totals()
+    assert (totals["events"], totals["duplicates"], totals["conflicts"]) == (1, 1, 1)
+    assert ledger.apply(same, different).redelivered == 2
+
+
+def test_retractions_are_resolved_against_stored_events(ledger: Ledger) -> None:
+    ledger.apply(ledger.rated(ledger.event("e1"), amount="2.50"))
+
+    def retraction(event_id: str, original: str) -> UsageEvent:
+        return ledger.event(
+            event_id,
+            kind="RETRACTION",
+            licence_id=None,
+            avatar_id=None,
+            render_id=None,
+            category=None,
+            territory=None,
+            original_event_id=original,
+        )
+
+    retracts = ledger.rated(retraction("x1", "e1"), Outcome.OUTCOME_RETRACTED)
+    second = ledger.rated(retraction("x2", "e1"), Outcome.OUTCOME_RETRACTED)
+    unknown = ledger.rated(retraction("x3", "never-sent"), Outcome.OUTCOME_RETRACTED)
+    result = ledger.apply(retracts, second, unknown)
+    assert (result.events, result.repeats, result.dead) == (1, 1, 1)
+    assert ledger.rows(
+        "SELECT licence_id, period, outcome FROM usage_events WHERE vendor_id = %s "
+        "AND kind = 'RETRACTION'",
+        ledger.vendor,
+    ) == [(f"LIC@{ledger.run}", str(ledger.period), "RETRACTED")]
+    assert ledger.rows(
+        "SELECT reason, decided_by FROM dead_letters WHERE vendor_id = %s", ledger.vendor
+    ) == [("UNKNOWN_ORIGINAL", "ledger")]
+    totals = ledger.totals()
+    assert (totals["events"], totals["retracted"], totals["duplicates"]) == (0, 1, 0)
+    assert totals["amount"] == 0
+    # Re-delivered after the original became known elsewhere: decided once, never again.
+    assert ledger.apply(retracts, second, unknown).redelivered == 3
+
+
+def test_a_use_of_a_closed_period_is_an_adjustment_of_the_next_open_one(ledger: Ledger) -> None:
+    ledger.apply(ledger.rated(ledger.event("early")))
+    with psycopg.connect(ledger.dsn) as conn:
+        conn.execute("INSERT INTO closed_periods (period) VALUES (%s)", (str(ledger.period),))
+    ledger.apply(ledger.rated(ledger.event("late")))
+    rows = ledger.rows(
+        "SELECT event_id, period, adjustment_period FROM usage_events WHERE vendor_id = %s "
+        "ORDER BY arrival_seq",
+        ledger.vendor,
+    )
+    nxt = str(ledger.period.next())
+    assert rows == [("early", str(ledger.period), None), ("late", str(ledger.period), nxt)]
+    with psycopg.connect(ledger.dsn) as conn:
+        period_events = load_period_events(conn, ledger.period)
+        adjustments = load_adjustments(conn, ledger.period.next())
+    assert "early" in {e.event_id for e in period_events if isinstance(e, UsageEvent)}
+    assert "late" not in {e.event_id for e in period_events if isinstance(e, UsageEvent)}
+    assert [e.event_id for e in adjustments if e.vendor_id == ledger.vendor] == ["late"]
+    assert ledger.rows(
+        "SELECT period, adjustments FROM ledger_totals WHERE licence_id = %s ORDER BY period",
+        f"LIC@{ledger.run}",
+    ) == [(str(ledger.period), 0), (nxt, 1)]
+
+
+def test_dead_letters_are_stored_once_and_replayed_as_rejections(ledger: Ledger) -> None:
+    used = ledger.rated(ledger.event("e1"))
+    dead = ledger.dead("INVALID_QUANTITY", 900)
+    result = ledger.apply(dead, used, dead)
+    assert (result.dead, result.events, result.redelivered) == (1, 1, 1)
+    with psycopg.connect(ledger.dsn) as conn:
+        items = [
+            e
+            for e in load_period_events(conn, ledger.period)
+            if getattr(e, "vendor_id", None) == ledger.vendor
+        ]
+    # The junk original cannot be read: the dead letter counts in the period it arrived.
+    assert [type(e).__name__ for e in items] == ["Rejection", "UsageEvent"]
+    assert any(isinstance(e, Rejection) and e.reason.value == "INVALID_QUANTITY" for e in items)
+
+
+# --- fencing -----------------------------------------------------------------------------------
+
+
+class FakeConsumer:
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = partitions
+
+    def commit(self, **_: Any) -> None:
+        pass
+
+    def seek(self, _tp: Any) -> None:
+        pass
+
+
+def test_a_zombie_writer_is_fenced_and_commits_nothing(
+    ledger: Ledger, stack: StackSettings
+) -> None:
+    group = f"fence-{ledger.run}"
+    db = Database(PostgresSettings(dsn=stack.dsn, pool_min=0, pool_max=2), application_name="t")
+    db.open()
+    try:
+        sinks = [
+            KafkaPostgresSink(
+                name=f"w{i}",
+                consumer=FakeConsumer(),
+                db=db,
+                group_id=group,
+                topics=[RATED],
+                apply=lambda conn, records: ledger.store.apply(conn, records),
+            )
+            for i in range(2)
+        ]
+        zombie, owner = sinks
+        zombie._on_assign(zombie.consumer, [TopicPartition(RATED, 0)])
+        assert zombie.process([ledger.rated(ledger.event("e1"), offset=0)]) == 1
+        owner._on_assign(owner.consumer, [TopicPartition(RATED, 0)])
+        assert owner.consumer.assigned[0].offset == 1  # seeks to the stored position
+        with pytest.raises(Fenced):
+            zombie.process([ledger.rated(ledger.event("e2"), offset=1)])
+        assert owner.process([ledger.rated(ledger.event("e3"), offset=1)]) == 1
+        assert [
+            r[0]
+            for r in ledger.rows(
+                "SELECT event_id FROM usage_events WHERE vendor_id = %s ORDER BY arrival_seq",
+                ledger.vendor,
+            )
+        ] == ["e1", "e3"]
+        assert ledger.rows(
+            "SELECT next_offset, epoch, owner = %s FROM consumer_offsets WHERE group_id = %s",
+            owner.owner,
+            group,
+        ) == [(2, 2, True)]
+    finally:
+        with psycopg.connect(stack.dsn) as conn:
+            conn.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (group,))
+        db.close()

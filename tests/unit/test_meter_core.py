@@ -1,0 +1,343 @@
+"""The meter's per-record decisions (residuals.meter.core), without Kafka.
+
+Covers the streaming-only checks, the order of the validation checks, identity (duplicates,
+conflicts, retractions) and the exactly-once bookkeeping: what a record writes, and what
+happens when it is delivered again after a crash at every point of its state writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from residuals.codecs.signing import VerifyingKey, sign_event, signing_key_record
+from residuals.codecs.usage import from_domain
+from residuals.domain.vocabulary import Violation
+from residuals.meter import messages
+from residuals.meter.core import Meter, Record
+from residuals.meter.state import PeriodCounters, counters_key, identity_key, suspension_key
+from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
+from tests.unit.builders import ev, licence, parsed
+
+pytestmark = pytest.mark.unit
+
+Outcome = usage_pb2.RatedUsage.Outcome
+KEY = Ed25519PrivateKey.generate()
+OTHER = Ed25519PrivateKey.generate()
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.keys = {
+            "k1": VerifyingKey.from_proto(signing_key_record("k1", "VEN-1", KEY)),
+            "k2": VerifyingKey.from_proto(signing_key_record("k2", "VEN-2", OTHER)),
+        }
+
+    def verifying_key(self, key_id: str) -> VerifyingKey | None:
+        return self.keys.get(key_id)
+
+
+class State:
+    """The partition's state; ``writes`` in order, like the changelog."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.writes: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+        self.writes.append(key)
+
+
+def meter(**licence_overrides: Any) -> Meter:
+    lic = licence(**licence_overrides)
+    return Meter({lic.licence_id: lic}, Keys())
+
+
+def record(
+    raw: dict[str, Any],
+    offset: int = 0,
+    *,
+    key_id: str = "k1",
+    private: Ed25519PrivateKey = KEY,
+    received: datetime | None = None,
+    routing: str | None = None,
+    tamper: bool = False,
+    partition: int = 0,
+) -> Record:
+    signed = sign_event(from_domain(parsed(raw)), key_id, private)
+    if tamper:
+        signed.payload = signed.payload + b"\x00"
+    occurred = parsed(raw).occurred_at
+    when = received or occurred + timedelta(seconds=5)
+    return Record(
+        topic="usage",
+        partition=partition,
+        offset=offset,
+        key=(routing or raw.get("licence_id") or "VEN-1").encode(),
+        value=signed.SerializeToString(),
+        timestamp=when,
+        headers={"residuals-received-at": when.isoformat().encode()},
+    )
+
+
+def dead_reason(decision: Any) -> str:
+    assert decision.dead is not None, decision
+    return str(common_pb2.RejectReason.Name(decision.dead.reason)).removeprefix("REJECT_REASON_")
+
+
+# --- accepted uses and what they write ---------------------------------------------------------
+
+
+def test_an_in_scope_render_is_priced_and_writes_identity_then_counters() -> None:
+    m, state = meter(), State()
+    raw = ev("RENDER")
+    decision = m.process(record(raw), state)
+    assert decision.outcome == "accepted"
+    rated = decision.rated
+    assert rated is not None
+    assert rated.outcome == Outcome.OUTCOME_ACCEPTED
+    assert (rated.units_priced, rated.units_held, rated.tier) == (1, 0, 1)
+    assert rated.estimated_amount == "1.00" and rated.currency_code == "USD"
+    assert rated.authenticated_vendor_id == "VEN-1"
+    assert rated.signed.key_id == "k1" and rated.event.event_id == raw["event_id"]
+    period = str(parsed(raw).occurred_at.strftime("%Y-%m"))
+    assert state.writes == [
+        identity_key("VEN-1", raw["event_id"]),
+        counters_key("LIC-1", period),
+    ]
+    assert PeriodCounters.decode(state.data[state.writes[-1]]).billed_renders == 1
+
+
+def test_tiers_continue_across_records_of_a_period() -> None:
+    m, state = meter(), State()
+    amounts = [
+        m.process(record(ev("RENDER", occurred_at="2026-10-05T10:00:00Z"), i), state)
+        for i in range(12)
+    ]
+    assert [d.rated.tier for d in amounts if d.rated] == [1] * 10 + [2, 2]
+    assert amounts[-1].rated is not None and amounts[-1].rated.estimated_amount == "0.50"
+
+
+def test_excluded_view_has_no_money() -> None:
+    decision = meter().process(record(ev("VIEW", ivt=True, quantity=10)), State())
+    assert decision.rated is not None
+    assert decision.rated.outcome == Outcome.OUTCOME_EXCLUDED
+    assert decision.rated.exclusion == usage_pb2.RatedUsage.EXCLUSION_IVT
+
+
+# --- identity ------------------------------------------------------------------------------
+
+
+def test_exact_resend_is_a_duplicate_and_writes_nothing() -> None:
+    m, state = meter(), State()
+    raw = ev("RENDER")
+    m.process(record(raw, 0), state)
+    writes = list(state.writes)
+    decision = m.process(record(raw, 7), state)
+    assert decision.outcome == "duplicate" and state.writes == writes
+    assert decision.rated is not None and decision.rated.outcome == Outcome.OUTCOME_DUPLICATE
+    assert decision.alerts == []
+
+
+def test_conflicting_resend_raises_one_deterministic_alert() -> None:
+    m, state = meter(), State()
+    raw = ev("RENDER")
+    m.process(record(raw, 0), state)
+    changed = dict(raw, territory="FR")
+    first = m.process(record(changed, 1), state)
+    again = m.process(record(changed, 2), state)
+    assert first.rated is not None and first.rated.outcome == Outcome.OUTCOME_CONFLICT
+    (alert,) = first.alerts
+    assert alert.kind == common_pb2.VIOLATION_KIND_DUPLICATE_CONFLICT
+    assert (
+        alert.alert_id
+        == again.alerts[0].alert_id
+        == messages.event_alert_id("VEN-1", raw["event_id"], Violation.DUPLICATE_CONFLICT)
+    )
+
+
+def test_retraction_of_a_known_event_and_a_second_retraction() -> None:
+    m, state = meter(), State()
+    original = ev("RENDER")
+    m.process(record(original, 0), state)
+    retraction = ev(
+        "RETRACTION",
+        licence_id=None,
+        avatar_id=None,
+        render_id=None,
+        category=None,
+        territory=None,
+        original_event_id=original["event_id"],
+    )
+    first = m.process(record(retraction, 1, routing="LIC-1"), state)
+    assert first.rated is not None and first.rated.outcome == Outcome.OUTCOME_RETRACTED
+    assert first.rated.retracted_event_id == original["event_id"]
+    assert first.rated.currency_code == "USD"
+    second = m.process(record(dict(retraction, event_id="x-2"), 2, routing="LIC-1"), state)
+    assert second.rated is not None and second.rated.outcome == Outcome.OUTCOME_DUPLICATE
+    unknown = m.process(
+        record(dict(retraction, event_id="x-3", original_event_id="nope"), 3), state
+    )
+    # Unknown here: forwarded, the ledger resolves it against every stored event.
+    assert unknown.rated is not None and unknown.rated.outcome == Outcome.OUTCOME_RETRACTED
+    of_retraction = m.process(
+        record(dict(retraction, event_id="x-4", original_event_id="x-2x"), 4), state
+    )
+    assert of_retraction.rated is not None
+    retracting_a_retraction = m.process(
+        record(dict(retraction, event_id="x-5", original_event_id=retraction["event_id"]), 5),
+        state,
+    )
+    assert dead_reason(retracting_a_retraction) == "UNKNOWN_ORIGINAL"
+
+
+# --- exactly once under re-delivery ----------------------------------------------------------
+
+
+def _without_times(rated: usage_pb2.RatedUsage | None) -> usage_pb2.RatedUsage:
+    assert rated is not None
+    copy = usage_pb2.RatedUsage()
+    copy.CopyFrom(rated)
+    copy.ClearField("rated_at")
+    return copy
+
+
+def test_redelivery_of_a_fully_applied_record_is_skipped() -> None:
+    m, state = meter(), State()
+    rec = record(ev("RENDER"), 5)
+    m.process(rec, state)
+    writes = list(state.writes)
+    decision = m.process(rec, state)
+    assert decision.skipped and decision.rated is None and state.writes == writes
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_redelivery_after_a_crash_mid_write_rates_exactly_as_the_first_time(kept: int) -> None:
+    """A crash after ``kept`` of the record's state writes reached the changelog."""
+    m, state = meter(), State()
+    m.process(record(ev("RENDER", occurred_at="2026-10-02T00:00:00Z"), 0), state)
+    rec = record(ev("RENDER", occurred_at="2026-10-02T01:00:00Z"), 1)
+    before = dict(state.data)
+    first = m.process(rec, state)
+    record_writes = state.writes[-2:]
+    survived = {k: state.data[k] for k in record_writes[:kept]}
+    state.data = {**before, **survived}
+    again = m.process(rec, state)
+    assert not again.skipped
+    assert _without_times(again.rated) == _without_times(first.rated)
+    assert PeriodCounters.decode(state.data[record_writes[-1]]).billed_renders == 2
+
+
+def test_suspension_set_by_a_record_is_not_seen_by_its_own_redelivery() -> None:
+    m, state = meter(), State()
+    rec = record(ev("RENDER", category="political"), 3)
+    first = m.process(rec, state)
+    assert first.rated is not None and first.rated.outcome == Outcome.OUTCOME_HELD
+    assert first.rated.violation == common_pb2.VIOLATION_KIND_FORBIDDEN_CATEGORY
+    assert first.alerts[0].suspended_licence
+    # Crash after the suspension write, before the counters write.
+    ckey = state.writes[-1]
+    assert state.writes[-2] == suspension_key("LIC-1")
+    del state.data[ckey]
+    again = m.process(rec, state)
+    assert again.rated is not None
+    assert again.rated.violation == common_pb2.VIOLATION_KIND_FORBIDDEN_CATEGORY
+    later = m.process(record(ev("RENDER"), 4), state)
+    assert later.rated is not None
+    assert later.rated.violation == common_pb2.VIOLATION_KIND_LICENCE_SUSPENDED
+
+
+# --- streaming-only and validation checks ------------------------------------------------------
+
+
+def test_bad_signatures() -> None:
+    m = meter()
+    assert dead_reason(m.process(record(ev("RENDER"), tamper=True), State())) == "BAD_SIGNATURE"
+    unknown = record(ev("RENDER"), key_id="k9")
+    assert dead_reason(m.process(unknown, State())) == "BAD_SIGNATURE"
+    wrong_key = record(ev("RENDER"), key_id="k1", private=OTHER)
+    assert dead_reason(m.process(wrong_key, State())) == "BAD_SIGNATURE"
+    claimed = record(ev("RENDER"))
+    spoofed = replace(claimed, headers={"residuals-vendor": b"VEN-2"})
+    decision = m.process(spoofed, State())
+    assert dead_reason(decision) == "BAD_SIGNATURE" and decision.dead is not None
+    assert decision.dead.original == claimed.value and decision.dead.source_topic == "usage"
+
+
+def test_revoked_key_rejects_from_its_revocation_on() -> None:
+    m = meter()
+    revoked = signing_key_record("k1", "VEN-1", KEY)
+    revoked.revoked_at.FromDatetime(datetime(2026, 10, 10, tzinfo=UTC))
+    m.keys.keys["k1"] = VerifyingKey.from_proto(revoked)  # type: ignore[attr-defined]
+    before = record(ev("RENDER", occurred_at="2026-10-09T00:00:00Z"))
+    after = record(ev("RENDER", occurred_at="2026-10-11T00:00:00Z"))
+    assert m.process(before, State()).outcome == "accepted"
+    assert dead_reason(m.process(after, State())) == "BAD_SIGNATURE"
+
+
+def test_window_size_and_payload_checks() -> None:
+    m = meter()
+    raw = ev("RENDER", occurred_at="2026-10-01T00:00:00Z")
+    late = record(raw, received=datetime(2026, 11, 6, tzinfo=UTC))
+    future = record(raw, received=datetime(2026, 9, 30, 23, 50, tzinfo=UTC))
+    assert dead_reason(m.process(late, State())) == "TOO_LATE"
+    assert dead_reason(m.process(future, State())) == "IN_FUTURE"
+    ok = record(raw, received=datetime(2026, 11, 4, tzinfo=UTC))
+    assert m.process(ok, State()).outcome == "accepted"
+    huge = replace(ok, value=b"x" * (64 * 1024 + 1))
+    assert dead_reason(m.process(huge, State())) == "OVERSIZED"
+    junk = replace(ok, value=b"\xff\xff\xff")
+    assert dead_reason(m.process(junk, State())) == "MALFORMED"
+
+
+def test_validation_reasons_in_rule_order() -> None:
+    m = meter()
+    bad_quantity = usage_pb2.UsageEvent()
+    bad_quantity.CopyFrom(from_domain(parsed(ev("VIEW"))))
+    bad_quantity.quantity = 0
+    signed = sign_event(bad_quantity, "k1", KEY)
+    rec = record(ev("VIEW"))
+    rec = replace(rec, value=signed.SerializeToString())
+    assert dead_reason(m.process(rec, State())) == "INVALID_QUANTITY"
+    unknown = record(ev("RENDER", licence_id="LIC-404"))
+    assert dead_reason(m.process(unknown, State())) == "UNKNOWN_LICENCE"
+    # VEN-2 signs an event naming VEN-1 (the licensee): the tenant is the key's vendor.
+    impostor = record(ev("RENDER"), key_id="k2", private=OTHER)
+    assert dead_reason(m.process(impostor, State())) == "VENDOR_MISMATCH"
+    avatar = record(ev("RENDER", avatar_id="AVA-9"))
+    assert dead_reason(m.process(avatar, State())) == "AVATAR_MISMATCH"
+    currency = record(ev("AD_IMPRESSION", ad_revenue="1.00 EUR"))
+    assert dead_reason(m.process(currency, State())) == "CURRENCY_MISMATCH"
+    misrouted = record(ev("RENDER"), routing="LIC-OTHER")
+    assert dead_reason(m.process(misrouted, State())) == "MALFORMED"
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+
+def test_quota_near_alert_is_one_per_licence_metric_and_period() -> None:
+    m = meter(quotas=[{"metric": "RENDER", "limit": 5, "on_exceed": "block"}])
+    state = State()
+    alerts: list[alerts_pb2.Alert] = []
+    outcomes = []
+    for i in range(7):
+        d = m.process(record(ev("RENDER", occurred_at=f"2026-10-03T0{i}:00:00Z"), i), state)
+        alerts.extend(d.alerts)
+        outcomes.append(d.outcome)
+    kinds = [common_pb2.ViolationKind.Name(a.kind) for a in alerts]
+    assert kinds == [
+        "VIOLATION_KIND_QUOTA_NEAR",
+        "VIOLATION_KIND_QUOTA_EXCEEDED",
+        "VIOLATION_KIND_QUOTA_EXCEEDED",
+    ]
+    assert alerts[0].alert_id == messages.quota_near_alert_id("LIC-1", "RENDER", "2026-10")
+    assert outcomes == ["accepted"] * 5 + ["held", "held"]
+    assert alerts[1].held_units == 1 and alerts[1].severity == common_pb2.SEVERITY_MEDIUM
