@@ -27,6 +27,8 @@ COMMAND_MODULES: dict[str, str] = {
     "deploy": "residuals.deploy.command",
     "migrate": "residuals.deploy.migrate",
     "probe": "residuals.deploy.probe",
+    "meter": "residuals.meter.command",
+    "ledger": "residuals.ledger.command",
 }
 
 
