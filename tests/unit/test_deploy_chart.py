@@ -139,3 +139,29 @@ def test_split_by_template_groups_documents_per_source() -> None:
     assert list(files) == ["a.yaml", "c.yaml"]
     assert files["a.yaml"].count("\n---\n") == 2
     assert "name: one" in files["a.yaml"] and "name: two" in files["a.yaml"]
+
+
+def test_the_chart_ships_the_repositorys_dashboards_and_rules(helm: Path) -> None:
+    import json
+
+    import yaml
+
+    docs = render(helm, (CI_VALUES,))
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    assert rule["spec"] == rules
+    dashboards = {
+        key: json.loads(value)
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+        for key, value in d["data"].items()
+    }
+    on_disk = {
+        p.name: json.loads(p.read_text())
+        for p in (ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")
+    }
+    assert dashboards == on_disk and dashboards
+    (datasource,) = [d for d in docs if d["metadata"]["labels"].get("grafana_datasource") == "1"]
+    assert "uid: residuals-prometheus" in next(iter(datasource["data"].values()))
+    defaults = render(helm)
+    assert not [d for d in defaults if d["kind"] == "PrometheusRule"]
