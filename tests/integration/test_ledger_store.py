@@ -67,6 +67,9 @@ class Message:
     def key(self) -> bytes | None:
         return None
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)
+
     def error(self) -> None:
         return None
 

@@ -51,7 +51,7 @@ class LedgerWriter:
     def _after_commit(self, records: Sequence[Any]) -> None:
         now = datetime.now(UTC)
         for record in records:
-            published = published_at(record.headers())
+            published = published_at(record.headers(), record.timestamp())
             if published is not None:
                 self.metrics.observe_latency("ledger", published, now)
 

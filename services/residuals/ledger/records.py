@@ -109,18 +109,24 @@ def _violation_name(value: int) -> str | None:
     )
 
 
-def published_at(headers: Any) -> datetime | None:
-    """The usage record's publish time the meter forwarded in a header, if any."""
+def published_at(headers: Any, timestamp: Any = None) -> datetime | None:
+    """When the usage behind a record was published: the meter gives rated records and
+    dead letters the usage record's timestamp (confluent-kafka's ``(type, ms)``), and puts
+    it in a header elsewhere."""
     for key, value in headers or ():
         if key == PUBLISHED_AT_HEADER and value:
             try:
                 return datetime.fromtimestamp(int(value) / 1000, UTC)
             except ValueError:
                 return None
+    if timestamp is not None and timestamp[0] != 0 and timestamp[1] > 0:
+        return datetime.fromtimestamp(timestamp[1] / 1000, UTC)
     return None
 
 
-def decode_rated(value: bytes, usage_topic: str, headers: Any = None) -> Rated:
+def decode_rated(
+    value: bytes, usage_topic: str, headers: Any = None, timestamp: Any = None
+) -> Rated:
     try:
         message = usage_pb2.RatedUsage.FromString(value)
     except DecodeError as exc:
@@ -153,7 +159,7 @@ def decode_rated(value: bytes, usage_topic: str, headers: Any = None) -> Rated:
         authenticated_vendor_id=message.authenticated_vendor_id,
         received_at=received,
         rated_at=optional_datetime(message, "rated_at"),
-        published_at=published_at(headers),
+        published_at=published_at(headers, timestamp),
         source_topic=usage_topic,
         source_partition=message.source_partition,
         source_offset=message.source_offset,
@@ -171,7 +177,14 @@ def _event_period(original: bytes, received_at: datetime) -> str:
     return str(Period.containing(occurred or received_at))
 
 
-def decode_dead(value: bytes, topic: str, partition: int, offset: int, headers: Any = None) -> Dead:
+def decode_dead(
+    value: bytes,
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: Any = None,
+    timestamp: Any = None,
+) -> Dead:
     try:
         message = usage_pb2.DeadLetter.FromString(value)
     except DecodeError as exc:
@@ -195,7 +208,7 @@ def decode_dead(value: bytes, topic: str, partition: int, offset: int, headers: 
         period=_event_period(original, received),
         original=original,
         received_at=received,
-        published_at=published_at(headers),
+        published_at=published_at(headers, timestamp),
         source_topic=position[0],
         source_partition=position[1],
         source_offset=position[2],

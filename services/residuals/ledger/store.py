@@ -284,10 +284,14 @@ class LedgerStore:
                             message.partition(),
                             message.offset(),
                             message.headers(),
+                            message.timestamp(),
                         )
                     )
                 else:
-                    items.append(decode_rated(message.value(), self.usage_topic, message.headers()))
+                    rated = decode_rated(
+                        message.value(), self.usage_topic, message.headers(), message.timestamp()
+                    )
+                    items.append(rated)
             except UndecodableRecord:
                 result.undecodable += 1
                 log.error(

@@ -38,6 +38,7 @@ from residuals.meter.core import Decision, Meter, Record
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.meter.settings import MeterSettings
+from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.kafka import make_producer, topic_name
 from residuals.platform.pipeline_metrics import pipeline_metrics
@@ -50,8 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Header on every published record: the usage record's timestamp in epoch milliseconds,
-#: so downstream services measure publish -> rated/ledger/alert latency.
+#: Header on alerts: the usage record's timestamp in epoch milliseconds, so the alerts
+#: service measures publish -> alert latency. Rated records and dead letters carry it as
+#: their own Kafka timestamp instead.
 PUBLISHED_AT_HEADER = "residuals-published-at"
 EXIT_BATCH_FAILED = 70
 
@@ -82,11 +84,16 @@ class DeliveryFailed(RuntimeError):
 
 
 class Publisher:
-    """confluent-kafka producer with a per-batch acknowledgement barrier."""
+    """confluent-kafka producer with a per-batch acknowledgement barrier.
 
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
+    Delivery failures are collected by one producer-wide callback (a per-record callback
+    costs a Python object per record) and raised at the next :meth:`barrier`.
+    """
+
+    def __init__(self, kafka: KafkaSettings, client_id: str) -> None:
         self.errors: list[str] = []
+        tuning: dict[str, Any] = {"linger.ms": 5, "on_delivery": self._delivered}
+        self.producer = make_producer(kafka, client_id=client_id, **tuning)
 
     def _delivered(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -98,17 +105,17 @@ class Publisher:
         key: bytes | None,
         value: bytes,
         *,
-        partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        partition: int = -1,
+        timestamp: int = 0,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._delivered}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
+        produce = self.producer.produce
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, **kwargs)
+                if headers:
+                    produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
+                else:
+                    produce(topic, value, key, partition, timestamp=timestamp)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let deliveries drain
@@ -187,25 +194,21 @@ class BatchRunner:
             decisions.append(decision)
             if decision.skipped:
                 continue
-            headers = [
-                (PUBLISHED_AT_HEADER, str(int(record.timestamp.timestamp() * 1000)).encode())
-            ]
+            # Rated records and dead letters carry the usage record's own timestamp, so
+            # downstream latency is measured from publication (cheaper than a header).
+            published = int(record.timestamp.timestamp() * 1000)
             if decision.rated is not None:
-                send(
-                    self.rated_topic,
-                    record.key,
-                    decision.rated.SerializeToString(),
-                    headers=headers,
-                )
+                rated = decision.rated.SerializeToString()
+                send(self.rated_topic, record.key, rated, timestamp=published)
             if decision.dead is not None:
-                send(self.dlq_topic, record.key, decision.dead.SerializeToString(), headers=headers)
+                dead = decision.dead.SerializeToString()
+                send(self.dlq_topic, record.key, dead, timestamp=published)
             for alert in decision.alerts:
-                send(
-                    self.alerts_topic,
-                    alert.licence_id.encode(),
-                    alert.SerializeToString(),
-                    headers=headers,
-                )
+                headers: list[tuple[str, str | bytes | None]] = [
+                    (PUBLISHED_AT_HEADER, str(published).encode())
+                ]
+                key = alert.licence_id.encode()
+                send(self.alerts_topic, key, alert.SerializeToString(), headers=headers)
         await self.publisher.barrier()
         acknowledged = datetime.now(UTC)
         for partition, key, value in state.writes:
@@ -297,10 +300,7 @@ class MeterService:
             KeyRegistry(self.keys),
             max_event_bytes=settings.max_event_bytes,
         )
-        tuning: dict[str, Any] = {"linger.ms": 5}
-        self.publisher = Publisher(
-            make_producer(kafka, client_id=f"{kafka.topic_prefix}meter", **tuning)
-        )
+        self.publisher = Publisher(kafka, f"{kafka.topic_prefix}meter")
         self.runner: BatchRunner | None = None
         #: Called once the agent starts consuming (health: SERVING).
         self.on_ready: Callable[[], None] | None = None

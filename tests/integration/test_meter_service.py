@@ -1,0 +1,116 @@
+"""The meter as a real service over Kafka: signed records in; rated usage, alerts and dead
+letters out; licences followed from the compacted topic while it runs; health and metrics."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from residuals.domain.vocabulary import Violation
+from residuals.meter.messages import event_alert_id
+from residuals.platform.kafka import make_consumer
+from residuals.platform.topics import ALERTS, USAGE_DLQ, USAGE_RATED
+from residuals.stack.settings import StackSettings
+from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
+from tests.integration.metering_support import Pipeline, Service, pipeline
+from tests.unit.builders import ev, licence_spec
+
+pytestmark = pytest.mark.integration
+
+
+def read_topic(run: Pipeline, topic: Any, count: int, timeout: float = 60.0) -> list[Any]:
+    consumer = make_consumer(run.kafka, f"{run.kafka.topic_prefix}reader-{topic.name}")
+    consumer.assign(
+        [TopicPartition(run.topic(topic), p, OFFSET_BEGINNING) for p in range(run.partitions)]
+    )
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            found.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return found
+
+
+def wait_serving(service: Service, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert service.alive(), service.log_tail()
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise AssertionError(f"meter not SERVING:\n{service.log_tail()}")
+
+
+def test_meter_rates_rejects_alerts_and_follows_new_licences(
+    stack: StackSettings, tmp_path: Path
+) -> None:
+    with pipeline(stack, tmp_path) as run:
+        vendor = run.vendor("VEN-1")
+        run.publish_keys([vendor])
+        run.publish_licences([licence_spec(licence_id="LIC-1", vendor_id=vendor)])
+
+        def raw(kind: str = "RENDER", **fields: Any) -> dict[str, Any]:
+            return ev(kind, vendor_id=vendor, occurred_at="2026-10-05T10:00:00Z", **fields)
+
+        good, forbidden = raw(), raw(category="political")
+        tampered = run.usage_record(raw())
+        tampered.value = tampered.value.replace(b"product_demo", b"product_dem0")
+        run.produce([run.usage_record(good), tampered, run.usage_record(forbidden)])
+
+        meter = run.meter().start()
+        try:
+            wait_serving(meter)
+            rated = [
+                usage_pb2.RatedUsage.FromString(m.value()) for m in read_topic(run, USAGE_RATED, 2)
+            ]
+            assert [r.outcome for r in rated] == [
+                usage_pb2.RatedUsage.OUTCOME_ACCEPTED,
+                usage_pb2.RatedUsage.OUTCOME_HELD,
+            ]
+            (dead,) = [
+                usage_pb2.DeadLetter.FromString(m.value()) for m in read_topic(run, USAGE_DLQ, 1)
+            ]
+            assert dead.reason == common_pb2.REJECT_REASON_BAD_SIGNATURE
+            assert dead.original == tampered.value
+            (alert,) = [alerts_pb2.Alert.FromString(m.value()) for m in read_topic(run, ALERTS, 1)]
+            assert alert.alert_id == event_alert_id(
+                vendor, forbidden["event_id"], Violation.FORBIDDEN_CATEGORY
+            )
+            assert alert.severity == common_pb2.SEVERITY_CRITICAL and alert.suspended_licence
+
+            # A licence created while the meter runs is used by the next event.
+            run.publish_licences(
+                [licence_spec(licence_id="LIC-NEW", vendor_id=vendor, avatar_id="AVA-NEW")]
+            )
+            time.sleep(1.0)
+            late = raw(licence_id="LIC-NEW", avatar_id="AVA-NEW")
+            run.produce([run.usage_record(late)])
+            rated = [
+                usage_pb2.RatedUsage.FromString(m.value()) for m in read_topic(run, USAGE_RATED, 3)
+            ]
+            assert rated[-1].event.licence_id == "LIC-NEW"
+            assert rated[-1].outcome == usage_pb2.RatedUsage.OUTCOME_ACCEPTED
+
+            url = f"http://127.0.0.1:{meter.metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            assert 'residuals_meter_events_total{kind="RENDER",outcome="accepted"} 2.0' in text
+            assert 'residuals_meter_dead_letters_total{reason="BAD_SIGNATURE"} 1.0' in text
+            assert 'kind="FORBIDDEN_CATEGORY",severity="CRITICAL"' in text
+        finally:
+            meter.stop()
+        assert meter.process is not None and meter.process.returncode == 0, meter.log_tail()
