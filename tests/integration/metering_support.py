@@ -165,6 +165,12 @@ class Service:
         path = self.log_dir / f"{self.name}-{self.starts}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
     def rss_kib(self) -> tuple[int, int]:
         """(current, peak) resident set size of the process, KiB."""
         status = Path(f"/proc/{self.pid}/status").read_text()

@@ -1,0 +1,266 @@
+"""End-to-end metering benchmark on the local stack: SDK-signed events -> Kafka -> meter
+(faust) -> rated topic -> ledger writer -> PostgreSQL.
+
+    export RESIDUALS_STACK_DIR=... RESIDUALS_KAFKA_PORT=... RESIDUALS_POSTGRES_PORT=...
+    residuals stack up
+    python bench/pipeline.py --events 200000 --licences 100000 [--profile]
+
+Phases, all in one run on one isolated topic prefix:
+
+1. setup: 100,000 licences and the vendors' signing keys on the compacted topics; the
+   month's events generated (bench/month.py), signed with Ed25519 and published as a
+   backlog (not timed);
+2. throughput: the meter and the ledger writer start and drain the backlog; the
+   sustained rate is records / (last ledger commit - first ledger commit), and every
+   record must be ledgered exactly once with the ledger's statement equal to the offline
+   replay of the same events ("exact totals"). Meter RSS is read at the end;
+   ``--profile`` samples the meter with py-spy meanwhile;
+3. ceiling: a bare confluent-kafka consumer reads the same usage topic (no processing);
+4. latency: with both services running, ``--latency-events`` more events are published
+   at ``--rate`` per second; publish -> ledger p50/p99 come from the ledger rows
+   (ledgered_at - the usage record's broker timestamp).
+
+Prints one JSON report; BENCHMARKS.md ("Metering") records the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from month import make_events, make_licences  # noqa: E402
+
+from residuals.domain.events import parse_event  # noqa: E402
+from residuals.domain.period import Period  # noqa: E402
+from residuals.domain.statement import compute_statement  # noqa: E402
+from residuals.ledger.replay import load_period_events  # noqa: E402
+from residuals.platform.config import load  # noqa: E402
+from residuals.platform.kafka import make_consumer  # noqa: E402
+from residuals.platform.topics import USAGE  # noqa: E402
+from residuals.stack.settings import StackSettings  # noqa: E402
+from tests.integration.metering_support import Pipeline, UsageRecord, pipeline  # noqa: E402
+
+
+def signed_records(run: Pipeline, events: list[dict[str, Any]]) -> list[UsageRecord]:
+    licence_of: dict[str, str] = {}
+    records = []
+    for raw in events:
+        if raw.get("licence_id"):
+            licence_of.setdefault(raw["event_id"], raw["licence_id"])
+            key = raw["licence_id"]
+        else:
+            key = licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"])
+        records.append(run.usage_record(raw, key=key, receive_delay=timedelta(seconds=3)))
+    return records
+
+
+def raw_consume_rate(run: Pipeline, count: int) -> float:
+    """Records/s of a bare confluent-kafka consumer over the usage topic (the ceiling)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    consumer = make_consumer(run.kafka, f"{run.kafka.topic_prefix}bench-raw")
+    topic = run.topic(USAGE)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(run.partitions)])
+    seen = 0
+    started = time.perf_counter()
+    while seen < count:
+        for message in consumer.consume(num_messages=10_000, timeout=1.0):
+            if message.error() is None:
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def ledger_window(run: Pipeline, since_seq: int = 0) -> dict[str, Any]:
+    with run.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*), min(ledgered_at), max(ledgered_at) FROM ("
+            " SELECT ledgered_at FROM usage_events WHERE source_topic = %(t)s"
+            "  AND arrival_seq > %(s)s"
+            " UNION ALL SELECT ledgered_at FROM usage_repeats WHERE source_topic = %(t)s"
+            "  AND arrival_seq > %(s)s"
+            " UNION ALL SELECT ledgered_at FROM dead_letters WHERE source_topic = %(t)s"
+            "  AND arrival_seq > %(s)s) x",
+            {"t": run.topic(USAGE), "s": since_seq},
+        ).fetchone()
+    assert row is not None
+    return {"count": int(row[0]), "first": row[1], "last": row[2]}
+
+
+def latency_percentiles(run: Pipeline, since_seq: int) -> dict[str, float]:
+    with run.connect() as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s),"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY s), max(s), count(*) FROM ("
+            " SELECT extract(epoch FROM ledgered_at - published_at) AS s FROM usage_events"
+            "  WHERE source_topic = %(t)s AND arrival_seq > %(q)s AND published_at IS NOT NULL"
+            " UNION ALL SELECT extract(epoch FROM ledgered_at - published_at) FROM usage_repeats"
+            "  WHERE source_topic = %(t)s AND arrival_seq > %(q)s AND published_at IS NOT NULL"
+            ") x",
+            {"t": run.topic(USAGE), "q": since_seq},
+        ).fetchone()
+    assert row is not None
+    return {
+        "p50_s": round(float(row[0]), 3),
+        "p99_s": round(float(row[1]), 3),
+        "max_s": round(float(row[2]), 3),
+        "events": int(row[3]),
+    }
+
+
+def max_seq() -> str:
+    return "SELECT coalesce(max(arrival_seq), 0) FROM usage_events"
+
+
+def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
+    """Self-time share per function from py-spy's collapsed stacks."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        leaf = frames[-1] if frames else "?"
+        counts[leaf] += int(n)
+        total += int(n)
+    return [(name, round(100 * n / total, 1)) for name, n in counts.most_common(top)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--licences", type=int, default=100_000)
+    parser.add_argument("--vendors", type=int, default=40)
+    parser.add_argument("--latency-events", type=int, default=20_000)
+    parser.add_argument("--rate", type=int, default=400, help="latency phase events/s")
+    parser.add_argument("--meter-batch", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true", help="py-spy the meter in phase 2")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / ".data" / "pipeline")
+    args = parser.parse_args()
+
+    stack = load(StackSettings)
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    report: dict[str, Any] = {"load_average_start": os.getloadavg()}
+    with pipeline(stack, args.work_dir) as run:
+        period = Period(2039, 1 + int(run.run_id, 16) % 12)
+        run.delete_period(str(period))
+        t0 = time.perf_counter()
+        specs = make_licences(args.licences, args.vendors)
+        for spec in specs:
+            spec["vendor_id"] = run.vendor(spec["vendor_id"])
+        run.publish_licences(specs)
+        run.publish_keys(sorted({s["vendor_id"] for s in specs}))
+        total = args.events + args.latency_events
+        events = list(make_events(specs, total, period=str(period)))
+        backlog, paced = events[: args.events], events[args.events :]
+        records = signed_records(run, events)
+        run.produce(records[: args.events])
+        report["setup_s"] = round(time.perf_counter() - t0, 1)
+
+        # --- phase 2: drain the backlog ------------------------------------------------------
+        meter = run.meter(METER_BATCH_SIZE=str(args.meter_batch)).start()
+        ledger = run.ledger().start()
+        profile = None
+        try:
+            if args.profile:
+                time.sleep(15)  # past start-up and recovery
+                out = args.work_dir / "meter.pyspy.txt"
+                profile = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "--pid",
+                        str(meter.pid),
+                        "--duration",
+                        "20",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            run.wait_ledgered(args.events, 1800, [meter, ledger])
+            window = ledger_window(run)
+            rss, peak = meter.rss_kib()
+            cpu = {"meter": meter.cpu_seconds(), "ledger": ledger.cpu_seconds()}
+            seconds = (window["last"] - window["first"]).total_seconds()
+            report["throughput"] = {
+                "records": window["count"],
+                "seconds": round(seconds, 1),
+                "events_per_s": round(window["count"] / seconds),
+            }
+            report["meter_rss_mib"] = {"current": rss // 1024, "peak": peak // 1024}
+            # CPU per event is what the load of other processes on the machine cannot
+            # change: it says what one core would sustain on a quiet machine.
+            report["cpu_us_per_event"] = {
+                name: round(seconds * 1e6 / args.events) for name, seconds in cpu.items()
+            }
+            if profile is not None:
+                profile.wait(timeout=120)
+                report["meter_profile_self_pct"] = summarize_profile(
+                    args.work_dir / "meter.pyspy.txt"
+                )
+
+            # exact totals: exactly once, and the ledger's statement equals the replay
+            stored = Counter((p, o) for _t, p, o in run.stored_positions())
+            assert all(n == 1 for n in stored.values()), "a record was stored twice"
+            assert sorted(stored) == sorted(run.produced), "records missing"
+            offline = compute_statement(period, run.licences, [parse_event(e) for e in backlog])
+            with run.connect() as conn:
+                replayed = compute_statement(period, run.licences, load_period_events(conn, period))
+                seq_row = conn.execute(max_seq()).fetchone()
+            assert replayed.to_document() == offline.to_document(), "ledger != replay"
+            report["exact_totals"] = True
+
+            # --- phase 3: the ceiling ----------------------------------------------------------
+            report["raw_consume_per_s"] = round(raw_consume_rate(run, args.events))
+            report["ratio_to_raw_consume"] = round(
+                report["throughput"]["events_per_s"] / report["raw_consume_per_s"], 3
+            )
+
+            # --- phase 4: latency at a paced rate -----------------------------------------------
+            since = int(seq_row[0]) if seq_row else 0
+            producer = run._producer()
+            started = time.perf_counter()
+            step = 200
+            for i in range(0, len(paced), step):
+                run.produce(records[args.events + i : args.events + i + step], producer=producer)
+                due = started + (i + step) / args.rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.flush(60)
+            run.wait_ledgered(total, 600, [meter, ledger])
+            report["latency_publish_to_ledger"] = {
+                "rate_per_s": args.rate,
+                **latency_percentiles(run, since),
+            }
+        finally:
+            meter.stop()
+            ledger.stop()
+    report["load_average_end"] = os.getloadavg()
+    report["events"] = args.events
+    report["licences"] = args.licences
+    report["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
