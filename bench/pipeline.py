@@ -147,6 +147,7 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=400, help="latency phase events/s")
     parser.add_argument("--meter-batch", type=int, default=2000)
+    parser.add_argument("--meters", type=int, default=1, help="meter worker processes")
     parser.add_argument("--profile", action="store_true", help="py-spy the meter in phase 2")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / ".data" / "pipeline")
     args = parser.parse_args()
@@ -171,7 +172,14 @@ def main() -> int:
         report["setup_s"] = round(time.perf_counter() - t0, 1)
 
         # --- phase 2: drain the backlog ------------------------------------------------------
-        meter = run.meter(METER_BATCH_SIZE=str(args.meter_batch)).start()
+        meters = [
+            run.meter(
+                METER_BATCH_SIZE=str(args.meter_batch),
+                METER_DATA_DIR=str(args.work_dir / f"meter-data-{i}"),
+            ).start()
+            for i in range(args.meters)
+        ]
+        meter = meters[0]
         ledger = run.ledger().start()
         profile = None
         try:
@@ -195,10 +203,13 @@ def main() -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            run.wait_ledgered(args.events, 1800, [meter, ledger])
+            run.wait_ledgered(args.events, 1800, [*meters, ledger])
             window = ledger_window(run)
             rss, peak = meter.rss_kib()
-            cpu = {"meter": meter.cpu_seconds(), "ledger": ledger.cpu_seconds()}
+            cpu = {
+                "meter": sum(m.cpu_seconds() for m in meters),
+                "ledger": ledger.cpu_seconds(),
+            }
             seconds = (window["last"] - window["first"]).total_seconds()
             report["throughput"] = {
                 "records": window["count"],
@@ -246,17 +257,19 @@ def main() -> int:
                 if delay > 0:
                     time.sleep(delay)
             producer.flush(60)
-            run.wait_ledgered(total, 600, [meter, ledger])
+            run.wait_ledgered(total, 600, [*meters, ledger])
             report["latency_publish_to_ledger"] = {
                 "rate_per_s": args.rate,
                 **latency_percentiles(run, since),
             }
         finally:
-            meter.stop()
+            for m in meters:
+                m.stop()
             ledger.stop()
     report["load_average_end"] = os.getloadavg()
     report["events"] = args.events
     report["licences"] = args.licences
+    report["meters"] = args.meters
     report["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(report, indent=2, default=str))
     return 0
