@@ -341,3 +341,70 @@ def test_quota_near_alert_is_one_per_licence_metric_and_period() -> None:
     assert alerts[0].alert_id == messages.quota_near_alert_id("LIC-1", "RENDER", "2026-10")
     assert outcomes == ["accepted"] * 5 + ["held", "held"]
     assert alerts[1].held_units == 1 and alerts[1].severity == common_pb2.SEVERITY_MEDIUM
+
+
+# --- state expiry and the batch protocol -------------------------------------------------------
+
+
+def test_expired_state_is_what_no_record_can_need() -> None:
+    from residuals.meter.state import expired
+
+    m, state = meter(), State()
+    old = ev("RENDER", occurred_at="2026-10-02T00:00:00Z")
+    new = ev("RENDER", occurred_at="2026-12-20T00:00:00Z")
+    m.process(record(old, 0, partition=2), state)
+    m.process(record(new, 1, partition=2), state)
+    cutoff = datetime(2026, 12, 1, tzinfo=UTC)
+    gone = expired(state.data.items(), cutoff)
+    assert sorted(gone) == sorted(
+        [(2, identity_key("VEN-1", old["event_id"])), (2, counters_key("LIC-1", "2026-10"))]
+    )
+
+
+class FakePublisher:
+    """Records sends and barriers in order (no Kafka)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+
+    def send(self, topic: str, key: Any, value: Any, **kw: Any) -> None:
+        self.log.append(("send", (topic, key, value, kw.get("partition", -1))))
+
+    async def barrier(self) -> None:
+        self.log.append(("barrier", None))
+
+
+def test_a_batch_publishes_outputs_then_state_each_after_an_acknowledgement() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from residuals.meter.app import BatchRunner
+    from residuals.meter.metrics import MeterMetrics
+
+    publisher, store = FakePublisher(), {}
+    runner = BatchRunner(
+        meter(),
+        publisher,  # type: ignore[arg-type]
+        store,
+        changelog_topic="changelog",
+        rated_topic="rated",
+        alerts_topic="alerts",
+        dlq_topic="dlq",
+        metrics=MeterMetrics(CollectorRegistry()),
+        purge_every=0.0,
+    )
+    records = [
+        record(ev("RENDER"), 0, partition=4),
+        record(ev("RENDER", category="political"), 1, partition=4),
+    ]
+    asyncio.run(runner.run(records))
+    steps = [(kind, item[0] if item else None) for kind, item in publisher.log]
+    first_barrier = steps.index(("barrier", None))
+    assert {t for _k, t in steps[:first_barrier]} == {"rated", "alerts"}
+    writes = steps[first_barrier + 1 :]
+    assert writes[: writes.index(("barrier", None))] == [("send", "changelog")] * 5
+    assert all(
+        item[3] == 4 for kind, item in publisher.log if kind == "send" and item[0] == "changelog"
+    )
+    assert len(store) == 4  # two identities, the suspension, the counters

@@ -31,14 +31,16 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from residuals.domain.validation import MAX_FUTURE, MAX_PAST
 from residuals.meter.core import Decision, Meter, Record
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.meter.settings import MeterSettings
+from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.kafka import make_producer, topic_name
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 #: their own Kafka timestamp instead.
 PUBLISHED_AT_HEADER = "residuals-published-at"
 EXIT_BATCH_FAILED = 70
+#: How long identities and counters are kept after their event: anything older is
+#: TOO_LATE on arrival (35 days, 5 minutes of clock skew), plus a day of margin.
+RETENTION = MAX_PAST + MAX_FUTURE + timedelta(days=1)
 
 
 class BatchState:
@@ -104,7 +109,7 @@ class Publisher:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         *,
         partition: int = -1,
         timestamp: int = 0,
@@ -170,7 +175,7 @@ class BatchRunner:
         dlq_topic: str,
         metrics: MeterMetrics,
         highwater: Any = None,
-        group_id: str = "meter",
+        purge_every: float = 600.0,
     ) -> None:
         self.meter = meter
         self.publisher = publisher
@@ -182,7 +187,10 @@ class BatchRunner:
         self.metrics = metrics
         self.pipeline = pipeline_metrics()
         self.highwater = highwater
-        self.group_id = group_id
+        self.purge_every = purge_every
+        self._next_purge = time.monotonic() + purge_every
+        #: The latest receive time rated: the clock state expiry follows (not the wall).
+        self.stream_time: datetime | None = None
 
     async def run(self, records: Sequence[Record]) -> list[Decision]:
         started = time.perf_counter()
@@ -219,7 +227,27 @@ class BatchRunner:
         for key, value in state.overlay.items():
             self.store[key] = value
         self._observe(records, decisions, acknowledged, time.perf_counter() - started)
+        if records:
+            latest = records[-1].received_at()
+            if self.stream_time is None or latest > self.stream_time:
+                self.stream_time = latest
+        if self.stream_time is not None and time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.purge_every
+            await self.purge(self.stream_time - RETENTION)
         return decisions
+
+    async def purge(self, cutoff: datetime) -> int:
+        """Delete state no record can need (:func:`~residuals.meter.state.expired`), with
+        tombstones on the changelog first, so memory stays bounded by the replay window."""
+        victims = expired(list(self.store.items()), cutoff)
+        for partition, key in victims:
+            self.publisher.send(self.changelog_topic, key, None, partition=partition)
+        if victims:
+            await self.publisher.barrier()
+        for _partition, key in victims:
+            self.store.pop(key, None)
+        log.info("state purged", extra={"keys": len(victims), "cutoff": cutoff.isoformat()})
+        return len(victims)
 
     def _observe(
         self,
@@ -340,7 +368,7 @@ class MeterService:
             dlq_topic=topic_name(kafka, USAGE_DLQ),
             metrics=self.metrics,
             highwater=self._highwater,
-            group_id=self.app.conf.id,
+            purge_every=self.settings.purge_every,
         )
 
     def _register_agent(self) -> None:

@@ -252,7 +252,8 @@ class Meter:
             state.put(ikey, IdentityEntry(c.record.partition, c.record.offset, event).encode())
         if counters.auto_suspended_since != before:
             state.put(skey, Suspension(c.record.offset, counters.auto_suspended_since).encode())
-        state.put(ckey, PeriodCounters.from_domain(counters, c.record.offset).encode())
+        updated = PeriodCounters.from_domain(counters, c.record.offset, c.record.partition)
+        state.put(ckey, updated.encode())
 
         rated = messages.rated_from_rating(rating)
         self._fill(rated, c, licence.currency)

@@ -38,6 +38,12 @@ class MeterSettings:
     licence_cache: int = env(
         "METER_LICENCE_CACHE", 20_000, help="decoded licences kept in memory", minimum=1
     )
+    purge_every: float = env(
+        "METER_PURGE_SECONDS",
+        600.0,
+        help="seconds between removals of identities and counters older than the replay window",
+        minimum=1,
+    )
     ready_timeout: float = env(
         "METER_READY_TIMEOUT",
         120.0,

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from residuals.codecs.usage import from_domain, payload_bytes, to_raw
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.metering import LicenceCounters
+from residuals.domain.period import Period
 from residuals.v1 import usage_pb2
 
 SEP = "\x1f"
-_HEADER = struct.Struct(">iqH")  # partition, offset, len(retracted_by)
+_HEADER = struct.Struct(">iqqH")  # partition, offset, occurred_at (epoch s), len(retracted_by)
 
 
 def identity_key(vendor_id: str, event_id: str) -> bytes:
@@ -65,11 +67,13 @@ class IdentityEntry:
     def encode(self) -> bytes:
         retracted = (self.retracted_by or "").encode()
         canonical = payload_bytes(from_domain(self.event))
-        return _HEADER.pack(self.partition, self.offset, len(retracted)) + retracted + canonical
+        occurred = int(self.event.occurred_at.timestamp())
+        header = _HEADER.pack(self.partition, self.offset, occurred, len(retracted))
+        return header + retracted + canonical
 
     @classmethod
     def decode(cls, raw: bytes) -> IdentityEntry:
-        partition, offset, n = _HEADER.unpack_from(raw)
+        partition, offset, _occurred, n = _HEADER.unpack_from(raw)
         start = _HEADER.size
         retracted = raw[start : start + n].decode() or None
         message = usage_pb2.UsageEvent.FromString(raw[start + n :])
@@ -87,6 +91,7 @@ class PeriodCounters:
     billed_renders: int = 0
     quota_used: dict[str, int] = field(default_factory=dict)
     quota_near: set[str] = field(default_factory=set)
+    partition: int = -1
 
     def to_domain(self, period: str, auto_suspended_since: datetime | None) -> LicenceCounters:
         return LicenceCounters(
@@ -98,11 +103,13 @@ class PeriodCounters:
         )
 
     @classmethod
-    def from_domain(cls, counters: LicenceCounters, through: int) -> PeriodCounters:
-        return cls(through, counters.billed_renders, counters.quota_used, counters.quota_near)
+    def from_domain(cls, counters: LicenceCounters, through: int, partition: int) -> PeriodCounters:
+        return cls(
+            through, counters.billed_renders, counters.quota_used, counters.quota_near, partition
+        )
 
     def encode(self) -> bytes:
-        doc: dict[str, object] = {"o": self.through, "r": self.billed_renders}
+        doc: dict[str, object] = {"o": self.through, "r": self.billed_renders, "p": self.partition}
         if self.quota_used:
             doc["q"] = self.quota_used
         if self.quota_near:
@@ -114,7 +121,13 @@ class PeriodCounters:
         if raw is None:
             return cls()
         doc = json.loads(raw)
-        return cls(int(doc["o"]), int(doc["r"]), dict(doc.get("q", {})), set(doc.get("n", ())))
+        return cls(
+            int(doc["o"]),
+            int(doc["r"]),
+            dict(doc.get("q", {})),
+            set(doc.get("n", ())),
+            int(doc.get("p", -1)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +148,29 @@ class Suspension:
         doc = json.loads(raw)
         since = doc.get("s")
         return cls(int(doc["o"]), datetime.fromisoformat(since) if since else None)
+
+
+def expired(items: Iterable[tuple[bytes, bytes]], cutoff: datetime) -> list[tuple[int, bytes]]:
+    """``(partition, key)`` of state that no record can need any more.
+
+    A record that occurred before ``cutoff`` (the stream's receive time minus the replay
+    window) is rejected TOO_LATE before identity or counters are consulted, so identities
+    of events before it and counters of periods that ended before it are dead weight.
+    Retractions of such events still work: the ledger resolves them against stored events.
+    """
+    seconds = cutoff.timestamp()
+    oldest_period = str(Period.containing(cutoff))
+    found: list[tuple[int, bytes]] = []
+    for key, value in items:
+        kind = key[:1]
+        if kind == b"I":
+            partition, _offset, occurred, _n = _HEADER.unpack_from(value)
+            if occurred < seconds:
+                found.append((partition, key))
+        elif kind == b"C":
+            period = key.rsplit(SEP.encode(), 1)[-1].decode()
+            if period < oldest_period:
+                counters = PeriodCounters.decode(value)
+                if counters.partition >= 0:
+                    found.append((counters.partition, key))
+    return found
