@@ -8,12 +8,8 @@ gRPC server. Tests build it in-process with their own authenticator and registry
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import signal
 import threading
-from collections.abc import Callable
 
 import grpc
 
@@ -25,12 +21,11 @@ from residuals.alerts.service import AlertServicer, servicer_descriptor
 from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
 from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
-from residuals.platform.config import load
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
+from residuals.platform.service import Workers, run_service
 from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
-from residuals.platform.telemetry import init_telemetry
 from residuals.platform.topics import ALERTS
 from residuals.v1 import alert_service_pb2_grpc
 
@@ -63,8 +58,7 @@ class AlertsApp:
         self.db = Database(settings.postgres, application_name=settings.telemetry.service_name)
         self.authenticator = authenticator
         self.registry = registry if registry is not None else licence_registry(settings)
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
+        self.workers = Workers(on_failure=self._worker_failed)
         self.feed = ChangeFeed(
             self.db,
             capacity=settings.window_size,
@@ -99,7 +93,7 @@ class AlertsApp:
                 poll_interval=settings.suspension_poll_seconds,
                 on_commit=self.feed.poke,
             )
-            self._thread(self.suspender.run, "alert-suspender")
+            self.workers.spawn(self.suspender.run, "alert-suspender")
         else:
             log.warning(
                 "no licence registry configured (ALERTS_LICENSING_ADDRESS/API_KEY): automatic "
@@ -121,7 +115,7 @@ class AlertsApp:
             poll_timeout=0.05,
         )
         self._zero_series(topic_name(settings.kafka, ALERTS))
-        self._thread(self._run_sink, "alert-sink")
+        self.workers.spawn(self._run_sink, "alert-sink")
         authenticator = self.authenticator or PostgresAuthenticator(self.db)
         servicer = AlertServicer(
             self.db, self.feed, self.metrics, heartbeat_seconds=settings.heartbeat_seconds
@@ -163,18 +157,9 @@ class AlertsApp:
         finally:
             self.sink.close()
 
-    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
-        def run() -> None:
-            try:
-                target(self.stop_event)
-            except Exception:
-                log.exception("%s stopped with an error", name)
-                if self.server is not None:
-                    self.server.set_serving(False)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        thread.start()
-        self.threads.append(thread)
+    def _worker_failed(self, name: str) -> None:
+        if self.server is not None:
+            self.server.set_serving(False)
 
     @property
     def port(self) -> int:
@@ -182,32 +167,21 @@ class AlertsApp:
         return self.server.port
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.workers.stop_event.set()
         if self.suspender is not None:
             self.suspender.poke()
         if self.server is not None:
             self.server.stop(grace=1.0)
         self.feed.stop()
-        for thread in self.threads:
-            thread.join(timeout=10)
+        self.workers.stop()
         self.db.close()
 
 
 def main() -> int:
     """``python -m residuals.alerts``: run until SIGTERM/SIGINT."""
-    settings = load(AlertsSettings)
-    if "OTEL_SERVICE_NAME" not in os.environ:
-        settings = dataclasses.replace(
-            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
-        )
-    telemetry = init_telemetry(settings.telemetry)
-    app = AlertsApp(settings).start()
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
-    log.info("alerts service running", extra={"grpc_port": app.port})
-    done.wait()
-    log.info("alerts service stopping")
-    app.stop()
-    telemetry.shutdown()
-    return 0
+    return run_service(
+        SERVICE_NAME,
+        AlertsSettings,
+        lambda settings: AlertsApp(settings).start(),
+        describe_running=lambda app: {"grpc_port": app.port},
+    )

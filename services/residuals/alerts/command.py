@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from residuals.platform.config import describe
+from residuals.platform.service import add_service_command
 
 
 def register(subparsers: Any) -> None:
+    from residuals.alerts.app import main
     from residuals.alerts.config import AlertsSettings
 
-    rows = "\n".join(
-        f"  {var} (default {default}): {text}" for var, default, text in describe(AlertsSettings)
-    )
-    parser = subparsers.add_parser(
+    add_service_command(
+        subparsers,
         "alerts",
-        help="the scope-violation alerts service",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"settings (environment variables):\n{rows}",
+        "the scope-violation alerts service",
+        AlertsSettings,
+        {"run": ("consume alerts and serve AlertService over gRPC", main)},
     )
-    sub = parser.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="consume alerts and serve AlertService over gRPC")
-    run.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from residuals.alerts.app import main
-
-    return main()

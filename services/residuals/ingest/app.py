@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
-import threading
 
 from residuals.ingest.admission import Admission
 from residuals.ingest.config import SERVICE_NAME, IngestSettings
@@ -22,11 +19,10 @@ from residuals.ingest.producer import AckingProducer
 from residuals.ingest.ratelimit import VendorRateLimiter
 from residuals.ingest.service import SERVICE, IngestMetrics, IngestService, Limits, register
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
-from residuals.platform.config import load
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
-from residuals.platform.telemetry import init_telemetry
+from residuals.platform.service import run_service
 from residuals.platform.topics import USAGE, USAGE_DLQ
 from residuals.v1 import ingest_pb2
 
@@ -128,19 +124,9 @@ class IngestApp:
 
 def main() -> int:
     """``python -m residuals.ingest``: run until SIGTERM/SIGINT."""
-    settings = load(IngestSettings)
-    if "OTEL_SERVICE_NAME" not in os.environ:
-        settings = dataclasses.replace(
-            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
-        )
-    telemetry = init_telemetry(settings.telemetry)
-    app = IngestApp(settings).start()
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
-    log.info("ingest gateway running", extra={"grpc_port": app.port, "service": SERVICE})
-    done.wait()
-    log.info("ingest gateway stopping")
-    app.stop()
-    telemetry.shutdown()
-    return 0
+    return run_service(
+        SERVICE_NAME,
+        IngestSettings,
+        lambda settings: IngestApp(settings).start(),
+        describe_running=lambda app: {"grpc_port": app.port, "service": SERVICE},
+    )

@@ -9,12 +9,8 @@ builds it from the environment (:func:`main`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import signal
 import threading
-from collections.abc import Callable
 
 from opentelemetry import trace
 
@@ -24,10 +20,9 @@ from residuals.licensing.registry import Registry
 from residuals.licensing.service import SERVICE_NAME as GRPC_SERVICE
 from residuals.licensing.service import servicer
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
-from residuals.platform.config import load
 from residuals.platform.grpc_server import GrpcMetrics, GrpcServer, make_grpc_server
 from residuals.platform.postgres import Database
-from residuals.platform.telemetry import init_telemetry
+from residuals.platform.service import Workers, load_service_settings, run_service
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +51,7 @@ class LicensingApp:
         self.grpc_metrics = grpc_metrics
         self.relay_metrics = relay_metrics
         self.tracer = tracer
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
+        self.workers = Workers()
         self.server: GrpcServer | None = None
         self.relay: OutboxRelay | None = None
 
@@ -75,8 +69,8 @@ class LicensingApp:
             tracer=self.tracer,
         ).start()
         if self.settings.relay.enabled:
-            self._thread(self._run_relay, "outbox-relay")
-        self._thread(self._probe, "licensing-health")
+            self.workers.spawn(self._run_relay, "outbox-relay")
+        self.workers.spawn(self._probe, "licensing-health")
         return self
 
     def _run_relay(self, stop: threading.Event) -> None:
@@ -109,71 +103,51 @@ class LicensingApp:
                 self.server.set_serving(healthy, GRPC_SERVICE)
                 serving = healthy
 
-    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
-        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
     @property
     def port(self) -> int:
         assert self.server is not None, "not started"
         return self.server.port
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.workers.stop_event.set()
         if self.server is not None:
             self.server.stop()
-        for thread in self.threads:
-            thread.join(timeout=10)
+        self.workers.stop()
         self.db.close()
 
 
 def settings_from_env() -> LicensingSettings:
     """The settings, with OTEL_SERVICE_NAME defaulting to the service folder's name."""
-    settings = load(LicensingSettings)
-    if "OTEL_SERVICE_NAME" not in os.environ:
-        settings = dataclasses.replace(
-            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
-        )
-    return settings
-
-
-def _until_signalled() -> None:
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
-    done.wait()
+    return load_service_settings(LicensingSettings, SERVICE_NAME)
 
 
 def main() -> int:
     """``python -m residuals.licensing``: serve LicenceService (and relay) until signalled."""
-    settings = settings_from_env()
-    telemetry = init_telemetry(settings.telemetry)
-    app = LicensingApp(settings).start()
-    log.info("licensing service running", extra={"grpc_port": app.port})
-    _until_signalled()
-    log.info("licensing service stopping")
-    app.stop()
-    telemetry.shutdown()
-    return 0
+    return run_service(
+        SERVICE_NAME,
+        LicensingSettings,
+        lambda settings: LicensingApp(settings).start(),
+        describe_running=lambda app: {"grpc_port": app.port},
+    )
+
+
+class RelayOnly:
+    """Just the outbox relay (PostgreSQL -> Kafka), e.g. as its own deployment."""
+
+    def __init__(self, settings: LicensingSettings) -> None:
+        relay = OutboxRelay(
+            settings.postgres.dsn,
+            settings.kafka,
+            batch_size=settings.relay.batch_size,
+            poll_interval=settings.relay.poll_seconds,
+        )
+        self.workers = Workers()
+        self.workers.spawn(relay.run, "outbox-relay")
+
+    def stop(self) -> None:
+        self.workers.stop()
 
 
 def relay_main() -> int:
-    """``residuals licensing relay``: only the outbox relay (e.g. a separate deployment)."""
-    settings = settings_from_env()
-    telemetry = init_telemetry(settings.telemetry)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    relay = OutboxRelay(
-        settings.postgres.dsn,
-        settings.kafka,
-        batch_size=settings.relay.batch_size,
-        poll_interval=settings.relay.poll_seconds,
-    )
-    log.info("outbox relay starting")
-    try:
-        relay.run(stop)
-    finally:
-        telemetry.shutdown()
-    return 0
+    """``residuals licensing relay``: only the outbox relay."""
+    return run_service(SERVICE_NAME, LicensingSettings, RelayOnly)

@@ -8,12 +8,8 @@ server. Tests build it in-process with their own authenticator, sources and rail
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import signal
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from residuals.domain.closing import closable_at
@@ -28,10 +24,9 @@ from residuals.payouts.relay import PayoutRelay
 from residuals.payouts.servicer import PayoutServicer, servicer_descriptor
 from residuals.payouts.sources import Sources
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
-from residuals.platform.config import load
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.postgres import Database
-from residuals.platform.telemetry import init_telemetry
+from residuals.platform.service import Workers, load_service_settings, run_service
 from residuals.v1 import payout_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -67,8 +62,7 @@ class PayoutsApp:
         self.authenticator = authenticator
         self.policy = policy_of(settings)
         self.with_relay = relay
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
+        self.workers = Workers(on_failure=self._worker_failed)
         self.server: GrpcServer | None = None
 
     def start(self) -> PayoutsApp:
@@ -77,9 +71,9 @@ class PayoutsApp:
         self.metrics.refresh_states(self.db)
         if self.with_relay:
             relay = PayoutRelay(self.db, settings.kafka)
-            self._thread(lambda stop: relay.run(stop, settings.poll_seconds), "payout-relay")
+            self.workers.spawn(lambda stop: relay.run(stop, settings.poll_seconds), "payout-relay")
         if settings.auto_close or settings.auto_pay:
-            self._thread(self._schedule, "payout-scheduler")
+            self.workers.spawn(self._schedule, "payout-scheduler")
         servicer = PayoutServicer(
             self.db,
             self.sources,
@@ -88,7 +82,7 @@ class PayoutsApp:
             self.metrics,
             heartbeat_seconds=settings.heartbeat_seconds,
             poll_seconds=settings.poll_seconds,
-            stopping=self.stop_event,
+            stopping=self.workers.stop_event,
         )
         self.server = make_grpc_server(
             settings.grpc,
@@ -133,18 +127,9 @@ class PayoutsApp:
             pay_payouts(self.db, self.rail)
             self.metrics.refresh_states(self.db)
 
-    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
-        def run() -> None:
-            try:
-                target(self.stop_event)
-            except Exception:
-                log.exception("%s stopped with an error", name)
-                if self.server is not None:
-                    self.server.set_serving(False)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        thread.start()
-        self.threads.append(thread)
+    def _worker_failed(self, name: str) -> None:
+        if self.server is not None:
+            self.server.set_serving(False)
 
     @property
     def port(self) -> int:
@@ -152,34 +137,22 @@ class PayoutsApp:
         return self.server.port
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.workers.stop_event.set()
         if self.server is not None:
             self.server.stop(grace=1.0)
-        for thread in self.threads:
-            thread.join(timeout=10)
+        self.workers.stop()
         self.db.close()
 
 
 def settings_from_env() -> PayoutsSettings:
-    settings = load(PayoutsSettings)
-    if "OTEL_SERVICE_NAME" not in os.environ:
-        settings = dataclasses.replace(
-            settings, telemetry=dataclasses.replace(settings.telemetry, service_name=SERVICE_NAME)
-        )
-    return settings
+    return load_service_settings(PayoutsSettings, SERVICE_NAME)
 
 
 def main() -> int:
     """``python -m residuals.payouts``: run until SIGTERM/SIGINT."""
-    settings = settings_from_env()
-    telemetry = init_telemetry(settings.telemetry)
-    app = PayoutsApp(settings).start()
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
-    log.info("payouts service running", extra={"grpc_port": app.port})
-    done.wait()
-    log.info("payouts service stopping")
-    app.stop()
-    telemetry.shutdown()
-    return 0
+    return run_service(
+        SERVICE_NAME,
+        PayoutsSettings,
+        lambda settings: PayoutsApp(settings).start(),
+        describe_running=lambda app: {"grpc_port": app.port},
+    )

@@ -16,30 +16,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from residuals.platform.config import describe
+from residuals.platform.service import add_service_command
 
 
 def register(subparsers: Any) -> None:
+    from residuals.payouts.app import main
     from residuals.payouts.config import PayoutsSettings
 
-    rows = "\n".join(
-        f"  {var} (default {default}): {text}" for var, default, text in describe(PayoutsSettings)
-    )
-    parser = subparsers.add_parser(
+    add_service_command(
+        subparsers,
         "payouts",
-        help="the payouts service (period close, statements, payouts, reconciliation)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"settings (environment variables):\n{rows}",
+        "the payouts service (period close, statements, payouts, reconciliation)",
+        PayoutsSettings,
+        {"run": ("serve PayoutService over gRPC and publish payout events", main)},
     )
-    sub = parser.add_subparsers(dest="payouts_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="serve PayoutService over gRPC and publish payout events")
-    run.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from residuals.payouts.app import main
-
-    return main()
 
 
 # --- finance ------------------------------------------------------------------------------
