@@ -29,6 +29,7 @@ COMMAND_MODULES: dict[str, str] = {
     "probe": "residuals.deploy.probe",
     "meter": "residuals.meter.command",
     "ledger": "residuals.ledger.command",
+    "demo": "residuals.demo.command",
 }
 
 
