@@ -13,12 +13,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone: this layer stays cached while only the
-# code changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip wheel --wheel-dir /wheels --requirement requirements.txt
-COPY README.md ./
+# Dependencies first, at the exact versions of deploy/requirements.lock (`residuals deploy
+# lock`): repeatable builds, and this layer stays cached while only the code changes.
+COPY deploy/requirements.lock ./
+RUN pip wheel --no-deps --wheel-dir /wheels --requirement requirements.lock
+COPY pyproject.toml README.md ./
 COPY services ./services
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
@@ -37,8 +36,11 @@ RUN groupadd --system --gid 10001 residuals \
     && useradd --system --uid 10001 --gid residuals --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin residuals
 # The wheels are bind-mounted from the build stage, so they never become a layer here.
+# --no-index: only the locked wheels can satisfy the package's requirements; pip check
+# fails the build if they do not fit together.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/residuals-*.whl
+    pip install --no-index --find-links=/wheels /wheels/residuals-*.whl \
+    && pip check
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 50051 9464

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from residuals.deploy import catalogue, chart, consistency, kafka_admin, services
+from residuals.deploy import catalogue, chart, consistency, kafka_admin, lock, services
 from residuals.deploy.catalogue import AclRule, service_acls, strimzi_topic, vendor_acls
 from residuals.deploy.kafka_admin import TopicState, acl_script, plan_topics
 from residuals.platform import topics
@@ -352,11 +352,12 @@ def test_dockerfile_is_pinned_non_root_and_hadolint_clean() -> None:
 def test_the_build_context_builds_the_package_with_its_data(tmp_path: Path) -> None:
     """Copy what .dockerignore lets through and build the wheel the image installs."""
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and {"!pyproject.toml", "!README.md", "!services/"} <= set(ignore)
+    allowed = {"!pyproject.toml", "!README.md", "!services/", "!deploy/requirements.lock"}
+    assert "*" in ignore and allowed <= set(ignore)
     context = tmp_path / "context"
     context.mkdir()
     tracked = subprocess.run(
-        ["git", "ls-files", "pyproject.toml", "README.md", "services"],
+        ["git", "ls-files", "pyproject.toml", "README.md", "services", lock.LOCK_PATH],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -387,6 +388,25 @@ def test_the_build_context_builds_the_package_with_its_data(tmp_path: Path) -> N
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "residuals/platform/migrations/0001_foundation.sql" in names
     assert "residuals/deploy/command.py" in names
+    assert (context / lock.LOCK_PATH).is_file()
+
+
+def test_the_lock_pins_every_runtime_dependency_within_its_range(tmp_path: Path) -> None:
+    assert lock.lock_problems(ROOT) == []
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/requirements.lock" in dockerfile
+    assert "--no-deps --wheel-dir /wheels --requirement requirements.lock" in dockerfile
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\ndependencies = ["grpcio>=9", "psycopg[pool]>=3", "PyYAML>=6"]\n'
+    )
+    (tmp_path / lock.LOCK_PATH).write_text("# header\ngrpcio==1.85.1\npsycopg==3.3.9\n")
+    problems = lock.lock_problems(tmp_path)
+    assert problems == [
+        "deploy/requirements.lock pins grpcio==1.85.1, outside >=9",
+        "psycopg[pool] needs psycopg-pool, not in deploy/requirements.lock",
+        "PyYAML is not in deploy/requirements.lock",
+    ]
 
 
 def compose() -> dict[str, Any]:

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     check.set_defaults(handler=_guard(_check))
 
+    lock = actions.add_parser(
+        "lock",
+        help="resolve pyproject.toml's dependencies (needs PyPI) into deploy/requirements.lock",
+    )
+    lock.set_defaults(handler=_guard(_lock))
+
     settings = actions.add_parser(
         "settings",
         help="print every service's environment variables (Markdown), from the code",
@@ -237,6 +243,7 @@ def _check(args: argparse.Namespace) -> int:
         "Kafka ACLs cover the topics each service's code uses",
         lambda: consistency.acl_problems(root / "services" / "residuals"),
     )
+    step("deploy/requirements.lock pins every runtime dependency", lambda: _lock_check(root))
     step("hadolint Dockerfile", lambda: _quiet(chart.hadolint(root)))
     step("docker compose config", lambda: _quiet(chart.compose_config(root)))
     step(
@@ -250,6 +257,12 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print("\ndeploy check: all passed")
     return 0
+
+
+def _lock_check(root: Path) -> list[str]:
+    from residuals.deploy.lock import lock_problems
+
+    return lock_problems(root)
 
 
 def _quiet(_output: str) -> list[str]:
@@ -304,6 +317,25 @@ def _topics(args: argparse.Namespace) -> int:
     ]
     print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")
     return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from residuals.deploy.lock import LOCK_PATH, resolve
+
+    root = _root(args)
+    try:
+        text = resolve(root)
+    except RuntimeError as exc:
+        raise chart_error(str(exc)) from exc
+    (root / LOCK_PATH).write_text(text)
+    print(f"wrote {LOCK_PATH} ({text.count('==')} pins)")
+    return 0
+
+
+def chart_error(message: str) -> Exception:
+    from residuals.deploy.chart import DeployError
+
+    return DeployError(message)
 
 
 def _settings(_args: argparse.Namespace) -> int:
