@@ -50,8 +50,7 @@ def register(subparsers: Any) -> None:
         "--out",
         type=Path,
         default=Path("demo-output"),
-        help="output folder for statements, payouts, replay files and logs (default"
-        " ./demo-output)",
+        help="output folder for statements, payouts, replay files and logs (default ./demo-output)",
     )
     parser.add_argument(
         "--keep-stack",
