@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+MIN_EVENTS = 200
+MAX_EVENTS = 500_000
+
 
 def _positive(kind: type[int] | type[float]) -> Any:
     def parse(text: str) -> int | float:
@@ -63,8 +66,11 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from residuals.demo.runner import Demo, Options
 
-    if args.events < 200:
-        print("residuals demo: --events: a month needs at least 200 events")
+    if not MIN_EVENTS <= args.events <= MAX_EVENTS:
+        print(
+            f"residuals demo: --events: between {MIN_EVENTS:,} and {MAX_EVENTS:,}"
+            " (bench/pipeline.py measures bigger months)"
+        )
         return 2
     options = Options(
         seconds=args.seconds,

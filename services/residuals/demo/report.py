@@ -128,6 +128,10 @@ def violation_lines(document: Mapping[str, Any], alerts: Counter[str]) -> list[s
     for kind, count in sorted(alerts.items()):
         if kind not in seen:
             lines.append(f"  {kind:<24} {'':<9} {'-':>12} {count:>16}")
+    if "UNREPORTED_RENDER" in seen and not alerts.get("UNREPORTED_RENDER"):
+        lines.append(
+            "  (UNREPORTED_RENDER is decided when the period closes; the close publishes no alerts)"
+        )
     dlq = document.get("dlq", [])
     if dlq:
         lines.append("  dead letters: " + ", ".join(f"{d['reason']} {d['count']}" for d in dlq))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -111,6 +112,7 @@ class Demo:
         self.finance: FinanceClient | None = None
         self.probe: Probe | None = None
         self.keys: dict[str, Any] = {}
+        self.database_url = ""
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._rates = _Rates()
@@ -190,6 +192,14 @@ class Demo:
                 path.unlink()
         (self.out / "logs").mkdir()
         (self.out / ".work" / "meter").mkdir(parents=True)
+        # The SDK clients log in this process; their warnings (a rejected event, a broker
+        # hiccup) go to a file, and the live view reports rejections itself.
+        handler = logging.FileHandler(self.out / "logs" / "sdk.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        sdk_log = logging.getLogger("residuals_sdk")
+        sdk_log.handlers[:] = [handler]
+        sdk_log.setLevel(logging.INFO)
+        sdk_log.propagate = False
 
     def _environment(self) -> str:
         from residuals.stack.processes import StackError
@@ -203,7 +213,7 @@ class Demo:
         stale = environment.delete_stale_topics(settings)
         if stale:
             self.say(f"removed {stale} topics left by an earlier demo run")
-        database_url = environment.fresh_database(settings.dsn, self.say)
+        database_url = self.database_url = environment.fresh_database(settings.dsn, self.say)
         self.kafka = environment.demo_kafka(settings, self.run_id)
         environment.create_topics(self.kafka, self.say)
         return database_url
@@ -537,8 +547,7 @@ class Demo:
             f"  {out / 'case.yaml'} + {out / 'events.jsonl'}: replay with"
             f" `residuals replay {out / 'case.yaml'} --events {out / 'events.jsonl'} --check`",
             f"  {out / 'alerts.jsonl'}, {out / 'reconciliation.txt'}, {out / 'logs'}/",
-            f"  database {environment.DATABASE} kept: DATABASE_URL=.../{environment.DATABASE}"
-            " residuals finance statements",
+            f"  database kept: DATABASE_URL={self.database_url} residuals finance statements",
             "",
             f"statement content hash: {end.content_hash}",
         ]

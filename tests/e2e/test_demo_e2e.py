@@ -1,0 +1,235 @@
+"""``residuals demo`` end to end on the real stack: a short month through every service.
+
+The oracle is the offline replay: ``compute_statement`` over the events the demo's SDK
+clients published (``events.jsonl``, in publishing order) with the licences the month was
+meant to have (rebuilt here from the scenario module, not read back from the registry),
+plus the dead letters only streaming checks can decide (the forged signature). The closed
+statement exported by the payouts service must equal it byte for byte (same hash); the
+finance CLI must reconcile the demo's database to zero; a second run with the same seed
+must close to the same hash; and Ctrl-C must leave no process and no topic behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from residuals.demo.environment import DATABASE, database_url
+from residuals.demo.processes import RUN_MARKER
+from residuals.demo.scenario import ATTACKER, build_scenario
+from residuals.demo.timeline import Window
+from residuals.domain.closing import content_hash
+from residuals.domain.events import Rejection, parse_event
+from residuals.domain.licence_spec import parse_licence
+from residuals.domain.period import Period
+from residuals.domain.statement import compute_statement
+from residuals.domain.vocabulary import RejectReason
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_admin
+from residuals.replay.casefile import load_case, read_event_lines
+from residuals.stack.settings import StackSettings
+
+pytestmark = pytest.mark.e2e
+
+SEED = 11
+EVENTS = 3000
+
+
+@dataclass
+class Run:
+    out: Path
+    result: subprocess.CompletedProcess[str]
+    manifest: dict[str, Any]
+
+    @property
+    def output(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+
+def demo(env: dict[str, str], out: Path, *args: str, timeout: float = 420) -> Run:
+    result = subprocess.run(
+        [sys.executable, "-m", "residuals", "demo", "--out", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    manifest = json.loads((out / "run.json").read_text())
+    return Run(out, result, manifest)
+
+
+def processes_of(run_id: str) -> list[str]:
+    """Live processes carrying the demo run's marker in their environment."""
+    found = []
+    marker = f"{RUN_MARKER}={run_id}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(f"{proc.name}: {(proc / 'cmdline').read_bytes()!r}")
+        except OSError:
+            continue
+    return found
+
+
+def topics_of(stack: StackSettings, run_id: str) -> list[str]:
+    admin = make_admin(KafkaSettings(bootstrap_servers=stack.bootstrap_servers))
+    prefix = f"demo-{run_id}."
+    return [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def first(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    out = tmp_path_factory.mktemp("demo") / "output"
+    yield demo(stack_env, out, "--seed", str(SEED), "--events", str(EVENTS), "--seconds", "20")
+
+
+def test_statement_equals_the_offline_replay_of_what_was_published(first: Run) -> None:
+    m = first.manifest
+    window = Window(
+        Period.parse(m["period"]),
+        datetime.fromisoformat(m["window"][0]),
+        datetime.fromisoformat(m["window"][1]),
+    )
+    scenario = build_scenario(SEED, EVENTS, window)
+    intended = sorted(
+        (parse_licence(s) for s in scenario.expected_licence_specs()),
+        key=lambda lic: lic.licence_id,
+    )
+    # The registry ends the month with the licences the scenario meant (the revocation
+    # recorded as a version; automatic suspensions add windows the rules re-derive).
+    case = load_case(first.out / "case.yaml")
+    assert [(lic.licence_id, lic.versions) for lic in case.licences] == [
+        (lic.licence_id, lic.versions) for lic in intended
+    ]
+    # What the SDK clients published is the scenario, minus the forger's event and at
+    # most the one exact re-send the gateway answered DUPLICATE.
+    published = list(read_event_lines(first.out / "events.jsonl"))
+    scripted = [parse_event(e.raw) for e in scenario.events if e.sender != ATTACKER]
+    parsed = [parse_event(raw) for raw in published]
+    assert not Counter(parsed) - Counter(scripted)
+    assert 0 <= len(scripted) - len(parsed) <= 1
+    forged = [json.loads(line) for line in (first.out / "streaming-rejections.jsonl").open()]
+    assert [f["reason"] for f in forged] == ["BAD_SIGNATURE"]
+
+    oracle = compute_statement(
+        window.period,
+        intended,
+        [*parsed, *(Rejection(RejectReason.BAD_SIGNATURE, "forged") for _ in forged)],
+        thresholds={c: Decimal(v) for c, v in scenario.thresholds.items()},
+    ).to_document()
+    exported = (first.out / "statements" / f"residuals-{m['period']}.json").read_bytes()
+    assert json.loads(exported) == json.loads(json.dumps(oracle, default=str))
+    assert content_hash(oracle) == m["content_hash"] == m["replay_hash"]
+    assert f"statement content hash: {m['content_hash']}" in first.output
+
+    # Anyone can check it with the CLI from the output folder.
+    check = subprocess.run(
+        [sys.executable, "-m", "residuals", "replay", str(first.out / "case.yaml"),
+         "--events", str(first.out / "events.jsonl"), "--check"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_reconciled_paid_and_alerted(first: Run, stack: StackSettings) -> None:
+    m = first.manifest
+    assert m["reconciled"] is True
+    assert "reconciled: no differences" in (first.out / "reconciliation.txt").read_text()
+    env = {**os.environ, "DATABASE_URL": database_url(stack.dsn, DATABASE)}
+    finance = subprocess.run(
+        [sys.executable, "-m", "residuals", "finance", "reconcile", "--period", m["period"]],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert finance.returncode == 0, finance.stdout + finance.stderr
+    assert "reconciled: no differences" in finance.stdout
+
+    document = json.loads((first.out / "statements" / f"residuals-{m['period']}.json").read_text())
+    payable = {
+        (p["payee_id"], p["currency"]): Decimal(p["payable"])
+        for p in document["payees"]
+        if Decimal(p["payable"]) > 0
+    }
+    instructions = [json.loads(p.read_text()) for p in (first.out / "payouts").glob("*.json")]
+    assert {(i["payee_id"], i["currency"]): Decimal(i["amount"]) for i in instructions} == payable
+    csv = (first.out / "statements" / f"residuals-{m['period']}.csv").read_text()
+    assert csv.startswith("period,record,licence_id") and ",allocation," in csv
+
+    alerts = [json.loads(line) for line in (first.out / "alerts.jsonl").open()]
+    raised = Counter(a["kind"] for a in alerts if a["change"] == "RAISED")
+    for kind in (
+        "FORBIDDEN_CATEGORY",
+        "USE_AFTER_REVOCATION",
+        "TERRITORY_NOT_LICENSED",
+        "CHANNEL_NOT_LICENSED",
+        "QUOTA_EXCEEDED",
+        "DUPLICATE_CONFLICT",
+        "LICENCE_SUSPENDED",
+    ):
+        assert raised[kind] >= 1, (kind, raised)
+    suspended = {a["licence_id"] for a in alerts if a["change"] == "LICENCE_SUSPENDED"}
+    assert suspended == {"LIC-KOFI-CASTLY", "LIC-JUNE-MUSE"}
+    assert "Violations" in first.output and "TAL-AMARA Amara Okafor" in first.output
+
+    assert processes_of(m["run_id"]) == []
+    assert topics_of(stack, m["run_id"]) == []
+
+
+def test_same_seed_same_statement(first: Run, stack_env: dict[str, str], tmp_path: Path) -> None:
+    again = demo(
+        stack_env, tmp_path / "again", "--seed", str(SEED), "--events", str(EVENTS),
+        "--seconds", "8",
+    )  # fmt: skip
+    assert again.manifest["period"] == first.manifest["period"]
+    assert again.manifest["content_hash"] == first.manifest["content_hash"]
+    assert again.manifest["run_id"] != first.manifest["run_id"]
+
+
+def test_ctrl_c_stops_everything(
+    first: Run, stack: StackSettings, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "residuals", "demo", "--out", str(tmp_path / "interrupted"),
+         "--events", "3000", "--seconds", "300"],
+        env=stack_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    run_id = ""
+    deadline = time.monotonic() + 240
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            found = re.search(r"'demo-([0-9a-f]{8})\.'", line)
+            run_id = found.group(1) if found else run_id
+            if line.startswith("[demo] day") and "published 0/" not in line:
+                break  # the month is being published
+            assert time.monotonic() < deadline, "".join(lines)
+        assert run_id and processes_of(run_id), "".join(lines)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(lines) + rest
+    assert process.returncode == 130, output[-4000:]
+    assert "interrupted: stopping everything the demo started" in output
+    assert processes_of(run_id) == [], output[-4000:]
+    assert topics_of(stack, run_id) == []
