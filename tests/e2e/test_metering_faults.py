@@ -24,6 +24,7 @@ from residuals.domain.events import parse_event
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
 from residuals.ledger.replay import load_period_events
+from residuals.platform.topics import USAGE_DLQ, USAGE_RATED
 from residuals.stack import kafka as stack_kafka
 from residuals.stack.settings import StackSettings
 from tests.integration.metering_support import Pipeline, UsageRecord, pipeline
@@ -164,9 +165,15 @@ def test_month_survives_kills_and_a_broker_restart(stack: StackSettings, tmp_pat
         assert used <= set(by_totals)
 
         assert meter.starts >= 4 and ledger.starts >= 3, faults
+        # The kills hit work in progress: the meter re-published records it had rated but
+        # not committed (one rated record or dead letter per record and processing), and
+        # the ledger still stored each once.
+        republished = run.records_on(USAGE_RATED, USAGE_DLQ) - len(records)
+        assert republished > 0, "no record was processed twice: the faults missed the work"
         elapsed = time.monotonic() - started
         print(
             f"\n{EVENTS} events, faults: {faults}; restarts after an exit: "
             f"meter {meter.restarts_after_exit}, ledger {ledger.restarts_after_exit}; "
+            f"records the meter published again after a kill: {republished}; "
             f"outcomes {dict(offline.outcomes)}; {elapsed:.0f} s"
         )

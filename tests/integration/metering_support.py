@@ -35,7 +35,7 @@ from residuals.domain.events import UsageEvent, parse_event, parse_timestamp
 from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import make_admin, make_producer, topic_name
+from residuals.platform.kafka import make_admin, make_consumer, make_producer, topic_name
 from residuals.platform.topics import (
     ALERTS,
     LICENCES,
@@ -312,6 +312,23 @@ class Pipeline:
         if own:
             assert producer.flush(180) == 0, "records not delivered"
         assert not failures, failures[:5]
+
+    def records_on(self, *topics: Any) -> int:
+        """Records written to ``topics`` so far (sum of their partitions' high watermarks)."""
+        from confluent_kafka import TopicPartition
+
+        consumer = make_consumer(self.kafka, f"{self.kafka.topic_prefix}watermarks")
+        try:
+            total = 0
+            for topic in topics:
+                for p in range(self.partitions):
+                    _low, high = consumer.get_watermark_offsets(
+                        TopicPartition(self.topic(topic), p), timeout=10
+                    )
+                    total += high
+            return total
+        finally:
+            consumer.close()
 
     # --- services ----------------------------------------------------------------------------
 
