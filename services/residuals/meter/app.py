@@ -402,7 +402,7 @@ class MeterService:
         for replica in (self.licences, self.keys):
             if not replica.wait_caught_up(timeout):
                 raise TimeoutError(f"{replica.topic} not loaded within {timeout:.0f} s")
-        self.metrics.licences.set(len(self.licences))
+        self.metrics.licences.set_function(lambda: len(self.licences))
 
     def stop(self) -> None:
         self.licences.stop()

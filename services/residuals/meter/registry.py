@@ -1,12 +1,12 @@
 """Licences and signing keys as the meter reads them: raw records, decoded on demand.
 
 Both come from compacted topics (``residuals.licences.v1``, ``residuals.signing-keys.v1``)
-held by faust GlobalTables as the exact record bytes. Keeping bytes, not domain objects,
-is what lets 100,000 licences fit in the meter's memory budget: a serialized licence is a
-few hundred bytes, a decoded one (versions, scope sets, rate cards) several kilobytes. A
-bounded LRU cache of decoded licences serves the hot ones; an entry is used only while
-the table still holds the very bytes it was decoded from, so an updated licence is seen
-by the next event.
+held by in-process replicas (:mod:`residuals.platform.replica`) as the exact record
+bytes. Keeping bytes, not domain objects, is what lets 100,000 licences fit in the
+meter's memory budget: a serialized licence is a few hundred bytes, a decoded one
+(versions, scope sets, rate cards) several kilobytes. A bounded LRU cache of decoded
+licences serves the hot ones; an entry is used only while the replica still holds the
+very bytes it was decoded from, so an updated licence is seen by the next event.
 """
 
 from __future__ import annotations
