@@ -201,6 +201,8 @@ def _check(args: argparse.Namespace) -> int:
             problems = action()
         except chart.DeployError as exc:
             problems = [str(exc)]
+        except Exception as exc:  # one broken check must not hide the others
+            problems = [f"{type(exc).__name__}: {exc}"]
         if problems:
             failures.append(name)
             print(f"FAIL {name}")
