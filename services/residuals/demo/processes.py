@@ -1,7 +1,7 @@
 """The services the demo runs, as real subprocesses (``python -m residuals.<service>``).
 
 Each runs in its own session, so Ctrl-C in the terminal reaches only the demo, which then
-stops them in order (SIGTERM, then SIGKILL after a grace period). Each also asks the
+stops them all (SIGTERM, then SIGKILL after a grace period). Each also asks the
 kernel to send it SIGTERM if the demo process dies, so even ``kill -9`` of the demo leaves
 no service behind. Readiness is the service's gRPC health status (every service serves
 one; the meter and the ledger writer report SERVING only once they can work).
@@ -10,7 +10,6 @@ one; the meter and the ledger writer report SERVING only once they can work).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -29,8 +28,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 #: tests and a curious user find the processes of one run.
 RUN_MARKER = "RESIDUALS_DEMO_RUN"
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ServiceFailed(RuntimeError):
     """A service exited or never became healthy; the message carries its log's tail."""
@@ -42,11 +39,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """SIGTERM this child when the demo process dies (Linux ``prctl``; ignored elsewhere)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+#: Run in the child before the service: ask the kernel for SIGTERM when the demo (its
+#: parent) dies, give up if it already has, then become ``python -m <module>`` (the death
+#: signal survives exec). Done in the child itself rather than with ``preexec_fn``, which
+#: is unsafe in a process with threads.
+_BOOTSTRAP = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, "-m", sys.argv[2]])
+"""
 
 
 @dataclass
@@ -87,13 +93,12 @@ class ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
+                [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), self.module],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         return self
 
