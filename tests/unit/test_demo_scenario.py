@@ -165,10 +165,14 @@ def test_expected_block_leaves_out_only_streaming_decisions() -> None:
     assert without_streaming_only(document, streaming_rejections(forged)) == {
         "dlq": [{"reason": "BAD_SIGNATURE", "count": 1}, {"reason": "MALFORMED", "count": 1}]
     }
-    rejected = Published(1, "VEN-CASTLY", {}, "", "REJECTED", "UNKNOWN_LICENCE")
-    duplicate = Published(2, "VEN-CASTLY", {}, "", "DUPLICATE")
+    rejected = Published(1, "VEN-CASTLY", {}, "", "REJECTED", "UNKNOWN_LICENCE", via=GRPC)
+    duplicate = Published(2, "VEN-CASTLY", {}, "", "DUPLICATE", via=GRPC)
+    forged_at_gateway = Published(3, "VEN-CASTLY", {}, "", "REJECTED", "BAD_SIGNATURE", via=GRPC)
+    kafka_refused = Published(4, "VEN-DUBLY", {}, "", "REJECTED", "MSG_SIZE_TOO_LARGE")
     assert rejected.replayable and rejected.stored and not rejected.streaming_only
     assert not duplicate.replayable and not duplicate.stored
+    assert forged_at_gateway.streaming_only and forged_at_gateway.stored
+    assert not kafka_refused.stored and not kafka_refused.replayable
     assert forged[0].streaming_only and not forged[0].replayable and forged[0].stored
 
 

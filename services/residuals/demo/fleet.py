@@ -62,6 +62,7 @@ class Published:
     status: str = ""  # DELIVERED | DUPLICATE | REJECTED ("" while pending)
     reason: str = ""
     detail: str = ""
+    via: str = "kafka"  # the sender's transport
 
     @property
     def replayable(self) -> bool:
@@ -70,19 +71,20 @@ class Published:
             return False
         if self.status == "DELIVERED":
             return True
-        return self.status == "REJECTED" and self.reason not in STREAMING_ONLY
+        return self.status == "REJECTED" and self.via == GRPC and self.reason not in STREAMING_ONLY
 
     @property
     def streaming_only(self) -> bool:
         """Dead-lettered by a check the offline replay cannot make."""
         if self.sender == ATTACKER:
             return self.status == "DELIVERED"
-        return self.status == "REJECTED" and self.reason in STREAMING_ONLY
+        return self.status == "REJECTED" and self.via == GRPC and self.reason in STREAMING_ONLY
 
     @property
     def stored(self) -> bool:
-        """A record the ledger writer stores (usage record or gateway dead letter)."""
-        return self.status in ("DELIVERED", "REJECTED")
+        """A record the ledger writer stores: a usage record, or the gateway's dead letter
+        (a record Kafka itself refused never reached the platform)."""
+        return self.status == "DELIVERED" or (self.status == "REJECTED" and self.via == GRPC)
 
 
 def json_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
@@ -115,6 +117,9 @@ class Fleet:
     published: list[Published] = field(default_factory=list)
     _pending: dict[tuple[str, str], deque[Published]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.transports = {v.vendor_id: v.transport for v in self.scenario.vendors}
 
     def open(self) -> Fleet:
         sdk = sdk_module()
@@ -187,7 +192,13 @@ class Fleet:
         with self._lock:
             for event, message in zip(events, messages, strict=True):
                 payload = usage_pb2.UsageEvent.FromString(message.SerializeToString())
-                item = Published(len(self.published), sender, json_raw(payload), event.note)
+                item = Published(
+                    len(self.published),
+                    sender,
+                    json_raw(payload),
+                    event.note,
+                    via=self.transports.get(sender, "kafka"),
+                )
                 self.published.append(item)
                 self._pending.setdefault((sender, payload.event_id), deque()).append(item)
         client.publish_many(messages)

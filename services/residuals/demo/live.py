@@ -237,6 +237,21 @@ def money(amount: Decimal, currency: str) -> str:
     return f"{amount:,.{digits}f}"
 
 
+def wrap(prefix: str, items: list[str], width: int, separator: str = "  ") -> list[str]:
+    """``items`` joined after ``prefix``, on as many lines as ``width`` needs."""
+    lines: list[str] = []
+    current = prefix
+    for item in items:
+        candidate = current + (separator if current.strip() and current != prefix else "") + item
+        if len(candidate) > width - 1 and current != prefix:
+            lines.append(current)
+            current = " " * len(prefix) + item
+        else:
+            current = candidate
+    lines.append(current[: width - 1])
+    return lines
+
+
 @dataclass
 class Frame:
     """Everything one redraw shows."""
@@ -328,7 +343,7 @@ class LiveView:
             f" \x1b[1mAlerts\x1b[0m (gRPC WatchAlerts): {len(raised)} raised, "
             f"{sum(1 for a in frame.alerts if a.change == 'LICENCE_SUSPENDED')} licence"
             " suspensions",
-            "  " + "  ".join(f"{k} {n}" for k, n in by_kind.most_common())[: width - 4],
+            *wrap("  ", [f"{k} {n}" for k, n in by_kind.most_common()], width),
         ]
         colour = {"CRITICAL": "\x1b[31m", "HIGH": "\x1b[33m", "MEDIUM": "\x1b[36m"}
         for alert in [a for a in frame.alerts if a.notable][-8:]:

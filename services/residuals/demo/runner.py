@@ -48,7 +48,7 @@ from residuals.demo.replaycase import (
     write_case,
     write_rejections,
 )
-from residuals.demo.scenario import Scenario, build_scenario
+from residuals.demo.scenario import ATTACKER, Scenario, build_scenario
 from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
 from residuals.domain.closing import content_hash
 from residuals.platform.auth import Role
@@ -420,6 +420,7 @@ class Demo:
         for item in self.fleet.snapshot():
             counts.setdefault(item.sender, Counter())[item.status or "pending"] += 1
         names = {v.vendor_id: v.name.split(" ")[0] for v in scenario.vendors}
+        names[ATTACKER] = "forger"
         out = []
         for sender, c in counts.items():
             extra = "".join(
