@@ -107,21 +107,17 @@ def demo_kafka(settings: StackSettings, run_id: str) -> KafkaSettings:
 
 
 def create_topics(kafka: KafkaSettings, log: Log) -> None:
+    """The topic catalogue under the run's prefix (the deployment code's own function)."""
     from residuals.deploy.kafka_admin import ensure_topics
 
-    created: list[str] = []
-    ensure_topics(kafka, replication_factor=1, log=created.append)
+    ensure_topics(kafka, replication_factor=1, log=lambda _message: None)
     log(f"topics: the catalogue under prefix {kafka.topic_prefix!r} ({PARTITIONS} partitions)")
 
 
-def delete_topics(kafka_or_prefix: KafkaSettings, bootstrap: str | None = None) -> int:
+def delete_topics(kafka: KafkaSettings) -> int:
     """Delete every topic under the prefix (faust's changelogs included); returns how many."""
-    admin = make_admin(kafka_or_prefix)
-    names = [
-        t
-        for t in admin.list_topics(timeout=10).topics
-        if t.startswith(kafka_or_prefix.topic_prefix)
-    ]
+    admin = make_admin(kafka)
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):

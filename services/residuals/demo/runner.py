@@ -116,6 +116,7 @@ class Demo:
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._rates = _Rates()
+        self._log_handler: logging.Handler | None = None
         self.started = time.monotonic()
 
     # --- entry point -----------------------------------------------------------------------
@@ -196,6 +197,7 @@ class Demo:
         # hiccup) go to a file, and the live view reports rejections itself.
         handler = logging.FileHandler(self.out / "logs" / "sdk.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self._log_handler = handler
         sdk_log = logging.getLogger("residuals_sdk")
         sdk_log.handlers[:] = [handler]
         sdk_log.setLevel(logging.INFO)
@@ -598,6 +600,9 @@ class Demo:
             kafka = self.kafka
             steps.append(("topics", lambda: environment.delete_topics(kafka)))
         steps.append(("work folder", lambda: shutil.rmtree(self.out / ".work", True)))
+        if self._log_handler is not None:
+            handler = self._log_handler
+            steps.append(("SDK log", handler.close))
         if self.claim is not None:
             steps.append(("demo lock", self.claim.release))
         if self.stack is not None and not self.options.keep_stack:
