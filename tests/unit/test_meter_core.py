@@ -51,7 +51,7 @@ class State:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, partition: int | None = None) -> None:
         self.data[key] = value
         self.writes.append(key)
 

@@ -80,9 +80,9 @@ class BatchState:
         stored = self._store.get(key)
         return bytes(stored) if stored is not None else None
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: bytes, partition: int | None = None) -> None:
         self.overlay[key] = value
-        self.writes.append((self.partition, key, value))
+        self.writes.append((self.partition if partition is None else partition, key, value))
 
 
 class DeliveryFailed(RuntimeError):

@@ -68,7 +68,8 @@ class StateView(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def put(self, key: bytes, value: bytes) -> None: ...
+    def put(self, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Write ``key``; to ``partition``'s changelog when given, else the record's."""
 
 
 class KeyRegistry(Protocol):
@@ -348,7 +349,9 @@ class Meter:
                 retracted = IdentityEntry(
                     original.partition, original.offset, original.event, event.event_id
                 )
-                state.put(okey, retracted.encode())
+                # Into the original's changelog partition: a key lives in one partition,
+                # even when the retraction was routed elsewhere (keyed by vendor).
+                state.put(okey, retracted.encode(), original.partition)
         # Known and retracted here, or unknown here (another partition, or never sent): the
         # ledger resolves every retraction against the stored events either way.
         state.put(ikey, IdentityEntry(c.record.partition, c.record.offset, event).encode())
