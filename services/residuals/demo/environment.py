@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,11 @@ def fresh_database(stack_dsn: str, log: Log) -> str:
     return url
 
 
+def _admin(kafka: KafkaSettings) -> Any:
+    """An admin client whose librdkafka logs go to logging, not over the live view."""
+    return make_admin(kafka, logger=logging.getLogger("residuals.demo.kafka"))
+
+
 def demo_kafka(settings: StackSettings, run_id: str) -> KafkaSettings:
     return KafkaSettings(
         bootstrap_servers=settings.bootstrap_servers,
@@ -110,13 +116,13 @@ def create_topics(kafka: KafkaSettings, log: Log) -> None:
     """The topic catalogue under the run's prefix (the deployment code's own function)."""
     from residuals.deploy.kafka_admin import ensure_topics
 
-    ensure_topics(kafka, replication_factor=1, log=lambda _message: None)
+    ensure_topics(kafka, replication_factor=1, log=lambda _message: None, admin=_admin(kafka))
     log(f"topics: the catalogue under prefix {kafka.topic_prefix!r} ({PARTITIONS} partitions)")
 
 
 def delete_topics(kafka: KafkaSettings) -> int:
     """Delete every topic under the prefix (faust's changelogs included); returns how many."""
-    admin = make_admin(kafka)
+    admin = _admin(kafka)
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)]
     if names:
         for future in admin.delete_topics(names, operation_timeout=30).values():

@@ -122,7 +122,10 @@ class Demo:
     # --- entry point -----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Explicit handlers: a shell that starts the demo in the background leaves SIGINT
+        # ignored, and Ctrl-C / SIGINT must still stop it cleanly.
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         try:
             self._run()
             return 0
