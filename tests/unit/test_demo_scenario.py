@@ -221,3 +221,17 @@ def test_a_window_is_refused_when_too_short() -> None:
     window = Window(Period(2026, 11), NOW - timedelta(days=3), NOW)
     assert window.canonical_day(NOW) == pytest.approx(30.0)
     assert window.canonical_day(NOW - timedelta(days=3)) == 0.0
+
+
+def test_terminal_frames_never_wrap() -> None:
+    from residuals.demo.live import fit, wrap
+
+    assert fit("\x1b[1mhello\x1b[0m world", 8) == "\x1b[1mhello\x1b[0m w"
+    assert fit("abcdefghij", 5) == "abcd"
+    lines = wrap(" SDK clients: ", ["PixelForge 1,231", "MuseAI 617", "Castly 240 1 rejected"], 36)
+    assert lines == [
+        " SDK clients: PixelForge 1,231",
+        "              MuseAI 617",
+        "              Castly 240 1 rejected",
+    ]
+    assert all(len(line) < 36 for line in lines)

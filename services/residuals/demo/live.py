@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import threading
@@ -237,6 +238,26 @@ def money(amount: Decimal, currency: str) -> str:
     return f"{amount:,.{digits}f}"
 
 
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def fit(line: str, width: int) -> str:
+    """``line`` cut to ``width - 1`` visible characters (ANSI escapes kept, not counted), so
+    no line wraps and the frame can be redrawn in place."""
+    visible = 0
+    out: list[str] = []
+    position = 0
+    for match in _ESCAPE.finditer(line):
+        text = line[position : match.start()]
+        room = width - 1 - visible
+        out.append(text[:room])
+        visible += min(len(text), max(room, 0))
+        out.append(match.group())
+        position = match.end()
+    out.append(line[position:][: max(width - 1 - visible, 0)])
+    return "".join(out)
+
+
 def wrap(prefix: str, items: list[str], width: int, separator: str = "  ") -> list[str]:
     """``items`` joined after ``prefix``, on as many lines as ``width`` needs."""
     lines: list[str] = []
@@ -310,7 +331,7 @@ class LiveView:
             )
 
     def _draw(self, frame: Frame) -> None:
-        width = max(60, min(shutil.get_terminal_size((100, 40)).columns, 120))
+        width = max(20, min(shutil.get_terminal_size((100, 40)).columns, 120))
         bar_width = max(10, width - 50)
         done = frame.published / frame.total if frame.total else 1.0
         bar = "█" * int(bar_width * done) + "░" * (bar_width - int(bar_width * done))
@@ -357,14 +378,11 @@ class LiveView:
             lines += ["", " \x1b[1mHappening now\x1b[0m"]
             lines += [f"  {n[: width - 4]}" for n in frame.notes[-4:]]
         if frame.senders:
-            lines += ["", (" SDK clients: " + " · ".join(frame.senders))[:width]]
-        lines += [
-            "",
-            (" Prometheus http://127.0.0.1:<port>/metrics  " + "  ".join(frame.metrics))[:width],
-        ]
+            lines += ["", *wrap(" SDK clients: ", frame.senders, width, " · ")]
+        lines += ["", *wrap(" Prometheus http://127.0.0.1:PORT/metrics: ", frame.metrics, width)]
         if self._lines_drawn:
             self.out.write(f"\x1b[{self._lines_drawn}F")
-        self.out.write("\x1b[J" + "\n".join(lines) + "\n")
+        self.out.write("\x1b[J" + "\n".join(fit(line, width) for line in lines) + "\n")
         self.out.flush()
         self._lines_drawn = len(lines)
 
