@@ -32,20 +32,28 @@ def test_suspensions_and_reinstatements_survive_the_wire() -> None:
     spec["suspensions"] = [{"from": "2026-10-03T00:00:00Z", "until": "2026-10-04T00:00:00Z"}]
     spec["reinstatements"] = ["2026-10-20T00:00:00Z"]
     licence = parse_licence(spec)
-    assert licence_codec.from_proto(licence_codec.to_proto(licence)) == licence
+    wire = licence_codec.from_proto(licence_codec.to_proto(licence))
+    assert wire.suspensions[0] == licence.suspensions[0]
+    # the reinstatement travels as an automatic window that ended where it began
+    assert wire.reinstated_between(
+        datetime(2026, 10, 19, tzinfo=UTC), datetime(2026, 10, 21, tzinfo=UTC)
+    )
+    assert not wire.suspended_at(datetime(2026, 10, 20, tzinfo=UTC))
 
 
-def test_automatic_suspension_from_before_the_period_is_carried_in() -> None:
+def test_automatic_suspension_counts_by_the_period_being_computed() -> None:
     spec = yaml.safe_load(CASES[0].read_text())["licences"][0]
     message = licence_codec.to_proto(parse_licence(spec))
     auto = message.suspensions.add(automatic=True)
     auto.starts_at.FromDatetime(datetime(2026, 9, 20, tzinfo=UTC))
-    october = datetime(2026, 10, 1, tzinfo=UTC)
-    assert licence_codec.from_proto(message, period_start=october).suspended_at(october)
-    # begun inside the period: the rules re-derive it from the events themselves
-    assert not licence_codec.from_proto(
-        message, period_start=datetime(2026, 9, 1, tzinfo=UTC)
-    ).suspensions
+    licence = licence_codec.from_proto(message)
+    october, september = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC)
+    # begun before October: carried into October's statement like any window
+    assert licence.suspended_at(october, period_start=october)
+    # begun inside September: the rules re-derive it from September's events
+    assert not licence.suspended_at(datetime(2026, 9, 25, tzinfo=UTC), period_start=september)
+    # the real-time meter follows the registry
+    assert licence.suspended_at(datetime(2026, 9, 25, tzinfo=UTC))
 
 
 RAW_EVENTS = [

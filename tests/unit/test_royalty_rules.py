@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -431,3 +432,43 @@ def test_carried_in_amounts_lift_a_payee_over_the_threshold() -> None:
 def test_three_decimal_currency_rounds_to_fils() -> None:
     doc = only(statement([licence(currency="KWD")], [ev("VIEW", quantity=1234)]))
     assert doc["lines"][0]["amount"] == "2.468"
+
+
+def test_registry_automatic_suspension_is_not_applied_twice_within_its_period() -> None:
+    """The alerts service records the automatic suspension in the registry; restating the
+    period from stored events must still see the critical use itself, then suspension."""
+    from residuals.domain.licences import Window
+
+    base = licence()
+    recorded = Window(parse_ts("2026-10-10T00:00:00Z"), None, automatic=True)
+    lic = type(base)(**{**_fields(base), "suspensions": (recorded,)})
+    raws = [
+        ev(category="political", occurred_at="2026-10-10T00:00:00Z"),
+        ev(occurred_at="2026-10-11T00:00:00Z"),
+    ]
+    assert (
+        violations(statement([lic], raws))
+        == violations(statement([base], raws))
+        == {
+            "FORBIDDEN_CATEGORY": 1,
+            "LICENCE_SUSPENDED": 1,
+        }
+    )
+    # reinstated on the 12th: the window's end lifts the derived suspension too
+    lifted = Window(parse_ts("2026-10-10T00:00:00Z"), parse_ts("2026-10-12T00:00:00Z"), True)
+    lic = type(base)(**{**_fields(base), "suspensions": (lifted,)})
+    doc = statement([lic], [*raws, ev(occurred_at="2026-10-13T00:00:00Z")])
+    assert violations(doc) == {"FORBIDDEN_CATEGORY": 1, "LICENCE_SUSPENDED": 1}
+    assert only(doc)["lines"][0]["units"] == 1
+
+
+def parse_ts(text: str) -> datetime:
+    from residuals.domain.events import parse_timestamp
+
+    return parse_timestamp(text)
+
+
+def _fields(lic: object) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(lic, f.name) for f in dataclasses.fields(lic) if f.init}  # type: ignore[arg-type]

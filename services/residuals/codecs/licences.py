@@ -7,7 +7,6 @@ from one record.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 from residuals.codecs.timestamps import optional_datetime, set_timestamp, to_datetime
@@ -88,12 +87,12 @@ def to_proto(licence: Licence) -> licence_pb2.Licence:
         versions=[_version_to_proto(v) for v in licence.versions],
     )
     for window in licence.suspensions:
-        entry = message.suspensions.add()
+        entry = message.suspensions.add(automatic=window.automatic)
         set_timestamp(entry.starts_at, window.start)
         if window.end is not None:
             set_timestamp(entry.ends_at, window.end)
     for reinstated in licence.reinstatements:
-        # A reinstatement of an automatic suspension is an automatic window that ended.
+        # A reinstatement of an automatic suspension: an automatic window that ended there.
         entry = message.suspensions.add(automatic=True)
         set_timestamp(entry.starts_at, reinstated)
         set_timestamp(entry.ends_at, reinstated)
@@ -148,28 +147,18 @@ def _version_from_proto(m: licence_pb2.LicenceVersion) -> LicenceVersion:
     )
 
 
-def from_proto(message: licence_pb2.Licence, *, period_start: datetime | None = None) -> Licence:
-    """Rebuild the domain licence.
+def from_proto(message: licence_pb2.Licence) -> Licence:
+    """Rebuild the domain licence, automatic suspension windows marked as such.
 
-    Automatic suspensions are re-derived from events by the rules, so an automatic window
-    that began inside the period being computed contributes only its reinstatement (its
-    end). One that began before ``period_start`` is carried in as an ordinary window, as is
-    every automatic window when no period is given (the real-time meter follows the
-    registry).
+    How an automatic window counts depends on the period being computed; the domain
+    decides that (:class:`~residuals.domain.licences.Window`), not the codec.
     """
     windows: list[Window] = []
-    reinstatements: list[datetime] = []
     for s in message.suspensions:
         start = to_datetime(s.starts_at)
         end = optional_datetime(s, "ends_at")
-        if s.automatic and (period_start is None or start >= period_start):
-            if end is not None:
-                reinstatements.append(end)
-            if period_start is None and (end is None or end > start):
-                windows.append(Window(start, end))
-            continue
-        if end is None or end > start:
-            windows.append(Window(start, end))
+        if s.automatic or end is None or end > start:
+            windows.append(Window(start, end, automatic=s.automatic))
     return Licence(
         licence_id=message.licence_id,
         talent_id=message.talent_id,
@@ -178,5 +167,4 @@ def from_proto(message: licence_pb2.Licence, *, period_start: datetime | None = 
         currency=message.currency_code,
         versions=tuple(_version_from_proto(v) for v in message.versions),
         suspensions=tuple(windows),
-        reinstatements=tuple(sorted(reinstatements)),
     )

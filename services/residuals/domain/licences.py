@@ -57,10 +57,17 @@ class Quota:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A suspension window ``[start, end)``; ``end`` None means open-ended."""
+    """A suspension window ``[start, end)``; ``end`` None means open-ended.
+
+    ``automatic`` windows were opened by the platform on critical misuse. The rules derive
+    such a suspension from the events themselves, so when a period is computed an automatic
+    window that began inside it is not applied again; its end still counts as the person's
+    reinstatement. One that began before the period carries in like any window.
+    """
 
     start: datetime
     end: datetime | None = None
+    automatic: bool = False
 
     def contains(self, t: datetime) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
@@ -120,9 +127,19 @@ class Licence:
     def latest(self) -> LicenceVersion:
         return self.versions[-1]
 
-    def suspended_at(self, t: datetime) -> bool:
-        return bool(self.suspensions) and any(w.contains(t) for w in self.suspensions)
+    def suspended_at(self, t: datetime, period_start: datetime | None = None) -> bool:
+        """Inside a suspension window (automatic ones begun in the period excepted)."""
+        for w in self.suspensions:
+            if w.automatic and period_start is not None and w.start >= period_start:
+                continue
+            if w.contains(t):
+                return True
+        return False
 
     def reinstated_between(self, after: datetime, t: datetime) -> bool:
         """Did a person reinstate the licence after ``after`` and at or before ``t``?"""
-        return any(after < r <= t for r in self.reinstatements)
+        if any(after < r <= t for r in self.reinstatements):
+            return True
+        return any(
+            w.automatic and w.end is not None and after < w.end <= t for w in self.suspensions
+        )

@@ -39,14 +39,17 @@ class LicenceCounters:
     """
 
     period: str | None = None
+    period_start: datetime | None = None
     billed_renders: int = 0
     quota_used: dict[str, int] = field(default_factory=dict)
     quota_near: set[str] = field(default_factory=set)
     auto_suspended_since: datetime | None = None
 
-    def enter_period(self, period: str) -> None:
+    def enter_period(self, period: str, start: datetime | None = None) -> None:
+        """Start counting ``period``; ``start`` marks where automatic windows stop applying."""
         if self.period != period:
             self.period = period
+            self.period_start = start
             self.billed_renders = 0
             self.quota_used = {}
             self.quota_near = set()
@@ -143,7 +146,9 @@ def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -
     if excluded is not None:
         return Rating(event, version.version, excluded=excluded)
 
-    violation = scope_violation(event, licence, version, counters.auto_suspended_since)
+    violation = scope_violation(
+        event, licence, version, counters.auto_suspended_since, counters.period_start
+    )
     if violation is not None:
         suspends = (
             violation.suspends

@@ -22,8 +22,13 @@ def exclusion(event: UsageEvent) -> str | None:
     return None
 
 
-def is_suspended(licence: Licence, t: datetime, auto_suspended_since: datetime | None) -> bool:
-    if licence.suspended_at(t):
+def is_suspended(
+    licence: Licence,
+    t: datetime,
+    auto_suspended_since: datetime | None,
+    period_start: datetime | None = None,
+) -> bool:
+    if licence.suspended_at(t, period_start):
         return True
     return auto_suspended_since is not None and not licence.reinstated_between(
         auto_suspended_since, t
@@ -35,10 +40,11 @@ def scope_violation(
     licence: Licence,
     version: LicenceVersion,
     auto_suspended_since: datetime | None = None,
+    period_start: datetime | None = None,
 ) -> Violation | None:
     """The first scope rule the use breaks, or None when it is licensed (§5, in order)."""
     t = event.occurred_at
-    if is_suspended(licence, t, auto_suspended_since):
+    if is_suspended(licence, t, auto_suspended_since, period_start):
         return Violation.LICENCE_SUSPENDED
     revocation = licence.latest
     if revocation.revoked_at is not None:

@@ -218,7 +218,7 @@ def rate_licence_events(
 ) -> list[Rating]:
     """Fold the incremental rules over one licence's uses in scope order."""
     counters = LicenceCounters()
-    counters.enter_period(str(period))
+    counters.enter_period(str(period), period.start)
     ordered = sorted(events, key=_SCOPE_ORDER)
     return [rate_event(e, licence, counters) for e in ordered]
 

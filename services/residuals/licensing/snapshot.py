@@ -44,7 +44,7 @@ class SuspensionRow:
 
     @property
     def window(self) -> Window:
-        return Window(self.starts_at, self.ends_at)
+        return Window(self.starts_at, self.ends_at, automatic=self.automatic)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,11 @@ class LicenceRecord:
         return self.versions[-1]
 
     def to_domain(self) -> Licence:
-        """The domain licence (validated like any input; every window as a window)."""
+        """The domain licence (validated like any input), automatic windows marked as such."""
         licence = terms.validate(self.identity, [(v.effective_from, v.spec) for v in self.versions])
-        windows = tuple(s.window for s in self.suspensions if s.ends_at != s.starts_at)
+        windows = tuple(
+            s.window for s in self.suspensions if s.automatic or s.ends_at != s.starts_at
+        )
         return Licence(
             licence_id=licence.licence_id,
             talent_id=licence.talent_id,
