@@ -66,3 +66,24 @@ def test_table_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "Licence LIC-CY-NOVA (EUR)" in out
     assert "LICENCE_SUSPENDED" in out and "held (not paid until resolved)" in out
+
+
+def test_events_file_carries_streaming_only_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = next(c for c in CASES if "render-tiers" in c.stem)
+    events = tmp_path / "events.jsonl"
+    forged = {"dead_letter": "BAD_SIGNATURE", "vendor_id": "VEN-ACME", "event_id": "forged-1"}
+    late = {"kind": "RENDER", "event_id": "late-1", "vendor_id": "VEN-ACME",
+            "licence_id": "LIC-ANA-ACME", "avatar_id": "AVA-ANA-1", "render_id": "x",
+            "category": "corporate_training", "territory": "US",
+            "occurred_at": "2026-10-30T00:00:00Z"}  # fmt: skip
+    events.write_text("\n".join(json.dumps(x) for x in (forged, late)) + "\n")
+    assert main(["replay", str(case), "--events", str(events)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dlq"] == [{"reason": "BAD_SIGNATURE", "count": 1}]
+    assert doc["licences"][0]["lines"][-1]["units"] == 201  # the extra render, tier 2
+
+    events.write_text(json.dumps({"dead_letter": "NOT_A_REASON"}) + "\n")
+    assert main(["replay", str(case), "--events", str(events)]) == 2
+    assert "line 1.dead_letter: must be one of" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from residuals.domain.events import Rejection, UsageEvent, parse_event, parse_ti
 from residuals.domain.licence_spec import SpecError, parse_licence, to_decimal
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
+from residuals.domain.vocabulary import RejectReason
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -51,11 +52,28 @@ class Case:
             yield parse_event(raw)
         for source in self.more_events:
             for raw in source:
-                yield parse_event(raw)
+                yield as_rejection(raw) if DEAD_LETTER in raw else parse_event(raw)
+
+
+DEAD_LETTER = "dead_letter"
+
+
+def as_rejection(raw: Mapping[str, Any]) -> Rejection:
+    """A dead letter only streaming checks can decide (BAD_SIGNATURE, TOO_LATE, IN_FUTURE,
+    OVERSIZED), stored as ``{"dead_letter": REASON, "vendor_id", "event_id", "detail"}``:
+    it is counted in the statement's ``dlq`` like any rejection, but cannot be re-judged."""
+    return Rejection(
+        RejectReason(raw[DEAD_LETTER]),
+        str(raw.get("detail") or "decided when the event was received"),
+        raw.get("vendor_id"),
+        raw.get("event_id"),
+    )
 
 
 def read_event_lines(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Stored events as JSON lines (one event object per line), streamed in file order."""
+    """Stored events as JSON lines (one event object per line), streamed in file order.
+
+    A line may also be a stored dead letter (see :func:`as_rejection`)."""
     path = Path(path)
     try:
         handle = path.open(encoding="utf-8")
@@ -71,6 +89,9 @@ def read_event_lines(path: Path | str) -> Iterator[dict[str, Any]]:
                 raise CaseError(path, f"line {number}", f"not a JSON object: {exc}") from None
             if not isinstance(raw, dict):
                 raise CaseError(path, f"line {number}", "not a JSON object")
+            if DEAD_LETTER in raw and raw[DEAD_LETTER] not in RejectReason.__members__:
+                reasons = ", ".join(RejectReason)
+                raise CaseError(path, f"line {number}.{DEAD_LETTER}", f"must be one of {reasons}")
             yield raw
 
 
