@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
 from psycopg import Connection
 
 from residuals.ledger.records import published_at
@@ -40,6 +41,8 @@ class LedgerWriter:
             usage_topic=topic_name(kafka, USAGE),
             rated_topic=self.rated_topic,
             dlq_topic=self.dlq_topic,
+            # Spans only when exported (as in the meter): none is made for nothing.
+            tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
         self.metrics = pipeline_metrics()
         self.sink: KafkaPostgresSink | None = None

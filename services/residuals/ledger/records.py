@@ -68,6 +68,8 @@ class Rated:
     source_topic: str
     source_partition: int
     source_offset: int
+    #: The meter's trace context (its ``meter.rate`` span), when it carried one.
+    trace: common_pb2.TraceContext | None = None
 
     @property
     def position(self) -> tuple[str, int, int]:
@@ -95,6 +97,7 @@ class Dead:
     source_topic: str
     source_partition: int
     source_offset: int
+    trace: common_pb2.TraceContext | None = None
 
     @property
     def position(self) -> tuple[str, int, int]:
@@ -163,6 +166,7 @@ def decode_rated(
         source_topic=usage_topic,
         source_partition=message.source_partition,
         source_offset=message.source_offset,
+        trace=message.trace if message.trace.traceparent else None,
     )
 
 
@@ -212,4 +216,5 @@ def decode_dead(
         source_topic=position[0],
         source_partition=position[1],
         source_offset=position[2],
+        trace=message.trace if message.trace.traceparent else None,
     )

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 from psycopg import Connection
 
 from residuals.codecs.usage import to_raw
@@ -35,6 +38,7 @@ from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.period import Period
 from residuals.ledger.records import Dead, Rated, UndecodableRecord, decode_dead, decode_rated
+from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import usage_pb2
 
 log = logging.getLogger(__name__)
@@ -263,10 +267,19 @@ class _Repeat:
 class LedgerStore:
     """Writes batches; ``usage_topic`` is the (prefixed) topic the meter read."""
 
-    def __init__(self, *, usage_topic: str, rated_topic: str, dlq_topic: str) -> None:
+    def __init__(
+        self,
+        *,
+        usage_topic: str,
+        rated_topic: str,
+        dlq_topic: str,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.usage_topic = usage_topic
         self.rated_topic = rated_topic
         self.dlq_topic = dlq_topic
+        #: None when spans are not exported: no span is made (see :meth:`_spans`).
+        self.tracer = tracer
 
     # --- entry point -----------------------------------------------------------------------
 
@@ -304,6 +317,52 @@ class LedgerStore:
                 )
         if not items:
             return result
+        spans = self._spans(items)
+        try:
+            return self._store(conn, items, result)
+        finally:
+            for span in spans:
+                span.end()
+
+    def _spans(self, items: Sequence[Rated | Dead]) -> list[Span]:
+        """One CONSUMER span per record, a child of the meter's span carried in the record.
+
+        Per record, not per batch with links: the ledger is bound by PostgreSQL (a batch
+        transaction costs milliseconds, a span microseconds), and a child span keeps the
+        record in its usage's trace, where a linked batch span would start a trace of its
+        own. The spans end when the batch's writes are done.
+        """
+        tracer = self.tracer
+        if tracer is None:
+            return []
+        spans: list[Span] = []
+        for item in items:
+            if isinstance(item, Rated):
+                attributes = {
+                    "residuals.licence_id": item.event.licence_id or "",
+                    "residuals.event_id": item.event.event_id,
+                    "residuals.outcome": item.outcome,
+                }
+            else:
+                attributes = {
+                    "residuals.licence_id": item.licence_id,
+                    "residuals.event_id": item.event_id,
+                    "residuals.outcome": "DEAD_LETTER",
+                    "residuals.reject_reason": item.reason,
+                }
+            spans.append(
+                tracer.start_span(
+                    "ledger.store",
+                    context=extract_trace_context_message(item.trace, context=Context()),
+                    kind=SpanKind.CONSUMER,
+                    attributes=attributes,
+                )
+            )
+        return spans
+
+    def _store(
+        self, conn: Connection[Any], items: Sequence[Rated | Dead], result: BatchResult
+    ) -> BatchResult:
         conn.execute(_TEMP)
         seqs = [
             int(r[0])

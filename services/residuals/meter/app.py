@@ -35,8 +35,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+
 from residuals.domain.validation import MAX_FUTURE, MAX_PAST
-from residuals.meter.core import Decision, Meter, Record
+from residuals.meter.core import (
+    TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+    Decision,
+    Meter,
+    Record,
+)
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.meter.settings import MeterSettings
@@ -216,6 +224,11 @@ class BatchRunner:
                 headers: list[tuple[str, str | bytes | None]] = [
                     (PUBLISHED_AT_HEADER, str(published).encode())
                 ]
+                # The alerts service continues the trace from the W3C header.
+                if alert.trace.traceparent:
+                    headers.append((TRACEPARENT_HEADER, alert.trace.traceparent))
+                    if alert.trace.tracestate:
+                        headers.append((TRACESTATE_HEADER, alert.trace.tracestate))
                 key = alert.licence_id.encode()
                 send(self.alerts_topic, key, alert.SerializeToString(), headers=headers)
         await self.publisher.barrier()
@@ -341,6 +354,9 @@ class MeterService:
             self.licence_registry,
             KeyRegistry(self.keys),
             max_event_bytes=settings.max_event_bytes,
+            # Spans only when they are exported; otherwise the incoming context is passed
+            # on unchanged (a span per record is measurable in this CPU-bound loop).
+            tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
         self.publisher = Publisher(kafka, f"{kafka.topic_prefix}meter")
         self.runner: BatchRunner | None = None

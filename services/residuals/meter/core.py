@@ -33,6 +33,9 @@ from decimal import Decimal, localcontext
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from residuals.codecs.signing import VerifyingKey
 from residuals.codecs.timestamps import set_timestamp
@@ -54,9 +57,13 @@ from residuals.meter.state import (
     identity_key,
     suspension_key,
 )
+from residuals.platform.telemetry import extract_trace_context_message, trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
 
 VENDOR_HEADER = "residuals-vendor"
+#: W3C Trace Context headers (lower case: the app lowers header names).
+TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
 RECEIVED_AT_HEADER = "residuals-received-at"
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 
@@ -141,8 +148,11 @@ class Meter:
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: type[datetime] = datetime,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.licences = licences
+        #: None when spans would not be exported: the context is then passed on unchanged.
+        self.tracer = tracer
         self.keys = keys
         self.max_event_bytes = max_event_bytes
         self._clock = clock
@@ -153,18 +163,72 @@ class Meter:
     # --- entry point -------------------------------------------------------------------
 
     def process(self, record: Record, state: StateView) -> Decision:
+        """Decide ``record`` and stamp the trace context on every record it publishes.
+
+        The parent is the record's ``traceparent`` header, else the envelope's ``trace``.
+        Without a tracer (nothing exports spans) no span is made: the incoming context is
+        passed on as it is, so downstream spans still join the caller's trace for the cost
+        of copying two strings. With one, a CONSUMER span ``meter.rate`` is the parent of
+        everything downstream.
+        """
         received_at = record.received_at()
+        envelope: usage_pb2.SignedUsageEvent | None = None
+        early: Decision | None = None
         if len(record.value) > self.max_event_bytes:
-            return self._dead(
+            early = self._dead(
                 record,
                 received_at,
                 RejectReason.OVERSIZED,
                 f"{len(record.value)} bytes; the limit is {self.max_event_bytes}",
             )
+        else:
+            try:
+                envelope = usage_pb2.SignedUsageEvent.FromString(record.value)
+            except DecodeError:
+                early = self._dead(
+                    record, received_at, RejectReason.MALFORMED, "not a SignedUsageEvent"
+                )
+        incoming = _incoming_trace(record, envelope)
+        tracer = self.tracer
+        if tracer is None:
+            decision = early or self._decide(record, envelope, received_at, state)
+            if incoming is not None:
+                _stamp(decision, incoming)
+            return decision
+        span = tracer.start_span(
+            "meter.rate",
+            context=extract_trace_context_message(incoming, context=Context()),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+            },
+        )
         try:
-            envelope = usage_pb2.SignedUsageEvent.FromString(record.value)
-        except DecodeError:
-            return self._dead(record, received_at, RejectReason.MALFORMED, "not a SignedUsageEvent")
+            with trace.use_span(span, end_on_exit=False):
+                decision = early or self._decide(record, envelope, received_at, state)
+            span.set_attributes(
+                {
+                    "residuals.licence_id": _licence_id(decision, record),
+                    "residuals.kind": decision.kind,
+                    "residuals.outcome": decision.outcome,
+                }
+            )
+            _stamp(decision, trace_context_message(context=trace.set_span_in_context(span)))
+            return decision
+        finally:
+            span.end()
+
+    def _decide(
+        self,
+        record: Record,
+        envelope: usage_pb2.SignedUsageEvent | None,
+        received_at: datetime,
+        state: StateView,
+    ) -> Decision:
+        assert envelope is not None  # process() decided oversized/undecodable records
         key = self.keys.verifying_key(envelope.key_id)
         problem = _signature_problem(key, envelope, record.header(VENDOR_HEADER), received_at)
         if problem is not None or key is None:
@@ -260,11 +324,8 @@ class Meter:
         self._fill(rated, c, licence.currency)
         raised_at = self.now()
         alerts = [
-            self._alert(
-                messages.make_alert(
-                    v, event, licence, version=rating.version, rating=rating, raised_at=raised_at
-                ),
-                c,
+            messages.make_alert(
+                v, event, licence, version=rating.version, rating=rating, raised_at=raised_at
             )
             for v in rating.violations
         ]
@@ -301,7 +362,7 @@ class Meter:
                     rating=None,
                     raised_at=self.now(),
                 )
-                alerts.append(self._alert(alert, c))
+                alerts.append(alert)
         self._fill(rated, c, currency)
         return Decision(
             kind=c.event.kind.value,
@@ -374,13 +435,6 @@ class Meter:
         set_timestamp(rated.rated_at, self.now())
         rated.source_partition = c.record.partition
         rated.source_offset = c.record.offset
-        if c.envelope.HasField("trace"):
-            rated.trace.CopyFrom(c.envelope.trace)
-
-    def _alert(self, alert: alerts_pb2.Alert, c: _Context) -> alerts_pb2.Alert:
-        if c.envelope.HasField("trace"):
-            alert.trace.CopyFrom(c.envelope.trace)
-        return alert
 
     def _dead(
         self,
@@ -418,6 +472,42 @@ class _Context:
     event: UsageEvent
     vendor_id: str  # authenticated: the signing key's vendor
     received_at: datetime
+
+
+def _incoming_trace(
+    record: Record, envelope: usage_pb2.SignedUsageEvent | None
+) -> common_pb2.TraceContext | None:
+    """The caller's trace: the record's W3C headers, else the envelope's ``trace``."""
+    traceparent = record.headers.get(TRACEPARENT_HEADER)
+    if traceparent:
+        tracestate = record.headers.get(TRACESTATE_HEADER)
+        return common_pb2.TraceContext(
+            traceparent=traceparent.decode("ascii", "replace"),
+            tracestate=tracestate.decode("ascii", "replace") if tracestate else "",
+        )
+    if envelope is not None and envelope.trace.traceparent:
+        return envelope.trace
+    return None
+
+
+def _stamp(decision: Decision, context: common_pb2.TraceContext) -> None:
+    """Carry ``context`` on every record of ``decision`` (in the message, not in headers:
+    a Kafka header costs more per record than a proto field; the app copies an alert's
+    into its ``traceparent`` header, which the alerts service reads)."""
+    if decision.rated is not None:
+        decision.rated.trace.CopyFrom(context)
+    if decision.dead is not None:
+        decision.dead.trace.CopyFrom(context)
+    for alert in decision.alerts:
+        alert.trace.CopyFrom(context)
+
+
+def _licence_id(decision: Decision, record: Record) -> str:
+    if decision.rated is not None and decision.rated.event.licence_id:
+        return decision.rated.event.licence_id
+    if decision.dead is not None and decision.dead.licence_id:
+        return decision.dead.licence_id
+    return (record.key or b"").decode("utf-8", errors="replace")
 
 
 def _kind_label(kind: int) -> str:
