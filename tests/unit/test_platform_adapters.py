@@ -280,3 +280,27 @@ def test_pool_is_configured_but_not_opened() -> None:
         assert pool.name == "ledger-writer"
     finally:
         pool.close()
+
+
+def test_kafka_security_settings_reach_every_client() -> None:
+    from residuals.platform.config import ConfigError, KafkaSettings, load
+    from residuals.platform.faust_app import faust_settings
+    from residuals.platform.kafka import consumer_config, producer_config
+
+    env = {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_USERNAME": "meter",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+    }
+    kafka = load(KafkaSettings, env)
+    for config in (producer_config(kafka), consumer_config(kafka, "g")):
+        assert config["security.protocol"] == "sasl_ssl"
+        assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert (config["sasl.username"], config["sasl.password"]) == ("meter", "s3cret")
+    credentials = faust_settings(kafka, data_dir="/tmp/x")["broker_credentials"]
+    assert credentials.username == "meter" and credentials.ssl_context is not None
+    assert "security.protocol" not in producer_config(load(KafkaSettings, {}))
+    with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD is required with SASL_PLAINTEXT"):
+        load(
+            KafkaSettings, {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"}
+        )

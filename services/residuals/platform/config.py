@@ -148,6 +148,44 @@ class KafkaSettings:
         help="partitions of the topics services create (faust changelogs must match sources)",
         minimum=1,
     )
+    security_protocol: str = env(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        help="how clients talk to the brokers",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = env(
+        "KAFKA_SASL_MECHANISM",
+        "SCRAM-SHA-512",
+        help="SASL mechanism with a SASL_* protocol",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    sasl_username: str | None = env(
+        "KAFKA_SASL_USERNAME", None, help="SASL principal (required with a SASL_* protocol)"
+    )
+    sasl_password: str | None = env(
+        "KAFKA_SASL_PASSWORD", None, help="SASL password (required with a SASL_* protocol)"
+    )
+    ssl_ca_location: str | None = env(
+        "KAFKA_SSL_CA_LOCATION", None, help="PEM CA bundle for SSL/SASL_SSL; unset = system CAs"
+    )
+
+    def __post_init__(self) -> None:
+        if self.uses_sasl:
+            for var, value in (
+                ("KAFKA_SASL_USERNAME", self.sasl_username),
+                ("KAFKA_SASL_PASSWORD", self.sasl_password),
+            ):
+                if not value:
+                    raise ConfigError(f"{var} is required with {self.security_protocol}")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol.endswith("SSL")
 
 
 @dataclass(frozen=True)

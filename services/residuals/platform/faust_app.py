@@ -68,8 +68,27 @@ def faust_settings(
         # Only our settings count: see the module docstring.
         "env": {},
     }
+    if kafka.security_protocol != "PLAINTEXT":
+        settings["broker_credentials"] = broker_credentials(kafka)
     settings.update(overrides)
     return settings
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """faust's credentials for the same security settings the confluent clients use."""
+    import ssl
+
+    import faust
+
+    context = ssl.create_default_context(cafile=kafka.ssl_ca_location) if kafka.uses_ssl else None
+    if kafka.uses_sasl:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
 
 
 def make_faust_app(

@@ -73,6 +73,20 @@ def _base(kafka: KafkaSettings, client_id: str | None) -> KafkaConfig:
     config: KafkaConfig = {"bootstrap.servers": kafka.bootstrap_servers}
     if client_id:
         config["client.id"] = client_id
+    return config | security_config(kafka)
+
+
+def security_config(kafka: KafkaSettings) -> KafkaConfig:
+    """librdkafka's security settings (SASL/SCRAM principals in production, ACLs per vendor)."""
+    config: KafkaConfig = {}
+    if kafka.security_protocol != "PLAINTEXT":
+        config["security.protocol"] = kafka.security_protocol.lower()
+    if kafka.uses_sasl:
+        config["sasl.mechanism"] = kafka.sasl_mechanism
+        config["sasl.username"] = kafka.sasl_username or ""
+        config["sasl.password"] = kafka.sasl_password or ""
+    if kafka.uses_ssl and kafka.ssl_ca_location:
+        config["ssl.ca.location"] = kafka.ssl_ca_location
     return config
 
 
