@@ -57,7 +57,7 @@ from residuals.meter.state import (
     identity_key,
     suspension_key,
 )
-from residuals.platform.telemetry import extract_trace_context_message, trace_context_message
+from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
 
 VENDOR_HEADER = "residuals-vendor"
@@ -199,24 +199,20 @@ class Meter:
             "meter.rate",
             context=extract_trace_context_message(incoming, context=Context()),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-            },
         )
         try:
-            with trace.use_span(span, end_on_exit=False):
-                decision = early or self._decide(record, envelope, received_at, state)
+            # No use_span(): nothing here logs per record, and attaching a context costs.
+            decision = early or self._decide(record, envelope, received_at, state)
             span.set_attributes(
                 {
                     "residuals.licence_id": _licence_id(decision, record),
                     "residuals.kind": decision.kind,
                     "residuals.outcome": decision.outcome,
+                    "messaging.kafka.partition": record.partition,
+                    "messaging.kafka.offset": record.offset,
                 }
             )
-            _stamp(decision, trace_context_message(context=trace.set_span_in_context(span)))
+            _stamp(decision, _span_trace(span))
             return decision
         finally:
             span.end()
@@ -488,6 +484,16 @@ def _incoming_trace(
     if envelope is not None and envelope.trace.traceparent:
         return envelope.trace
     return None
+
+
+def _span_trace(span: trace.Span) -> common_pb2.TraceContext:
+    """``span`` as W3C fields, formatted directly (what the propagator's inject writes,
+    without its context lookups)."""
+    ctx = span.get_span_context()
+    return common_pb2.TraceContext(
+        traceparent=f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}",
+        tracestate=ctx.trace_state.to_header() if ctx.trace_state else "",
+    )
 
 
 def _stamp(decision: Decision, context: common_pb2.TraceContext) -> None:
