@@ -46,7 +46,10 @@ def licence_spec(licence: Licence) -> dict[str, Any]:
     if not spec["amendments"]:
         del spec["amendments"]
     if licence.suspensions:
-        spec["suspensions"] = [{"from": w.start, "until": w.end} for w in licence.suspensions]
+        spec["suspensions"] = [
+            {"from": w.start, "until": w.end, **({"automatic": True} if w.automatic else {})}
+            for w in licence.suspensions
+        ]
     if licence.reinstatements:
         spec["reinstatements"] = list(licence.reinstatements)
     document: dict[str, Any] = plain(spec)

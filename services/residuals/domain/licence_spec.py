@@ -243,7 +243,8 @@ _SUSPENSION_KEYS = ("suspensions", "suspension_windows")
 
 
 def _windows(r: _Reader) -> list[Window]:
-    """Suspension windows ``[from, until)``; ``until`` absent means still suspended."""
+    """Suspension windows ``[from, until)``; ``until`` absent means still suspended;
+    ``automatic: true`` marks one the platform opened on critical misuse (see Window)."""
     windows = []
     for key in _SUSPENSION_KEYS:
         for i, item in enumerate(r.items(key)):
@@ -252,10 +253,11 @@ def _windows(r: _Reader) -> list[Window]:
             end_key = next((k for k in ("until", "end", "ends_at") if w.has(k)), "until")
             start = w.time(start_key)
             end = w.time(end_key, required=False)
+            automatic = w.boolean("automatic", False)
             assert start is not None
-            if end is not None and end <= start:
+            if end is not None and (end < start or (end == start and not automatic)):
                 raise SpecError(w.at(end_key), f"must be after {start_key}")
-            windows.append(Window(start, end))
+            windows.append(Window(start, end, automatic=automatic))
     return windows
 
 
