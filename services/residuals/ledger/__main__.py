@@ -10,15 +10,15 @@ from types import FrameType
 
 from residuals.ledger.app import LedgerWriter
 from residuals.ledger.settings import LedgerSettings
-from residuals.platform.config import load
 from residuals.platform.grpc_server import make_grpc_server
+from residuals.platform.service import load_service_settings
 from residuals.platform.telemetry import init_telemetry
 
 log = logging.getLogger("residuals.ledger")
 
 
 def main() -> int:
-    settings = load(LedgerSettings)
+    settings = load_service_settings(LedgerSettings, "ledger")
     telemetry = init_telemetry(settings.telemetry)
     writer = LedgerWriter(settings)
     health = make_grpc_server(settings.grpc).start()

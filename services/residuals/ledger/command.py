@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from residuals.platform.config import describe
+from residuals.platform.service import add_service_command
 
 
 def register(subparsers: Any) -> None:
     from residuals.ledger.settings import LedgerSettings
 
-    rows = "\n".join(
-        f"  {var} (default {default}): {text}" for var, default, text in describe(LedgerSettings)
-    )
-    parser = subparsers.add_parser(
+    add_service_command(
+        subparsers,
         "ledger",
-        help="the ledger writer: rated usage and dead letters into PostgreSQL",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"settings (environment variables):\n{rows}",
+        "the ledger writer: rated usage and dead letters into PostgreSQL",
+        LedgerSettings,
+        {"run": ("consume rated usage and dead letters into the ledger", _main)},
     )
-    sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="consume rated usage and dead letters into the ledger")
-    run.set_defaults(handler=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from residuals.ledger.__main__ import main
+def _main() -> int:
+    from residuals.ledger.__main__ import main  # faust/Kafka imports only when it runs
 
     return main()

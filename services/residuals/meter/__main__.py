@@ -7,16 +7,16 @@ import sys
 
 from residuals.meter.app import MeterService
 from residuals.meter.settings import MeterSettings
-from residuals.platform.config import load
 from residuals.platform.faust_app import run_worker
 from residuals.platform.grpc_server import make_grpc_server
+from residuals.platform.service import load_service_settings
 from residuals.platform.telemetry import init_telemetry
 
 log = logging.getLogger("residuals.meter")
 
 
 def main() -> int:
-    settings = load(MeterSettings)
+    settings = load_service_settings(MeterSettings, "meter")
     telemetry = init_telemetry(settings.telemetry)
     health = make_grpc_server(settings.grpc).start()
     health.set_serving(False)

@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from residuals.platform.config import describe
+from residuals.platform.service import add_service_command
 
 
 def register(subparsers: Any) -> None:
     from residuals.meter.settings import MeterSettings
 
-    rows = "\n".join(
-        f"  {var} (default {default}): {text}" for var, default, text in describe(MeterSettings)
-    )
-    parser = subparsers.add_parser(
+    add_service_command(
+        subparsers,
         "meter",
-        help="the meter: rate usage events as they arrive (faust)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"settings (environment variables):\n{rows}",
+        "the meter: rate usage events as they arrive (faust)",
+        MeterSettings,
+        {
+            "run": (
+                "consume residuals.usage.v1 and publish rated usage, alerts and dead letters",
+                _main,
+            )
+        },
     )
-    sub = parser.add_subparsers(dest="meter_command", metavar="ACTION", required=True)
-    run = sub.add_parser(
-        "run", help="consume residuals.usage.v1 and publish rated usage, alerts and dead letters"
-    )
-    run.set_defaults(handler=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from residuals.meter.__main__ import main
+def _main() -> int:
+    from residuals.meter.__main__ import main  # faust/Kafka imports only when it runs
 
     return main()
