@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 from opentelemetry import trace
 
+from residuals.platform.grpc_server import rewrap_handler
+
 if TYPE_CHECKING:
     from residuals.platform.postgres import Database
 
@@ -429,14 +431,4 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     _current.reset(token)
                 yield item
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary_response, **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(streaming_response, **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary_response, **kwargs)
-        return grpc.stream_stream_rpc_method_handler(streaming_response, **kwargs)
+        return rewrap_handler(handler, unary_response, streaming_response)

@@ -191,6 +191,19 @@ def _observe(
             raise
         call.finish(_final_code(context, None), None)
 
+    return rewrap_handler(handler, unary_response, streaming_response)
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary_response: Callable[..., Any],
+    streaming_response: Callable[..., Any],
+) -> grpc.RpcMethodHandler:
+    """The same RPC kind and serializers as ``handler``, with new behaviour functions.
+
+    ``unary_response`` serves RPCs that answer once, ``streaming_response`` those that
+    stream their answer; interceptors use this to wrap every kind alike.
+    """
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -238,11 +251,8 @@ def default_metrics() -> GrpcMetrics:
     return _default_metrics
 
 
-class PrometheusServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Counts RPCs by method and final status code and records their latency."""
-
-    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
-        self.metrics = metrics or default_metrics()
+class _ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Observes every RPC through the subclass's ``_call`` (a fresh :class:`_Call` each)."""
 
     def intercept_service(
         self,
@@ -250,6 +260,18 @@ class PrometheusServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         return _observe(continuation(handler_call_details), handler_call_details, self._call)
+
+    def _call(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
+    ) -> _Call:
+        raise NotImplementedError
+
+
+class PrometheusServerInterceptor(_ObservingInterceptor):
+    """Counts RPCs by method and final status code and records their latency."""
+
+    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
+        self.metrics = metrics or default_metrics()
 
     def _call(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
@@ -267,18 +289,11 @@ class PrometheusServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _Timed()
 
 
-class TracingServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class TracingServerInterceptor(_ObservingInterceptor):
     """Opens a SERVER span per RPC, child of the trace context in the call metadata."""
 
     def __init__(self, tracer: trace.Tracer | None = None) -> None:
         self.tracer = tracer or trace.get_tracer(__name__)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        return _observe(continuation(handler_call_details), handler_call_details, self._call)
 
     def _call(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
