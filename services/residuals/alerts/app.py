@@ -24,7 +24,7 @@ from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuth
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
-from residuals.platform.service import Workers, run_service
+from residuals.platform.service import GrpcApp, Workers, run_service
 from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
 from residuals.platform.topics import ALERTS
 from residuals.v1 import alert_service_pb2_grpc
@@ -44,7 +44,7 @@ def licence_registry(settings: AlertsSettings) -> LicenceRegistry | None:
     return GrpcLicenceRegistry(channel, licensing.api_key, timeout=licensing.timeout_seconds)
 
 
-class AlertsApp:
+class AlertsApp(GrpcApp):
     def __init__(
         self,
         settings: AlertsSettings,
@@ -156,15 +156,6 @@ class AlertsApp:
             self.sink.run(stop)
         finally:
             self.sink.close()
-
-    def _worker_failed(self, name: str) -> None:
-        if self.server is not None:
-            self.server.set_serving(False)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None, "not started"
-        return self.server.port
 
     def stop(self) -> None:
         self.workers.stop_event.set()

@@ -22,7 +22,7 @@ from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuth
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
-from residuals.platform.service import run_service
+from residuals.platform.service import GrpcApp, run_service
 from residuals.platform.topics import USAGE, USAGE_DLQ
 from residuals.v1 import ingest_pb2
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 _FRAME_SLACK = 64 * 1024
 
 
-class IngestApp:
+class IngestApp(GrpcApp):
     def __init__(
         self,
         settings: IngestSettings,
@@ -108,11 +108,6 @@ class IngestApp:
         self.server.start()
         log.info("ingest gateway serving", extra={"grpc_port": self.server.port})
         return self
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None, "not started"
-        return self.server.port
 
     def stop(self) -> None:
         if self.server is not None:

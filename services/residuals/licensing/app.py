@@ -22,7 +22,7 @@ from residuals.licensing.service import servicer
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
 from residuals.platform.grpc_server import GrpcMetrics, GrpcServer, make_grpc_server
 from residuals.platform.postgres import Database
-from residuals.platform.service import Workers, load_service_settings, run_service
+from residuals.platform.service import GrpcApp, Workers, load_service_settings, run_service
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ HEALTH_INTERVAL_SECONDS = 5.0
 RELAY_RESTART_SECONDS = 2.0
 
 
-class LicensingApp:
+class LicensingApp(GrpcApp):
     def __init__(
         self,
         settings: LicensingSettings,
@@ -102,11 +102,6 @@ class LicensingApp:
                 log.warning("licence registry database %s", "back" if healthy else "unreachable")
                 self.server.set_serving(healthy, GRPC_SERVICE)
                 serving = healthy
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None, "not started"
-        return self.server.port
 
     def stop(self) -> None:
         self.workers.stop_event.set()

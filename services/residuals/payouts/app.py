@@ -26,7 +26,7 @@ from residuals.payouts.sources import Sources
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.postgres import Database
-from residuals.platform.service import Workers, load_service_settings, run_service
+from residuals.platform.service import GrpcApp, Workers, load_service_settings, run_service
 from residuals.v1 import payout_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def default_sources() -> Sources:
     return stored_sources()
 
 
-class PayoutsApp:
+class PayoutsApp(GrpcApp):
     def __init__(
         self,
         settings: PayoutsSettings,
@@ -126,15 +126,6 @@ class PayoutsApp:
         if settings.auto_pay:
             pay_payouts(self.db, self.rail)
             self.metrics.refresh_states(self.db)
-
-    def _worker_failed(self, name: str) -> None:
-        if self.server is not None:
-            self.server.set_serving(False)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None, "not started"
-        return self.server.port
 
     def stop(self) -> None:
         self.workers.stop_event.set()

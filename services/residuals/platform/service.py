@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from residuals.platform.config import describe, load
+from residuals.platform.grpc_server import GrpcServer
 from residuals.platform.telemetry import init_telemetry
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,22 @@ class Workers:
         self.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=timeout)
+
+
+class GrpcApp:
+    """Base of the services that serve gRPC: the bound port, and health that follows workers."""
+
+    server: GrpcServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.port
+
+    def _worker_failed(self, name: str) -> None:
+        """A background worker died: stop advertising SERVING so probes see it."""
+        if self.server is not None:
+            self.server.set_serving(False)
 
 
 Action = tuple[str, Callable[[], int]]
