@@ -38,12 +38,11 @@ class LicensingClientSettings:
 
 @dataclass(frozen=True)
 class AlertsSettings:
-    # group() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
-    licensing: LicensingClientSettings = group(LicensingClientSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    grpc: GrpcSettings = group(GrpcSettings)
+    licensing: LicensingClientSettings = group(LicensingClientSettings)
     consumer_group: str = env(
         "ALERTS_CONSUMER_GROUP", "residuals-alerts", help="Kafka consumer group (and offset rows)"
     )

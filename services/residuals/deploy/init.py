@@ -27,7 +27,7 @@ Log = Callable[[str], None]
 class MigrateSettings:
     """``residuals migrate``: only the database."""
 
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
+    postgres: PostgresSettings = group(PostgresSettings)
     wait_seconds: float = env(
         "RESIDUALS_INIT_WAIT_SECONDS",
         120.0,
@@ -40,8 +40,8 @@ class MigrateSettings:
 class InitSettings:
     """``residuals deploy init``: topics and migrations."""
 
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
     replication_factor: int = env(
         "RESIDUALS_TOPIC_REPLICATION_FACTOR",
         1,

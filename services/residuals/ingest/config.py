@@ -20,11 +20,10 @@ SERVICE_NAME = "ingest"
 
 @dataclass(frozen=True)
 class IngestSettings:
-    # group() builds a dataclass field with a default factory; RUF009 cannot tell.
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    grpc: GrpcSettings = group(GrpcSettings)
     max_event_bytes: int = env(
         "INGEST_MAX_EVENT_BYTES",
         64 * KIB,

@@ -16,10 +16,10 @@ from residuals.platform.grpc_server import GrpcSettings
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    grpc: GrpcSettings = group(GrpcSettings)
     consumer_group: str = env(
         "LEDGER_CONSUMER_GROUP",
         "ledger-writer",

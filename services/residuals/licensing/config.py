@@ -38,12 +38,11 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class LicensingSettings:
-    # group() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    relay: RelaySettings = group(RelaySettings)  # noqa: RUF009
+    grpc: GrpcSettings = group(GrpcSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
+    kafka: KafkaSettings = group(KafkaSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    relay: RelaySettings = group(RelaySettings)
     auth_cache_seconds: float = env(
         "LICENSING_AUTH_CACHE_SECONDS",
         30.0,

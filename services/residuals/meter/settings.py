@@ -11,11 +11,10 @@ from residuals.platform.grpc_server import GrpcSettings
 
 @dataclass(frozen=True)
 class MeterSettings:
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
-    # env() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    data_dir: Path = env(  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    grpc: GrpcSettings = group(GrpcSettings)
+    data_dir: Path = env(
         "METER_DATA_DIR", Path("/tmp/residuals-meter"), help="faust data directory"
     )
     store: str = env(

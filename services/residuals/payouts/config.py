@@ -43,11 +43,10 @@ def parse_thresholds(text: str) -> dict[str, Decimal]:
 
 @dataclass(frozen=True)
 class PayoutsSettings:
-    # group() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    kafka: KafkaSettings = group(KafkaSettings)  # noqa: RUF009
-    postgres: PostgresSettings = group(PostgresSettings)  # noqa: RUF009
-    telemetry: TelemetrySettings = group(TelemetrySettings)  # noqa: RUF009
-    grpc: GrpcSettings = group(GrpcSettings)  # noqa: RUF009
+    kafka: KafkaSettings = group(KafkaSettings)
+    postgres: PostgresSettings = group(PostgresSettings)
+    telemetry: TelemetrySettings = group(TelemetrySettings)
+    grpc: GrpcSettings = group(GrpcSettings)
     grace_days: int = env(
         "PAYOUTS_GRACE_DAYS", 3, help="days after a month ends before it may be closed", minimum=0
     )
@@ -62,8 +61,7 @@ class PayoutsSettings:
         help="payment rail: file (instruction files) or test (in memory)",
         choices=("file", "test"),
     )
-    # env() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    rail_dir: Path = env(  # noqa: RUF009
+    rail_dir: Path = env(
         "PAYOUTS_RAIL_DIR", Path("payout-instructions"), help="folder of the file rail"
     )
     auto_close: bool = env(

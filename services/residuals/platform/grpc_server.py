@@ -65,14 +65,11 @@ class GrpcSettings:
         help="reject RPCs beyond this many in flight with RESOURCE_EXHAUSTED (0 = unlimited)",
         minimum=0,
     )
-    # env() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    tls_cert: Path | None = env(  # noqa: RUF009
+    tls_cert: Path | None = env(
         "GRPC_TLS_CERT", None, help="PEM certificate chain; unset = plaintext"
     )
-    tls_key: Path | None = env(  # noqa: RUF009
-        "GRPC_TLS_KEY", None, help="PEM private key for GRPC_TLS_CERT"
-    )
-    tls_client_ca: Path | None = env(  # noqa: RUF009
+    tls_key: Path | None = env("GRPC_TLS_KEY", None, help="PEM private key for GRPC_TLS_CERT")
+    tls_client_ca: Path | None = env(
         "GRPC_TLS_CLIENT_CA", None, help="PEM CA bundle; set = require client certificates (mTLS)"
     )
     shutdown_grace_seconds: float = env(

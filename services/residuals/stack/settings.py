@@ -25,8 +25,7 @@ def repo_root() -> Path:
 
 @dataclass(frozen=True)
 class StackSettings:
-    # env() only builds a dataclass field; RUF009 cannot tell it is immutable.
-    stack_dir_override: Path | None = env(  # noqa: RUF009
+    stack_dir_override: Path | None = env(
         "RESIDUALS_STACK_DIR", None, help="where the local stack keeps data (default <repo>/.stack)"
     )
     kafka_port: int = env(
