@@ -143,8 +143,9 @@ Global___UsageEvent: _TypeAlias = UsageEvent  # noqa: Y015
 class SignedUsageEvent(_message.Message):
     """The envelope on the residuals.usage.v1 topic and in ingest RPCs.
 
-    The signature covers the exact payload bytes, so receivers verify before parsing and
-    never re-serialize; the ledger stores payload and signature verbatim for audit.
+    The signature covers the exact payload bytes (directly, or through the Merkle root of a
+    batch), so receivers verify before parsing and never re-serialize; the ledger stores
+    payload and signature verbatim for audit.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -153,15 +154,25 @@ class SignedUsageEvent(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     """A UsageEvent serialized once by the signer (deterministic serialization)."""
     signature: _builtins.bytes
-    """Ed25519 signature (64 bytes) over payload with the vendor's registered key."""
+    """Ed25519 signature (64 bytes) with the vendor's registered key. Without batch: over
+    payload itself. With batch: over the batch's root message (see BatchProof); every
+    event of the batch carries the same signature.
+    """
     key_id: _builtins.str
     """Id of the VendorSigningKey that made the signature."""
     @_builtins.property
     def trace(self) -> _common_pb2.TraceContext:
         """Trace of the publishing call, so the trace continues through the pipeline."""
+
+    @_builtins.property
+    def batch(self) -> Global___BatchProof:
+        """Set when one signature covers a batch of events: proves that payload is a leaf of the
+        signed Merkle tree. Unset: the signature covers payload alone.
+        """
 
     def __init__(
         self,
@@ -170,14 +181,60 @@ class SignedUsageEvent(_message.Message):
         signature: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
         trace: _common_pb2.TraceContext | None = ...,
+        batch: Global___BatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["trace", b"trace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "payload", b"payload", "signature", b"signature", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "key_id", b"key_id", "payload", b"payload", "signature", b"signature", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedUsageEvent: _TypeAlias = SignedUsageEvent  # noqa: Y015
+
+@_typing.final
+class BatchProof(_message.Message):
+    """Inclusion of one payload in a signed batch (a Merkle tree, as in Certificate
+    Transparency, RFC 9162 section 2.1).
+
+    The batch's payloads, in signing order, are the leaves D[0..leaf_count). Hashes are
+    SHA-256: a leaf hash is SHA-256(0x00 || payload), an inner node SHA-256(0x01 || left ||
+    right), and a tree of n > 1 leaves splits at k, the largest power of two < n (RFC 9162
+    section 2.1.1). The Ed25519 signature covers exactly
+      "residuals.usage-batch.v1\\n" (ASCII, 25 bytes) || leaf_count (8 bytes, big-endian) || root
+    where root is the 32-byte tree head. A receiver recomputes root from payload, leaf_index
+    and audit_path (RFC 9162 section 2.1.3.2, which also requires the path length to be
+    exactly right for leaf_index and leaf_count) and verifies the signature over that message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    LEAF_COUNT_FIELD_NUMBER: _builtins.int
+    AUDIT_PATH_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    """Position of this payload among the batch's leaves, 0-based; < leaf_count."""
+    leaf_count: _builtins.int
+    """Number of events in the batch (>= 1); signed, so a proof cannot claim another size."""
+    @_builtins.property
+    def audit_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The audit path (RFC 9162 section 2.1.3.1): sibling hashes from the leaf up to the root,
+        32 bytes each.
+        """
+
+    def __init__(
+        self,
+        *,
+        leaf_index: _builtins.int = ...,
+        leaf_count: _builtins.int = ...,
+        audit_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_path", b"audit_path", "leaf_count", b"leaf_count", "leaf_index", b"leaf_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015
 
 @_typing.final
 class RatedUsage(_message.Message):
