@@ -106,7 +106,13 @@ class Publisher:
 
     def __init__(self, kafka: KafkaSettings, client_id: str) -> None:
         self.errors: list[str] = []
-        tuning: dict[str, Any] = {"linger.ms": 5, "on_delivery": self._delivered}
+        # Reports of failures only: a Python callback per acknowledged record costs ~1 µs
+        # at three to four records per usage event; flush() still waits for all of them.
+        tuning: dict[str, Any] = {
+            "linger.ms": 5,
+            "on_delivery": self._delivered,
+            "delivery.report.only.error": True,
+        }
         self.producer = make_producer(kafka, client_id=client_id, **tuning)
 
     def _delivered(self, err: Any, _msg: Any) -> None:

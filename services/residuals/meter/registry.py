@@ -3,10 +3,12 @@
 Both come from compacted topics (``residuals.licences.v1``, ``residuals.signing-keys.v1``)
 held by in-process replicas (:mod:`residuals.platform.replica`) as the exact record
 bytes. Keeping bytes, not domain objects, is what lets 100,000 licences fit in the
-meter's memory budget: a serialized licence is a few hundred bytes, a decoded one
-(versions, scope sets, rate cards) several kilobytes. A bounded LRU cache of decoded
-licences serves the hot ones; an entry is used only while the replica still holds the
-very bytes it was decoded from, so an updated licence is seen by the next event.
+meter's memory budget whatever their number: a serialized licence is a few hundred
+bytes, a decoded one about a kilobyte (scopes, rate cards and amounts are shared between
+licences by the codec). A bounded LRU cache of decoded licences (by default large
+enough for every licence of a big deployment) serves them; an entry is used only while
+the replica still holds the very bytes it was decoded from, so an updated licence is
+seen by the next event.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 class LicenceRegistry(Mapping[str, Licence]):
     """``licence_id`` → domain :class:`Licence`, over a table of raw ``Licence`` records."""
 
-    def __init__(self, table: Mapping[Any, Any], cache_size: int = 20_000) -> None:
+    def __init__(self, table: Mapping[Any, Any], cache_size: int = 150_000) -> None:
         self._table = table
         self._cache: OrderedDict[str, tuple[bytes, Licence]] = OrderedDict()
         self._cache_size = cache_size

@@ -35,7 +35,10 @@ class MeterSettings:
         "METER_MAX_EVENT_BYTES", 64 * 1024, help="larger records are OVERSIZED", minimum=1024
     )
     licence_cache: int = env(
-        "METER_LICENCE_CACHE", 20_000, help="decoded licences kept in memory", minimum=1
+        "METER_LICENCE_CACHE",
+        150_000,
+        help="decoded licences kept in memory (~1 KB each)",
+        minimum=1,
     )
     purge_every: float = env(
         "METER_PURGE_SECONDS",

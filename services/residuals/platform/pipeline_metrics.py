@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -53,13 +54,21 @@ class PipelineMetrics:
             ("group", "topic", "partition"),
             registry=registry,
         )
+        #: ``labels()`` costs microseconds (a lock, label checks); the meter accrues for
+        #: thousands of avatars a batch, so children are kept here (Prometheus keeps them
+        #: anyway: the cardinality is the same).
+        self._accrued_children: dict[tuple[str, str], Any] = {}
 
     def observe_latency(self, stage: str, published_at: datetime, now: datetime) -> None:
         self.latency.labels(stage).observe(max(0.0, (now - published_at).total_seconds()))
 
     def accrue(self, currency: str, avatar_id: str, amount: Decimal) -> None:
         if amount > 0:
-            self.accrued.labels(currency, avatar_id).inc(float(amount))
+            child = self._accrued_children.get((currency, avatar_id))
+            if child is None:
+                child = self.accrued.labels(currency, avatar_id)
+                self._accrued_children[(currency, avatar_id)] = child
+            child.inc(float(amount))
 
 
 _default: PipelineMetrics | None = None

@@ -1,0 +1,152 @@
+"""The meter's CPU per event without Kafka: where the time goes, quickly.
+
+    python bench/meter_cpu.py --events 50000 --licences 100000 [--profile]
+
+Runs the meter's real batch path (``BatchRunner.run``: signature check, rules, records and
+state writes, metrics) over a month of signed records (bench/month.py) held in memory,
+with a publisher that only counts what it is given and a dict as the state store. What it
+leaves out is what the pipeline benchmark (bench/pipeline.py) adds: faust's consumer, the
+broker and the producer's I/O. Prints one JSON report; ``--profile`` adds cProfile's top
+functions by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from month import make_events, make_licences  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from residuals.codecs import licences as licence_codec  # noqa: E402
+from residuals.codecs.signing import sign_event, signing_key_record  # noqa: E402
+from residuals.domain.licence_spec import parse_licence  # noqa: E402
+from residuals.meter.app import BatchRunner  # noqa: E402
+from residuals.meter.core import RECEIVED_AT_HEADER, VENDOR_HEADER, Meter, Record  # noqa: E402
+from residuals.meter.metrics import MeterMetrics  # noqa: E402
+from residuals.meter.registry import KeyRegistry, LicenceRegistry  # noqa: E402
+from tests.integration.metering_support import raw_to_proto  # noqa: E402
+
+
+class CountingPublisher:
+    """Takes records like the Kafka publisher and acknowledges them at once."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.bytes = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, **_: Any) -> None:
+        self.sent += 1
+        self.bytes += len(value or b"")
+
+    async def barrier(self, timeout: float = 120.0) -> None:
+        return None
+
+
+def build(args: argparse.Namespace) -> tuple[BatchRunner, list[Record], CountingPublisher]:
+    specs = make_licences(args.licences, args.vendors)
+    licences = {
+        s["licence_id"].encode(): licence_codec.to_proto(parse_licence(dict(s))).SerializeToString()
+        for s in specs
+    }
+    keys: dict[str, tuple[str, Ed25519PrivateKey]] = {}
+    key_table: dict[bytes, bytes] = {}
+    for vendor in sorted({s["vendor_id"] for s in specs}):
+        private = Ed25519PrivateKey.generate()
+        keys[vendor] = (f"key-{vendor}", private)
+        key_table[f"key-{vendor}".encode()] = signing_key_record(
+            f"key-{vendor}", vendor, private
+        ).SerializeToString()
+    records = []
+    licence_of: dict[str, str] = {}
+    for offset, raw in enumerate(make_events(specs, args.events)):
+        if raw.get("licence_id"):
+            licence_of.setdefault(raw["event_id"], raw["licence_id"])
+        routing = raw.get("licence_id") or licence_of.get(raw.get("original_event_id", ""), "")
+        key_id, private = keys[raw["vendor_id"]]
+        signed = sign_event(raw_to_proto(raw), key_id, private)
+        received = datetime.fromisoformat(raw["occurred_at"]).astimezone(UTC) + timedelta(seconds=3)
+        records.append(
+            Record(
+                topic="usage",
+                partition=hash(routing) % args.partitions,
+                offset=offset,
+                key=(routing or raw["vendor_id"]).encode(),
+                value=signed.SerializeToString(),
+                timestamp=received,
+                headers={
+                    RECEIVED_AT_HEADER: received.isoformat().encode(),
+                    VENDOR_HEADER: raw["vendor_id"].encode(),
+                },
+            )
+        )
+    meter = Meter(LicenceRegistry(licences), KeyRegistry(key_table))
+    publisher = CountingPublisher()
+    runner = BatchRunner(
+        meter,
+        publisher,  # type: ignore[arg-type]
+        {},
+        changelog_topic="changelog",
+        rated_topic="rated",
+        alerts_topic="alerts",
+        dlq_topic="dlq",
+        metrics=MeterMetrics(CollectorRegistry()),
+    )
+    return runner, records, publisher
+
+
+async def drain(runner: BatchRunner, records: list[Record], batch: int) -> None:
+    for start in range(0, len(records), batch):
+        await runner.run(records[start : start + batch])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--licences", type=int, default=100_000)
+    parser.add_argument("--vendors", type=int, default=40)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    runner, records, publisher = build(args)
+    profiler = cProfile.Profile() if args.profile else None
+    started_cpu, started = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    asyncio.run(drain(runner, records, args.batch))
+    if profiler is not None:
+        profiler.disable()
+    cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
+    report: dict[str, Any] = {
+        "events": len(records),
+        "cpu_us_per_event": round(cpu * 1e6 / len(records), 1),
+        "events_per_cpu_s": round(len(records) / cpu),
+        "records_out_per_event": round(publisher.sent / len(records), 2),
+        "bytes_out_per_event": round(publisher.bytes / len(records)),
+        "wall_s": round(wall, 2),
+    }
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        report["profile"] = out.getvalue().splitlines()[6:40]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
