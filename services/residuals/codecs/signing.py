@@ -1,59 +1,27 @@
-"""Ed25519 envelopes: ``SignedUsageEvent`` signing and verification on the server side.
+"""Ed25519 envelopes on the signer's side: ``SignedUsageEvent`` as the SDK makes them.
 
-A vendor signs the deterministic bytes of one ``UsageEvent`` (:func:`payload_bytes`) with the
-key it registered (``residuals.v1.VendorSigningKey``, on the compacted
-``residuals.signing-keys.v1`` topic). Receivers verify those exact bytes before parsing
-them and never re-serialize. Signing lives here too so tests, benchmarks and tools produce
-envelopes exactly as the SDK does (the SDK is a separate distribution and is not imported
-by services).
-
-Verification is the dominant per-event CPU cost of the meter (one Ed25519 verify is tens
-of microseconds), so public keys are parsed once per key id, not per event.
+A vendor signs the deterministic bytes of one ``UsageEvent`` (:func:`payload_bytes`), or
+the Merkle root of a batch of them, with the key it registered
+(``residuals.v1.VendorSigningKey``, on the compacted ``residuals.signing-keys.v1``
+topic). Signing lives here so tests, benchmarks and tools produce envelopes exactly as the
+SDK does (the SDK is a separate distribution and is not imported by services).
+Verification is :mod:`residuals.codecs.signed`'s, one path for every reader.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from residuals.codecs.timestamps import optional_datetime
+from residuals.codecs import merkle
+from residuals.codecs.signed import SigningKeyRecord
 from residuals.codecs.usage import payload_bytes
 from residuals.v1 import common_pb2, licence_pb2, usage_pb2
 
-
-@dataclass(frozen=True, slots=True)
-class VerifyingKey:
-    """A registered vendor key, parsed once."""
-
-    key_id: str
-    vendor_id: str
-    public_key: Ed25519PublicKey
-    revoked_at: datetime | None = None
-
-    @classmethod
-    def from_proto(cls, message: licence_pb2.VendorSigningKey) -> VerifyingKey:
-        """Raises ValueError when the key is not a 32-byte Ed25519 public key."""
-        return cls(
-            key_id=message.key_id,
-            vendor_id=message.vendor_id,
-            public_key=Ed25519PublicKey.from_public_bytes(bytes(message.public_key)),
-            revoked_at=optional_datetime(message, "revoked_at"),
-        )
-
-    def usable_at(self, t: datetime) -> bool:
-        """Signatures are refused from the key's revocation on (``revoked_at`` <= t)."""
-        return self.revoked_at is None or t < self.revoked_at
-
-    def verify(self, payload: bytes, signature: bytes) -> bool:
-        try:
-            self.public_key.verify(signature, payload)
-        except InvalidSignature:
-            return False
-        return True
+#: A registered key as the meter's key registry hands it out (one type for every reader).
+VerifyingKey = SigningKeyRecord
 
 
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
@@ -86,3 +54,38 @@ def sign_event(
     if trace is not None and trace.traceparent:
         signed.trace.CopyFrom(trace)
     return signed
+
+
+def sign_batch(
+    events: Sequence[usage_pb2.UsageEvent],
+    key_id: str,
+    private_key: Ed25519PrivateKey,
+    traces: Sequence[common_pb2.TraceContext | None] | None = None,
+) -> list[usage_pb2.SignedUsageEvent]:
+    """Envelopes for ``events`` under ONE signature of their Merkle root, in order.
+
+    The same envelopes as the SDK's ``sign_batch``: each carries its payload, the
+    signature, the key id and its ``BatchProof``. A single event gets a plain per-event
+    envelope (a proof would add bytes and save nothing). ``traces``, when given, has one
+    context (or None) per event.
+    """
+    if traces is not None and len(traces) != len(events):
+        raise ValueError(f"{len(traces)} trace contexts for {len(events)} events")
+    if len(events) <= 1:
+        return [sign_event(e, key_id, private_key, traces[0] if traces else None) for e in events]
+    payloads = [payload_bytes(e) for e in events]
+    root, paths = merkle.tree(payloads)
+    signature = private_key.sign(merkle.batch_message(len(payloads), root))
+    envelopes = []
+    for index, (payload, path) in enumerate(zip(payloads, paths, strict=True)):
+        signed = usage_pb2.SignedUsageEvent(
+            payload=payload,
+            signature=signature,
+            key_id=key_id,
+            batch=usage_pb2.BatchProof(leaf_index=index, leaf_count=len(payloads), audit_path=path),
+        )
+        trace = traces[index] if traces is not None else None
+        if trace is not None and trace.traceparent:
+            signed.trace.CopyFrom(trace)
+        envelopes.append(signed)
+    return envelopes

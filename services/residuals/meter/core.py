@@ -37,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
+from residuals.codecs.signed import signature_problem
 from residuals.codecs.signing import VerifyingKey
 from residuals.codecs.timestamps import set_timestamp
 from residuals.codecs.usage import to_raw
@@ -531,15 +532,10 @@ def _signature_problem(
     claimed_vendor: str | None,
     received_at: datetime,
 ) -> str | None:
-    """Why the envelope does not authenticate its vendor, or None when it does."""
-    if not envelope.key_id:
-        return "no key_id"
-    if key is None:
-        return f"unknown signing key {envelope.key_id!r}"
-    if not key.usable_at(received_at):
-        return f"signing key {key.key_id!r} was revoked"
-    if claimed_vendor and claimed_vendor != key.vendor_id:
-        return f"key {key.key_id!r} belongs to {key.vendor_id!r}, not {claimed_vendor!r}"
-    if not key.verify(envelope.payload, envelope.signature):
-        return "signature does not match the payload"
-    return None
+    """Why the envelope does not authenticate its vendor, or None when it does.
+
+    The gateway's check (:func:`~residuals.codecs.signed.signature_problem`, per-event or
+    batch signatures): the key's vendor is the tenant, so only a ``residuals-vendor``
+    header claim, when present, is checked against it; revocation is judged at receipt.
+    """
+    return signature_problem(envelope, key, vendor_id=claimed_vendor or None, at=received_at)
