@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from residuals_sdk import SigningKey
 from residuals_sdk import events as build
-from residuals_sdk.signing import sign_event
+from residuals_sdk.signing import sign_batch, sign_event
 from residuals_sdk.transports.grpc import encode_batch
 
 from residuals.codecs.signed import SigningKeyRecord
@@ -145,6 +145,32 @@ def test_each_bad_event_gets_its_reason(raw: bytes, reason: RejectReason, detail
     assert verdict.reason is reason
     assert detail in verdict.detail
     assert verdict.raw == raw
+
+
+def test_batch_signed_events_are_accepted_one_by_one_and_tampered_ones_refused() -> None:
+    """The SDK's publish_many envelopes: one signature over a Merkle root, a proof each."""
+    gate = admission()
+    envelopes = sign_batch([render(event_id=f"b-{i}", render_id=f"v-{i}") for i in range(9)], KEY)
+    assert {e.batch.leaf_count for e in envelopes} == {9}
+    verdicts = [judge(e.SerializeToString(), gate) for e in envelopes]
+    assert [v.status for v in verdicts] == [Status.ACCEPTED] * 9
+    assert [v.event_id for v in verdicts] == [f"b-{i}" for i in range(9)]
+
+    moved = usage_pb2.SignedUsageEvent()
+    moved.CopyFrom(envelopes[3])
+    moved.batch.leaf_index = 2
+    verdict = judge(moved.SerializeToString(), gate)
+    assert verdict.reason is RejectReason.BAD_SIGNATURE
+    assert "batch signature does not match the root proven for leaf 2 of 9" in verdict.detail
+    short = usage_pb2.SignedUsageEvent()
+    short.CopyFrom(envelopes[4])
+    del short.batch.audit_path[-1]
+    verdict = judge(short.SerializeToString(), gate)
+    assert verdict.reason is RejectReason.BAD_SIGNATURE
+    assert "batch audit_path has 3 hashes, leaf 4 of 9 needs 4" in verdict.detail
+    # Another vendor's key signing the batch: refused like a per-event signature.
+    foreign = sign_batch([render(event_id="f-1"), render(event_id="f-2")], OTHER_KEY)
+    assert "not registered to vendor" in judge(foreign[0].SerializeToString(), gate).detail
 
 
 def test_currency_mismatch_uses_the_licence_currency() -> None:

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from residuals_sdk import SigningKey, SpoolFullError, SpoolLockedError, uuid7, verify_signature
+from residuals_sdk import (
+    SigningKey,
+    SpoolFullError,
+    SpoolLockedError,
+    UsageClient,
+    uuid7,
+    verify_signature,
+)
 from residuals_sdk import events as build
 from residuals_sdk._proto import usage_pb2 as sdk_usage_pb2
 from residuals_sdk.ids import UUIDv7Generator, uuid7_millis
+from residuals_sdk.report import DeliveryStatus
 from residuals_sdk.retry import RetryPolicy
 from residuals_sdk.signing import payload_bytes, sign_event
-from residuals_sdk.spool import Spool
+from residuals_sdk.spool import Spool, SpooledEvent
+from residuals_sdk.transports.base import Outcome
 from residuals_sdk.transports.grpc import encode_batch, reason_name
 
 from residuals.codecs import usage as usage_codec
+from residuals.codecs.signed import SigningKeyRecord, signature_problem
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.platform import protogen
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
@@ -231,6 +243,88 @@ def test_batch_framing_matches_protobuf() -> None:
     assert reason_name(common_pb2.REJECT_REASON_OVERSIZED) == "OVERSIZED"
 
 
+# --- publish_many: batch signatures -------------------------------------------------------
+
+
+class CapturingTransport:
+    """Delivers everything at once and keeps what was sent."""
+
+    name = "capture"
+
+    def __init__(self) -> None:
+        self.sent: list[SpooledEvent] = []
+        self._waiting: list[SpooledEvent] = []
+        self._lock = threading.Lock()
+
+    def send(self, events: Sequence[SpooledEvent]) -> Sequence[SpooledEvent]:
+        with self._lock:
+            self.sent.extend(events)
+            self._waiting.extend(events)
+        return []
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        with self._lock:
+            done, self._waiting = self._waiting, []
+        if not done:
+            time.sleep(timeout)
+        return [Outcome(e, DeliveryStatus.DELIVERED) for e in done]
+
+    def close(self) -> None:
+        pass
+
+
+def _published(count: int, **options: int) -> list[usage_pb2.SignedUsageEvent]:
+    key = SigningKey.from_private_bytes("k-batch", bytes(range(32)))
+    transport = CapturingTransport()
+    client = UsageClient(
+        vendor_id="VEN-PIXEL",
+        signing_key=key,
+        transport=transport,
+        spool=Spool(None),
+        **options,  # type: ignore[arg-type]
+    )
+    with client:
+        events = [_render(event_id=f"e-{i}", render_id=f"v-{i}") for i in range(count)]
+        assert client.publish_many(events) == [f"e-{i}" for i in range(count)]
+        assert client.flush(timeout=10) == 0
+    envelopes = [usage_pb2.SignedUsageEvent.FromString(e.envelope) for e in transport.sent]
+    assert [usage_pb2.UsageEvent.FromString(e.payload).event_id for e in envelopes] == [
+        f"e-{i}" for i in range(count)
+    ]
+    record = SigningKeyRecord("k-batch", "VEN-PIXEL", key.public_key_bytes())
+    at = datetime(2026, 10, 7, 12, tzinfo=UTC)
+    for envelope in envelopes:  # what the gateway and the meter check
+        assert signature_problem(envelope, record, vendor_id="VEN-PIXEL", at=at) is None
+    return envelopes
+
+
+def test_publish_many_signs_chunks_of_at_most_256_events_once_each() -> None:
+    envelopes = _published(600)
+    # 600 = 3 chunks of 200 (near-equal, never a lone straggler), one signature each.
+    assert [e.batch.leaf_count for e in envelopes] == [200] * 600
+    assert [e.batch.leaf_index for e in envelopes] == [i % 200 for i in range(600)]
+    assert len({e.signature for e in envelopes}) == 3
+    assert max(len(e.batch.audit_path) for e in envelopes) == 8  # ceil(log2(200))
+    assert [e.batch.leaf_count for e in _published(257)] == [129] * 129 + [128] * 128
+
+
+def test_publish_many_keeps_per_event_signatures_for_one_event_or_batch_size_1() -> None:
+    key = SigningKey.from_private_bytes("k-batch", bytes(range(32))).public_key_bytes()
+    for envelopes in (_published(1), _published(5, signature_batch_size=1)):
+        for envelope in envelopes:
+            assert not envelope.HasField("batch")
+            assert verify_signature(key, envelope.payload, envelope.signature)
+    assert [e.batch.leaf_count for e in _published(5, signature_batch_size=2)] == [
+        2,
+        2,
+        2,
+        2,
+        0,
+    ]
+    with pytest.raises(ValueError, match="signature_batch_size"):
+        _published(1, signature_batch_size=0)
+
+
 # --- packaging ---------------------------------------------------------------------------
 
 
@@ -241,6 +335,9 @@ def test_sdk_never_imports_the_server_package() -> None:
         "c = UsageClient.kafka(vendor_id='v', signing_key=SigningKey.generate('k'),"
         " bootstrap_servers='127.0.0.1:9', spool_dir=None)\n"
         "c.render(licence_id='l', avatar_id='a', render_id='r', category='c', territory='GB')\n"
+        "from residuals_sdk import events, uuid7\n"
+        "c.publish_many([events.render(event_id=uuid7(), vendor_id='v', licence_id='l',"
+        " avatar_id='a', render_id=str(i), category='c', territory='GB') for i in range(3)])\n"
         "c.close(timeout=0)\n"
         "import residuals_sdk.transports.grpc\n"
         "bad = [m for m in sys.modules if m == 'residuals' or m.startswith('residuals.')]\n"

@@ -97,27 +97,32 @@ def root_from_path(
         raise ProofError("batch leaf_count is 0")
     if leaf_index >= leaf_count:
         raise ProofError(f"batch leaf_index {leaf_index} is not below leaf_count {leaf_count}")
-    for position, element in enumerate(audit_path):
-        if len(element) != HASH_BYTES:
-            raise ProofError(
-                f"batch audit_path[{position}] is {len(element)} bytes, SHA-256 needs {HASH_BYTES}"
-            )
+    path = list(audit_path)
+    if len(b"".join(path)) != HASH_BYTES * len(path):  # one C call on the hot path
+        for position, element in enumerate(path):
+            if len(element) != HASH_BYTES:
+                raise ProofError(
+                    f"batch audit_path[{position}] is {len(element)} bytes, SHA-256 needs"
+                    f" {HASH_BYTES}"
+                )
+    # The loop of node_hash inlined: this runs for every event of a batch.
+    sha256 = _sha256
     fn, sn = leaf_index, leaf_count - 1
-    r = leaf_hash(payload)
-    for p in audit_path:
+    r = sha256(b"\x00" + payload).digest()
+    for p in path:
         if sn == 0:
-            raise _wrong_length(leaf_index, leaf_count, len(audit_path))
+            raise _wrong_length(leaf_index, leaf_count, len(path))
         if fn & 1 or fn == sn:
-            r = node_hash(p, r)
+            r = sha256(b"\x01" + p + r).digest()
             while fn and not fn & 1:
                 fn >>= 1
                 sn >>= 1
         else:
-            r = node_hash(r, p)
+            r = sha256(b"\x01" + r + p).digest()
         fn >>= 1
         sn >>= 1
     if sn != 0:
-        raise _wrong_length(leaf_index, leaf_count, len(audit_path))
+        raise _wrong_length(leaf_index, leaf_count, len(path))
     return r
 
 

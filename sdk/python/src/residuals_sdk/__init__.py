@@ -20,7 +20,7 @@ from residuals_sdk.errors import (
 from residuals_sdk.ids import uuid7
 from residuals_sdk.report import DeliveryCallback, DeliveryReport, DeliveryStatus
 from residuals_sdk.retry import RetryPolicy
-from residuals_sdk.signing import SigningKey, sign_event, verify_signature
+from residuals_sdk.signing import SigningKey, sign_batch, sign_event, verify_signature
 
 __all__ = [
     "ClientClosedError",
@@ -33,6 +33,7 @@ __all__ = [
     "SpoolFullError",
     "SpoolLockedError",
     "UsageClient",
+    "sign_batch",
     "sign_event",
     "uuid7",
     "verify_signature",

@@ -5,6 +5,9 @@ Life of an event::
     client.render(...)                       caller's thread
       build UsageEvent (UUIDv7 id) → serialize once → Ed25519-sign → SignedUsageEvent
       → append to the spool (committed) → hand to the transport → return the event id
+    client.publish_many([...])               the same for many events, with one spool
+      commit and one signature per chunk of up to ``signature_batch_size`` events (the
+      Merkle root of the chunk; each envelope carries its inclusion proof)
     sender thread
       transport outcome → DELIVERED / DUPLICATE / REJECTED: delete from the spool, call
       on_delivery; transient failure: re-send after exponential backoff with jitter
@@ -22,6 +25,7 @@ acknowledgement and the spool delete, or if ``close()`` gives up on events in fl
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 import time
@@ -41,7 +45,7 @@ from residuals_sdk.errors import ClientClosedError
 from residuals_sdk.ids import uuid7
 from residuals_sdk.report import DeliveryCallback, DeliveryReport, DeliveryStatus
 from residuals_sdk.retry import RetryPolicy
-from residuals_sdk.signing import SigningKey, sign_event
+from residuals_sdk.signing import SigningKey, sign_batch
 from residuals_sdk.spool import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_EVENTS,
@@ -54,6 +58,8 @@ from residuals_sdk.transports.base import Outcome, Transport
 log = logging.getLogger("residuals_sdk")
 
 DEFAULT_MAX_IN_FLIGHT = 50_000
+#: Events per batch signature in publish_many: 256 leaves make 8-hash (~290-byte) proofs.
+DEFAULT_SIGNATURE_BATCH_SIZE = 256
 _POLL_SECONDS = 0.05
 _BACKPRESSURE_RETRY = 0.05
 
@@ -76,11 +82,14 @@ class UsageClient:
         on_delivery: DeliveryCallback | None = None,
         retry: RetryPolicy | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        signature_batch_size: int = DEFAULT_SIGNATURE_BATCH_SIZE,
     ) -> None:
         if not vendor_id:
             raise ValueError("vendor_id is required")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be positive")
+        if signature_batch_size < 1:
+            raise ValueError("signature_batch_size must be positive (1: a signature per event)")
         self.vendor_id = vendor_id
         self.signing_key = signing_key
         self.transport = transport
@@ -88,6 +97,7 @@ class UsageClient:
         self.on_delivery = on_delivery
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max_in_flight
+        self.signature_batch_size = signature_batch_size
 
         self._cond = threading.Condition()
         self._in_flight: dict[int, SpooledEvent] = {}
@@ -121,12 +131,15 @@ class UsageClient:
         spool_durability: str = "process",
         retry: RetryPolicy | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        signature_batch_size: int = DEFAULT_SIGNATURE_BATCH_SIZE,
     ) -> UsageClient:
         """A client producing straight to the usage topic (idempotent, ``acks=all``).
 
         ``spool_dir`` is where undelivered events are kept across restarts (one directory
         per client); ``None`` keeps them in memory only. ``producer_config`` adds
         librdkafka settings (SASL, TLS, tuning); idempotence and acks cannot be weakened.
+        ``signature_batch_size`` caps the events :meth:`publish_many` covers with one
+        signature (1: a signature per event).
         """
         from residuals_sdk.transports.kafka import KafkaTransport
 
@@ -151,6 +164,7 @@ class UsageClient:
             on_delivery=on_delivery,
             retry=retry,
             max_in_flight=max_in_flight,
+            signature_batch_size=signature_batch_size,
         )
 
     @classmethod
@@ -173,11 +187,13 @@ class UsageClient:
         spool_durability: str = "process",
         retry: RetryPolicy | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        signature_batch_size: int = DEFAULT_SIGNATURE_BATCH_SIZE,
     ) -> UsageClient:
         """A client publishing through the ingest gateway at ``target`` (``host:port``).
 
         ``credentials`` (``grpc.ssl_channel_credentials()``) selects TLS; without them the
-        channel is plaintext, for local development only.
+        channel is plaintext, for local development only. ``signature_batch_size``: as for
+        :meth:`kafka`.
         """
         from residuals_sdk.transports.grpc import GrpcTransport
 
@@ -208,6 +224,7 @@ class UsageClient:
             on_delivery=on_delivery,
             retry=retry,
             max_in_flight=max_in_flight,
+            signature_batch_size=signature_batch_size,
         )
 
     # --- publishing ---------------------------------------------------------------------
@@ -345,9 +362,14 @@ class UsageClient:
 
         All or nothing: if the spool cannot take them all, none is accepted
         (:class:`~residuals_sdk.errors.SpoolFullError`). This is the fast path for bulk
-        producers: the per-event spool commit dominates the cost of :meth:`publish`.
+        producers: the per-event spool commit dominates the cost of :meth:`publish`, and
+        the events are signed in chunks of at most ``signature_batch_size`` with one
+        signature each (:func:`~residuals_sdk.signing.sign_batch`); an event alone gets
+        its own plain signature. Every envelope is still verified on its own by Residuals.
         """
-        prepared: list[NewEvent] = []
+        events = list(events)
+        keys: list[str] = []
+        traces: list[common_pb2.TraceContext] = []
         for event in events:
             if event.vendor_id != self.vendor_id:
                 raise ValueError(
@@ -358,8 +380,15 @@ class UsageClient:
             kind = common_pb2.UsageKind.Name(event.kind)
             key = build.routing_key(event)
             with tracing.publish_span(kind, key, event.event_id) as trace:
-                envelope = sign_event(event, self.signing_key, trace).SerializeToString()
-            prepared.append(NewEvent(event.event_id, key, envelope))
+                traces.append(trace)
+            keys.append(key)
+        prepared: list[NewEvent] = []
+        for lo, hi in _chunks(len(events), self.signature_batch_size):
+            signed = sign_batch(events[lo:hi], self.signing_key, traces[lo:hi])
+            prepared.extend(
+                NewEvent(e.event_id, k, envelope.SerializeToString())
+                for e, k, envelope in zip(events[lo:hi], keys[lo:hi], signed, strict=True)
+            )
         self._accept(prepared)
         return [e.event_id for e in prepared]
 
@@ -555,3 +584,16 @@ class UsageClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _chunks(count: int, most: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges splitting ``count`` items into the fewest chunks of at most
+    ``most``, of near-equal sizes (257 events sign as 129 + 128, not 256 + a lone 1)."""
+    if count == 0:
+        return []
+    chunks = -(-count // most)
+    size, extra = divmod(count, chunks)
+    bounds = [0]
+    for i in range(chunks):
+        bounds.append(bounds[-1] + size + (1 if i < extra else 0))
+    return list(itertools.pairwise(bounds))

@@ -1,14 +1,19 @@
-"""Ed25519 signing of usage events.
+"""Ed25519 signing of usage events, one by one or in batches.
 
 A vendor registers the public half of a key with Residuals (it gets a ``key_id``) and keeps
 the private half. Every event is serialized ONCE, deterministically, and the signature
 covers exactly those bytes; ``SignedUsageEvent.payload`` carries the same bytes, so a
 receiver verifies before it parses and never needs to re-serialize (re-serialization is
 not guaranteed to reproduce bytes across protobuf versions).
+
+:func:`sign_event` signs one payload. :func:`sign_batch` signs the Merkle root of many
+(:mod:`residuals_sdk.merkle`) and puts each payload's inclusion proof in its envelope:
+one signature per batch instead of one per event, for the signer and for Residuals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from residuals_sdk import merkle
 from residuals_sdk._proto import common_pb2, usage_pb2
 
 
@@ -101,8 +107,48 @@ def sign_event(
     return signed
 
 
+def sign_batch(
+    events: Sequence[usage_pb2.UsageEvent],
+    key: SigningKey,
+    traces: Sequence[common_pb2.TraceContext | None] | None = None,
+) -> list[usage_pb2.SignedUsageEvent]:
+    """Envelopes for ``events`` under ONE signature of their Merkle root, in order.
+
+    Each envelope carries its own payload, the shared signature, the key id and a
+    ``BatchProof`` (leaf index, leaf count, audit path), so Residuals checks every event
+    on its own, whatever partition or request it travels in. The signature covers
+    ``b"residuals.usage-batch.v1\\n" + leaf_count.to_bytes(8, "big") + root``. One event
+    alone gets the plain :func:`sign_event` envelope. ``traces``, when given, has one
+    context (or None) per event.
+    """
+    if traces is not None and len(traces) != len(events):
+        raise ValueError(f"{len(traces)} trace contexts for {len(events)} events")
+    if len(events) <= 1:
+        return [sign_event(e, key, traces[0] if traces else None) for e in events]
+    payloads = [payload_bytes(e) for e in events]
+    root, paths = merkle.tree(payloads)
+    signature = key.sign(merkle.batch_message(len(payloads), root))
+    envelopes = []
+    for index, (payload, path) in enumerate(zip(payloads, paths, strict=True)):
+        signed = usage_pb2.SignedUsageEvent(
+            payload=payload,
+            signature=signature,
+            key_id=key.key_id,
+            batch=usage_pb2.BatchProof(leaf_index=index, leaf_count=len(payloads), audit_path=path),
+        )
+        trace = traces[index] if traces is not None else None
+        if trace is not None and trace.traceparent:
+            signed.trace.CopyFrom(trace)
+        envelopes.append(signed)
+    return envelopes
+
+
 def verify_signature(public_key: bytes, payload: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``payload``."""
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``payload``.
+
+    For per-event envelopes (no ``batch``); a batch envelope's signature covers its batch's
+    root, which Residuals recomputes from the proof.
+    """
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError):
