@@ -311,7 +311,10 @@ class Meter:
             rating = rate_event(event, licence, counters)
 
         if not mine:
-            state.put(ikey, IdentityEntry(c.record.partition, c.record.offset, event).encode())
+            entry = IdentityEntry(
+                c.record.partition, c.record.offset, event, payload=c.envelope.payload
+            )
+            state.put(ikey, entry.encode())
         if counters.auto_suspended_since != before:
             state.put(skey, Suspension(c.record.offset, counters.auto_suspended_since).encode())
         updated = PeriodCounters.from_domain(counters, c.record.offset, c.record.partition)
@@ -412,7 +415,10 @@ class Meter:
                 state.put(okey, retracted.encode(), original.partition)
         # Known and retracted here, or unknown here (another partition, or never sent): the
         # ledger resolves every retraction against the stored events either way.
-        state.put(ikey, IdentityEntry(c.record.partition, c.record.offset, event).encode())
+        entry = IdentityEntry(
+            c.record.partition, c.record.offset, event, payload=c.envelope.payload
+        )
+        state.put(ikey, entry.encode())
         rated = usage_pb2.RatedUsage(
             outcome=Outcome.OUTCOME_RETRACTED, retracted_event_id=event.original_event_id or ""
         )

@@ -59,6 +59,9 @@ class IdentityEntry:
     offset: int
     event: UsageEvent
     retracted_by: str | None = None
+    #: The signed payload the event was parsed from, when at hand: stored as it is
+    #: (parsing it again gives the same event) instead of serializing the event anew.
+    payload: bytes | None = None
 
     def is_record(self, partition: int, offset: int) -> bool:
         """Was this entry written by the record at ``(partition, offset)`` itself?"""
@@ -66,7 +69,7 @@ class IdentityEntry:
 
     def encode(self) -> bytes:
         retracted = (self.retracted_by or "").encode()
-        canonical = payload_bytes(from_domain(self.event))
+        canonical = self.payload or payload_bytes(from_domain(self.event))
         occurred = int(self.event.occurred_at.timestamp())
         header = _HEADER.pack(self.partition, self.offset, occurred, len(retracted))
         return header + retracted + canonical
