@@ -424,6 +424,12 @@ class MeterService:
         for replica in (self.licences, self.keys):
             if not replica.wait_caught_up(timeout):
                 raise TimeoutError(f"{replica.topic} not loaded within {timeout:.0f} s")
+        started = time.perf_counter()
+        decoded = self.licence_registry.warm()
+        log.info(
+            "licences decoded",
+            extra={"licences": decoded, "seconds": round(time.perf_counter() - started, 1)},
+        )
         self.metrics.licences.set_function(lambda: len(self.licences))
 
     def stop(self) -> None:
