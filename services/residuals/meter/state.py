@@ -37,6 +37,10 @@ from residuals.v1 import usage_pb2
 
 SEP = "\x1f"
 _HEADER = struct.Struct(">iqqH")  # partition, offset, occurred_at (epoch s), len(retracted_by)
+#: Counters without quota state: tag, through, billed renders, partition. JSON otherwise
+#: (it starts with ``{``, never with the tag).
+_PACKED_COUNTERS = struct.Struct(">cqqi")
+_PACKED_TAG = b"P"
 
 
 def identity_key(vendor_id: str, event_id: str) -> bytes:
@@ -112,6 +116,11 @@ class PeriodCounters:
         )
 
     def encode(self) -> bytes:
+        if not self.quota_used and not self.quota_near:
+            # The common case, written for every use: packed, not JSON (a few µs less).
+            return _PACKED_COUNTERS.pack(
+                _PACKED_TAG, self.through, self.billed_renders, self.partition
+            )
         doc: dict[str, object] = {"o": self.through, "r": self.billed_renders, "p": self.partition}
         if self.quota_used:
             doc["q"] = self.quota_used
@@ -123,6 +132,9 @@ class PeriodCounters:
     def decode(cls, raw: bytes | None) -> PeriodCounters:
         if raw is None:
             return cls()
+        if raw[:1] == _PACKED_TAG:
+            _tag, through, renders, partition = _PACKED_COUNTERS.unpack(raw)
+            return cls(through, renders, {}, set(), partition)
         doc = json.loads(raw)
         return cls(
             int(doc["o"]),

@@ -1,0 +1,42 @@
+"""The meter's state encodings round-trip, in both counter forms, and expire correctly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from residuals.meter.state import PeriodCounters, counters_key, expired
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [
+        PeriodCounters(41, 7, {}, set(), 3),
+        PeriodCounters(-1, 0, {}, set(), -1),
+        PeriodCounters(2**40, 10**6, {"RENDER": 180}, {"RENDER"}, 5),
+        PeriodCounters(9, 1, {"VIEW": 2}, set(), 0),
+    ],
+)
+def test_counters_round_trip(counters: PeriodCounters) -> None:
+    assert PeriodCounters.decode(counters.encode()) == counters
+
+
+def test_counters_without_quota_state_are_packed_and_with_it_json() -> None:
+    assert PeriodCounters(1, 2, {}, set(), 0).encode()[:1] == b"P"
+    assert PeriodCounters(1, 2, {"RENDER": 1}, set(), 0).encode()[:1] == b"{"
+
+
+def test_counters_written_as_json_by_an_earlier_version_still_decode() -> None:
+    legacy = b'{"o":12,"r":4,"p":2}'
+    assert PeriodCounters.decode(legacy) == PeriodCounters(12, 4, {}, set(), 2)
+
+
+def test_packed_counters_of_old_periods_expire() -> None:
+    old = counters_key("LIC-1", "2026-08")
+    current = counters_key("LIC-1", "2026-11")
+    value = PeriodCounters(5, 1, {}, set(), 4).encode()
+    cutoff = datetime(2026, 10, 20, tzinfo=UTC)
+    assert expired([(old, value), (current, value)], cutoff) == [(4, old)]
