@@ -28,7 +28,12 @@ from confluent_kafka.admin import NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from residuals.codecs import licences as licence_codec
-from residuals.codecs.signing import sign_event, signing_key_record
+from residuals.codecs.signing import (
+    SIGNATURE_BATCH_SIZE,
+    sign_event,
+    sign_in_batches,
+    signing_key_record,
+)
 from residuals.codecs.timestamps import set_timestamp
 from residuals.codecs.usage import from_domain
 from residuals.domain.events import UsageEvent, parse_event, parse_timestamp
@@ -281,6 +286,50 @@ class Pipeline:
             signed.SerializeToString(),
             [(RECEIVED_AT, received.isoformat().encode()), (VENDOR, vendor.encode())],
         )
+
+    def usage_records(
+        self,
+        raws: Sequence[Mapping[str, Any]],
+        *,
+        keys: Sequence[str] | None = None,
+        receive_delay: timedelta = timedelta(seconds=2),
+        batch: int = SIGNATURE_BATCH_SIZE,
+    ) -> list[UsageRecord]:
+        """The records SDK clients publish for ``raws`` with ``publish_many``, in order.
+
+        Like :meth:`usage_record`, but each vendor's events (in their order) are signed
+        as the SDK does: one signature per chunk of at most ``batch`` events, each
+        envelope with its Merkle inclusion proof (``batch=1``: a signature per event).
+        ``keys`` are the routing keys, one per event (default: as :meth:`usage_record`).
+        """
+        if keys is not None and len(keys) != len(raws):
+            raise ValueError(f"{len(keys)} routing keys for {len(raws)} events")
+        by_vendor: dict[str, list[int]] = {}
+        for index, raw in enumerate(raws):
+            by_vendor.setdefault(str(raw["vendor_id"]), []).append(index)
+        envelopes: list[bytes] = [b""] * len(raws)
+        for vendor, indices in by_vendor.items():
+            key_id, private = self.keys[vendor]
+            messages = [raw_to_proto(raws[i]) for i in indices]
+            for i, signed in zip(
+                indices, sign_in_batches(messages, key_id, private, batch), strict=True
+            ):
+                envelopes[i] = signed.SerializeToString()
+        records = []
+        for index, raw in enumerate(raws):
+            vendor = str(raw["vendor_id"])
+            received = parse_timestamp(raw["occurred_at"]) + receive_delay
+            routing = (keys[index] if keys is not None else None) or str(
+                raw.get("licence_id") or raw.get("_licence_of_original") or vendor
+            )
+            records.append(
+                UsageRecord(
+                    routing.encode(),
+                    envelopes[index],
+                    [(RECEIVED_AT, received.isoformat().encode()), (VENDOR, vendor.encode())],
+                )
+            )
+        return records
 
     def produce(self, records: Sequence[UsageRecord], *, producer: Any = None) -> None:
         """Publish and remember each record's (partition, offset)."""

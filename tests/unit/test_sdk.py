@@ -33,6 +33,7 @@ from residuals_sdk.transports.grpc import encode_batch, reason_name
 
 from residuals.codecs import usage as usage_codec
 from residuals.codecs.signed import SigningKeyRecord, signature_problem
+from residuals.codecs.signing import sign_in_batches
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.platform import protogen
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
@@ -290,6 +291,11 @@ def _published(count: int, **options: int) -> list[usage_pb2.SignedUsageEvent]:
     envelopes = [usage_pb2.SignedUsageEvent.FromString(e.envelope) for e in transport.sent]
     assert [usage_pb2.UsageEvent.FromString(e.payload).event_id for e in envelopes] == [
         f"e-{i}" for i in range(count)
+    ]
+    # The services' helper (tests, benchmarks) makes exactly the SDK's envelopes.
+    size = options.get("signature_batch_size", 256)
+    assert [e.SerializeToString() for e in envelopes] == [
+        e.SerializeToString() for e in sign_in_batches(events, "k-batch", key.private_key, size)
     ]
     record = SigningKeyRecord("k-batch", "VEN-PIXEL", key.public_key_bytes())
     at = datetime(2026, 10, 7, 12, tzinfo=UTC)

@@ -22,6 +22,8 @@ from residuals.v1 import common_pb2, licence_pb2, usage_pb2
 
 #: A registered key as the meter's key registry hands it out (one type for every reader).
 VerifyingKey = SigningKeyRecord
+#: The SDK's default ``signature_batch_size``: events per signature in ``publish_many``.
+SIGNATURE_BATCH_SIZE = 256
 
 
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
@@ -88,4 +90,27 @@ def sign_batch(
         if trace is not None and trace.traceparent:
             signed.trace.CopyFrom(trace)
         envelopes.append(signed)
+    return envelopes
+
+
+def sign_in_batches(
+    events: Sequence[usage_pb2.UsageEvent],
+    key_id: str,
+    private_key: Ed25519PrivateKey,
+    batch_size: int = SIGNATURE_BATCH_SIZE,
+) -> list[usage_pb2.SignedUsageEvent]:
+    """The envelopes the SDK's ``publish_many(events)`` makes: :func:`sign_batch` over the
+    fewest near-equal chunks of at most ``batch_size`` events, in order."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    envelopes: list[usage_pb2.SignedUsageEvent] = []
+    if not events:
+        return envelopes
+    chunks = -(-len(events) // batch_size)
+    size, extra = divmod(len(events), chunks)
+    lo = 0
+    for i in range(chunks):
+        hi = lo + size + (1 if i < extra else 0)
+        envelopes.extend(sign_batch(events[lo:hi], key_id, private_key))
+        lo = hi
     return envelopes
