@@ -87,6 +87,42 @@ def raw_consume_rate(run: Pipeline, count: int) -> float:
     return seen / elapsed
 
 
+def _cpu_of(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` (and its exited children's, when asked)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu_seconds(stack: StackSettings) -> dict[str, float]:
+    """CPU used so far by the broker and by PostgreSQL (postmaster, exited and live
+    backends): what the pipeline costs outside the Python services."""
+    out = {"kafka": 0.0, "postgres": 0.0}
+    kafka_pid = stack.stack_dir / "kafka" / "kafka.pid"
+    if kafka_pid.exists():
+        out["kafka"] = _cpu_of(int(kafka_pid.read_text().split()[0]))
+    postmaster = stack.stack_dir / "postgres" / "data" / "postmaster.pid"
+    if postmaster.exists():
+        root = int(postmaster.read_text().split()[0])
+        total = _cpu_of(root, children=True)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == root:
+                total += _cpu_of(int(proc.name))
+        out["postgres"] = total
+    return out
+
+
 def ledger_window(run: Pipeline, since_seq: int = 0) -> dict[str, Any]:
     with run.connect() as conn:
         row = conn.execute(
@@ -128,17 +164,24 @@ def max_seq() -> str:
     return "SELECT coalesce(max(arrival_seq), 0) FROM usage_events"
 
 
-def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
-    """Self-time share per function from py-spy's collapsed stacks."""
-    counts: Counter[str] = Counter()
+def summarize_profile(path: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """Share of samples per function from py-spy's collapsed stacks: ``self`` (the
+    function itself was running) and ``inclusive`` (it was on the stack)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
-        leaf = frames[-1] if frames else "?"
-        counts[leaf] += int(n)
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        own[frames[-1] if frames else "?"] += int(n)
+        for name in set(frames):
+            inclusive[name] += int(n)
         total += int(n)
-    return [(name, round(100 * n / total, 1)) for name, n in counts.most_common(top)]
+
+    def shares(counts: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / total, 1)) for name, n in counts.most_common(top)]
+
+    return {"self": shares(own), "inclusive": shares(inclusive)}
 
 
 def main() -> int:
@@ -183,7 +226,7 @@ def main() -> int:
         ]
         meter = meters[0]
         ledger = run.ledger().start()
-        profile = None
+        profile: list[subprocess.Popen[bytes]] | None = None
         try:
             # CPU is counted from the first ledgered record: start-up and loading the
             # 100,000 licences are not per-event costs.
@@ -192,33 +235,37 @@ def main() -> int:
             cpu_start = {
                 "meter": sum(m.cpu_seconds() for m in meters),
                 "ledger": ledger.cpu_seconds(),
+                **stack_cpu_seconds(stack),
             }
             if args.profile:
                 time.sleep(15)  # past start-up and recovery
-                out = args.work_dir / "meter.pyspy.txt"
-                profile = subprocess.Popen(
-                    [
-                        str(Path(sys.executable).with_name("py-spy")),
-                        "record",
-                        "--pid",
-                        str(meter.pid),
-                        "--duration",
-                        "20",
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(out),
-                        "--nonblocking",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                profile = [
+                    subprocess.Popen(
+                        [
+                            str(Path(sys.executable).with_name("py-spy")),
+                            "record",
+                            "--pid",
+                            str(service.pid),
+                            "--duration",
+                            "20",
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(args.work_dir / f"{name}.pyspy.txt"),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for name, service in (("meter", meter), ("ledger", ledger))
+                ]
             run.wait_ledgered(args.events, 1800, [*meters, ledger])
             window = ledger_window(run)
             rss, peak = meter.rss_kib()
             cpu = {
                 "meter": sum(m.cpu_seconds() for m in meters),
                 "ledger": ledger.cpu_seconds(),
+                **stack_cpu_seconds(stack),
             }
             seconds = (window["last"] - window["first"]).total_seconds()
             report["throughput"] = {
@@ -234,10 +281,11 @@ def main() -> int:
                 for name, seconds in cpu.items()
             }
             if profile is not None:
-                profile.wait(timeout=120)
-                report["meter_profile_self_pct"] = summarize_profile(
-                    args.work_dir / "meter.pyspy.txt"
-                )
+                for spy in profile:
+                    spy.wait(timeout=120)
+                for name in ("meter", "ledger"):
+                    samples = args.work_dir / f"{name}.pyspy.txt"
+                    report[f"{name}_profile_pct"] = summarize_profile(samples)
 
             # exact totals: exactly once, and the ledger's statement equals the replay
             stored = Counter((p, o) for _t, p, o in run.stored_positions())
