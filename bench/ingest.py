@@ -9,13 +9,17 @@ Measured, each into fresh topics, counting only events Kafka acknowledged:
   settings) producing pre-signed envelopes: the ceiling on this machine;
 * ``sdk_kafka_per_call``: ``UsageClient.kafka`` + ``render()`` per event (build, UUIDv7,
   Ed25519 sign, spool commit, produce), from the first call until ``flush()`` returns 0;
-* ``sdk_kafka_publish_many``: the same with ``publish_many()`` (one spool commit per 500);
+* ``sdk_kafka_publish_many``: the same with ``publish_many()`` (one spool commit per 500,
+  one signature per ``--signature-batch`` events: a Merkle root, a proof per envelope);
 * ``gateway``: pre-signed batches of ``--batch`` events over ``--concurrency`` parallel
   PublishBatch calls to ``python -m residuals.ingest`` (its own process; each answer only
   after Kafka acknowledged): what one gateway process sustains;
 * ``sdk_grpc_per_call``: ``UsageClient.grpc`` + ``render()`` per event through that gateway.
 
-The usage topic's record count must equal the events sent (printed as ``on_topic``). Reports
+Pre-signed envelopes are signed as ``publish_many`` signs them: ``--signature-batch`` events
+(default 256) under one signature, each envelope with its inclusion proof; ``1`` gives the
+per-event signatures ``render()`` makes. The usage topic's record count must equal the
+events sent (printed as ``on_topic``). Reports
 CPU load too: on 2 shared cores, client and server compete. Vendors and keys are inserted
 with the test helpers' SQL (tests/integration/ingest_support.py).
 """
@@ -44,7 +48,7 @@ from confluent_kafka import TopicPartition  # noqa: E402
 from ingest_support import Registry, Tenant, Topics  # noqa: E402
 from residuals_sdk import UsageClient, uuid7  # noqa: E402
 from residuals_sdk import events as build  # noqa: E402
-from residuals_sdk.signing import sign_event  # noqa: E402
+from residuals_sdk.signing import sign_batch  # noqa: E402
 from residuals_sdk.transports.grpc import encode_batch  # noqa: E402
 
 from residuals.platform.config import load  # noqa: E402
@@ -67,6 +71,15 @@ def events(tenant: Tenant, count: int) -> list[Any]:
         )
         for i in range(count)
     ]
+
+
+def presigned(tenant: Tenant, count: int, signature_batch: int) -> list[Any]:
+    """``count`` render envelopes, signed ``signature_batch`` at a time like publish_many."""
+    prepared = events(tenant, count)
+    envelopes: list[Any] = []
+    for start in range(0, count, signature_batch):
+        envelopes.extend(sign_batch(prepared[start : start + signature_batch], tenant.signing_key))
+    return envelopes
 
 
 def on_topic(topics: Topics) -> int:
@@ -125,13 +138,16 @@ def bench_kafka_raw(topics: Topics, envelopes: list[tuple[bytes, bytes]]) -> int
     return len(envelopes)
 
 
-def sdk_kafka(topics: Topics, tenant: Tenant, spool: Path) -> UsageClient:
+def sdk_kafka(
+    topics: Topics, tenant: Tenant, spool: Path, signature_batch: int = 256
+) -> UsageClient:
     return UsageClient.kafka(
         vendor_id=tenant.vendor_id,
         signing_key=tenant.signing_key,
         bootstrap_servers=topics.kafka.bootstrap_servers,
         topic=topics.usage,
         spool_dir=spool,
+        signature_batch_size=signature_batch,
     )
 
 
@@ -189,11 +205,15 @@ def start_gateway(stack: StackSettings, topics: Topics, port: int) -> subprocess
 
 
 def bench_gateway(
-    port: int, pid: int, tenant: Tenant, count: int, batch: int, concurrency: int
+    port: int,
+    pid: int,
+    tenant: Tenant,
+    count: int,
+    batch: int,
+    concurrency: int,
+    signature_batch: int,
 ) -> int:
-    envelopes = [
-        sign_event(e, tenant.signing_key).SerializeToString() for e in events(tenant, count)
-    ]
+    envelopes = [e.SerializeToString() for e in presigned(tenant, count, signature_batch)]
     requests = [encode_batch(envelopes[i : i + batch]) for i in range(0, count, batch)]
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 * 1024 * 1024)]
@@ -234,6 +254,12 @@ def main() -> int:
     parser.add_argument("--sdk-grpc-events", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--signature-batch",
+        type=int,
+        default=256,
+        help="events per signature for publish_many and pre-signed envelopes (1: per event)",
+    )
     args = parser.parse_args()
 
     stack = load(StackSettings)
@@ -246,6 +272,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "cores": os.cpu_count(),
         "load_average_1m_before": round(os.getloadavg()[0], 2),
+        "signature_batch": args.signature_batch,
     }
     gateway: subprocess.Popen[bytes] | None = None
     all_topics: list[Topics] = []
@@ -259,8 +286,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="residuals-bench-") as tmp:
             topics = fresh("raw")
             pre = [
-                (e.licence_id.encode(), sign_event(e, tenant.signing_key).SerializeToString())
-                for e in events(tenant, args.events)
+                (tenant.licence_id.encode(), e.SerializeToString())
+                for e in presigned(tenant, args.events, args.signature_batch)
             ]
             report["kafka_raw"] = timed(lambda: bench_kafka_raw(topics, pre))
             report["kafka_raw"]["on_topic"] = on_topic(topics)
@@ -271,7 +298,7 @@ def main() -> int:
             report["sdk_kafka_per_call"]["on_topic"] = on_topic(topics)
 
             topics = fresh("sdk2")
-            client = sdk_kafka(topics, tenant, Path(tmp) / "s2")
+            client = sdk_kafka(topics, tenant, Path(tmp) / "s2", args.signature_batch)
             report["sdk_kafka_publish_many"] = timed(
                 lambda: publish_many(client, tenant, args.events, args.batch)
             )
@@ -281,7 +308,13 @@ def main() -> int:
             port = free_port()
             gateway = start_gateway(stack, topics, port)
             bench_gateway(
-                port, gateway.pid, tenant, args.gateway_events, args.batch, args.concurrency
+                port,
+                gateway.pid,
+                tenant,
+                args.gateway_events,
+                args.batch,
+                args.concurrency,
+                args.signature_batch,
             )
             report["gateway"] = bench_gateway.result  # type: ignore[attr-defined]
             report["gateway"]["batch"] = args.batch
