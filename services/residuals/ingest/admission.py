@@ -5,8 +5,9 @@ Checks, in order (the first failure is the reason; ROYALTY-RULES.md §2 names):
 1. ``OVERSIZED``: more than the per-event limit (64 KiB), before parsing anything;
 2. ``MALFORMED``: not a ``SignedUsageEvent``;
 3. ``BAD_SIGNATURE``: no/unknown/revoked key, a key of another vendor than the one the API
-   key authenticated, or a signature not matching the payload bytes. Nothing in the
-   payload is trusted before this passes;
+   key authenticated, or a signature not matching the payload bytes (directly, or through
+   the batch's Merkle inclusion proof: :func:`~residuals.codecs.signed.signature_problem`,
+   the meter's check too). Nothing in the payload is trusted before this passes;
 4. ``MALFORMED`` / ``INVALID_QUANTITY``: the payload is not a ``UsageEvent``, or
    :func:`~residuals.domain.events.parse_event` refuses it (the domain's rules, on
    :func:`~residuals.codecs.usage.to_raw`, exactly as replay and the meter apply them);
