@@ -747,7 +747,18 @@ def test_sdk_readme_examples_publish_by_both_transports(
         "USAGE_KIND_RETRACTION",
         "USAGE_KIND_VIEW",
     ]
-    assert [event_of_kind(r) for r in mine(topics.kafka, topics.usage, 1)] == ["USAGE_KIND_RENDER"]
+    # Through the gateway: the render (its own signature) and publish_many's 300 views,
+    # signed in two batches of 150 (one signature each, an inclusion proof per envelope).
+    through_gateway = mine(topics.kafka, topics.usage, 301)
+    kinds = [event_of_kind(r) for r in through_gateway]
+    assert sorted(kinds) == ["USAGE_KIND_RENDER"] + ["USAGE_KIND_VIEW"] * 300
+    views = [
+        usage_pb2.SignedUsageEvent.FromString(r.value())
+        for r, kind in zip(through_gateway, kinds, strict=True)
+        if kind == "USAGE_KIND_VIEW"
+    ]
+    assert {v.batch.leaf_count for v in views} == {150}
+    assert len({v.signature for v in views}) == 2
 
 
 def event_of_kind(record: Any) -> str:
