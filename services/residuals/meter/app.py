@@ -52,7 +52,6 @@ from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.kafka import make_producer, topic_name
-from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.replica import TopicReplica
 from residuals.platform.topics import ALERTS, LICENCES, SIGNING_KEYS, USAGE, USAGE_DLQ, USAGE_RATED
 from residuals.v1 import common_pb2
@@ -199,7 +198,6 @@ class BatchRunner:
         self.alerts_topic = alerts_topic
         self.dlq_topic = dlq_topic
         self.metrics = metrics
-        self.pipeline = pipeline_metrics()
         self.highwater = highwater
         self.purge_every = purge_every
         self._next_purge = time.monotonic() + purge_every
@@ -285,7 +283,6 @@ class BatchRunner:
         reasons: Counter[str] = Counter()
         violations: Counter[tuple[str, str]] = Counter()
         accrued: dict[tuple[str, str], Decimal] = {}
-        by_avatar: dict[tuple[str, str], Decimal] = {}
         observe = m.latency.observe
         for record, decision in zip(records, decisions, strict=True):
             partitions[record.partition] += 1
@@ -304,8 +301,6 @@ class BatchRunner:
                 for state, amount in (("earned", decision.earned), ("held", decision.held)):
                     slot = (decision.currency, state)
                     accrued[slot] = accrued.get(slot, Decimal(0)) + amount
-                avatar = (decision.currency, decision.avatar_id)
-                by_avatar[avatar] = by_avatar.get(avatar, Decimal(0)) + decision.earned
         for partition, n in partitions.items():
             m.records_in.labels(str(partition)).inc(n)
         for (kind, outcome), n in outcomes.items():
@@ -317,8 +312,6 @@ class BatchRunner:
         for (currency, state), amount in accrued.items():
             if amount:
                 m.accrued.labels(currency, state).inc(float(amount))
-        for (currency, avatar_id), amount in by_avatar.items():
-            self.pipeline.accrue(currency, avatar_id, amount)
         if self.highwater is not None and records:
             topic = records[0].topic
             for partition, offset in last.items():

@@ -2,7 +2,7 @@
 
 Dashboards and alert rules (deploy/) use these names. Series that span services (publish
 -> ledger/alert latency, accrued royalties by avatar, sink consumer lag) are in
-:mod:`residuals.platform.pipeline_metrics`; the meter also feeds its accrued-by-avatar.
+:mod:`residuals.platform.pipeline_metrics` (the ledger writer counts accrued-by-avatar).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ names a series no running service exports. A service records into them through
   every hop: ``ledger`` (ledger writer), ``alert_stored`` and ``alert_delivered`` (alerts
   service); the meter's publish -> rated has its own series;
 * ``accrued``: royalties by currency *and avatar* (the "top avatars" panel), recorded by
-  whoever rates or ledgers accruals;
+  the ledger writer from the uses it stores (exactly once, and off the meter's hot path);
 * ``consumer_lag``: per consumer group and partition (the shared sink sets it from
   librdkafka statistics).
 
@@ -54,8 +54,8 @@ class PipelineMetrics:
             ("group", "topic", "partition"),
             registry=registry,
         )
-        #: ``labels()`` costs microseconds (a lock, label checks); the meter accrues for
-        #: thousands of avatars a batch, so children are kept here (Prometheus keeps them
+        #: ``labels()`` costs microseconds (a lock, label checks); a batch accrues for
+        #: thousands of avatars, so children are kept here (Prometheus keeps them
         #: anyway: the cardinality is the same).
         self._accrued_children: dict[tuple[str, str], Any] = {}
 
