@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from residuals.codecs import licences as licence_codec
 from residuals.codecs import usage as usage_codec
+from residuals.codecs.timestamps import set_timestamp, to_datetime
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licence_spec import parse_licence
 from residuals.v1 import common_pb2, licence_pb2, usage_pb2
@@ -94,3 +96,23 @@ def test_decoding_leaves_judgement_to_the_rules() -> None:
     rejected = parse_event(usage_codec.to_raw(zero))
     assert isinstance(rejected, Rejection) and rejected.reason.value == "INVALID_QUANTITY"
     assert usage_codec.kind_name(99) == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 10, 5, 10, 0, 0, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch
+        datetime(2038, 1, 19, 3, 14, 8, tzinfo=UTC),
+        datetime(2026, 3, 29, 2, 30, 1, 5, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+    ],
+)
+def test_timestamps_round_trip_exactly_and_match_the_float_free_definition(
+    value: datetime,
+) -> None:
+    stamp = Timestamp()
+    set_timestamp(stamp, value)
+    assert 0 <= stamp.nanos < 1_000_000_000
+    assert stamp.seconds == int(value.replace(microsecond=0).timestamp())
+    assert stamp.nanos == value.microsecond * 1000
+    assert to_datetime(stamp) == value

@@ -11,11 +11,16 @@ def to_datetime(ts: Timestamp) -> datetime:
     return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def set_timestamp(target: Timestamp, value: datetime) -> None:
-    """Fill ``target`` exactly (microsecond precision, no float round-trip)."""
-    value = value.astimezone(UTC)
-    target.seconds = int(value.replace(microsecond=0).timestamp())
-    target.nanos = value.microsecond * 1000
+    """Fill ``target`` exactly (microsecond precision, integer arithmetic, no float)."""
+    if value.tzinfo is None:
+        value = value.astimezone(UTC)  # naive: local time, as datetime.timestamp() reads it
+    since = value - _EPOCH
+    target.seconds = since.days * 86400 + since.seconds
+    target.nanos = since.microseconds * 1000
 
 
 def optional_datetime(message: object, field: str) -> datetime | None:
