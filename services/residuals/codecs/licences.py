@@ -120,8 +120,6 @@ def to_proto(licence: Licence) -> licence_pb2.Licence:
     return message
 
 
-
-
 def _interned(message: Message, decode: Callable[[Any], T]) -> T:
     wire = message.SerializeToString(deterministic=True)
     key = message.DESCRIPTOR.name.encode() + b":" + wire
