@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import json
 import pstats
@@ -157,6 +158,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     runner, records, publisher = build(args)
+    gc.collect()
+    gc.freeze()  # as the meter does once its licences are decoded
     profiler = cProfile.Profile() if args.profile else None
     started_cpu, started = time.process_time(), time.perf_counter()
     if profiler is not None:
