@@ -178,6 +178,15 @@ def describe_original(original: bytes) -> dict[str, Any]:
         return out
     out["key_id"] = envelope.key_id
     out["signature"] = envelope.signature.hex()
+    if envelope.HasField("batch"):
+        # The signature is over the batch's Merkle root: the proof is half the evidence
+        # (a BAD_SIGNATURE's detail often names the leaf or the path).
+        proof = envelope.batch
+        out["batch"] = {
+            "leaf_index": proof.leaf_index,
+            "leaf_count": proof.leaf_count,
+            "audit_path_length": len(proof.audit_path),
+        }
     if envelope.trace.traceparent:
         out["traceparent"] = envelope.trace.traceparent
     try:
