@@ -18,12 +18,15 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg.rows import dict_row
 
-from residuals.codecs.signing import sign_event
+from residuals.codecs.signed import SigningKeyRecord
+from residuals.codecs.signing import public_key_bytes, sign_batch, sign_event
 from residuals.codecs.timestamps import set_timestamp
-from residuals.codecs.usage import from_domain
+from residuals.codecs.usage import from_domain, payload_bytes
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.period import Period
+from residuals.ledger.audit import row_problem, stored_envelope, unverified_rows
 from residuals.ledger.replay import load_adjustments, load_period_events
 from residuals.ledger.store import LedgerStore
 from residuals.platform.config import PostgresSettings
@@ -114,12 +117,16 @@ class Ledger:
         partition: int = 0,
         offset: int | None = None,
         amount: str = "1.00",
+        signed: usage_pb2.SignedUsageEvent | None = None,
     ) -> Message:
+        """The meter's record of ``event``; ``signed`` is the vendor's envelope of it
+        (default: signed on its own with ``KEY``)."""
         if offset is None:
             self.offset += 1
             offset = self.offset
         message = from_domain(event)
-        signed = sign_event(message, "k1", KEY)
+        if signed is None:
+            signed = sign_event(message, "k1", KEY)
         rated = usage_pb2.RatedUsage(
             outcome=outcome,
             authenticated_vendor_id=event.vendor_id,
@@ -307,6 +314,111 @@ def test_dead_letters_are_stored_once_and_replayed_as_rejections(ledger: Ledger)
     # The junk original cannot be read: the dead letter counts in the period it arrived.
     assert [type(e).__name__ for e in items] == ["Rejection", "UsageEvent"]
     assert any(isinstance(e, Rejection) and e.reason.value == "INVALID_QUANTITY" for e in items)
+
+
+# --- signature evidence ------------------------------------------------------------------
+
+
+@pytest.fixture
+def vendor_key(ledger: Ledger) -> Iterator[tuple[str, Ed25519PrivateKey]]:
+    """A signing key registered to the test's vendor in ``vendor_signing_keys``."""
+    key_id, private = f"k@{ledger.run}", Ed25519PrivateKey.generate()
+    with psycopg.connect(ledger.dsn) as conn:
+        conn.execute(
+            "INSERT INTO vendors (vendor_id, created_by) VALUES (%s, 'test')", (ledger.vendor,)
+        )
+        conn.execute(
+            "INSERT INTO vendor_signing_keys (key_id, vendor_id, public_key, created_by) "
+            "VALUES (%s, %s, %s, 'test')",
+            (key_id, ledger.vendor, public_key_bytes(private)),
+        )
+    try:
+        yield key_id, private
+    finally:
+        with psycopg.connect(ledger.dsn) as conn:
+            conn.execute("DELETE FROM vendor_signing_keys WHERE key_id = %s", (key_id,))
+            conn.execute("DELETE FROM vendors WHERE vendor_id = %s", (ledger.vendor,))
+
+
+def test_batch_signed_rows_are_re_verified_from_the_database_alone(
+    ledger: Ledger, vendor_key: tuple[str, Ed25519PrivateKey]
+) -> None:
+    key_id, private = vendor_key
+    uses = [ledger.event(f"b{i}", quantity=i + 1) for i in range(4)]
+    unknown = ledger.event(
+        "x-unknown",
+        kind="RETRACTION",
+        licence_id=None,
+        avatar_id=None,
+        render_id=None,
+        category=None,
+        territory=None,
+        original_event_id="never-sent",
+    )
+    alone = ledger.event("single")
+    batch = sign_batch([from_domain(e) for e in [*uses, unknown]], key_id, private)
+    (single,) = sign_batch([from_domain(alone)], key_id, private)  # a per-event signature
+    assert all(e.HasField("batch") for e in batch) and not single.HasField("batch")
+    by_id = {e.event_id: env for e, env in zip([*uses, unknown], batch, strict=True)}
+    by_id["single"] = single
+    result = ledger.apply(
+        *(ledger.rated(e, signed=by_id[e.event_id], partition=0) for e in uses),
+        ledger.rated(alone, signed=single),
+        ledger.rated(unknown, Outcome.OUTCOME_RETRACTED, signed=by_id["x-unknown"]),
+        # b1 re-sent through another partition: a repeat the ledger judges, same envelope
+        ledger.rated(uses[1], signed=by_id["b1"], partition=2),
+    )
+    assert (result.events, result.repeats, result.dead) == (5, 1, 1)
+
+    key = SigningKeyRecord(key_id, ledger.vendor, public_key_bytes(private))
+    with psycopg.connect(ledger.dsn, row_factory=dict_row) as conn:
+        rows = [
+            *conn.execute(
+                "SELECT 'usage_events' AS t, * FROM usage_events WHERE vendor_id = %s",
+                (ledger.vendor,),
+            ).fetchall(),
+            *conn.execute(
+                "SELECT 'usage_repeats' AS t, * FROM usage_repeats WHERE vendor_id = %s",
+                (ledger.vendor,),
+            ).fetchall(),
+        ]
+        (dead,) = conn.execute(
+            "SELECT original FROM dead_letters WHERE vendor_id = %s", (ledger.vendor,)
+        ).fetchall()
+    assert sorted((r["t"], r["event_id"]) for r in rows) == [
+        ("usage_events", "b0"),
+        ("usage_events", "b1"),
+        ("usage_events", "b2"),
+        ("usage_events", "b3"),
+        ("usage_events", "single"),
+        ("usage_repeats", "b1"),
+    ]
+    for row in rows:
+        envelope = stored_envelope(row)
+        assert envelope == by_id[row["event_id"]]  # exactly what the vendor signed
+        assert (row["signature_proof"] is None) == (row["event_id"] == "single")
+        assert row_problem(row, key) is None
+    # Without the proof the stored evidence would not verify: the signature is over the root.
+    no_proof = {**next(r for r in rows if r["event_id"] == "b0"), "signature_proof": None}
+    assert row_problem(no_proof, key) == (
+        f"signature does not match the payload for key {key_id!r}"
+    )
+    # The dead letter the ledger made of the unknown retraction keeps the proof too.
+    assert usage_pb2.SignedUsageEvent.FromString(dead["original"]) == by_id["x-unknown"]
+
+    # Tamper with one stored payload (its quantity inflated): only that row fails.
+    tampered = from_domain(uses[2])
+    tampered.quantity = 1000
+    with psycopg.connect(ledger.dsn) as conn:
+        conn.execute(
+            "UPDATE usage_events SET payload = %s WHERE vendor_id = %s AND event_id = 'b2'",
+            (payload_bytes(tampered), ledger.vendor),
+        )
+        findings = [f for f in unverified_rows(conn, ledger.period) if f.vendor_id == ledger.vendor]
+    assert [(f.stored_in, f.event_id) for f in findings] == [("usage_events", "b2")]
+    assert findings[0].problem == (
+        f"batch signature does not match the root proven for leaf 2 of 5 for key {key_id!r}"
+    )
 
 
 # --- fencing -----------------------------------------------------------------------------------

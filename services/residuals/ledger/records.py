@@ -61,6 +61,9 @@ class Rated:
     payload: bytes
     signature: bytes
     key_id: str
+    #: The serialized ``BatchProof`` when the vendor signed a batch of events (the
+    #: signature is then over the batch's Merkle root), None for a per-event signature.
+    signature_proof: bytes | None
     authenticated_vendor_id: str
     received_at: datetime
     rated_at: datetime | None
@@ -159,6 +162,9 @@ def decode_rated(
         payload=bytes(message.signed.payload),
         signature=bytes(message.signed.signature),
         key_id=message.signed.key_id,
+        signature_proof=(
+            message.signed.batch.SerializeToString() if message.signed.HasField("batch") else None
+        ),
         authenticated_vendor_id=message.authenticated_vendor_id,
         received_at=received,
         rated_at=optional_datetime(message, "rated_at"),

@@ -37,6 +37,7 @@ from residuals.codecs.usage import to_raw
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.period import Period
+from residuals.ledger.audit import signed_envelope
 from residuals.ledger.records import Dead, Rated, UndecodableRecord, decode_dead, decode_rated
 from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import usage_pb2
@@ -56,6 +57,7 @@ EVENT_COLUMNS = (
     "adjustment_period",
     "signature",
     "key_id",
+    "signature_proof",
     "authenticated_vendor_id",
     "avatar_id",
     "render_id",
@@ -103,6 +105,7 @@ REPEAT_COLUMNS = (
     "payload",
     "signature",
     "key_id",
+    "signature_proof",
     "received_at",
     "published_at",
 )
@@ -216,6 +219,7 @@ def _event_row(
         periods.adjustment(period),
         r.signature,
         r.key_id,
+        r.signature_proof,
         r.authenticated_vendor_id,
         e.avatar_id,
         e.render_id,
@@ -562,8 +566,8 @@ class LedgerStore:
                 event_id=event.event_id,
                 licence_id="",
                 period=rated.period,
-                original=usage_pb2.SignedUsageEvent(
-                    payload=rated.payload, signature=rated.signature, key_id=rated.key_id
+                original=signed_envelope(
+                    rated.payload, rated.signature, rated.key_id, rated.signature_proof
                 ).SerializeToString(),
                 received_at=rated.received_at,
                 published_at=rated.published_at,
@@ -649,6 +653,7 @@ class LedgerStore:
                             r.payload,
                             r.signature,
                             r.key_id,
+                            r.signature_proof,
                             r.received_at,
                             r.published_at,
                         )

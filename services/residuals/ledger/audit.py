@@ -1,0 +1,139 @@
+"""Re-verify stored usage from the database alone: the ledger's signatures as evidence.
+
+For every event it stores (``usage_events``, ``usage_repeats``) the ledger keeps what
+the vendor signed: ``payload`` (the exact signed bytes), ``signature``, ``key_id`` and,
+when the vendor signed a batch of events under one signature over their Merkle root,
+``signature_proof`` (the serialized ``residuals.v1.BatchProof``; NULL for a per-event
+signature). :func:`stored_envelope` rebuilds the ``SignedUsageEvent`` from those
+columns, and the one verification every reader uses
+(:func:`~residuals.codecs.signed.signature_problem`) decides it again, against the key
+registered in ``vendor_signing_keys``, for the row's vendor, at its receipt (a key
+revoked later does not void what it signed before).
+
+Rows stored before migration 0007 have no proof: a batch-signed one among them fails
+the check (the signature is over a root, not the payload), which is what it is: evidence
+the ledger did not keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from residuals.codecs.signed import SigningKeyRecord, signature_problem
+from residuals.domain.period import Period
+from residuals.v1 import usage_pb2
+
+#: The columns that hold a stored row's signature evidence (both tables).
+SIGNATURE_COLUMNS = ("payload", "signature", "key_id", "signature_proof")
+
+#: What :func:`row_problem` reads from a row, besides :data:`SIGNATURE_COLUMNS`.
+AUDIT_COLUMNS = (
+    "vendor_id",
+    "event_id",
+    "received_at",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    *SIGNATURE_COLUMNS,
+)
+
+_PERIOD_ROWS = f"""
+SELECT 'usage_events' AS stored_in, {", ".join(AUDIT_COLUMNS)}
+  FROM usage_events WHERE period = %(p)s
+UNION ALL
+SELECT 'usage_repeats', {", ".join(AUDIT_COLUMNS)}
+  FROM usage_repeats WHERE period = %(p)s
+ORDER BY source_topic, source_partition, source_offset
+"""
+
+_PERIOD_KEYS = """
+SELECT key_id, vendor_id, public_key, revoked_at FROM vendor_signing_keys
+ WHERE key_id IN (SELECT key_id FROM usage_events WHERE period = %(p)s
+                  UNION SELECT key_id FROM usage_repeats WHERE period = %(p)s)
+"""
+
+
+def signed_envelope(
+    payload: bytes,
+    signature: bytes | None,
+    key_id: str | None,
+    signature_proof: bytes | None,
+) -> usage_pb2.SignedUsageEvent:
+    """The envelope of stored evidence; raises :class:`DecodeError` for a corrupt proof.
+
+    ``signature_proof`` None is a per-event signature (no ``batch``); any bytes, even
+    empty ones (a proof whose fields are all zero), set ``batch``, so the rebuilt
+    envelope has the presence the vendor's had. ``signature`` and ``key_id`` are None
+    only in rows older than the ledger (0001); they rebuild as empty, which fails.
+    """
+    envelope = usage_pb2.SignedUsageEvent(
+        payload=bytes(payload), signature=bytes(signature or b""), key_id=key_id or ""
+    )
+    if signature_proof is not None:
+        envelope.batch.CopyFrom(usage_pb2.BatchProof.FromString(bytes(signature_proof)))
+        envelope.batch.SetInParent()
+    return envelope
+
+
+def stored_envelope(row: Mapping[str, Any]) -> usage_pb2.SignedUsageEvent:
+    """The ``SignedUsageEvent`` a stored row was accepted with, from its columns
+    (:data:`SIGNATURE_COLUMNS`; e.g. a ``psycopg.rows.dict_row``)."""
+    return signed_envelope(
+        row["payload"], row["signature"], row["key_id"], row.get("signature_proof")
+    )
+
+
+def row_problem(row: Mapping[str, Any], key: SigningKeyRecord | None) -> str | None:
+    """Why the stored row's signature does not verify; None when it does.
+
+    ``key`` is the registered key of ``row["key_id"]`` (None: unknown). The key must
+    belong to the row's vendor and not be revoked at ``row["received_at"]``.
+    """
+    try:
+        envelope = stored_envelope(row)
+    except DecodeError as error:
+        return f"signature_proof is not a BatchProof: {error}"
+    return signature_problem(envelope, key, vendor_id=row["vendor_id"], at=row["received_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A stored row whose signature does not verify."""
+
+    stored_in: str  # usage_events | usage_repeats
+    vendor_id: str
+    event_id: str
+    source: tuple[str, int, int]
+    problem: str
+
+
+def signing_keys(conn: Connection[Any], period: Period | str) -> dict[str, SigningKeyRecord]:
+    """The registered keys that signed the period's stored rows, by key id."""
+    rows = conn.execute(_PERIOD_KEYS, {"p": str(period)}).fetchall()
+    return {
+        str(key_id): SigningKeyRecord(str(key_id), str(vendor), bytes(public), revoked)
+        for key_id, vendor, public, revoked in rows
+    }
+
+
+def unverified_rows(conn: Connection[Any], period: Period | str) -> Iterator[Finding]:
+    """Every stored use of ``period`` (accepted identities and re-sends) whose signature
+    does not verify from the database alone, in source order. Streams the rows."""
+    keys = signing_keys(conn, period)
+    with conn.cursor(row_factory=dict_row) as cur:
+        for row in cur.stream(_PERIOD_ROWS, {"p": str(period)}):
+            problem = row_problem(row, keys.get(row["key_id"]))
+            if problem is not None:
+                yield Finding(
+                    stored_in=row["stored_in"],
+                    vendor_id=row["vendor_id"],
+                    event_id=row["event_id"],
+                    source=(row["source_topic"], row["source_partition"], row["source_offset"]),
+                    problem=problem,
+                )
