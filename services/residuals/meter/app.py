@@ -26,7 +26,6 @@ record in C instead of tens in Python, at three to four records per usage record
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -52,6 +51,7 @@ from residuals.meter.settings import MeterSettings
 from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
+from residuals.platform.heap import freeze_long_lived
 from residuals.platform.kafka import make_producer, topic_name
 from residuals.platform.replica import TopicReplica
 from residuals.platform.topics import ALERTS, LICENCES, SIGNING_KEYS, USAGE, USAGE_DLQ, USAGE_RATED
@@ -423,14 +423,13 @@ class MeterService:
         # The decoded licences are a million long-lived objects that every full garbage
         # collection would walk again (a third of the meter's CPU per event, measured with
         # bench/meter_cpu.py); frozen, the collector only looks at what the batches make.
-        gc.collect()
-        gc.freeze()
+        frozen = freeze_long_lived()
         log.info(
             "licences decoded",
             extra={
                 "licences": decoded,
                 "seconds": round(time.perf_counter() - started, 1),
-                "frozen_objects": gc.get_freeze_count(),
+                "frozen_objects": frozen,
             },
         )
         self.metrics.licences.set_function(lambda: len(self.licences))

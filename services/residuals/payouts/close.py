@@ -50,6 +50,7 @@ from residuals.domain.statement import PeriodStatement, compute_statement
 from residuals.payouts import store
 from residuals.payouts.messages import payout_event_bytes
 from residuals.payouts.sources import Conn, Sources
+from residuals.platform.heap import bulk_allocations
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -152,7 +153,8 @@ def close_period(
 ) -> CloseResult:
     """Close ``period`` (see the module docstring). ``conn`` must not be in a transaction."""
     now = now or datetime.now(UTC)
-    with tracer.start_as_current_span("close_period", attributes={"period": str(period)}):
+    span = tracer.start_as_current_span("close_period", attributes={"period": str(period)})
+    with span, bulk_allocations():
         try:
             with conn.transaction():
                 result = _close(conn, sources, period, policy, closed_by, now, force, dry_run)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from residuals.domain.statement import PeriodStatement, compute_statement
+from residuals.platform.heap import bulk_allocations
 from residuals.replay.casefile import Case, CaseError, load_case, read_event_lines
 from residuals.replay.compare import differences
 from residuals.replay.table import render_table
@@ -53,6 +54,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with bulk_allocations():  # reading and folding millions of events
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.cases:
         try:
