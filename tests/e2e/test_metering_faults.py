@@ -48,18 +48,18 @@ def _period(run_id: str) -> Period:
 
 
 def _records(run: Pipeline, events: list[dict[str, Any]]) -> list[UsageRecord]:
-    """Signed records, each keyed like the SDK keys it: by licence, a retraction by its
-    original's licence."""
+    """Signed records as the SDK's ``publish_many`` makes them (each vendor's events under
+    one signature per 256, with Merkle proofs), each keyed like the SDK keys it: by
+    licence, a retraction by its original's licence."""
     licence_of: dict[str, str] = {}
-    records = []
+    keys = []
     for raw in events:
         if raw.get("licence_id"):
             licence_of.setdefault(raw["event_id"], raw["licence_id"])
-            key = raw["licence_id"]
+            keys.append(raw["licence_id"])
         else:
-            key = licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"])
-        records.append(run.usage_record(raw, key=key, receive_delay=timedelta(seconds=3)))
-    return records
+            keys.append(licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"]))
+    return run.usage_records(events, keys=keys, receive_delay=timedelta(seconds=3))
 
 
 def _statement_units(doc: dict[str, Any]) -> dict[str, dict[str, int]]:
