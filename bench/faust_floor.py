@@ -1,0 +1,157 @@
+"""What faust-streaming costs per record before the meter's code runs: the framework floor.
+
+    export RESIDUALS_STACK_DIR=... RESIDUALS_KAFKA_PORT=...   # your stack
+    residuals stack up
+    python bench/faust_floor.py --records 200000
+
+Fills a fresh 6-partition topic with ``--records`` records of 300 bytes, then
+
+1. a bare confluent-kafka consumer reads them all (the ceiling the pipeline benchmark
+   compares with);
+2. a faust worker configured like the meter (``make_faust_app`` settings, raw bytes,
+   one agent, ``take_events(2000, within=0.05)``) reads them and does nothing else.
+
+Reports CPU microseconds per record and records/s for both, from the first record to the
+last. The difference is what faust's consumer, conductor and stream machinery cost per
+record on this machine; the meter pays it on top of its own work (bench/meter_cpu.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "services"))
+
+from residuals.platform.config import KafkaSettings, load  # noqa: E402
+from residuals.platform.kafka import make_admin, make_consumer, make_producer  # noqa: E402
+from residuals.stack.settings import StackSettings  # noqa: E402
+
+# The local stack's addresses (RESIDUALS_* variables), unless set explicitly.
+for _name, _value in load(StackSettings).exports().items():
+    os.environ.setdefault(_name, _value)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fill(kafka: KafkaSettings, topic: str, records: int) -> None:
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = make_admin(kafka)
+    admin.create_topics([NewTopic(topic, 6, 1)])[topic].result(30)
+    tuning: dict[str, Any] = {"linger.ms": 20}
+    producer = make_producer(kafka, client_id="faust-floor", **tuning)
+    value = os.urandom(300)
+    for i in range(records):
+        while True:
+            try:
+                producer.produce(topic, value, f"LIC-{i % 100_000:06d}".encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def raw_consume(kafka: KafkaSettings, topic: str, records: int) -> dict[str, Any]:
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    consumer = make_consumer(kafka, f"faust-floor-raw-{uuid.uuid4().hex[:6]}")
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(6)])
+    seen, started = 0, None
+    while seen < records:
+        batch = consumer.consume(num_messages=10_000, timeout=1.0)
+        if batch and started is None:
+            started = (cpu_seconds(), time.perf_counter())
+        seen += sum(1 for m in batch if m.error() is None)
+    assert started is not None
+    cpu, wall = cpu_seconds() - started[0], time.perf_counter() - started[1]
+    consumer.close()
+    return {"cpu_us_per_record": round(cpu * 1e6 / seen, 1), "records_per_s": round(seen / wall)}
+
+
+def faust_worker(topic: str, records: int, data_dir: str) -> None:
+    """Runs in a child process: faust owns the process (its worker, its event loop)."""
+    from faust.worker import Worker
+
+    from residuals.platform.faust_app import make_faust_app
+
+    kafka = load(KafkaSettings)
+    app = make_faust_app(
+        f"faust-floor-{topic}", kafka, data_dir=Path(data_dir), stream_buffer_maxsize=4096
+    )
+    source = app.topic(
+        topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    state: dict[str, Any] = {"seen": 0, "started": None}
+
+    async def drain(stream: Any) -> None:
+        async for events in stream.take_events(2000, within=0.05):
+            if state["started"] is None:
+                state["started"] = (cpu_seconds(), time.perf_counter())
+            state["seen"] += len(events)
+            if state["seen"] >= records:
+                cpu = cpu_seconds() - state["started"][0]
+                wall = time.perf_counter() - state["started"][1]
+                report = {
+                    "cpu_us_per_record": round(cpu * 1e6 / state["seen"], 1),
+                    "records_per_s": round(state["seen"] / wall),
+                }
+                # A file, not stdout: faust's worker takes over the standard streams.
+                (Path(data_dir) / "report.json").write_text(json.dumps(report))
+                os._exit(0)
+
+    app.agent(source, name="drain", concurrency=1)(drain)
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--worker", nargs=2, metavar=("TOPIC", "DATA_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        faust_worker(args.worker[0], args.records, args.worker[1])
+        return 0
+    kafka = load(KafkaSettings)
+    topic = f"{kafka.topic_prefix}faust-floor-{uuid.uuid4().hex[:8]}"
+    fill(kafka, topic, args.records)
+    report: dict[str, Any] = {"records": args.records, "load_average": os.getloadavg()}
+    report["confluent_kafka"] = raw_consume(kafka, topic, args.records)
+    data_dir = ROOT / "bench" / ".data" / "faust-floor"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "report.json").unlink(missing_ok=True)
+    worker = ["--worker", topic, str(data_dir)]
+    out = subprocess.run(
+        [sys.executable, __file__, "--records", str(args.records), *worker],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if not (data_dir / "report.json").exists():
+        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        return 1
+    report["faust"] = json.loads((data_dir / "report.json").read_text())
+    report["faust_over_raw_cpu"] = round(
+        report["faust"]["cpu_us_per_record"] / report["confluent_kafka"]["cpu_us_per_record"], 1
+    )
+    make_admin(kafka).delete_topics([topic])
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
