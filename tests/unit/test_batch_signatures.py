@@ -215,6 +215,10 @@ def _tamper_cases() -> list[tuple[str, Callable[[usage_pb2.SignedUsageEvent], No
     def short_element(e: usage_pb2.SignedUsageEvent) -> None:
         e.batch.audit_path[0] = bytes(31)
 
+    def lengths_that_add_up(e: usage_pb2.SignedUsageEvent) -> None:
+        e.batch.audit_path[0] = bytes(31)  # 31 + 33 = 2 x 32: each length is checked
+        e.batch.audit_path[1] = bytes(33)
+
     def index(e: usage_pb2.SignedUsageEvent) -> None:
         e.batch.leaf_index = 4  # a real position of the tree, with the path of leaf 5
 
@@ -241,6 +245,11 @@ def _tamper_cases() -> list[tuple[str, Callable[[usage_pb2.SignedUsageEvent], No
         ("payload", payload, mismatch + " 5 of 11 for key 'k1'"),
         ("path element", path_element, mismatch),
         ("short path element", short_element, r"audit_path\[0\] is 31 bytes, SHA-256 needs 32"),
+        (
+            "lengths that add up",
+            lengths_that_add_up,
+            r"audit_path\[0\] is 31 bytes, SHA-256 needs 32",
+        ),
         ("index", index, mismatch + " 4 of 11"),
         ("index past count", index_past_count, "leaf_index 11 is not below leaf_count 11"),
         ("count", count, mismatch + " 5 of 12"),
