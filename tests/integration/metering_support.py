@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -120,6 +121,8 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     restarts_after_exit: int = 0
+    #: Exit codes of the runs that ended on their own (restarted by ``supervise``).
+    exit_codes: list[int] = field(default_factory=list)
     grpc_port: int = 0
     metrics_port: int = 0
 
@@ -169,6 +172,19 @@ class Service:
     def log_tail(self, chars: int = 4000) -> str:
         path = self.log_dir / f"{self.name}-{self.starts}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def log_summary(self, lines: int = 40) -> str:
+        """Every start's warnings, errors and partition assignments (the last ``lines``),
+        then the current log's tail: enough to see which run of the service went wrong."""
+        picked = []
+        for start in range(1, self.starts + 1):
+            path = self.log_dir / f"{self.name}-{start}.log"
+            if not path.exists():
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                if any(k in line for k in ('"WARNING"', '"ERROR"', "assigned", "Traceback")):
+                    picked.append(f"[{start}] {line[:600]}")
+        return "\n".join(picked[-lines:]) + "\n... tail:\n" + self.log_tail(1500)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far."""
@@ -441,6 +457,7 @@ class Pipeline:
                 if service.process is not None and not service.alive():
                     if supervise:
                         service.restarts_after_exit += 1
+                        service.exit_codes.append(service.process.returncode)
                         service.start()
                         continue
                     raise AssertionError(
@@ -450,9 +467,49 @@ class Pipeline:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{len(rows)} of {count} records ledgered after {timeout:.0f} s\n"
-                    + "\n".join(f"--- {s.name}\n{s.log_tail(2500)}" for s in services)
+                    + self.positions_report(rows)
+                    + "\n".join(f"--- {s.name}\n{s.log_summary()}" for s in services)
                 )
             time.sleep(0.5)
+
+    def positions_report(self, rows: Sequence[tuple[str, int, int]]) -> str:
+        """Where each partition's records are, to tell a stuck meter from a stuck ledger:
+        per usage partition produced, ledgered, the meter group's committed offset and the
+        high watermark; per rated/dead-letter partition the ledger's stored position."""
+        from confluent_kafka import TopicPartition
+
+        produced = Counter(p for p, _o in self.produced)
+        ledgered = Counter(p for _t, p, _o in rows)
+        missing: dict[int, list[int]] = {}
+        stored = {(p, o) for _t, p, o in rows}
+        for p, o in self.produced:
+            if (p, o) not in stored:
+                missing.setdefault(p, []).append(o)
+        lines = ["usage partition: produced ledgered meter-committed high missing-offsets"]
+        consumer = make_consumer(self.kafka, f"{self.kafka.topic_prefix}meter")
+        try:
+            usage = [TopicPartition(self.topic(USAGE), p) for p in range(self.partitions)]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(usage, timeout=10)}
+            for p in range(self.partitions):
+                _low, high = consumer.get_watermark_offsets(usage[p], timeout=10)
+                gap = sorted(missing.get(p, []))
+                span = f"{gap[0]}..{gap[-1]} ({len(gap)})" if gap else "-"
+                lines.append(f"  {p}: {produced[p]} {ledgered[p]} {committed.get(p)} {high} {span}")
+            with self.connect() as conn:
+                offsets = conn.execute(
+                    "SELECT topic, partition, next_offset, epoch FROM consumer_offsets "
+                    "WHERE topic LIKE %s ORDER BY topic, partition",
+                    (self.kafka.topic_prefix + "%",),
+                ).fetchall()
+            lines.append("ledger positions: topic[partition] stored-next (epoch) / high")
+            for topic, p, next_offset, epoch in offsets:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                lines.append(f"  {topic}[{p}] {next_offset} ({epoch}) / {high}")
+        except Exception as exc:  # the report must not hide the failure it explains
+            lines.append(f"  (positions unavailable: {exc!r})")
+        finally:
+            consumer.close()
+        return "\n".join(lines) + "\n"
 
     def delete_period(self, period: str) -> None:
         """Forget ledger rows of ``period`` (test-owned periods only)."""

@@ -17,6 +17,9 @@ Per batch, in this order (why: :mod:`residuals.meter.core`):
 Any failure in 1-3, or a stop signal in the middle of a batch, ends the process at once:
 faust would otherwise ack the batch on the way out and commit records whose effects are
 not all in Kafka. A restart re-reads from the last commit and reaches the same state.
+So do a hole in a partition's offsets before step 1 and a partition that stops moving
+with records waiting (:mod:`residuals.meter.guards`): faust would otherwise commit past
+records it never delivered.
 
 Records are published with confluent-kafka (an idempotent producer: per partition, order
 and no duplicates across retries), not faust's producer: it costs a few microseconds per
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from residuals.domain.validation import MAX_FUTURE, MAX_PAST
+from residuals.meter.continuity import Stall
 from residuals.meter.core import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
@@ -45,6 +49,7 @@ from residuals.meter.core import (
     Meter,
     Record,
 )
+from residuals.meter.guards import InputGap, InputGuard, StallWatch
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.meter.settings import MeterSettings
@@ -53,6 +58,7 @@ from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.heap import freeze_long_lived
 from residuals.platform.kafka import make_producer, topic_name
+from residuals.platform.offset_probe import OffsetProbe
 from residuals.platform.replica import TopicReplica
 from residuals.platform.topics import ALERTS, LICENCES, SIGNING_KEYS, USAGE, USAGE_DLQ, USAGE_RATED
 from residuals.v1 import common_pb2
@@ -67,6 +73,8 @@ log = logging.getLogger(__name__)
 #: their own Kafka timestamp instead.
 PUBLISHED_AT_HEADER = "residuals-published-at"
 EXIT_BATCH_FAILED = 70
+EXIT_INPUT_GAP = 71
+EXIT_STALLED = 72
 #: How long identities and counters are kept after their event: anything older is
 #: TOO_LATE on arrival (35 days, 5 minutes of clock skew), plus a day of margin.
 RETENTION = MAX_PAST + MAX_FUTURE + timedelta(days=1)
@@ -190,6 +198,7 @@ class BatchRunner:
         metrics: MeterMetrics,
         highwater: Any = None,
         purge_every: float = 600.0,
+        guard: InputGuard | None = None,
     ) -> None:
         self.meter = meter
         self.publisher = publisher
@@ -201,12 +210,15 @@ class BatchRunner:
         self.metrics = metrics
         self.highwater = highwater
         self.purge_every = purge_every
+        self.guard = guard
         self._next_purge = time.monotonic() + purge_every
         #: The latest receive time rated: the clock state expiry follows (not the wall).
         self.stream_time: datetime | None = None
 
     async def run(self, records: Sequence[Record]) -> list[Decision]:
         started = time.perf_counter()
+        if self.guard is not None:
+            await self.guard.check(records)
         state = BatchState(self.store)
         decisions: list[Decision] = []
         send = self.publisher.send
@@ -359,6 +371,17 @@ class MeterService:
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
         self.publisher = Publisher(kafka, f"{kafka.topic_prefix}meter")
+        # faust's consumer group is the app id.
+        self.offsets = OffsetProbe(kafka, str(self.app.conf.id))
+        self.usage_topic_name = topic_name(kafka, USAGE)
+        self.stall_watch = StallWatch(
+            self.offsets,
+            self.usage_topic_name,
+            self._assigned_partitions,
+            self._stalled,
+            stall_after=settings.stall_seconds,
+            interval=min(10.0, settings.stall_seconds / 4),
+        )
         self.runner: BatchRunner | None = None
         #: Called once the agent starts consuming (health: SERVING).
         self.on_ready: Callable[[], None] | None = None
@@ -385,7 +408,39 @@ class MeterService:
             metrics=self.metrics,
             highwater=self._highwater,
             purge_every=self.settings.purge_every,
+            guard=InputGuard(self.offsets, lambda: int(self.app.consumer_generation_id)),
         )
+
+    def _assigned_partitions(self) -> list[int] | None:
+        """The usage partitions this process rates now; ``None`` while faust rebalances or
+        restores state (nothing is expected to move then)."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return None
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # consumer not started or being replaced
+            return None
+        return sorted(tp.partition for tp in assigned if tp.topic == self.usage_topic_name)
+
+    def _stalled(self, stalls: list[Stall]) -> None:
+        log.error(
+            "input partitions stopped moving with records waiting; exiting so they are read "
+            "again from the last commit",
+            extra={
+                "stalls": [
+                    {
+                        "partition": s.partition,
+                        "committed": s.committed,
+                        "high": s.high,
+                        "seconds": round(s.seconds),
+                    }
+                    for s in stalls
+                ],
+                "generation": self.app.consumer_generation_id,
+            },
+        )
+        _exit_now(EXIT_STALLED)
 
     def _register_agent(self) -> None:
         settings = self.settings
@@ -393,6 +448,7 @@ class MeterService:
         async def rate(stream: Any) -> None:
             if self.runner is None:
                 self.runner = self._make_runner()
+                self.stall_watch.start()
             runner = self.runner
             if self.on_ready is not None:
                 self.on_ready()
@@ -404,6 +460,12 @@ class MeterService:
                 except asyncio.CancelledError:
                     log.warning("stopped in the middle of a batch; exiting without committing it")
                     _exit_now(0)
+                except InputGap as gap:
+                    log.error(
+                        "records missing from the input; exiting so they are read again",
+                        extra={"detail": str(gap), "generation": self.app.consumer_generation_id},
+                    )
+                    _exit_now(EXIT_INPUT_GAP)
                 except BaseException:
                     log.exception("batch failed; exiting so the batch is read again")
                     _exit_now(EXIT_BATCH_FAILED)
@@ -435,9 +497,11 @@ class MeterService:
         self.metrics.licences.set_function(lambda: len(self.licences))
 
     def stop(self) -> None:
+        self.stall_watch.stop()
         self.licences.stop()
         self.keys.stop()
         self.publisher.producer.flush(10)
+        self.offsets.close()
 
 
 def _exit_now(code: int) -> None:

@@ -46,6 +46,13 @@ class MeterSettings:
         help="seconds between removals of identities and counters older than the replay window",
         minimum=1,
     )
+    stall_seconds: float = env(
+        "METER_STALL_SECONDS",
+        120.0,
+        help="exit (to be restarted) when an assigned partition has records waiting and its "
+        "committed offset has not moved for this long",
+        minimum=10,
+    )
     ready_timeout: float = env(
         "METER_READY_TIMEOUT",
         120.0,

@@ -1,0 +1,86 @@
+"""The offset probe on the real broker: a group's committed offsets and high watermarks, and
+whether a range of offsets holds records (aborted transactions and markers do not)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_admin, make_consumer, make_producer
+from residuals.platform.offset_probe import OffsetProbe
+from residuals.stack.settings import StackSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def topic(stack: StackSettings) -> Iterator[tuple[KafkaSettings, str]]:
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    admin = make_admin(kafka)
+    for future in admin.create_topics([NewTopic(name, num_partitions=2)]).values():
+        future.result(timeout=60)
+    yield kafka, name
+    for future in admin.delete_topics([name]).values():
+        future.result(timeout=60)
+
+
+def _wait_high_watermark(kafka: KafkaSettings, topic: str, high: int) -> None:
+    consumer = make_consumer(kafka, f"{topic}-watermarks")
+    try:
+        deadline = time.monotonic() + 30
+        while consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] < high:
+            assert time.monotonic() < deadline, "abort marker not written"
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
+def test_committed_offsets_watermarks_and_records_in_a_range(
+    topic: tuple[KafkaSettings, str],
+) -> None:
+    kafka, name = topic
+    producer = make_producer(kafka)
+    for i in range(5):
+        producer.produce(name, value=b"plain %d" % i, partition=0)
+    assert producer.flush(30) == 0
+
+    # Offsets 5..8 of partition 0: an aborted transaction of three records and its marker;
+    # 9 and 10: plain records again.
+    txn = make_producer(kafka, transactional_id=f"{name}-txn", **{"message.timeout.ms": 30000})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    for i in range(3):
+        txn.produce(name, value=b"aborted %d" % i, partition=0)
+    txn.flush(30)
+    txn.abort_transaction(30)
+    # The coordinator writes the abort marker (offset 8) shortly after: wait for it.
+    _wait_high_watermark(kafka, name, 9)
+    for i in range(2):
+        producer.produce(name, value=b"after %d" % i, partition=0)
+    assert producer.flush(30) == 0
+
+    group = f"{name}-group"
+    probe = OffsetProbe(kafka, group)
+    try:
+        assert probe.committed(name, [0, 1]) == {0: None, 1: None}
+        assert probe.positions(name, [0, 1]) == {0: (0, 11), 1: (0, 0)}
+
+        member = make_consumer(kafka, group)
+        member.commit(offsets=[TopicPartition(name, 0, 4)], asynchronous=False)
+        member.close()
+        assert probe.committed(name, [0, 1]) == {0: 4, 1: None}
+        assert probe.positions(name, [0]) == {0: (4, 11)}
+
+        assert probe.has_records(name, 0, 2, 5)  # plain records
+        assert not probe.has_records(name, 0, 5, 9)  # aborted records and the marker only
+        assert probe.has_records(name, 0, 5, 10)  # reaches "after 0" at offset 9
+        assert probe.committed(name, [0]) == {0: 4}  # looking commits nothing
+    finally:
+        probe.close()
