@@ -77,6 +77,7 @@ def test_committed_offsets_watermarks_and_records_in_a_range(
         member.close()
         assert probe.committed(name, [0, 1]) == {0: 4, 1: None}
         assert probe.positions(name, [0]) == {0: (4, 11)}
+        assert probe.resume_offsets(name, [0, 1]) == {0: 4, 1: 0}
 
         assert probe.has_records(name, 0, 2, 5)  # plain records
         assert not probe.has_records(name, 0, 5, 9)  # aborted records and the marker only
@@ -84,3 +85,45 @@ def test_committed_offsets_watermarks_and_records_in_a_range(
         assert probe.committed(name, [0]) == {0: 4}  # looking commits nothing
     finally:
         probe.close()
+
+
+def test_partitions_without_a_commit_start_at_the_log_start_while_the_group_is_empty(
+    topic: tuple[KafkaSettings, str],
+) -> None:
+    kafka, name = topic
+    producer = make_producer(kafka)
+    for i in range(4):
+        producer.produce(name, value=b"r %d" % i, partition=i % 2)
+    assert producer.flush(30) == 0
+    group = f"{name}-group"
+    member = make_consumer(kafka, group)
+    member.commit(offsets=[TopicPartition(name, 1, 2)], asynchronous=False)
+    member.close()
+
+    probe = OffsetProbe(kafka, group)
+    try:
+        assert probe.start_uncommitted_at_log_start(name) == {0: 0}
+        assert probe.committed(name, [0, 1]) == {0: 0, 1: 2}  # partition 1 kept its own
+        assert probe.start_uncommitted_at_log_start(name) == {}  # nothing left to do
+    finally:
+        probe.close()
+
+
+def test_log_start_offsets_are_not_committed_once_the_group_has_members(
+    topic: tuple[KafkaSettings, str],
+) -> None:
+    kafka, name = topic
+    group = f"{name}-group"
+    member = make_consumer(kafka, group)
+    member.subscribe([name])
+    deadline = time.monotonic() + 60
+    while not member.assignment():
+        assert time.monotonic() < deadline, "member not assigned"
+        member.poll(0.2)
+    probe = OffsetProbe(kafka, group)
+    try:
+        assert probe.start_uncommitted_at_log_start(name) == {}  # Kafka refuses an outsider
+        assert probe.committed(name, [0, 1]) == {0: None, 1: None}
+    finally:
+        probe.close()
+        member.close()

@@ -101,18 +101,20 @@ def test_progress_caught_up_partitions_and_pauses_reset_the_clock() -> None:
 
 
 class FakeOffsets:
-    def __init__(self, committed: dict[int, int | None], holes_with_records: bool) -> None:
+    """Committed offsets (absent: nothing committed, the log starts at 0) and holes."""
+
+    def __init__(self, committed: dict[int, int], holes_with_records: bool) -> None:
         self.committed_offsets = committed
         self.holes_with_records = holes_with_records
         self.asked: list[tuple[int, int, int]] = []
         self.lookups: list[list[int]] = []
 
-    def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int | None]:
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         self.lookups.append(list(partitions))
-        return {p: self.committed_offsets.get(p) for p in partitions}
+        return {p: self.committed_offsets.get(p, 0) for p in partitions}
 
     def positions(self, topic: str, partitions: Sequence[int]) -> dict[int, tuple[int, int]]:
-        return {p: (self.committed_offsets.get(p) or 0, 100) for p in partitions}
+        return {p: (self.committed_offsets.get(p, 0), 100) for p in partitions}
 
     def has_records(self, topic: str, partition: int, start: int, end: int) -> bool:
         self.asked.append((partition, start, end))
@@ -132,6 +134,15 @@ def test_the_guard_stops_a_batch_at_a_hole_that_holds_records() -> None:
         asyncio.run(guard.check(records((1, 1), (0, 12))))
     assert offsets.asked == [(0, 9, 12)]
     assert offsets.lookups == [[0, 1]]  # once per partition and generation
+
+
+def test_the_guard_sees_a_hole_at_the_head_of_a_partition_nothing_was_committed_for() -> None:
+    # faust resumes a partition without a commit from the log start; delivering a later
+    # record first, and acknowledging it, would commit past everything before it.
+    offsets = FakeOffsets({}, holes_with_records=True)
+    guard = InputGuard(offsets, lambda: 1)
+    with pytest.raises(InputGap, match=r"partition 0: offsets 0\.\.1633 were not delivered"):
+        asyncio.run(guard.check(records((0, 1634), (0, 1635))))
 
 
 def test_the_guard_lets_a_hole_without_records_through() -> None:

@@ -25,6 +25,7 @@ def main() -> int:
     try:
         # Every licence and key is loaded before the first record is rated.
         service.start_registries()
+        service.prepare_offsets()
         log.info("meter starting", extra={"licences": len(service.licences)})
         run_worker(service.app, loglevel=settings.telemetry.log_level)
     finally:

@@ -472,6 +472,16 @@ class MeterService:
 
         self.app.agent(self.usage_topic, name="rate", concurrency=1)(rate)
 
+    def prepare_offsets(self) -> None:
+        """Before the first meter of a new group joins: a committed offset for every usage
+        partition (why: ``OffsetProbe.start_uncommitted_at_log_start``)."""
+        started = self.offsets.start_uncommitted_at_log_start(self.usage_topic_name)
+        if started:
+            log.info(
+                "usage partitions without a commit start at the log start",
+                extra={"offsets": {str(p): o for p, o in started.items()}},
+            )
+
     def start_registries(self) -> None:
         """Load every licence and signing key before the first record is rated."""
         timeout = self.settings.ready_timeout

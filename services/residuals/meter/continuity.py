@@ -47,9 +47,10 @@ class OffsetContinuity:
         return sorted(p for p in set(partitions) if p not in self._known)
 
     def learn(self, partition: int, committed: int | None) -> None:
-        """The group's committed offset for ``partition`` (``None``: nothing committed yet,
-        so the first record sets the start). What this process itself rated beyond it
-        stays expected: faust may deliver those again, never skip them."""
+        """Where the group resumes ``partition``: its committed offset, or the log start
+        when nothing is committed yet (``None``: unknown, the first record sets the start).
+        What this process itself rated beyond it stays expected: faust may deliver those
+        again, never skip them."""
         self._known.add(partition)
         if committed is not None:
             self._next[partition] = max(committed, self._next.get(partition, committed))

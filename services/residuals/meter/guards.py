@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Offsets(Protocol):
     """What the guards ask Kafka (:class:`residuals.platform.offset_probe.OffsetProbe`)."""
 
-    def committed(self, topic: str, partitions: Sequence[int]) -> dict[int, int | None]: ...
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]: ...
 
     def positions(self, topic: str, partitions: Sequence[int]) -> dict[int, tuple[int, int]]: ...
 
@@ -56,11 +56,26 @@ class InputGuard:
         if not records:
             return
         topic = records[0].topic
-        unknown = self.continuity.unknown(self.generation(), (r.partition for r in records))
+        generation = self.generation()
+        unknown = self.continuity.unknown(generation, (r.partition for r in records))
         if unknown:
-            committed = await asyncio.to_thread(self.offsets.committed, topic, unknown)
+            starts = await asyncio.to_thread(self.offsets.resume_offsets, topic, unknown)
             for partition in unknown:
-                self.continuity.learn(partition, committed.get(partition))
+                self.continuity.learn(partition, starts.get(partition))
+            first: dict[int, int] = {}
+            for r in records:
+                if r.partition in starts:
+                    first.setdefault(r.partition, r.offset)
+            # Once per partition and assignment: where the group resumes, what came first.
+            log.info(
+                "input partitions resumed",
+                extra={
+                    "generation": generation,
+                    "resume_offsets": {str(p): starts.get(p) for p in unknown},
+                    "expected": {str(p): self.continuity.expected(p) for p in unknown},
+                    "first_delivered": {str(p): o for p, o in first.items()},
+                },
+            )
         positions = [(r.partition, r.offset) for r in records]
         while (gap := self.continuity.scan(positions)) is not None:
             holds = await asyncio.to_thread(
