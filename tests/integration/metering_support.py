@@ -408,9 +408,11 @@ class Pipeline:
             "LOG_LEVEL": "INFO",
         }
 
-    def meter(self, **env: str) -> Service:
+    def meter(self, name: str = "meter", **env: str) -> Service:
+        """A meter process; ``name`` tells several apart (log files, faust data dir)."""
+        own = {"METER_DATA_DIR": str(self.work_dir / f"{name}-data")} if name != "meter" else {}
         return Service(
-            "meter", "residuals.meter", {**self.service_env("meter"), **env}, self.work_dir
+            name, "residuals.meter", {**self.service_env("meter"), **own, **env}, self.work_dir
         )
 
     def ledger(self, **env: str) -> Service:

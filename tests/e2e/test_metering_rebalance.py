@@ -1,0 +1,91 @@
+"""Scaling the meter out and in while a month flows, on the real stack.
+
+Three meters take turns: a second one joins (half the partitions, and their state, move to
+it), the first is stopped gracefully (its partitions move at once), a third joins, and the
+second is killed with SIGKILL (its partitions move when its session expires). Each move is
+a faust rebalance with state restored from the changelog, the situations in which faust
+has dropped fetched records. After catch-up every record is in the ledger exactly once and
+the ledger's statement equals the offline replay, to the cent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from residuals.stack.settings import StackSettings
+from tests.e2e.month_run import assert_ledger_is_the_replay, prepare_month
+from tests.integration.metering_support import Service, pipeline
+
+pytestmark = pytest.mark.e2e
+
+EVENTS = 48_000
+LICENCES = 1_000
+VENDORS = 10
+CHUNKS = 8
+CATCH_UP_TIMEOUT = 420.0
+
+
+def _rated_partitions(meter: Service) -> set[int]:
+    """Partitions this meter rated (its "input partitions resumed" log lines)."""
+    import json
+
+    found: set[int] = set()
+    for start in range(1, meter.starts + 1):
+        path = meter.log_dir / f"{meter.name}-{start}.log"
+        for line in path.read_text(errors="replace").splitlines():
+            if "input partitions resumed" in line:
+                found.update(int(p) for p in json.loads(line)["first_delivered"])
+    return found
+
+
+def test_meters_scaled_out_and_in_while_a_month_flows(stack: StackSettings, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pipeline(stack, tmp_path) as run:
+        month = prepare_month(run, events=EVENTS, licences=LICENCES, vendors=VENDORS)
+        first, second, third = (
+            run.meter(f"meter-{n}", METER_STALL_SECONDS="60") for n in ("a", "b", "c")
+        )
+        ledger = run.ledger()
+        first.start()
+        ledger.start()
+        steps: list[str] = []
+        try:
+            for i, part in enumerate(month.chunks(CHUNKS)):
+                run.produce(part)
+                time.sleep(1.5)
+                if i == 1:
+                    second.start()
+                    steps.append("meter-b joined")
+                if i == 3:
+                    first.stop()
+                    steps.append("meter-a stopped (SIGTERM)")
+                if i == 4:
+                    third.start()
+                    steps.append("meter-c joined")
+                if i == 6:
+                    second.kill9()
+                    steps.append("meter-b killed (SIGKILL)")
+            rows = run.wait_ledgered(
+                len(month.records), CATCH_UP_TIMEOUT, [third, ledger], supervise=True
+            )
+            time.sleep(2.0)  # anything late and duplicated would show up now
+            rows = run.stored_positions()
+        finally:
+            for service in (first, second, third, ledger):
+                service.stop()
+
+        assert_ledger_is_the_replay(run, month, rows, tmp_path)
+        # Partitions really moved: each meter rated some, and the last one took over what
+        # the killed one held.
+        rated = {m.name: _rated_partitions(m) for m in (first, second, third)}
+        assert all(rated.values()), rated
+        assert rated["meter-c"] | rated["meter-b"] == set(range(run.partitions)), rated
+        print(
+            f"\n{EVENTS} events, steps: {steps}; partitions rated: "
+            f"{ {k: sorted(v) for k, v in rated.items()} }; exits: "
+            f"meter-c {third.exit_codes}, ledger {ledger.exit_codes}; "
+            f"{time.monotonic() - started:.0f} s"
+        )
