@@ -91,6 +91,33 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def seek_committed_zero_too() -> None:
+    """Make aiokafka's ``seek_to_committed`` also seek partitions committed at offset 0.
+
+    aiokafka (0.14) seeks only ``if offset and offset > 0``. faust calls it after every
+    rebalance to rewind what it fetched and dropped while restoring state; a partition
+    committed at 0 (a new group: the meter commits the log start first) kept the position
+    after the dropped records, which were then never delivered: the meter's fault test
+    saw offsets 0..1661 of a partition skipped that way. Seeking to 0 is what the call
+    means. Idempotent; applied by :func:`make_faust_app`.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    if getattr(AIOKafkaConsumer.seek_to_committed, "_residuals_zero", False):
+        return
+    original = AIOKafkaConsumer.seek_to_committed
+
+    async def seek_to_committed(self: AIOKafkaConsumer, *partitions: Any) -> Any:
+        committed = await original(self, *partitions)
+        for tp, offset in committed.items():
+            if offset == 0:
+                self._fetcher.seek_to(tp, 0)
+        return committed
+
+    seek_to_committed._residuals_zero = True  # type: ignore[attr-defined]
+    AIOKafkaConsumer.seek_to_committed = seek_to_committed
+
+
 def make_faust_app(
     name: str,
     kafka: KafkaSettings,
@@ -108,6 +135,7 @@ def make_faust_app(
     """
     import faust
 
+    seek_committed_zero_too()
     settings = faust_settings(kafka, data_dir=data_dir, web_port=web_port, **overrides)
     return faust.App(f"{kafka.topic_prefix}{name}", **settings)
 
