@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +51,7 @@ from residuals.platform.config import load  # noqa: E402
 from residuals.platform.kafka import make_consumer  # noqa: E402
 from residuals.platform.topics import USAGE  # noqa: E402
 from residuals.stack.settings import StackSettings  # noqa: E402
-from tests.integration.metering_support import Pipeline, UsageRecord, pipeline  # noqa: E402
-
-
-def signed_records(run: Pipeline, events: list[dict[str, Any]]) -> list[UsageRecord]:
-    """The usage records vendors' SDKs publish for ``events`` with ``publish_many``: each
-    vendor's events signed in batches of 256 (one Ed25519 signature over a Merkle root,
-    an inclusion proof per envelope), routed by licence (a retraction: its original's)."""
-    licence_of: dict[str, str] = {}
-    keys = []
-    for raw in events:
-        if raw.get("licence_id"):
-            licence_of.setdefault(raw["event_id"], raw["licence_id"])
-            keys.append(raw["licence_id"])
-        else:
-            keys.append(licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"]))
-    return run.usage_records(events, keys=keys, receive_delay=timedelta(seconds=3))
+from tests.integration.metering_support import Pipeline, pipeline  # noqa: E402
 
 
 def raw_consume_rate(run: Pipeline, count: int) -> float:
@@ -212,7 +197,8 @@ def main() -> int:
         total = args.events + args.latency_events
         events = list(make_events(specs, total, period=str(period)))
         backlog, paced = events[: args.events], events[args.events :]
-        records = signed_records(run, events)
+        # Signed and keyed as vendors' SDKs publish them with ``publish_many``.
+        records = run.sdk_records(events)
         run.produce(records[: args.events])
         report["setup_s"] = round(time.perf_counter() - t0, 1)
 

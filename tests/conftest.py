@@ -8,11 +8,12 @@ running; whatever it had to start itself, it stops when the session ends.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from residuals.platform.config import load
+from residuals.platform.config import KafkaSettings, load
 from residuals.stack import lifecycle
 from residuals.stack.settings import StackSettings
 
@@ -40,3 +41,28 @@ def stack() -> Iterator[StackSettings]:
 def stack_env(stack: StackSettings) -> dict[str, str]:
     """Environment for subprocesses that should use the local stack."""
     return {**os.environ, **stack.exports()}
+
+
+@pytest.fixture
+def new_topic(stack: StackSettings) -> Iterator[Callable[[str, int], tuple[KafkaSettings, str]]]:
+    """``new_topic(prefix, partitions)``: a topic of the test's own on the local broker
+    (and its Kafka settings), deleted when the test ends."""
+    from confluent_kafka.admin import NewTopic
+
+    from residuals.platform.kafka import make_admin
+
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
+    admin = make_admin(kafka)
+    created: list[str] = []
+
+    def create(prefix: str, partitions: int) -> tuple[KafkaSettings, str]:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        for future in admin.create_topics([NewTopic(name, num_partitions=partitions)]).values():
+            future.result(timeout=60)
+        created.append(name)
+        return kafka, name
+
+    yield create
+    if created:
+        for future in admin.delete_topics(created).values():
+            future.result(timeout=60)

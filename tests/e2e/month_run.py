@@ -8,7 +8,6 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,22 +53,9 @@ def prepare_month(run: Pipeline, *, events: int, licences: int, vendors: int) ->
     run.publish_keys(sorted({s["vendor_id"] for s in specs}))
     raws = list(make_events(specs, events, period=str(period)))
     offline = compute_statement(period, run.licences, [parse_event(e) for e in raws])
-    return Month(period, _records(run, raws), offline)
-
-
-def _records(run: Pipeline, events: list[dict[str, Any]]) -> list[UsageRecord]:
-    """Signed records as the SDK's ``publish_many`` makes them (each vendor's events under
-    one signature per 256, with Merkle proofs), each keyed like the SDK keys it: by
-    licence, a retraction by its original's licence."""
-    licence_of: dict[str, str] = {}
-    keys = []
-    for raw in events:
-        if raw.get("licence_id"):
-            licence_of.setdefault(raw["event_id"], raw["licence_id"])
-            keys.append(raw["licence_id"])
-        else:
-            keys.append(licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"]))
-    return run.usage_records(events, keys=keys, receive_delay=timedelta(seconds=3))
+    # Signed as the SDK's ``publish_many`` signs (one signature per 256 events of a
+    # vendor, with Merkle proofs), keyed as it keys them.
+    return Month(period, run.sdk_records(raws), offline)
 
 
 def _statement_units(doc: dict[str, Any]) -> dict[str, dict[str, int]]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psycopg
@@ -36,7 +35,7 @@ from residuals.v1 import (
 )
 from tests.integration.alerts_support import StreamReader
 from tests.integration.ingest_support import Registry
-from tests.integration.metering_support import Pipeline, pipeline
+from tests.integration.metering_support import pipeline
 from tests.integration.service_process import run_service
 from tests.integration.test_ingest_gateway import Gateway, envelope, render
 
@@ -46,19 +45,6 @@ from month import make_events, make_licences
 pytestmark = pytest.mark.e2e
 
 POLITICAL = 5
-
-
-def _records(run: Pipeline, events: list[dict[str, Any]]) -> list[Any]:
-    licence_of: dict[str, str] = {}
-    records = []
-    for raw in events:
-        if raw.get("licence_id"):
-            licence_of.setdefault(raw["event_id"], raw["licence_id"])
-            key = raw["licence_id"]
-        else:
-            key = licence_of.get(raw.get("original_event_id", ""), raw["vendor_id"])
-        records.append(run.usage_record(raw, key=key))
-    return records
 
 
 def test_every_panel_and_rule_has_live_data(stack: StackSettings, tmp_path: Path) -> None:
@@ -76,7 +62,7 @@ def test_every_panel_and_rule_has_live_data(stack: StackSettings, tmp_path: Path
             {**e, "event_id": f"{e['event_id']}-political", "category": "political"}
             for e in renders
         ]
-        records = _records(run, events + political)
+        records = run.sdk_records(events + political, receive_delay=timedelta(seconds=2), batch=1)
         with psycopg.connect(run.dsn) as conn:
             _, key = registry.create_api_key(
                 conn, Principal(f"obs-{run.run_id}", Role.FINANCE), "obs", "test", datetime.now(UTC)

@@ -347,6 +347,26 @@ class Pipeline:
             )
         return records
 
+    def sdk_records(
+        self,
+        raws: Sequence[Mapping[str, Any]],
+        *,
+        receive_delay: timedelta = timedelta(seconds=3),
+        batch: int = SIGNATURE_BATCH_SIZE,
+    ) -> list[UsageRecord]:
+        """:meth:`usage_records` keyed as the SDK keys them: by licence, a retraction by
+        its original's licence (else its vendor)."""
+        licence_of: dict[str, str] = {}
+        keys = []
+        for raw in raws:
+            if raw.get("licence_id"):
+                licence_of.setdefault(str(raw["event_id"]), str(raw["licence_id"]))
+                keys.append(str(raw["licence_id"]))
+            else:
+                original = str(raw.get("original_event_id", ""))
+                keys.append(licence_of.get(original, str(raw["vendor_id"])))
+        return self.usage_records(raws, keys=keys, receive_delay=receive_delay, batch=batch)
+
     def produce(self, records: Sequence[UsageRecord], *, producer: Any = None) -> None:
         """Publish and remember each record's (partition, offset)."""
         own = producer is None

@@ -4,34 +4,25 @@ committed offsets must also rewind a partition committed at offset 0."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
-from confluent_kafka.admin import NewTopic
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import seek_committed_zero_too
-from residuals.platform.kafka import make_admin, make_producer
-from residuals.stack.settings import StackSettings
+from residuals.platform.kafka import make_producer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def topic(stack: StackSettings) -> Iterator[tuple[KafkaSettings, str]]:
-    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
-    name = f"seek-{uuid.uuid4().hex[:8]}"
-    admin = make_admin(kafka)
-    for future in admin.create_topics([NewTopic(name, num_partitions=1)]).values():
-        future.result(timeout=60)
+def topic(new_topic: Callable[[str, int], tuple[KafkaSettings, str]]) -> tuple[KafkaSettings, str]:
+    kafka, name = new_topic("seek", 1)
     producer = make_producer(kafka)
     for i in range(5):
         producer.produce(name, value=b"r %d" % i, partition=0)
     assert producer.flush(30) == 0
-    yield kafka, name
-    for future in admin.delete_topics([name]).values():
-        future.result(timeout=60)
+    return kafka, name
 
 
 async def _position_after_seek_to_committed(kafka: KafkaSettings, name: str) -> tuple[int, int]:

@@ -4,31 +4,21 @@ whether a range of offsets holds records (aborted transactions and markers do no
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import make_admin, make_consumer, make_producer
+from residuals.platform.kafka import make_consumer, make_producer
 from residuals.platform.offset_probe import OffsetProbe
-from residuals.stack.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def topic(stack: StackSettings) -> Iterator[tuple[KafkaSettings, str]]:
-    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
-    name = f"probe-{uuid.uuid4().hex[:8]}"
-    admin = make_admin(kafka)
-    for future in admin.create_topics([NewTopic(name, num_partitions=2)]).values():
-        future.result(timeout=60)
-    yield kafka, name
-    for future in admin.delete_topics([name]).values():
-        future.result(timeout=60)
+def topic(new_topic: Callable[[str, int], tuple[KafkaSettings, str]]) -> tuple[KafkaSettings, str]:
+    return new_topic("probe", 2)
 
 
 def _wait_high_watermark(kafka: KafkaSettings, topic: str, high: int) -> None:
