@@ -27,7 +27,7 @@ EVENTS = 100_000
 LICENCES = 2_000
 VENDORS = 20
 CHUNKS = 10
-CATCH_UP_TIMEOUT = 420.0
+CATCH_UP_TIMEOUT = 600.0  # each restart after a detected hole waits ~60 s for a session
 
 
 def test_month_survives_kills_and_a_broker_restart(stack: StackSettings, tmp_path: Path) -> None:

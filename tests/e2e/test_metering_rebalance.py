@@ -25,7 +25,7 @@ EVENTS = 48_000
 LICENCES = 1_000
 VENDORS = 10
 CHUNKS = 8
-CATCH_UP_TIMEOUT = 420.0
+CATCH_UP_TIMEOUT = 600.0  # each restart after a detected hole waits ~60 s for a session
 
 
 def _rated_partitions(meter: Service) -> set[int]:
