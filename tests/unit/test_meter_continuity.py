@@ -164,3 +164,11 @@ def test_the_stall_watch_gives_no_verdict_while_rebalancing() -> None:
     assert watch.check() == []
     assigned[0] = [0]
     assert watch.check() == []  # the clock started again
+
+
+def test_the_stall_watch_ignores_offsets_that_hold_no_records() -> None:
+    offsets = FakeOffsets({0: 10}, holes_with_records=False)  # e.g. a transaction marker
+    watch = StallWatch(offsets, "usage", lambda: [0], lambda _s: None, stall_after=0.0)
+    watch.check()
+    assert watch.check() == []
+    assert offsets.asked == [(0, 10, 100)]

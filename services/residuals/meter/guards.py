@@ -139,7 +139,14 @@ class StallWatch:
         except Exception:  # broker unavailable: no verdict this time
             log.debug("stall check: positions unavailable", exc_info=True)
             return []
-        return self.detector.observe(time.monotonic(), positions)
+        stalls = self.detector.observe(time.monotonic(), positions)
+        # Offsets without records (transaction markers) at the end keep a partition's
+        # commit below its high watermark for good: not a stall.
+        return [
+            s
+            for s in stalls
+            if self.offsets.has_records(self.topic, s.partition, s.committed, s.high)
+        ]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
