@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,15 +47,10 @@ from residuals.platform.auth import Principal, Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import make_admin, make_producer, topic_name
 from residuals.platform.migrations import migrate
+from residuals.platform.ports import free_port
 from residuals.platform.topics import ALERTS
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def quantile(values: list[float], q: float) -> float:

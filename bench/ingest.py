@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from residuals_sdk.transports.grpc import encode_batch  # noqa: E402
 
 from residuals.platform.config import load  # noqa: E402
 from residuals.platform.kafka import make_consumer, make_producer  # noqa: E402
+from residuals.platform.ports import free_port  # noqa: E402
 from residuals.stack import lifecycle  # noqa: E402
 from residuals.stack.settings import StackSettings  # noqa: E402
 from residuals.v1 import ingest_pb2  # noqa: E402
@@ -176,12 +176,6 @@ def publish_many(client: UsageClient, tenant: Tenant, count: int, batch: int) ->
     if left:
         raise RuntimeError(f"{left} events not delivered")
     return count
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_gateway(stack: StackSettings, topics: Topics, port: int) -> subprocess.Popen[bytes]:

@@ -42,6 +42,7 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_consumer, make_producer, topic_name
+from residuals.platform.ports import free_port
 from residuals.platform.topics import (
     ALERTS,
     LICENCES,
@@ -57,14 +58,6 @@ REPO = Path(__file__).resolve().parents[2]
 PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS)
 RECEIVED_AT = "residuals-received-at"
 VENDOR = "residuals-vendor"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_to_proto(raw: Mapping[str, Any]) -> usage_pb2.UsageEvent:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 from residuals.deploy.kafka_admin import acl_script, ensure_topics
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings
+from residuals.platform.ports import free_port
 from residuals.stack import kafka as stack_kafka
 from residuals.stack.settings import StackSettings
 
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.integration
 
 ADMIN_PASSWORD = "admin-secret"
 PRINCIPALS = ("residuals-meter", "residuals-ledger", "residuals-ingest", "vendor-acme")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

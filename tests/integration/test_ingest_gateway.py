@@ -775,15 +775,11 @@ def test_service_process_serves_health_metrics_and_stops_cleanly(
     stack: StackSettings, topics: Topics, pixel: Tenant, tmp_path: Path
 ) -> None:
     import signal
-    import socket
     import urllib.request
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    def free_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
+    from residuals.platform.ports import free_port
 
     grpc_port, metrics_port = free_port(), free_port()
     env = {

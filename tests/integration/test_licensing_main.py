@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from licensing_support import create_topics, new_prefix
 
+from residuals.platform.ports import free_port
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_service_pb2, licence_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> None:

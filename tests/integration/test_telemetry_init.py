@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from residuals.platform.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +36,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_init_telemetry_logs_json_with_trace_and_serves_metrics() -> None:
     env = {
         **os.environ,
         "OTEL_SERVICE_NAME": "probe-svc",
-        "METRICS_PORT": str(_free_port()),
+        "METRICS_PORT": str(free_port()),
         "LOG_FORMAT": "json",
     }
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from residuals.platform.ports import free_port
+
 #: Environment variable every demo subprocess carries (the run id): how the demo, its
 #: tests and a curious user find the processes of one run.
 RUN_MARKER = "RESIDUALS_DEMO_RUN"
@@ -31,12 +32,6 @@ RUN_MARKER = "RESIDUALS_DEMO_RUN"
 
 class ServiceFailed(RuntimeError):
     """A service exited or never became healthy; the message carries its log's tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: Run in the child before the service: ask the kernel for SIGTERM when the demo (its

@@ -1,0 +1,33 @@
+"""Ports for locally started services: free, distinct, and outside the ephemeral range that
+outgoing connections draw from."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from residuals.platform import ports
+
+pytestmark = pytest.mark.unit
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    given = [ports.free_port() for _ in range(40)]
+    assert len(set(given)) == len(given)
+    assert all(ports.LOW <= p < ports.HIGH < low for p in given)
+    for port in given[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_port_in_use_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        busy.listen()
+        picks = iter([taken, taken, taken + 1 if taken + 1 < 65536 else taken - 1])
+        monkeypatch.setattr(ports.random, "randrange", lambda _a, _b: next(picks))
+        assert ports.free_port() != taken
