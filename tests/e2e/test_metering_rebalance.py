@@ -51,23 +51,22 @@ def test_meters_scaled_out_and_in_while_a_month_flows(stack: StackSettings, tmp_
         ledger = run.ledger()
         first.start()
         ledger.start()
+        # After which chunk, what happens to the meters.
+        schedule = {
+            1: ("meter-b joined", second.start),
+            3: ("meter-a stopped (SIGTERM)", first.stop),
+            4: ("meter-c joined", third.start),
+            6: ("meter-b killed (SIGKILL)", second.kill9),
+        }
         steps: list[str] = []
         try:
             for i, part in enumerate(month.chunks(CHUNKS)):
                 run.produce(part)
                 time.sleep(1.5)
-                if i == 1:
-                    second.start()
-                    steps.append("meter-b joined")
-                if i == 3:
-                    first.stop()
-                    steps.append("meter-a stopped (SIGTERM)")
-                if i == 4:
-                    third.start()
-                    steps.append("meter-c joined")
-                if i == 6:
-                    second.kill9()
-                    steps.append("meter-b killed (SIGKILL)")
+                if i in schedule:
+                    step, act = schedule[i]
+                    act()
+                    steps.append(step)
             rows = run.wait_ledgered(
                 len(month.records), CATCH_UP_TIMEOUT, [third, ledger], supervise=True
             )

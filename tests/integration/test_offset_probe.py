@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -57,8 +58,7 @@ def test_committed_offsets_watermarks_and_records_in_a_range(
     assert producer.flush(30) == 0
 
     group = f"{name}-group"
-    probe = OffsetProbe(kafka, group)
-    try:
+    with closing(OffsetProbe(kafka, group)) as probe:
         assert probe.committed(name, [0, 1]) == {0: None, 1: None}
         assert probe.positions(name, [0, 1]) == {0: (0, 11), 1: (0, 0)}
 
@@ -73,8 +73,6 @@ def test_committed_offsets_watermarks_and_records_in_a_range(
         assert not probe.has_records(name, 0, 5, 9)  # aborted records and the marker only
         assert probe.has_records(name, 0, 5, 10)  # reaches "after 0" at offset 9
         assert probe.committed(name, [0]) == {0: 4}  # looking commits nothing
-    finally:
-        probe.close()
 
 
 def test_partitions_without_a_commit_start_at_the_log_start_while_the_group_is_empty(
@@ -90,13 +88,10 @@ def test_partitions_without_a_commit_start_at_the_log_start_while_the_group_is_e
     member.commit(offsets=[TopicPartition(name, 1, 2)], asynchronous=False)
     member.close()
 
-    probe = OffsetProbe(kafka, group)
-    try:
+    with closing(OffsetProbe(kafka, group)) as probe:
         assert probe.start_uncommitted_at_log_start(name) == {0: 0}
         assert probe.committed(name, [0, 1]) == {0: 0, 1: 2}  # partition 1 kept its own
         assert probe.start_uncommitted_at_log_start(name) == {}  # nothing left to do
-    finally:
-        probe.close()
 
 
 def test_log_start_offsets_are_not_committed_once_the_group_has_members(
@@ -104,16 +99,12 @@ def test_log_start_offsets_are_not_committed_once_the_group_has_members(
 ) -> None:
     kafka, name = topic
     group = f"{name}-group"
-    member = make_consumer(kafka, group)
-    member.subscribe([name])
-    deadline = time.monotonic() + 60
-    while not member.assignment():
-        assert time.monotonic() < deadline, "member not assigned"
-        member.poll(0.2)
-    probe = OffsetProbe(kafka, group)
-    try:
-        assert probe.start_uncommitted_at_log_start(name) == {}  # Kafka refuses an outsider
-        assert probe.committed(name, [0, 1]) == {0: None, 1: None}
-    finally:
-        probe.close()
-        member.close()
+    with closing(make_consumer(kafka, group)) as member:
+        member.subscribe([name])
+        deadline = time.monotonic() + 60
+        while not member.assignment():
+            assert time.monotonic() < deadline, "member not assigned"
+            member.poll(0.2)
+        with closing(OffsetProbe(kafka, group)) as probe:
+            assert probe.start_uncommitted_at_log_start(name) == {}  # Kafka refuses outsiders
+            assert probe.committed(name, [0, 1]) == {0: None, 1: None}
