@@ -77,6 +77,8 @@ def test_compacted_topics_are_compacted_and_logs_are_retained() -> None:
         "cleanup.policy": "delete",
         "retention.ms": str(topics.USAGE.retention_ms),
         "min.insync.replicas": "2",
+        # Vendors produce here: the broker, not the producer, stamps each record's time.
+        "message.timestamp.type": "LogAppendTime",
     }
 
 
@@ -111,6 +113,7 @@ def test_each_topic_is_written_only_by_its_producers() -> None:
         topics.LICENCES.name: {"licensing"},
         topics.SIGNING_KEYS.name: {"licensing"},
         topics.PAYOUTS.name: {"payouts"},
+        topics.QUARANTINE.name: {"meter"},
     }
 
 
@@ -207,7 +210,12 @@ def test_topic_plan_creates_missing_and_aligns_configs_but_never_grows() -> None
         min_insync_replicas=None,
     )
     assert plan.create == ["p.residuals.alerts.v1"]
-    assert plan.alter == {"p.residuals.usage.v1": {"retention.ms": str(topics.USAGE.retention_ms)}}
+    assert plan.alter == {
+        "p.residuals.usage.v1": {
+            "retention.ms": str(topics.USAGE.retention_ms),
+            "message.timestamp.type": "LogAppendTime",
+        }
+    }
     (warning,) = plan.warnings
     assert "p.residuals.licences.v1 has 3 partitions" in warning
 

@@ -52,7 +52,7 @@ def test_bad_port_names_the_variable() -> None:
 
 def test_topic_catalogue_names_are_unique_versioned_and_only_tables_compact() -> None:
     names = [t.name for t in topics.ALL]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     assert all(n.startswith("residuals.") and n.endswith(".v1") for n in names)
     assert [t.name for t in topics.ALL if t.compacted] == [
         "residuals.licences.v1",

@@ -109,7 +109,7 @@ SERVICES: tuple[Service, ...] = (
         "faust-streaming worker: validate, de-duplicate, scope, quota and price each event",
         KafkaAccess(
             reads=(topics.USAGE, topics.LICENCES, topics.SIGNING_KEYS),
-            writes=(topics.USAGE_RATED, topics.ALERTS, topics.USAGE_DLQ),
+            writes=(topics.USAGE_RATED, topics.ALERTS, topics.USAGE_DLQ, topics.QUARANTINE),
             # Licence and key replicas assign partitions themselves; their group ids are
             # required by the client but never join or commit.
             groups=(Group("replica-meter"),),
@@ -123,7 +123,7 @@ SERVICES: tuple[Service, ...] = (
         "Kafka -> PostgreSQL writer: rated events and dead letters, offsets in the same "
         "transaction",
         KafkaAccess(
-            reads=(topics.USAGE_RATED, topics.USAGE_DLQ),
+            reads=(topics.USAGE_RATED, topics.USAGE_DLQ, topics.QUARANTINE),
             groups=(Group("ledger-writer"),),
             mentions=(topics.USAGE,),
         ),

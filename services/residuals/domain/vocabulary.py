@@ -47,6 +47,8 @@ class RejectReason(StrEnum):
     TOO_LATE = "TOO_LATE"
     IN_FUTURE = "IN_FUTURE"
     OVERSIZED = "OVERSIZED"
+    # not a rule the event broke: a defect it met, set aside for re-drive after a fix
+    UNPROCESSABLE = "UNPROCESSABLE"
 
 
 class Severity(StrEnum):

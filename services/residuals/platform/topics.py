@@ -26,6 +26,9 @@ class Topic:
     compacted: bool = False
     retention_ms: int = 7 * DAY_MS
     description: str = ""
+    #: ``LogAppendTime`` where the record timestamp must be the broker's, not the
+    #: producer's: on the usage topic it decides TOO_LATE / IN_FUTURE, and vendors produce.
+    timestamp_type: str = "CreateTime"
 
     def qualified(self, prefix: str = "") -> str:
         """The name with ``prefix`` (``RESIDUALS_TOPIC_PREFIX``, used to isolate tests)."""
@@ -33,15 +36,22 @@ class Topic:
 
     def config(self) -> dict[str, str]:
         """Topic-level configuration as passed to Kafka's CreateTopics."""
-        if self.compacted:
-            return {"cleanup.policy": "compact"}
-        return {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        config = (
+            {"cleanup.policy": "compact"}
+            if self.compacted
+            else {"cleanup.policy": "delete", "retention.ms": str(self.retention_ms)}
+        )
+        if self.timestamp_type != "CreateTime":
+            config["message.timestamp.type"] = self.timestamp_type
+        return config
 
 
 USAGE = Topic(
     "residuals.usage.v1",
     retention_ms=7 * DAY_MS,
-    description="raw usage events as accepted by the ingest API",
+    description="raw usage events as accepted by the ingest API (broker-stamped: the "
+    "record timestamp is the broker's append time, which vendors cannot set)",
+    timestamp_type="LogAppendTime",
 )
 USAGE_RATED = Topic(
     "residuals.usage.rated.v1",
@@ -74,6 +84,12 @@ PAYOUTS = Topic(
     retention_ms=90 * DAY_MS,
     description="payout statements per licence and period",
 )
+QUARANTINE = Topic(
+    "residuals.quarantine.v1",
+    retention_ms=30 * DAY_MS,
+    description="records a consumer without a database could not process (QuarantinedRecord), "
+    "stored by the ledger writer in the quarantine table for inspection and re-drive",
+)
 
 ALL: tuple[Topic, ...] = (
     USAGE,
@@ -83,6 +99,7 @@ ALL: tuple[Topic, ...] = (
     LICENCES,
     SIGNING_KEYS,
     PAYOUTS,
+    QUARANTINE,
 )
 
 

@@ -391,9 +391,39 @@ def ensure_topics(settings: StackSettings, log: Log) -> list[str]:
         for name, future in client.create_partitions(grow, operation_timeout=30).items():
             future.result()
             log(f"kafka: grew {name} to {wanted} partitions")
+    existing = [t for t in topics.ALL if t.name in md.topics]
+    if existing:
+        _align_configs(client, existing)
     if created:
         log(f"kafka: created topics {', '.join(sorted(created))}")
     return created
+
+
+def _align_configs(client: Any, existing: list[topics.Topic]) -> None:
+    """Set the catalogue's settings on topics made before they changed (idempotent)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            t.name,
+            incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in sorted(t.config().items())
+            ],
+        )
+        for t in existing
+    ]
+    for resource, future in client.incremental_alter_configs(resources).items():
+        try:
+            future.result()
+        except Exception as exc:
+            raise StackError(f"setting the configuration of {resource.name} failed: {exc}") from exc
 
 
 @dataclass(frozen=True)

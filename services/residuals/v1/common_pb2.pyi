@@ -199,6 +199,11 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """Occurred more than 5 minutes after it was received."""
     REJECT_REASON_OVERSIZED: _RejectReason.ValueType  # 11
     """Larger than the per-event size limit."""
+    REJECT_REASON_UNPROCESSABLE: _RejectReason.ValueType  # 12
+    """The record could not be processed (a defect met by this record, not a rule it broke):
+    kept with its bytes, the error and its position so an operator can re-drive it after
+    a fix. Never enters money until re-driven.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why an event was rejected to the dead-letter topic (never into money).
@@ -228,6 +233,11 @@ REJECT_REASON_IN_FUTURE: RejectReason.ValueType  # 10
 """Occurred more than 5 minutes after it was received."""
 REJECT_REASON_OVERSIZED: RejectReason.ValueType  # 11
 """Larger than the per-event size limit."""
+REJECT_REASON_UNPROCESSABLE: RejectReason.ValueType  # 12
+"""The record could not be processed (a defect met by this record, not a rule it broke):
+kept with its bytes, the error and its position so an operator can re-drive it after
+a fix. Never enters money until re-driven.
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

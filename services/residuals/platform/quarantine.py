@@ -1,0 +1,245 @@
+"""Quarantine: where a consumer puts a record it cannot process, so the line moves on.
+
+A poison record must never stop a partition, a sink or a period close. Every consumer
+that meets a record it cannot process (undecodable, out of bounds, or one that makes its
+write fail) turns it into a :class:`Quarantined` - the record exactly as read, where it
+was read, and the first error - and carries on with the next one:
+
+* consumers with a database (the ledger writer, the alerts service, the relays) store it
+  with :func:`store` in the ``quarantine`` table (migration 0008), in the transaction that
+  commits the rest of their batch;
+* consumers without one (the meter's licence and key readers) publish it with
+  :class:`QuarantinePublisher` to ``residuals.quarantine.v1``, which the ledger writer
+  stores the same way.
+
+Either way ``residuals_quarantined_records_total{consumer, topic}`` counts it (an alert
+rule fires on any increase), and ``residuals dlq quarantine list|show|redrive`` lets an
+operator look at it and produce it back to its topic once the defect is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from psycopg import Connection
+
+from residuals.codecs.timestamps import optional_datetime, set_timestamp
+from residuals.domain.bounds import printable
+from residuals.v1 import quarantine_pb2
+
+log = logging.getLogger(__name__)
+
+#: Longest error text kept (the first lines of a traceback's message are what matter).
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One record set aside by ``consumer``: as read, where read, and why."""
+
+    consumer: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    quarantined_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(cls, consumer: str, message: Any, error: BaseException | str) -> Quarantined:
+        """From a confluent-kafka ``Message`` and what went wrong with it."""
+        return cls(
+            consumer=consumer,
+            topic=message.topic() or "",
+            partition=int(message.partition() or 0),
+            offset=int(message.offset() or 0),
+            key=message.key(),
+            value=message.value(),
+            error=describe(error),
+            headers=normalise_headers(message.headers()),
+        )
+
+    def to_proto(self) -> quarantine_pb2.QuarantinedRecord:
+        record = quarantine_pb2.QuarantinedRecord(
+            consumer=self.consumer,
+            source_topic=self.topic,
+            source_partition=self.partition,
+            source_offset=self.offset,
+            key=self.key or b"",
+            value=self.value or b"",
+            has_value=self.value is not None,
+            headers=[quarantine_pb2.RecordHeader(key=k, value=v) for k, v in self.headers],
+            error=self.error,
+        )
+        set_timestamp(record.quarantined_at, self.quarantined_at)
+        return record
+
+    @classmethod
+    def from_proto(cls, record: quarantine_pb2.QuarantinedRecord) -> Quarantined:
+        return cls(
+            consumer=printable(record.consumer, 128),
+            topic=printable(record.source_topic, 256),
+            partition=record.source_partition,
+            offset=record.source_offset,
+            key=bytes(record.key) or None,
+            value=bytes(record.value) if record.has_value else None,
+            error=printable(record.error, MAX_ERROR_CHARS),
+            headers=tuple((bytes(h.key), bytes(h.value)) for h in record.headers),
+            quarantined_at=optional_datetime(record, "quarantined_at") or datetime.now(UTC),
+        )
+
+
+def describe(error: BaseException | str) -> str:
+    """An error as one safe line: type and message, escaped, bounded."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    return printable(text, MAX_ERROR_CHARS)
+
+
+def normalise_headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """Kafka headers (confluent's list of pairs, or a mapping) as byte pairs."""
+    if not raw:
+        return ()
+    items = raw.items() if hasattr(raw, "items") else raw
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in items:
+        k = key if isinstance(key, bytes) else str(key).encode("utf-8", "backslashreplace")
+        v = b"" if value is None else value if isinstance(value, bytes) else str(value).encode()
+        out.append((k, v))
+    return tuple(out)
+
+
+def _headers_blob(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    return quarantine_pb2.QuarantinedRecord(
+        headers=[quarantine_pb2.RecordHeader(key=k, value=v) for k, v in headers]
+    ).SerializeToString()
+
+
+def headers_from_blob(blob: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    record = quarantine_pb2.QuarantinedRecord.FromString(blob)
+    return tuple((bytes(h.key), bytes(h.value)) for h in record.headers)
+
+
+_INSERT = """
+INSERT INTO quarantine (consumer, source_topic, source_partition, source_offset,
+                        record_key, record_value, record_headers, error, quarantined_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (consumer, source_topic, source_partition, source_offset) DO NOTHING
+"""
+
+
+def store(
+    conn: Connection[Any], records: Iterable[Quarantined], metrics: QuarantineMetrics | None = None
+) -> int:
+    """Insert ``records`` (a re-delivered one is kept once); returns how many were new."""
+    records = list(records)
+    rows = [
+        (
+            printable(r.consumer, 128),
+            printable(r.topic, 256),
+            r.partition,
+            r.offset,
+            r.key,
+            r.value,
+            _headers_blob(r.headers),
+            describe(r.error),
+            r.quarantined_at,
+        )
+        for r in records
+    ]
+    if not rows:
+        return 0
+    new = 0
+    with conn.cursor() as cur:
+        for row in rows:
+            cur.execute(_INSERT, row)
+            new += cur.rowcount
+    counter = metrics or quarantine_metrics()
+    for record in records:
+        counter.count(record)
+    for r in rows:
+        log.warning(
+            "record quarantined",
+            extra={
+                "consumer": r[0],
+                "topic": r[1],
+                "partition": r[2],
+                "offset": r[3],
+                "error": r[7],
+            },
+        )
+    return new
+
+
+class QuarantineMetrics:
+    """``residuals_quarantined_records_total``: one series for every consumer."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.records = Counter(
+            "residuals_quarantined_records_total",
+            "Records a consumer could not process and set aside (quarantine table or "
+            "residuals.quarantine.v1), by consumer and source topic.",
+            ("consumer", "topic"),
+            registry=registry,
+        )
+
+    def count(self, record: Quarantined) -> None:
+        self.records.labels(printable(record.consumer, 64), printable(record.topic, 128)).inc()
+
+
+_metrics: QuarantineMetrics | None = None
+
+
+def quarantine_metrics() -> QuarantineMetrics:
+    """The series on the global registry, created once per process."""
+    global _metrics
+    if _metrics is None:
+        _metrics = QuarantineMetrics()
+    return _metrics
+
+
+class QuarantinePublisher:
+    """For consumers without a database: publish to ``residuals.quarantine.v1`` and wait
+    for the acknowledgement (a quarantined record is not lost if the process dies next)."""
+
+    def __init__(self, producer: Any, topic: str, metrics: QuarantineMetrics | None = None) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.metrics = metrics or quarantine_metrics()
+
+    def publish(self, record: Quarantined, timeout: float = 30.0) -> None:
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        self.producer.produce(
+            self.topic,
+            record.to_proto().SerializeToString(),
+            record.consumer.encode(),
+            on_delivery=delivered,
+        )
+        remaining = self.producer.flush(timeout)
+        self.metrics.count(record)
+        log.warning(
+            "record quarantined",
+            extra={
+                "consumer": record.consumer,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": record.error,
+            },
+        )
+        if remaining or errors:
+            log.error(
+                "quarantine record not acknowledged by Kafka",
+                extra={"consumer": record.consumer, "errors": errors[:3]},
+            )
