@@ -135,7 +135,7 @@ def test_a_good_event_is_accepted_with_its_routing() -> None:
         ),
         (signed(render(licence_id="LIC-X")), RejectReason.UNKNOWN_LICENCE, "LIC-X"),
         (signed(render(licence_id="LIC-O")), RejectReason.VENDOR_MISMATCH, "licensee"),
-        (signed(render(vendor_id="VEN-ORBIT")), RejectReason.VENDOR_MISMATCH, "API key"),
+        (signed(render(vendor_id="VEN-ORBIT")), RejectReason.VENDOR_MISMATCH, "signed by"),
         (signed(render(avatar_id="AVA-O")), RejectReason.AVATAR_MISMATCH, "AVA-O"),
     ],
 )

@@ -188,12 +188,12 @@ def decode_payload(payload: bytes) -> usage_pb2.UsageEvent:
     """
     event = usage_pb2.UsageEvent.FromString(payload)
     _reject_mistyped(event, "payload")
-    if event.HasField("occurred_at"):
-        _reject_mistyped(event.occurred_at, "payload.occurred_at")
     return event
 
 
 def _reject_mistyped(message: Message, where: str) -> None:
+    """Refuse known fields sent with the wrong wire type, here and in set sub-messages
+    (protobuf would keep them as unknown fields and hand over the default value)."""
     fields = message.DESCRIPTOR.fields_by_number
     found = unknown_fields.UnknownFieldSet(message)
     for index in range(len(found)):
@@ -204,3 +204,11 @@ def _reject_mistyped(message: Message, where: str) -> None:
                 f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire type"
                 f" {unknown.wire_type}"
             )
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if descriptor.is_repeated:
+            for item in value:
+                _reject_mistyped(item, f"{where}.{descriptor.name}")
+        else:
+            _reject_mistyped(value, f"{where}.{descriptor.name}")

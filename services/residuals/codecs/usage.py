@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from residuals.codecs.timestamps import optional_datetime, set_timestamp
+from residuals.codecs.timestamps import set_timestamp, to_datetime
+from residuals.domain.bounds import timestamp_problem
 from residuals.domain.events import UsageEvent
 from residuals.domain.money import fmt
 from residuals.v1 import common_pb2, usage_pb2
@@ -29,6 +30,10 @@ _TEXT_FIELDS = (
 )
 
 
+class PayloadError(ValueError):
+    """A payload field that cannot even be handed to the rules (an out-of-range time)."""
+
+
 def kind_name(value: int) -> str:
     """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED)."""
     try:
@@ -39,15 +44,23 @@ def kind_name(value: int) -> str:
 
 
 def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
-    """The event as a plain mapping for ``parse_event`` (absent = unset)."""
-    raw: dict[str, Any] = {"kind": kind_name(message.kind)}
+    """The event as a plain mapping for ``parse_event`` (absent = unset).
+
+    Raises :class:`PayloadError` for an ``occurred_at`` outside the event model's era or
+    with nanos out of range (before converting it, which would overflow).
+    """
+    kind = kind_name(message.kind)
+    raw: dict[str, Any] = {"kind": kind or (f"USAGE_KIND({message.kind})" if message.kind else "")}
     for name in _TEXT_FIELDS:
         value = getattr(message, name)
         if value:
             raw[name] = value
-    occurred = optional_datetime(message, "occurred_at")
-    if occurred is not None:
-        raw["occurred_at"] = occurred
+    if message.HasField("occurred_at"):
+        stamp = message.occurred_at
+        problem = timestamp_problem(stamp.seconds, stamp.nanos)
+        if problem is not None:
+            raise PayloadError(f"occurred_at {problem}")
+        raw["occurred_at"] = to_datetime(stamp)
     if message.HasField("quantity"):
         raw["quantity"] = message.quantity
     if message.HasField("viewable"):

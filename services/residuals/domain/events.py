@@ -14,6 +14,12 @@ from decimal import Decimal, InvalidOperation
 from sys import intern
 from typing import Any, NamedTuple
 
+from residuals.domain.bounds import (
+    MAX_ID_CHARS,
+    decimal_problem,
+    printable,
+    time_problem,
+)
 from residuals.domain.vocabulary import Kind, RejectReason
 
 MAX_QUANTITY = 1_000_000
@@ -102,11 +108,29 @@ def _quantity(value: Any) -> int | None:
     return quantity if 1 <= quantity <= MAX_QUANTITY else None
 
 
+def _show(value: Any) -> str:
+    """A vendor value for a detail: escaped and bounded, quoted like repr."""
+    if isinstance(value, str):
+        return repr(printable(value, 64))
+    return printable(repr(value), 64)
+
+
+def _text_out_of_bounds(names: tuple[str, ...], values: list[str | None]) -> str | None:
+    """The first present text that is not a bounded printable id, as a detail."""
+    for name, value in zip(names, values, strict=False):
+        if value is not None and (len(value) > MAX_ID_CHARS or not value.isprintable()):
+            if len(value) > MAX_ID_CHARS:
+                return f"{name} is {len(value):,} characters, the limit is {MAX_ID_CHARS}"
+            return f"{name} {_show(value)} contains a non-printable character"
+    return None
+
+
 def _money_field(value: Any) -> tuple[Decimal | None, str | None]:
     """Ad revenue as a decimal string, a number-ish, ``"12.40 EUR"`` or ``{amount, currency}``."""
     currency: str | None = None
     if isinstance(value, Mapping):
-        currency = value.get("currency") or value.get("currency_code")
+        found = value.get("currency") or value.get("currency_code")
+        currency = None if found is None else str(found)
         value = value.get("amount")
     if isinstance(value, str) and " " in value.strip():
         value, currency = value.strip().split(None, 1)
@@ -140,28 +164,37 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
     vendor_id, event_id, kind_text = _texts(raw, _HEAD)
 
     def reject(reason: RejectReason, detail: str) -> Rejection:
-        return Rejection(reason, detail, vendor_id, event_id)
+        return Rejection(reason, detail, _bounded(vendor_id), _bounded(event_id))
 
     kind = _KINDS.get(kind_text or "")
     if kind is None:
-        return reject(RejectReason.MALFORMED, f"unknown kind {kind_text!r}")
+        return reject(RejectReason.MALFORMED, f"unknown kind {_show(kind_text or '')}")
     if event_id is None:
         return reject(RejectReason.MALFORMED, "missing event_id")
     if vendor_id is None:
         return reject(RejectReason.MALFORMED, "missing vendor_id")
+    out_of_bounds = _text_out_of_bounds(("event_id", "vendor_id"), [event_id, vendor_id])
+    if out_of_bounds is not None:
+        return reject(RejectReason.MALFORMED, out_of_bounds)
     stamp = raw.get("occurred_at")
     if stamp is None or stamp == "":
         return reject(RejectReason.MALFORMED, "missing occurred_at")
     try:
         occurred_at = parse_timestamp(stamp)
-    except (ValueError, TypeError):
-        return reject(RejectReason.MALFORMED, f"occurred_at {stamp!r} is not ISO 8601")
+    except (ValueError, TypeError, OverflowError):
+        return reject(RejectReason.MALFORMED, f"occurred_at {_show(stamp)} is not ISO 8601")
+    problem = time_problem(occurred_at)
+    if problem is not None:
+        return reject(RejectReason.MALFORMED, f"occurred_at {problem}")
     quantity = _quantity(raw.get("quantity"))
 
     if kind is Kind.RETRACTION:
         (original,) = _texts(raw, ("original_event_id",))
         if original is None:
             return reject(RejectReason.MALFORMED, "retraction without original_event_id")
+        out_of_bounds = _text_out_of_bounds(("original_event_id",), [original])
+        if out_of_bounds is not None:
+            return reject(RejectReason.MALFORMED, out_of_bounds)
         if quantity is None:
             return _bad_quantity(raw, reject)
         return UsageEvent(
@@ -173,6 +206,11 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
     for name, value in zip(_USAGE_REQUIRED, values, strict=False):
         if value is None:
             return reject(RejectReason.MALFORMED, f"{kind.value.lower()} without {name}")
+    out_of_bounds = _text_out_of_bounds(_USAGE, values)
+    if out_of_bounds is not None:
+        return reject(RejectReason.MALFORMED, out_of_bounds)
+    for name, value in zip(_USAGE_REQUIRED, values, strict=False):
+        assert value is not None
         # Few distinct values, millions of events: share one string object per value.
         required.append(value if name == "render_id" else intern(value))
     licence_id, avatar_id, render_id, category, territory = required
@@ -186,8 +224,14 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
         revenue, currency = _money_field(raw.get("ad_revenue"))
         if revenue is None or revenue < 0:
             return reject(RejectReason.MALFORMED, "ad impression without non-negative ad_revenue")
+        problem = decimal_problem(revenue)
+        if problem is not None:
+            return reject(RejectReason.MALFORMED, f"ad_revenue {problem}")
         explicit = _texts(raw, ("ad_revenue_currency", "currency"))
         currency = explicit[0] or explicit[1] or currency
+        out_of_bounds = _text_out_of_bounds(("ad_revenue_currency",), [currency])
+        if out_of_bounds is not None:
+            return reject(RejectReason.MALFORMED, out_of_bounds)
     viewable = raw.get("viewable", True)
     ivt = raw.get("ivt", False)
     if viewable is None:
@@ -218,8 +262,15 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
     )
 
 
+def _bounded(value: str | None) -> str | None:
+    """An id worth echoing in a rejection: None when it is out of bounds."""
+    if value is None or len(value) > MAX_ID_CHARS or not value.isprintable():
+        return None
+    return value
+
+
 def _bad_quantity(raw: Mapping[str, Any], reject: Any) -> Rejection:
     quantity = raw.get("quantity")
-    detail = f"quantity {quantity!r} is not an integer in 1..{MAX_QUANTITY:,}"
+    detail = f"quantity {_show(quantity)} is not an integer in 1..{MAX_QUANTITY:,}"
     result: Rejection = reject(RejectReason.INVALID_QUANTITY, detail)
     return result

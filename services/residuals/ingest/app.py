@@ -82,6 +82,7 @@ class IngestApp(GrpcApp):
             usage_topic=topic_name(settings.kafka, USAGE),
             dlq_topic=topic_name(settings.kafka, USAGE_DLQ),
             metrics=self.metrics,
+            receipt_key=settings.receipt.key(),
         )
         # gRPC must let a full batch through so that the gateway, not the transport,
         # refuses an oversized one (with a message saying what to do).

@@ -8,6 +8,7 @@ from residuals.platform.config import (
     ConfigError,
     KafkaSettings,
     PostgresSettings,
+    ReceiptSettings,
     TelemetrySettings,
     env,
     group,
@@ -24,6 +25,7 @@ class IngestSettings:
     postgres: PostgresSettings = group(PostgresSettings)
     telemetry: TelemetrySettings = group(TelemetrySettings)
     grpc: GrpcSettings = group(GrpcSettings)
+    receipt: ReceiptSettings = group(ReceiptSettings)
     max_event_bytes: int = env(
         "INGEST_MAX_EVENT_BYTES",
         64 * KIB,

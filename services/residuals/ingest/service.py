@@ -27,11 +27,16 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
+import psycopg
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from psycopg_pool import PoolTimeout
 
+from residuals.codecs import receipt
 from residuals.codecs.deadletters import dead_letter, reason_to_proto, record_headers
+from residuals.codecs.receipt import RECEIPT_HEADER
+from residuals.domain.bounds import printable
 from residuals.domain.vocabulary import RejectReason
 from residuals.ingest.admission import Admission, Status, Verdict
 from residuals.ingest.producer import AckingProducer, Record
@@ -45,7 +50,15 @@ log = logging.getLogger(__name__)
 
 SERVICE = "residuals.v1.IngestService"
 VENDOR_HEADER = "residuals-vendor"
-RECEIVED_AT_HEADER = "residuals-received-at"
+#: What a failing directory raises: the request is retried (UNAVAILABLE), not the event
+#: dead-lettered (connection loss, a pool that timed out, a server going away).
+DIRECTORY_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    TimeoutError,
+    ConnectionError,
+)
 
 _STATUS = {
     Status.ACCEPTED: ingest_pb2.PUBLISH_STATUS_ACCEPTED,
@@ -156,6 +169,7 @@ class IngestService:
         dlq_topic: str,
         metrics: IngestMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        receipt_key: bytes | None = None,
     ) -> None:
         self.admission = admission
         self.producer = producer
@@ -165,6 +179,8 @@ class IngestService:
         self.dlq_topic = dlq_topic
         self.metrics = metrics or default_metrics()
         self.clock = clock
+        #: Stamps accepted events with the receipt time (:mod:`residuals.codecs.receipt`).
+        self.receipt_key = receipt_key
 
     # --- RPCs ---------------------------------------------------------------------------
 
@@ -255,7 +271,7 @@ class IngestService:
         verdicts: list[Verdict] = []
         accepted_here: dict[str, bytes] = {}
         for raw in split.events:
-            verdict = self.admission.judge(raw, vendor_id, received_at)
+            verdict = self._judge_one(raw, vendor_id, received_at)
             if verdict.status is Status.ACCEPTED:
                 if accepted_here.get(verdict.event_id) == verdict.digest:
                     verdict = Verdict(
@@ -282,6 +298,19 @@ class IngestService:
             )
         return verdicts
 
+    def _judge_one(self, raw: bytes, vendor_id: str, received_at: datetime) -> Verdict:
+        """One event's verdict. A directory that cannot answer fails the request (the
+        client retries: UNAVAILABLE); any other failure is this event's alone: it is
+        dead-lettered UNPROCESSABLE and the rest of the batch goes on."""
+        try:
+            return self.admission.judge(raw, vendor_id, received_at)
+        except DIRECTORY_UNAVAILABLE:
+            raise
+        except Exception as error:
+            log.exception("event could not be judged", extra={"vendor_id": vendor_id})
+            detail = printable(f"the gateway failed on this event: {type(error).__name__}: {error}")
+            return Verdict(Status.REJECTED, raw, RejectReason.UNPROCESSABLE, detail)
+
     def _publish(
         self,
         vendor_id: str,
@@ -292,7 +321,7 @@ class IngestService:
         received_at = self.clock()
         try:
             verdicts = self._judge(vendor_id, split, received_at)
-        except Exception:
+        except DIRECTORY_UNAVAILABLE:
             log.exception("directory lookup failed", extra={"vendor_id": vendor_id})
             self.metrics.refused.labels("directory").inc()
             _abort(
@@ -341,15 +370,16 @@ class IngestService:
         stamp = rfc3339(received_at)
         trace_headers = self._trace_headers(verdict.trace)
         if verdict.status is Status.ACCEPTED:
+            headers: list[tuple[str, str | bytes | None]] = [
+                *trace_headers,
+                (VENDOR_HEADER, vendor_id.encode("utf-8")),
+            ]
+            if self.receipt_key is not None:
+                headers.append(
+                    (RECEIPT_HEADER, receipt.stamp(self.receipt_key, received_at, verdict.raw))
+                )
             return Record(
-                self.usage_topic,
-                verdict.routing_key.encode("utf-8"),
-                verdict.raw,
-                [
-                    *trace_headers,
-                    (VENDOR_HEADER, vendor_id.encode("utf-8")),
-                    (RECEIVED_AT_HEADER, stamp.encode("ascii")),
-                ],
+                self.usage_topic, verdict.routing_key.encode("utf-8"), verdict.raw, headers
             )
         if verdict.status is Status.DUPLICATE:
             return None

@@ -78,16 +78,29 @@ EXIT_STALLED = 72
 #: How long identities and counters are kept after their event: anything older is
 #: TOO_LATE on arrival (35 days, 5 minutes of clock skew), plus a day of margin.
 RETENTION = MAX_PAST + MAX_FUTURE + timedelta(days=1)
+#: Largest record the meter publishes (Kafka's default message.max.bytes is ~1 MB).
+MAX_OUTPUT_BYTES = 900_000
+
+#: topic, key, value, timestamp (ms, 0 = now), headers
+_Output = tuple[str, bytes | None, bytes, int, list[tuple[str, str | bytes | None]] | None]
+
+
+_ABSENT = b""
 
 
 class BatchState:
-    """The state table as one batch sees it: committed values plus the batch's own writes."""
+    """The state table as one batch sees it: committed values plus the batch's own writes.
+
+    A record's writes can be undone (:meth:`mark`, :meth:`rollback`), so a record the meter
+    fails on leaves no trace in the state of the records after it.
+    """
 
     def __init__(self, store: Any) -> None:
         self._store = store
         self.partition = 0
         self.overlay: dict[bytes, bytes] = {}
         self.writes: list[tuple[int, bytes, bytes]] = []
+        self._undo: list[tuple[bytes, bytes]] = []
 
     def get(self, key: bytes) -> bytes | None:
         value = self.overlay.get(key)
@@ -97,8 +110,26 @@ class BatchState:
         return bytes(stored) if stored is not None else None
 
     def put(self, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self._undo.append((key, self.overlay.get(key, _ABSENT)))
         self.overlay[key] = value
         self.writes.append((self.partition if partition is None else partition, key, value))
+
+    def mark(self) -> int:
+        return len(self.writes)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every write made after ``mark``."""
+        while len(self.writes) > mark:
+            self.writes.pop()
+            key, previous = self._undo.pop()
+            if previous is _ABSENT:
+                del self.overlay[key]
+            else:
+                self.overlay[key] = previous
+
+
+class OutputTooLarge(ValueError):
+    """A record the meter would publish is larger than Kafka accepts."""
 
 
 class DeliveryFailed(RuntimeError):
@@ -179,6 +210,7 @@ def to_record(event: Any) -> Record:
         value=message.value,
         timestamp=datetime.fromtimestamp(message.timestamp, UTC),
         headers=_headers(message),
+        timestamp_type=message.timestamp_type or 0,
     )
 
 
@@ -212,8 +244,6 @@ class BatchRunner:
         self.purge_every = purge_every
         self.guard = guard
         self._next_purge = time.monotonic() + purge_every
-        #: The latest receive time rated: the clock state expiry follows (not the wall).
-        self.stream_time: datetime | None = None
 
     async def run(self, records: Sequence[Record]) -> list[Decision]:
         started = time.perf_counter()
@@ -224,30 +254,21 @@ class BatchRunner:
         send = self.publisher.send
         for record in records:
             state.partition = record.partition
-            decision = self.meter.process(record, state)
+            mark = state.mark()
+            try:
+                decision = self.meter.process(record, state)
+                outputs = self._outputs(record, decision)
+            except Exception as error:  # a defect met by one record must not stop the line
+                state.rollback(mark)
+                log.exception(
+                    "record could not be rated; dead-lettered as UNPROCESSABLE",
+                    extra={"partition": record.partition, "offset": record.offset},
+                )
+                decision = self.meter.unprocessable(record, error)
+                outputs = self._outputs(record, decision)
             decisions.append(decision)
-            if decision.skipped:
-                continue
-            # Rated records and dead letters carry the usage record's own timestamp, so
-            # downstream latency is measured from publication (cheaper than a header).
-            published = int(record.timestamp.timestamp() * 1000)
-            if decision.rated is not None:
-                rated = decision.rated.SerializeToString()
-                send(self.rated_topic, record.key, rated, timestamp=published)
-            if decision.dead is not None:
-                dead = decision.dead.SerializeToString()
-                send(self.dlq_topic, record.key, dead, timestamp=published)
-            for alert in decision.alerts:
-                headers: list[tuple[str, str | bytes | None]] = [
-                    (PUBLISHED_AT_HEADER, str(published).encode())
-                ]
-                # The alerts service continues the trace from the W3C header.
-                if alert.trace.traceparent:
-                    headers.append((TRACEPARENT_HEADER, alert.trace.traceparent))
-                    if alert.trace.tracestate:
-                        headers.append((TRACESTATE_HEADER, alert.trace.tracestate))
-                key = alert.licence_id.encode()
-                send(self.alerts_topic, key, alert.SerializeToString(), headers=headers)
+            for topic, key, value, timestamp, headers in outputs:
+                send(topic, key, value, timestamp=timestamp, headers=headers)
         await self.publisher.barrier()
         acknowledged = datetime.now(UTC)
         for partition, key, value in state.writes:
@@ -257,14 +278,52 @@ class BatchRunner:
         for key, value in state.overlay.items():
             self.store[key] = value
         self._observe(records, decisions, acknowledged, time.perf_counter() - started)
-        if records:
-            latest = records[-1].received_at()
-            if self.stream_time is None or latest > self.stream_time:
-                self.stream_time = latest
-        if self.stream_time is not None and time.monotonic() >= self._next_purge:
+        if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + self.purge_every
-            await self.purge(self.stream_time - RETENTION)
+            cutoff = self.purge_cutoff()
+            if cutoff is not None:
+                await self.purge(cutoff)
         return decisions
+
+    def purge_cutoff(self) -> datetime | None:
+        """Before this, no identity or counter can be needed again: the replay window
+        behind the stream's clock (the latest trusted receipt), which never runs ahead of
+        this meter's own clock, so no record's time, however stamped, can wipe state."""
+        latest = self.meter.latest_receipt
+        if latest is None:
+            return None
+        return min(latest, self.meter.now()) - RETENTION
+
+    def _outputs(self, record: Record, decision: Decision) -> list[_Output]:
+        """The records to publish for ``decision``, serialized and size-checked before any
+        is sent (a record too large for Kafka would fail the whole batch's barrier)."""
+        if decision.skipped:
+            return []
+        # Rated records and dead letters carry the usage record's own timestamp, so
+        # downstream latency is measured from publication (cheaper than a header).
+        published = int(record.timestamp.timestamp() * 1000)
+        outputs: list[_Output] = []
+        if decision.rated is not None:
+            rated = decision.rated.SerializeToString()
+            outputs.append((self.rated_topic, record.key, rated, published, None))
+        if decision.dead is not None:
+            dead = decision.dead.SerializeToString()
+            outputs.append((self.dlq_topic, record.key, dead, published, None))
+        for alert in decision.alerts:
+            headers: list[tuple[str, str | bytes | None]] = [
+                (PUBLISHED_AT_HEADER, str(published).encode())
+            ]
+            # The alerts service continues the trace from the W3C header.
+            if alert.trace.traceparent:
+                headers.append((TRACEPARENT_HEADER, alert.trace.traceparent))
+                if alert.trace.tracestate:
+                    headers.append((TRACESTATE_HEADER, alert.trace.tracestate))
+            key = alert.licence_id.encode()
+            outputs.append((self.alerts_topic, key, alert.SerializeToString(), 0, headers))
+        for _topic, _key, value, _timestamp, _headers in outputs:
+            if len(value) > MAX_OUTPUT_BYTES:
+                raise OutputTooLarge(f"an output record of {len(value):,} bytes")
+        return outputs
 
     async def purge(self, cutoff: datetime) -> int:
         """Delete state no record can need (:func:`~residuals.meter.state.expired`), with
@@ -366,6 +425,7 @@ class MeterService:
             self.licence_registry,
             KeyRegistry(self.keys),
             max_event_bytes=settings.max_event_bytes,
+            receipt_key=settings.receipt.key(),
             # Spans only when they are exported; otherwise the incoming context is passed
             # on unchanged (a span per record is measurable in this CPU-bound loop).
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,

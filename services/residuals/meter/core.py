@@ -32,22 +32,21 @@ from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Protocol
 
-from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from residuals.codecs.signed import signature_problem
+from residuals.admission import MAX_EVENT_BYTES, Admitted, Refused, admit, trusted_trace
+from residuals.codecs import receipt
 from residuals.codecs.signing import VerifyingKey
 from residuals.codecs.timestamps import set_timestamp
-from residuals.codecs.usage import to_raw
-from residuals.domain.events import Rejection, UsageEvent, parse_event
+from residuals.domain.bounds import printable
+from residuals.domain.events import UsageEvent
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.licences import Licence
 from residuals.domain.metering import rate_event
 from residuals.domain.money import MONEY_CONTEXT, ZERO
 from residuals.domain.period import Period
-from residuals.domain.validation import check_licence, check_window
 from residuals.domain.vocabulary import Kind, RejectReason, Violation
 from residuals.meter import messages
 from residuals.meter.state import (
@@ -65,8 +64,10 @@ VENDOR_HEADER = "residuals-vendor"
 #: W3C Trace Context headers (lower case: the app lowers header names).
 TRACEPARENT_HEADER = "traceparent"
 TRACESTATE_HEADER = "tracestate"
-RECEIVED_AT_HEADER = "residuals-received-at"
-DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES
+#: Kafka's record timestamp types (the usage topic is broker-stamped: LogAppendTime).
+CREATE_TIME = 0
+LOG_APPEND_TIME = 1
 
 Outcome = usage_pb2.RatedUsage.Outcome
 
@@ -92,24 +93,15 @@ class Record:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
-    timestamp: datetime  # broker/producer timestamp: publish time
+    #: None: a tombstone (poison on this topic, dead-lettered like any malformed record).
+    value: bytes | None
+    timestamp: datetime  # the broker's append time on the usage topic (LogAppendTime)
     headers: Mapping[str, bytes] = field(default_factory=dict)
+    timestamp_type: int = LOG_APPEND_TIME
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
         return value.decode("utf-8", errors="replace") if value is not None else None
-
-    def received_at(self) -> datetime:
-        """The gateway's receive time when it set one, else the record's timestamp."""
-        text = self.header(RECEIVED_AT_HEADER)
-        if text:
-            try:
-                stamp = datetime.fromisoformat(text.strip())
-            except ValueError:
-                return self.timestamp
-            return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
-        return self.timestamp
 
 
 @dataclass(slots=True)
@@ -150,6 +142,7 @@ class Meter:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: type[datetime] = datetime,
         tracer: trace.Tracer | None = None,
+        receipt_key: bytes | None = None,
     ) -> None:
         self.licences = licences
         #: None when spans would not be exported: the context is then passed on unchanged.
@@ -157,9 +150,30 @@ class Meter:
         self.keys = keys
         self.max_event_bytes = max_event_bytes
         self._clock = clock
+        #: The gateway's receipt-stamp key (:mod:`residuals.codecs.receipt`), if shared.
+        self.receipt_key = receipt_key
+        #: Records whose time came from the meter's clock (a usage topic on CreateTime).
+        self.untrusted_timestamps = 0
+        #: The latest trusted receipt time seen: the stream's clock for state expiry.
+        self.latest_receipt: datetime | None = None
 
     def now(self) -> datetime:
         return self._clock.now(UTC)
+
+    def received_at(self, record: Record) -> datetime:
+        """When the platform received ``record``, from nothing a vendor can write: the
+        gateway's authenticated receipt stamp, else the broker's append time, else (a
+        topic misconfigured with producer timestamps) this meter's own clock."""
+        if self.receipt_key is not None and record.value is not None:
+            stamp = record.headers.get(receipt.RECEIPT_HEADER)
+            if stamp:
+                stamped = receipt.verify(self.receipt_key, stamp, record.value)
+                if stamped is not None:
+                    return stamped
+        if record.timestamp_type == LOG_APPEND_TIME:
+            return record.timestamp
+        self.untrusted_timestamps += 1
+        return self.now()
 
     # --- entry point -------------------------------------------------------------------
 
@@ -172,27 +186,22 @@ class Meter:
         of copying two strings. With one, a CONSUMER span ``meter.rate`` is the parent of
         everything downstream.
         """
-        received_at = record.received_at()
-        envelope: usage_pb2.SignedUsageEvent | None = None
-        early: Decision | None = None
-        if len(record.value) > self.max_event_bytes:
-            early = self._dead(
-                record,
-                received_at,
-                RejectReason.OVERSIZED,
-                f"{len(record.value)} bytes; the limit is {self.max_event_bytes}",
-            )
-        else:
-            try:
-                envelope = usage_pb2.SignedUsageEvent.FromString(record.value)
-            except DecodeError:
-                early = self._dead(
-                    record, received_at, RejectReason.MALFORMED, "not a SignedUsageEvent"
-                )
-        incoming = _incoming_trace(record, envelope)
+        received_at = self.received_at(record)
+        if self.latest_receipt is None or received_at > self.latest_receipt:
+            self.latest_receipt = received_at
+        verdict = admit(
+            record.value,
+            keys=self.keys.verifying_key,
+            licences=self.licences.get,
+            received_at=received_at,
+            vendor_id=record.header(VENDOR_HEADER) or None,
+            routing_key=record.key or b"",
+            max_event_bytes=self.max_event_bytes,
+        )
+        incoming = _incoming_trace(record, verdict.trace)
         tracer = self.tracer
         if tracer is None:
-            decision = early or self._decide(record, envelope, received_at, state)
+            decision = self._decide(record, verdict, received_at, state)
             if incoming is not None:
                 _stamp(decision, incoming)
             return decision
@@ -203,7 +212,7 @@ class Meter:
         )
         try:
             # No use_span(): nothing here logs per record, and attaching a context costs.
-            decision = early or self._decide(record, envelope, received_at, state)
+            decision = self._decide(record, verdict, received_at, state)
             span.set_attributes(
                 {
                     "residuals.licence_id": _licence_id(decision, record),
@@ -221,67 +230,16 @@ class Meter:
     def _decide(
         self,
         record: Record,
-        envelope: usage_pb2.SignedUsageEvent | None,
+        verdict: Admitted | Refused,
         received_at: datetime,
         state: StateView,
     ) -> Decision:
-        assert envelope is not None  # process() decided oversized/undecodable records
-        key = self.keys.verifying_key(envelope.key_id)
-        problem = _signature_problem(key, envelope, record.header(VENDOR_HEADER), received_at)
-        if problem is not None or key is None:
-            return self._dead(record, received_at, RejectReason.BAD_SIGNATURE, problem or "")
-        try:
-            message = usage_pb2.UsageEvent.FromString(envelope.payload)
-        except DecodeError:
-            return self._dead(
-                record,
-                received_at,
-                RejectReason.MALFORMED,
-                "payload is not a UsageEvent",
-                vendor_id=key.vendor_id,
-            )
-        parsed = parse_event(to_raw(message))
-        if isinstance(parsed, Rejection):
-            return self._dead(
-                record,
-                received_at,
-                parsed.reason,
-                parsed.detail,
-                vendor_id=key.vendor_id,
-                message=message,
-            )
-        window = check_window(parsed.occurred_at, received_at)
-        if window is not None:
-            detail = (
-                f"occurred {parsed.occurred_at.isoformat()}, received {received_at.isoformat()}"
-            )
-            return self._dead(
-                record, received_at, window, detail, vendor_id=key.vendor_id, message=message
-            )
-        rejection = check_licence(parsed, self.licences)
-        if rejection is None and parsed.vendor_id != key.vendor_id:
-            rejection = Rejection(
-                RejectReason.VENDOR_MISMATCH,
-                f"signed by vendor {key.vendor_id!r}, payload names {parsed.vendor_id!r}",
-            )
-        if rejection is None and parsed.kind is not Kind.RETRACTION:
-            routing = (record.key or b"").decode("utf-8", errors="replace")
-            if routing != parsed.licence_id:
-                rejection = Rejection(
-                    RejectReason.MALFORMED,
-                    f"record key {routing!r} is not the event's licence {parsed.licence_id!r}",
-                )
-        if rejection is not None:
-            return self._dead(
-                record,
-                received_at,
-                rejection.reason,
-                rejection.detail,
-                vendor_id=key.vendor_id,
-                message=message,
-            )
-        context = _Context(record, envelope, message, parsed, key.vendor_id, received_at)
-        if parsed.kind is Kind.RETRACTION:
+        if isinstance(verdict, Refused):
+            return self._dead(record, received_at, verdict)
+        context = _Context(
+            record, verdict.envelope, verdict.message, verdict.event, verdict.vendor_id, received_at
+        )
+        if verdict.event.kind is Kind.RETRACTION:
             return self._retraction(context, state)
         return self._usage(context, state)
 
@@ -396,10 +354,14 @@ class Meter:
                 return self._dead(
                     c.record,
                     c.received_at,
-                    RejectReason.UNKNOWN_ORIGINAL,
-                    f"{event.original_event_id!r} is not a usage event of {event.vendor_id!r}",
-                    vendor_id=c.vendor_id,
-                    message=c.message,
+                    Refused(
+                        RejectReason.UNKNOWN_ORIGINAL,
+                        f"{event.original_event_id!r} is not a usage event of {event.vendor_id!r}",
+                        c.vendor_id,
+                        event.event_id,
+                        c.message.licence_id,
+                        event.kind.value,
+                    ),
                 )
             licence = self.licences.get(original.event.licence_id or "")
             if verdict is Retraction.ALREADY_RETRACTED:
@@ -439,32 +401,33 @@ class Meter:
         rated.source_partition = c.record.partition
         rated.source_offset = c.record.offset
 
-    def _dead(
-        self,
-        record: Record,
-        received_at: datetime,
-        reason: RejectReason,
-        detail: str,
-        *,
-        vendor_id: str = "",
-        message: usage_pb2.UsageEvent | None = None,
-    ) -> Decision:
+    def _dead(self, record: Record, received_at: datetime, refused: Refused) -> Decision:
+        original = record.value or b""
+        detail = refused.detail
+        if len(original) > self.max_event_bytes:  # OVERSIZED: keep what identifies it
+            original = original[: self.max_event_bytes]
+            detail += f" (original truncated to its first {self.max_event_bytes:,} bytes)"
         dead = usage_pb2.DeadLetter(
-            reason=messages.reject_reason(reason),
+            reason=messages.reject_reason(refused.reason),
             detail=detail,
-            vendor_id=vendor_id,
-            original=record.value,
+            vendor_id=refused.vendor_id,
+            event_id=refused.event_id,
+            licence_id=refused.licence_id,
+            original=original,
             source_topic=record.topic,
             source_partition=record.partition,
             source_offset=record.offset,
         )
-        kind = "UNKNOWN"
-        if message is not None:
-            dead.event_id = message.event_id
-            dead.licence_id = message.licence_id
-            kind = _kind_label(message.kind)
         set_timestamp(dead.received_at, received_at)
-        return Decision(kind=kind, outcome="dead", dead=dead)
+        return Decision(kind=refused.kind, outcome="dead", dead=dead)
+
+    def unprocessable(self, record: Record, error: BaseException) -> Decision:
+        """A record the meter failed on (a defect, not a rule): dead-lettered with the
+        error so the partition moves on, and re-drivable once the defect is fixed."""
+        detail = printable(f"the meter failed on this record: {type(error).__name__}: {error}")
+        return self._dead(
+            record, self.received_at(record), Refused(RejectReason.UNPROCESSABLE, detail)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,19 +441,14 @@ class _Context:
 
 
 def _incoming_trace(
-    record: Record, envelope: usage_pb2.SignedUsageEvent | None
+    record: Record, envelope_trace: common_pb2.TraceContext | None
 ) -> common_pb2.TraceContext | None:
-    """The caller's trace: the record's W3C headers, else the envelope's ``trace``."""
-    traceparent = record.headers.get(TRACEPARENT_HEADER)
-    if traceparent:
-        tracestate = record.headers.get(TRACESTATE_HEADER)
-        return common_pb2.TraceContext(
-            traceparent=traceparent.decode("ascii", "replace"),
-            tracestate=tracestate.decode("ascii", "replace") if tracestate else "",
-        )
-    if envelope is not None and envelope.trace.traceparent:
-        return envelope.trace
-    return None
+    """The caller's trace: the record's W3C headers, else the envelope's ``trace`` (each
+    only when well formed: both are vendor-written)."""
+    from_headers = trusted_trace(
+        record.headers.get(TRACEPARENT_HEADER), record.headers.get(TRACESTATE_HEADER) or b""
+    )
+    return from_headers or envelope_trace
 
 
 def _span_trace(span: trace.Span) -> common_pb2.TraceContext:
@@ -521,27 +479,3 @@ def _licence_id(decision: Decision, record: Record) -> str:
     if decision.dead is not None and decision.dead.licence_id:
         return decision.dead.licence_id
     return (record.key or b"").decode("utf-8", errors="replace")
-
-
-def _kind_label(kind: int) -> str:
-    try:
-        return common_pb2.UsageKind.Name(common_pb2.UsageKind.ValueType(kind)).removeprefix(
-            "USAGE_KIND_"
-        )
-    except ValueError:
-        return "UNKNOWN"
-
-
-def _signature_problem(
-    key: VerifyingKey | None,
-    envelope: usage_pb2.SignedUsageEvent,
-    claimed_vendor: str | None,
-    received_at: datetime,
-) -> str | None:
-    """Why the envelope does not authenticate its vendor, or None when it does.
-
-    The gateway's check (:func:`~residuals.codecs.signed.signature_problem`, per-event or
-    batch signatures): the key's vendor is the tenant, so only a ``residuals-vendor``
-    header claim, when present, is checked against it; revocation is judged at receipt.
-    """
-    return signature_problem(envelope, key, vendor_id=claimed_vendor or None, at=received_at)

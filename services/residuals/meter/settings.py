@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from residuals.platform.config import KafkaSettings, TelemetrySettings, env, group
+from residuals.platform.config import (
+    KafkaSettings,
+    ReceiptSettings,
+    TelemetrySettings,
+    env,
+    group,
+)
 from residuals.platform.grpc_server import GrpcSettings
 
 
@@ -14,6 +20,7 @@ class MeterSettings:
     kafka: KafkaSettings = group(KafkaSettings)
     telemetry: TelemetrySettings = group(TelemetrySettings)
     grpc: GrpcSettings = group(GrpcSettings)
+    receipt: ReceiptSettings = group(ReceiptSettings)
     data_dir: Path = env(
         "METER_DATA_DIR", Path("/tmp/residuals-meter"), help="faust data directory"
     )

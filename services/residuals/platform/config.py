@@ -217,3 +217,29 @@ class TelemetrySettings:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
     log_format: str = env("LOG_FORMAT", "json", help="log format", choices=("json", "text"))
+
+
+@dataclass(frozen=True)
+class ReceiptSettings:
+    """The secret the ingest gateway and the meter share to trust the gateway's receipt
+    time (:mod:`residuals.codecs.receipt`)."""
+
+    key_hex: str | None = env(
+        "RESIDUALS_RECEIPT_KEY",
+        None,
+        help="hex secret (>= 32 bytes) shared by the ingest gateway and the meter: the "
+        "gateway stamps each accepted event's receipt time with it and the meter trusts only "
+        "stamps it verifies (unset: the meter judges time by the broker's append time)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.key_hex:
+            try:
+                self.key()
+            except ValueError as error:
+                raise ConfigError(f"RESIDUALS_RECEIPT_KEY: {error}") from error
+
+    def key(self) -> bytes | None:
+        from residuals.codecs.receipt import parse_key
+
+        return parse_key(self.key_hex) if self.key_hex else None
