@@ -38,7 +38,7 @@ from residuals.codecs import licences as licence_codec  # noqa: E402
 from residuals.codecs.signing import sign_batch, signing_key_record  # noqa: E402
 from residuals.domain.licence_spec import parse_licence  # noqa: E402
 from residuals.meter.app import BatchRunner  # noqa: E402
-from residuals.meter.core import RECEIVED_AT_HEADER, VENDOR_HEADER, Meter, Record  # noqa: E402
+from residuals.meter.core import VENDOR_HEADER, Meter, Record  # noqa: E402
 from residuals.meter.metrics import MeterMetrics  # noqa: E402
 from residuals.meter.registry import KeyRegistry, LicenceRegistry  # noqa: E402
 from residuals.v1 import usage_pb2  # noqa: E402
@@ -115,11 +115,8 @@ def build(args: argparse.Namespace) -> tuple[BatchRunner, list[Record], Counting
                 offset=offset,
                 key=(routing or raw["vendor_id"]).encode(),
                 value=signed.SerializeToString(),
-                timestamp=received,
-                headers={
-                    RECEIVED_AT_HEADER: received.isoformat().encode(),
-                    VENDOR_HEADER: raw["vendor_id"].encode(),
-                },
+                timestamp=received,  # the broker's append time
+                headers={VENDOR_HEADER: raw["vendor_id"].encode()},
             )
         )
     registry = LicenceRegistry(licences)

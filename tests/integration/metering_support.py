@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from confluent_kafka.admin import NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from residuals.codecs import licences as licence_codec
+from residuals.codecs import receipt
+from residuals.codecs.receipt import RECEIPT_HEADER
 from residuals.codecs.signing import (
     SIGNATURE_BATCH_SIZE,
     sign_event,
@@ -56,7 +58,6 @@ from residuals.v1 import common_pb2, usage_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS)
-RECEIVED_AT = "residuals-received-at"
 VENDOR = "residuals-vendor"
 
 
@@ -207,6 +208,9 @@ class Pipeline:
     keys: dict[str, tuple[str, Ed25519PrivateKey]] = field(default_factory=dict)
     licences: list[Licence] = field(default_factory=list)
     produced: list[tuple[int, int]] = field(default_factory=list)
+    #: The receipt-stamp key the run's meters trust (RESIDUALS_RECEIPT_KEY): records are
+    #: stamped as the ingest gateway stamps them, so a month of any date can be replayed.
+    receipt_key: bytes = field(default_factory=lambda: os.urandom(32))
 
     def __post_init__(self) -> None:
         self.kafka = KafkaSettings(
@@ -281,20 +285,17 @@ class Pipeline:
         key: str | None = None,
         signer: str | None = None,
     ) -> UsageRecord:
-        """The record the SDK publishes for ``raw``, received ``receive_delay`` after it
-        occurred (the gateway's ``residuals-received-at``, so the run is independent of
-        today's date)."""
+        """The record the gateway publishes for ``raw``, received ``receive_delay`` after it
+        occurred (stamped with the run's receipt key, so the run is independent of today's
+        date)."""
         message = raw_to_proto(raw)
         vendor = signer or str(raw["vendor_id"])
         key_id, private = self.keys[vendor]
         signed = sign_event(message, key_id, private)
         received = parse_timestamp(raw["occurred_at"]) + receive_delay
         routing = key or str(raw.get("licence_id") or raw.get("_licence_of_original") or vendor)
-        return UsageRecord(
-            routing.encode(),
-            signed.SerializeToString(),
-            [(RECEIVED_AT, received.isoformat().encode()), (VENDOR, vendor.encode())],
-        )
+        value = signed.SerializeToString()
+        return UsageRecord(routing.encode(), value, self._headers(vendor, received, value))
 
     def usage_records(
         self,
@@ -331,14 +332,18 @@ class Pipeline:
             routing = (keys[index] if keys is not None else None) or str(
                 raw.get("licence_id") or raw.get("_licence_of_original") or vendor
             )
+            value = envelopes[index]
             records.append(
-                UsageRecord(
-                    routing.encode(),
-                    envelopes[index],
-                    [(RECEIVED_AT, received.isoformat().encode()), (VENDOR, vendor.encode())],
-                )
+                UsageRecord(routing.encode(), value, self._headers(vendor, received, value))
             )
         return records
+
+    def _headers(self, vendor: str, received: datetime, value: bytes) -> list[tuple[str, bytes]]:
+        """What the gateway adds to an accepted event: its vendor and its receipt stamp."""
+        return [
+            (RECEIPT_HEADER, receipt.stamp(self.receipt_key, received, value)),
+            (VENDOR, vendor.encode()),
+        ]
 
     def sdk_records(
         self,
@@ -419,6 +424,7 @@ class Pipeline:
             "OTEL_SERVICE_NAME": name,
             "METER_DATA_DIR": str(self.work_dir / "meter-data"),
             "LOG_LEVEL": "INFO",
+            "RESIDUALS_RECEIPT_KEY": self.receipt_key.hex(),
         }
 
     def meter(self, name: str = "meter", **env: str) -> Service:

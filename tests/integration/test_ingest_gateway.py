@@ -35,6 +35,8 @@ from residuals_sdk import events as build
 from residuals_sdk.signing import sign_event, verify_signature
 from residuals_sdk.transports.grpc import encode_batch
 
+from residuals.codecs import receipt
+from residuals.codecs.receipt import RECEIPT_HEADER
 from residuals.ingest.app import IngestApp
 from residuals.ingest.config import IngestSettings
 from residuals.platform.config import load
@@ -68,10 +70,15 @@ def topics(stack: StackSettings, run_id: str) -> Iterator[Topics]:
     t.delete()
 
 
+#: The receipt-stamp key the test gateways share with a meter (RESIDUALS_RECEIPT_KEY).
+RECEIPT_KEY = bytes(range(32))
+
+
 def gateway_env(stack: StackSettings, topics: Topics, **extra: str) -> dict[str, str]:
     return {
         **topics.env(),
         "DATABASE_URL": stack.dsn,
+        "RESIDUALS_RECEIPT_KEY": RECEIPT_KEY.hex(),
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": "0",
         "INGEST_ACK_TIMEOUT_SECONDS": "10",
@@ -278,8 +285,12 @@ def test_sdk_publishes_every_kind_through_the_gateway(
         event = usage_pb2.UsageEvent.FromString(signed.payload)
         headers = headers_of(record)
         assert headers["residuals-vendor"] == pixel.vendor_id.encode()
-        received = datetime.fromisoformat(headers["residuals-received-at"].decode())
+        # The gateway's receipt time, authenticated and bound to these very bytes.
+        assert "residuals-received-at" not in headers
+        received = receipt.verify(RECEIPT_KEY, headers[RECEIPT_HEADER], record.value())
+        assert received is not None
         assert abs(received - datetime.now(UTC)) < timedelta(minutes=5)
+        assert receipt.verify(RECEIPT_KEY, headers[RECEIPT_HEADER], record.value() + b"x") is None
         assert record.key().decode() == event.licence_id  # retraction: the original's licence
         assert verify_signature(
             pixel.signing_key.public_key_bytes(), signed.payload, signed.signature

@@ -355,10 +355,7 @@ def records(raws: list[dict[str, Any]]) -> list[Record]:
                 key=b"LIC-1",
                 value=envelope.SerializeToString(),
                 timestamp=when,
-                headers={
-                    "residuals-received-at": when.isoformat().encode(),
-                    "residuals-vendor": b"VEN-1",
-                },
+                headers={"residuals-vendor": b"VEN-1"},
             )
         )
     return out

@@ -83,8 +83,7 @@ def record(
         offset=offset,
         key=(routing or raw.get("licence_id") or "VEN-1").encode(),
         value=signed.SerializeToString(),
-        timestamp=when,
-        headers={"residuals-received-at": when.isoformat().encode()},
+        timestamp=when,  # the broker's append time
     )
 
 

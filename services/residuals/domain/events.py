@@ -111,7 +111,7 @@ def _quantity(value: Any) -> int | None:
 def _show(value: Any) -> str:
     """A vendor value for a detail: escaped and bounded, quoted like repr."""
     if isinstance(value, str):
-        return repr(printable(value, 64))
+        return f"'{printable(value, 64)}'"
     return printable(repr(value), 64)
 
 

@@ -1,10 +1,14 @@
 """Building ``residuals.v1.UsageEvent`` messages from keyword arguments.
 
-The platform is the judge of every event (ROYALTY-RULES.md §2; rejected events go to the
-dead-letter topic with a reason). The checks here only catch programming mistakes early,
-at the call site, where the stack trace is useful: wrong types, a naive datetime, a float
-for money, an empty required field, a quantity out of range. Optional fields are set only
-when they differ from their documented default, so equal events serialize to equal bytes.
+The platform is the judge of every event (rejected events go to the dead-letter topic
+with a reason). The checks here catch mistakes early, at the call site, where the stack
+trace is useful, before anything is signed: wrong types, a naive datetime, a float for
+money, an empty required field, a quantity out of range, and the platform's bounds of
+the event model (the same as the services', checked by a shared corpus test): ids and
+labels printable text of at most 128 characters; amounts finite with at most 18 integer
+and 9 fraction digits; times between 2000-01-01 and 9999-12-31. An event outside them
+would only be refused as MALFORMED. Optional fields are set only when they differ from
+their documented default, so equal events serialize to equal bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from decimal import Decimal, InvalidOperation
 from residuals_sdk._proto import common_pb2, usage_pb2
 
 MAX_QUANTITY = 1_000_000
+#: The platform's bounds of the event model (``residuals.domain.bounds``).
+MAX_ID_CHARS = 128
+MAX_INTEGER_DIGITS = 18
+MAX_FRACTION_DIGITS = 9
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def _text(name: str, value: object, *, required: bool = True) -> str:
@@ -24,6 +34,12 @@ def _text(name: str, value: object, *, required: bool = True) -> str:
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if required and not value.strip():
         raise ValueError(f"{name} is required")
+    # As the platform reads it: surrounding whitespace is not part of an id.
+    stripped = value.strip()
+    if len(stripped) > MAX_ID_CHARS:
+        raise ValueError(f"{name} is {len(stripped):,} characters, the limit is {MAX_ID_CHARS}")
+    if not stripped.isprintable():
+        raise ValueError(f"{name} contains a non-printable character")
     return value
 
 
@@ -34,7 +50,10 @@ def _occurred(value: datetime | None) -> datetime:
         raise TypeError(f"occurred_at must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("occurred_at must be timezone-aware (e.g. datetime.now(UTC))")
-    return value.astimezone(UTC)
+    when = value.astimezone(UTC)
+    if not EARLIEST <= when <= LATEST:
+        raise ValueError("occurred_at is outside 2000-01-01..9999-12-31")
+    return when
 
 
 def _quantity(value: int) -> int:
@@ -57,6 +76,12 @@ def decimal_text(name: str, value: Decimal | str | int) -> str:
         raise ValueError(f"{name} {value!r} is not finite")
     if amount < 0:
         raise ValueError(f"{name} must not be negative")
+    _sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if max(0, len(digits) + exponent) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"{name} has more than {MAX_INTEGER_DIGITS} integer digits")
+    if -exponent > MAX_FRACTION_DIGITS:
+        raise ValueError(f"{name} has more than {MAX_FRACTION_DIGITS} fraction digits")
     return format(amount, "f")
 
 
