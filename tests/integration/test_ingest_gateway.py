@@ -42,6 +42,7 @@ from residuals.ingest.config import IngestSettings
 from residuals.platform.config import load
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
+from tests.hostile import Identity, corpus
 
 pytestmark = pytest.mark.integration
 
@@ -388,15 +389,7 @@ def test_every_bad_event_gets_its_reason_and_good_ones_pass(
         ),
         (
             envelope(
-                build.render(
-                    event_id=uuid7(),
-                    vendor_id=pixel.vendor_id,
-                    licence_id=pixel.licence_id,
-                    avatar_id=pixel.avatar_id,
-                    render_id="vid",
-                    category="x" * (70 * 1024),
-                    territory="GB",
-                ),
+                mutate(render(pixel), category="x" * (70 * 1024)),  # the SDK refuses it
                 key,
             ),
             "OVERSIZED",
@@ -436,6 +429,56 @@ def test_every_bad_event_gets_its_reason_and_good_ones_pass(
 
     accepted = {good[0].event_id, good[1].event_id}
     assert {event_id_of(r) for r in usage_records(topics, accepted)} == accepted
+
+
+def test_the_hostile_corpus_gets_its_verdict_over_grpc_and_harms_nothing_else(
+    raw: Gateway, topics: Topics, pixel: Tenant, orbit: Tenant, registry: Registry
+) -> None:
+    """Every record of tests/hostile.py that a gRPC client can send, in one batch with a
+    good event, through the real gateway: each gets the reason the unit tier proves the
+    meter gives too, the good event is accepted, and every rejection is dead-lettered with
+    safe text."""
+    revoked = SigningKey.generate(f"sk-revoked-{uuid.uuid4().hex[:6]}")
+    registry.add_signing_key(pixel, revoked)
+    registry.revoke_signing_key(revoked.key_id)
+    who = Identity(
+        vendor=pixel.vendor_id,
+        key_id=pixel.signing_key.key_id,
+        key=pixel.signing_key.private_key,
+        licence_id=pixel.licence_id,
+        avatar_id=pixel.avatar_id,
+        other_vendor=orbit.vendor_id,
+        other_key_id=orbit.signing_key.key_id,
+        other_key=orbit.signing_key.private_key,
+        other_licence=orbit.licence_id,
+        revoked_key_id=revoked.key_id,
+        revoked_key=revoked.private_key,
+        prefix=f"{uuid.uuid4().hex[:8]}-",
+    )
+    cases = [c for c in corpus(who, datetime.now(UTC)) if not c.kafka_only]
+    good = envelope(render(pixel), pixel.signing_key)
+    values = [c.value for c in cases]
+    assert all(v is not None for v in values)
+    # The oversized record alone would exceed the batch byte limit with the rest: its own call.
+    small = [(c, v) for c, v in zip(cases, values, strict=True) if len(v or b"") < 64 * 1024]
+    big = [(c, v) for c, v in zip(cases, values, strict=True) if len(v or b"") >= 64 * 1024]
+    results = raw.publish(pixel.api_key, [v for _c, v in small if v is not None] + [good])
+    results += raw.publish(pixel.api_key, [v for _c, v in big if v is not None])
+    judged = [c for c, _v in small] + [None] + [c for c, _v in big]
+    rejected = 0
+    for case, result in zip(judged, results, strict=True):
+        if case is None or case.reason is None:
+            assert result.status == ingest_pb2.PUBLISH_STATUS_ACCEPTED, (case, result.detail)
+            continue
+        rejected += 1
+        assert result.status == ingest_pb2.PUBLISH_STATUS_REJECTED, case.name
+        assert reason(result) == case.reason.value, (case.name, result.detail)
+        assert result.detail.isprintable()
+    letters = dead_letters(topics, pixel.vendor_id, rejected)
+    mine = [d for d in letters if d.event_id.startswith(who.prefix) or not d.event_id]
+    assert len(mine) >= rejected
+    for letter in mine:
+        assert letter.detail.isprintable() and "\x00" not in letter.event_id
 
 
 def test_truncated_request_keeps_the_events_before_the_damage(
@@ -485,7 +528,7 @@ def test_batch_limits_refuse_the_whole_request(
     assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "6 events exceeds the limit of 5" in too_many.value.details()
 
-    big = [envelope(render(pixel, category="c" * 30_000), pixel.signing_key) for _ in range(3)]
+    big = [envelope(mutate(render(pixel), category="c" * 30_000), pixel.signing_key)] * 3
     with pytest.raises(grpc.RpcError) as too_big:
         client.publish(pixel.api_key, big)
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -369,3 +369,56 @@ def test_admission_never_raises_on_signed_mutated_payloads(
         if isinstance(verdict, Refused):
             assert verdict.detail.isprintable()
             assert verdict.event_id == "" or text_problem(verdict.event_id) is None
+
+
+# --- the SDK applies the same bounds before signing -------------------------------------------
+
+_SDK_FIELDS = {
+    "event_id": ["e-1", "x" * 128, "x" * 129, "e\x00", "e\x1b[0m", "e\u202e", "  e-1  "],
+    "render_id": ["vid-1", "v" * 200, "vid\n2"],
+    "territory": ["GB", "G\x7f"],
+    "ad_revenue": ["1.25", "0.000000001", "0.0000000001", "1e17", "1e18", "123456789012345678"],
+    "occurred_at": [
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(n, v) for n, values in _SDK_FIELDS.items() for v in values]
+)
+def test_the_sdk_refuses_exactly_what_the_platform_would(name: str, value: object) -> None:
+    from residuals_sdk import events as build
+
+    from residuals.codecs.usage import to_raw
+
+    fields: dict[str, object] = {
+        "event_id": "e-1",
+        "vendor_id": WHO.vendor,
+        "licence_id": WHO.licence_id,
+        "avatar_id": WHO.avatar_id,
+        "render_id": "vid-1",
+        "category": "product_demo",
+        "territory": "GB",
+        "channel": "web",
+        "ad_revenue": "1.00",
+        "occurred_at": NOW,
+        name: value,
+    }
+    try:
+        message = build.ad_impression(**fields)  # type: ignore[arg-type]
+    except ValueError:
+        sdk_accepts = False
+    else:
+        sdk_accepts = True
+        platform = parse_event(to_raw(usage_pb2.UsageEvent.FromString(message.SerializeToString())))
+        assert not isinstance(platform, Rejection), platform
+    if not sdk_accepts:  # the platform refuses it too, as MALFORMED
+        raw = {**fields, "kind": "AD_IMPRESSION"}
+        if isinstance(value, datetime):
+            raw["occurred_at"] = value
+        platform = parse_event(raw)
+        assert isinstance(platform, Rejection)
+        assert platform.reason is RejectReason.MALFORMED

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -249,7 +250,10 @@ class Demo:
         self.say("admin API key created with `residuals licences bootstrap-admin`")
         self._service("licensing", database_url, LICENSING_OUTBOX_POLL_SECONDS="0.2")
         self._service("ledger", database_url)
-        self._service("ingest", database_url)
+        # The gateway stamps what it accepts with its receipt time; the meter trusts only
+        # stamps made with this run's secret (and broker time otherwise).
+        self.receipt_key = os.urandom(32).hex()
+        self._service("ingest", database_url, RESIDUALS_RECEIPT_KEY=self.receipt_key)
         self._service(
             "payouts",
             database_url,
@@ -281,7 +285,13 @@ class Demo:
             },
         }
         self._wait_published(scenario, signing)
-        self._service("meter", database_url, METER_DATA_DIR=str(self.out / ".work" / "meter"))
+        self._service(
+            "meter",
+            database_url,
+            METER_DATA_DIR=str(self.out / ".work" / "meter"),
+            METER_INSTANCE_ID=f"{self.kafka.topic_prefix}meter-1",
+            RESIDUALS_RECEIPT_KEY=self.receipt_key,
+        )
         self._service(
             "alerts",
             database_url,

@@ -406,6 +406,11 @@ class MeterService:
             store=settings.store,
             # Enough records in flight to fill a batch from every partition.
             stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+            # Static membership: a meter that exits on a failed batch, a hole or a stall
+            # (without leaving the group, so nothing past the failure is committed) and
+            # comes back under the same id takes its partitions back at once; a dynamic
+            # member would wait for the dead one's session to expire.
+            consumer_group_instance_id=settings.instance_id,
         )
         self.usage_topic = self.app.topic(
             topic_name(kafka, USAGE),

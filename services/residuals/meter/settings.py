@@ -60,6 +60,13 @@ class MeterSettings:
         "committed offset has not moved for this long",
         minimum=10,
     )
+    instance_id: str | None = env(
+        "METER_INSTANCE_ID",
+        None,
+        help="static consumer-group membership id, stable across restarts of this meter and "
+        "unique among meters (e.g. the pod name): a restarted meter gets its partitions back "
+        "at once instead of after the session timeout. Unset: dynamic membership",
+    )
     ready_timeout: float = env(
         "METER_READY_TIMEOUT",
         120.0,
