@@ -48,6 +48,7 @@ from residuals.platform.ports import free_port
 from residuals.platform.topics import (
     ALERTS,
     LICENCES,
+    QUARANTINE,
     SIGNING_KEYS,
     USAGE,
     USAGE_DLQ,
@@ -57,7 +58,7 @@ from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS)
+PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS, QUARANTINE)
 VENDOR = "residuals-vendor"
 
 

@@ -407,3 +407,97 @@ def test_a_batch_publishes_outputs_then_state_each_after_an_acknowledgement() ->
         item[3] == 4 for kind, item in publisher.log if kind == "send" and item[0] == "changelog"
     )
     assert len(store) == 4  # two identities, the suspension, the counters
+
+
+def _runner(m: Meter, publisher: FakePublisher, store: dict[bytes, bytes]) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from residuals.meter.app import BatchRunner
+    from residuals.meter.metrics import MeterMetrics
+
+    return BatchRunner(
+        m,
+        publisher,  # type: ignore[arg-type]
+        store,
+        changelog_topic="changelog",
+        rated_topic="rated",
+        alerts_topic="alerts",
+        dlq_topic="dlq",
+        metrics=MeterMetrics(CollectorRegistry()),
+        purge_every=3600.0,
+    )
+
+
+class Exploding(Meter):
+    """A meter with a defect that one record meets after writing state."""
+
+    def __init__(self, bad_offset: int) -> None:
+        lic = licence()
+        super().__init__({lic.licence_id: lic}, Keys())
+        self.bad_offset = bad_offset
+
+    def process(self, record: Record, state: Any) -> Any:
+        decision = super().process(record, state)
+        if record.offset == self.bad_offset:
+            raise ZeroDivisionError("a defect")
+        return decision
+
+
+def test_a_record_the_meter_fails_on_is_dead_lettered_and_leaves_no_state() -> None:
+    import asyncio
+
+    publisher, store = FakePublisher(), {}
+    runner = _runner(Exploding(bad_offset=1), publisher, store)
+    records = [record(ev("RENDER"), 0), record(ev("RENDER"), 1), record(ev("RENDER"), 2)]
+    decisions = asyncio.run(runner.run(records))
+    assert [d.outcome for d in decisions] == ["accepted", "dead", "accepted"]
+    assert dead_reason(decisions[1]) == "UNPROCESSABLE"
+    assert "ZeroDivisionError: a defect" in decisions[1].dead.detail
+    assert decisions[1].dead.original == records[1].value
+    sent = [item[0] for kind, item in publisher.log if kind == "send"]
+    assert sent.count("dlq") == 1 and sent.count("rated") == 2
+    # The failed record's identity was rolled back: only the other two are in the state.
+    identities = [k for k in store if k.startswith(identity_key("VEN-1", "")[:4])]
+    assert len(identities) == 2
+    # The third record was rated on counters without the failed one's render.
+    assert decisions[2].rated is not None and decisions[2].rated.tier == 1
+
+
+def test_an_output_too_large_for_kafka_becomes_a_dead_letter() -> None:
+    import asyncio
+
+    from residuals.meter import app
+
+    publisher, store = FakePublisher(), {}
+    runner = _runner(meter(), publisher, store)
+    original = app.MAX_OUTPUT_BYTES
+    app.MAX_OUTPUT_BYTES = 100  # every rated record is larger
+    try:
+        decisions = asyncio.run(runner.run([record(ev("RENDER"), 0)]))
+    finally:
+        app.MAX_OUTPUT_BYTES = original
+    assert dead_reason(decisions[0]) == "UNPROCESSABLE"
+    assert "OutputTooLarge" in decisions[0].dead.detail
+    assert [item[0] for kind, item in publisher.log if kind == "send"] == ["dlq"]
+    assert store == {}
+
+
+def test_state_expiry_follows_trusted_time_and_never_runs_ahead_of_the_meter_clock() -> None:
+    from residuals.meter.app import RETENTION
+
+    lic = licence()
+    m = Meter({lic.licence_id: lic}, Keys(), clock=FixedClock)
+    runner = _runner(m, FakePublisher(), {})
+    assert runner.purge_cutoff() is None
+    far = record(ev("RENDER"), 0, received=FixedClock.moment + timedelta(days=30000))
+    m.process(far, State())
+    # A stamp (or broker time) far ahead cannot push expiry past the meter's own clock.
+    assert runner.purge_cutoff() == FixedClock.moment - RETENTION
+
+
+class FixedClock(datetime):
+    moment = datetime(2026, 10, 20, tzinfo=UTC)
+
+    @classmethod
+    def now(cls, tz: Any = None) -> FixedClock:  # type: ignore[override]
+        return cls.moment  # type: ignore[return-value]

@@ -244,6 +244,7 @@ class BatchRunner:
         self.purge_every = purge_every
         self.guard = guard
         self._next_purge = time.monotonic() + purge_every
+        self._warned_untrusted = False
 
     async def run(self, records: Sequence[Record]) -> list[Decision]:
         started = time.perf_counter()
@@ -265,7 +266,8 @@ class BatchRunner:
                     extra={"partition": record.partition, "offset": record.offset},
                 )
                 decision = self.meter.unprocessable(record, error)
-                outputs = self._outputs(record, decision)
+                # A dead letter's original is cut to the event size limit: it always fits.
+                outputs = self._outputs(record, decision, check_size=False)
             decisions.append(decision)
             for topic, key, value, timestamp, headers in outputs:
                 send(topic, key, value, timestamp=timestamp, headers=headers)
@@ -294,7 +296,9 @@ class BatchRunner:
             return None
         return min(latest, self.meter.now()) - RETENTION
 
-    def _outputs(self, record: Record, decision: Decision) -> list[_Output]:
+    def _outputs(
+        self, record: Record, decision: Decision, *, check_size: bool = True
+    ) -> list[_Output]:
         """The records to publish for ``decision``, serialized and size-checked before any
         is sent (a record too large for Kafka would fail the whole batch's barrier)."""
         if decision.skipped:
@@ -321,7 +325,7 @@ class BatchRunner:
             key = alert.licence_id.encode()
             outputs.append((self.alerts_topic, key, alert.SerializeToString(), 0, headers))
         for _topic, _key, value, _timestamp, _headers in outputs:
-            if len(value) > MAX_OUTPUT_BYTES:
+            if check_size and len(value) > MAX_OUTPUT_BYTES:
                 raise OutputTooLarge(f"an output record of {len(value):,} bytes")
         return outputs
 
@@ -348,6 +352,17 @@ class BatchRunner:
         """Metrics of one batch, aggregated first: ``labels()`` costs microseconds a call."""
         m = self.metrics
         m.batch_seconds.observe(seconds)
+        untrusted = self.meter.untrusted_timestamps
+        if untrusted:
+            self.meter.untrusted_timestamps = 0
+            m.untrusted_timestamps.inc(untrusted)
+            if not self._warned_untrusted:
+                self._warned_untrusted = True
+                log.error(
+                    "the usage topic carries producer timestamps, which vendors can set: "
+                    "records are timed by this meter's clock; set "
+                    "message.timestamp.type=LogAppendTime on it"
+                )
         m.batch_size.observe(len(records))
         last: dict[int, int] = {}
         partitions: Counter[int] = Counter()

@@ -70,6 +70,12 @@ class MeterMetrics:
             ("partition",),
             registry=registry,
         )
+        self.untrusted_timestamps = Counter(
+            "residuals_meter_untrusted_timestamps_total",
+            "Usage records timed by the meter's own clock because the topic carries producer "
+            "timestamps (set message.timestamp.type=LogAppendTime on the usage topic).",
+            registry=registry,
+        )
         self.licences = Gauge(
             "residuals_meter_licences", "Licences in the local registry replica.", registry=registry
         )
