@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, str] = {
     "dlq": "residuals.ingest.dlq",
     "licensing": "residuals.licensing.command",
     "licences": "residuals.licensing.admin",
+    "audit": "residuals.licensing.audit_command",
     "payouts": "residuals.payouts.command",
     "finance": "residuals.payouts.finance_command",
     "deploy": "residuals.deploy.command",

@@ -179,7 +179,12 @@ class StreamReader:
 
 
 class FakeLicenceService(licence_service_pb2_grpc.LicenceServiceServicer):
-    """GetLicence/SuspendLicence over an in-memory licence, recording every call."""
+    """SuspendLicence (automatic) over in-memory licences, recording every call.
+
+    Like the registry: an unknown licence is NOT_FOUND; a licence that opts out
+    (``auto_suspend=False``), already has this alert's window or an open one is returned
+    unchanged. It serves nothing else, as the suspender role may call nothing else.
+    """
 
     def __init__(self) -> None:
         self.licences: dict[str, licence_pb2.Licence] = {}
@@ -197,33 +202,31 @@ class FakeLicenceService(licence_service_pb2_grpc.LicenceServiceServicer):
         )
         self.auto_suspend[tenant.licence_id] = auto_suspend
 
-    def GetLicence(self, request: Any, context: grpc.ServicerContext) -> Any:
-        licence = self.licences.get(request.licence_id)
-        if licence is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such licence")
-        response = licence_service_pb2.GetLicenceResponse(licence=licence)
-        flag = self.auto_suspend[request.licence_id]
-        response.in_force.version = 1
-        if flag is not None:
-            response.in_force.auto_suspend_on_critical = flag
-        return response
-
     def SuspendLicence(self, request: Any, context: grpc.ServicerContext) -> Any:
-        metadata = context.invocation_metadata()
-        trace_id = 0
         from opentelemetry import trace
 
+        metadata = context.invocation_metadata()
         span = trace.get_current_span(extract_grpc_metadata(metadata))
         trace_id = span.get_span_context().trace_id
         auth = next((v for k, v in metadata if k == "authorization"), "")
         with self.lock:
+            licence = self.licences.get(request.licence_id)
+            if licence is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, "no such licence")
             self.suspend_calls.append((request, trace_id, str(auth)))
-            licence = self.licences[request.licence_id]
-            window = licence.suspensions.add(
-                suspension_id=unique("SUS"), reason=request.reason, automatic=True
+            unchanged = self.auto_suspend[request.licence_id] is False or any(
+                w.alert_id == request.alert_id or not w.HasField("ends_at")
+                for w in licence.suspensions
             )
-            set_timestamp(window.starts_at, datetime.now(UTC))
-            licence.status = licence_pb2.LICENCE_STATUS_SUSPENDED
+            if not unchanged:
+                window = licence.suspensions.add(
+                    suspension_id=unique("SUS"),
+                    reason=request.reason,
+                    automatic=True,
+                    alert_id=request.alert_id,
+                )
+                set_timestamp(window.starts_at, datetime.now(UTC))
+                licence.status = licence_pb2.LICENCE_STATUS_SUSPENDED
         return licence_service_pb2.SuspendLicenceResponse(licence=licence)
 
 

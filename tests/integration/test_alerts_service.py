@@ -78,7 +78,7 @@ class Env:
 def env(stack: StackSettings) -> Iterator[Env]:
     kafka = isolated_kafka(stack, "alerts")
     auth = StaticAuthenticator()
-    service_key = auth.add(Principal("svc-alerts", Role.ADMIN))
+    service_key = auth.add(Principal("svc-alerts", Role.SUSPENDER))
     with fake_licence_service() as (licensing, licensing_port):
         settings = AlertsSettings(
             kafka=kafka,
@@ -449,11 +449,11 @@ def test_no_suspension_when_the_licence_opts_out(env: Env) -> None:
             "SELECT state FROM alert_suspensions WHERE alert_id = %s", (alert.alert_id,)
         ).fetchone()
     assert state == ("skipped",)
-    assert not [c for c in env.licensing.suspend_calls if c[0].licence_id == tenant.licence_id]
+    assert not env.licensing.licences[tenant.licence_id].suspensions
 
 
 def test_a_failing_registry_is_retried(env: Env) -> None:
-    tenant = Tenant()  # not added to the fake registry yet: GetLicence says NOT_FOUND
+    tenant = Tenant()  # not added to the fake registry yet: SuspendLicence says NOT_FOUND
     alert = tenant.alert(kind=common_pb2.VIOLATION_KIND_USE_AFTER_REVOCATION)
     env.producer.send(alert)
     with psycopg.connect(env.dsn, autocommit=True) as conn:

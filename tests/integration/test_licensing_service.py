@@ -250,8 +250,9 @@ def test_amend_with_mask_keeps_other_terms_and_history(world: World) -> None:
 
 def test_suspend_reinstate_revoke_and_status(world: World) -> None:
     licence_id = world.fresh()
-    start = datetime(2026, 3, 1, tzinfo=UTC)
-    end = datetime(2026, 3, 10, tzinfo=UTC)
+    # A talent may not backdate (test_licensing_backdating.py): a window ahead of now.
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    end = start + timedelta(days=9)
     suspended = world.call(
         "SuspendLicence",
         licence_service_pb2.SuspendLicenceRequest(

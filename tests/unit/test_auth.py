@@ -95,7 +95,7 @@ def test_principal_tenant_invariants(kwargs: dict[str, Any], message: str) -> No
 
 
 def test_roles_are_lowercase_strings() -> None:
-    assert [str(r) for r in Role] == ["vendor", "talent", "finance", "admin"]
+    assert [str(r) for r in Role] == ["vendor", "talent", "finance", "admin", "suspender"]
     assert Role("finance") is Role.FINANCE
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from residuals.platform.auth import parse_api_key
 from residuals.platform.config import (
+    ConfigError,
     KafkaSettings,
     PostgresSettings,
     TelemetrySettings,
@@ -28,12 +30,20 @@ class LicensingClientSettings:
     api_key: str | None = env(
         "ALERTS_LICENSING_API_KEY",
         None,
-        help="API key of the service principal (role admin) used to suspend licences",
+        help="API key of the service principal that suspends licences: role suspender"
+        " (`residuals licences api-key create --role suspender`), which may do nothing else",
     )
     timeout_seconds: float = env(
         "ALERTS_LICENSING_TIMEOUT_SECONDS", 5.0, help="deadline of each registry call", minimum=0.1
     )
     tls: bool = env("ALERTS_LICENSING_TLS", False, help="use TLS to reach LicenceService")
+
+    def __post_init__(self) -> None:
+        if self.api_key and parse_api_key(self.api_key) is None:
+            raise ConfigError(
+                "ALERTS_LICENSING_API_KEY is not an API key (rsd_<id>_<secret>, nothing"
+                " around it: a trailing newline from a Secret file counts)"
+            )
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,22 @@ theirs, finance and admin everything. A filter that names another tenant is refu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from residuals.platform.auth import PermissionDenied, Principal, Role
+from residuals.platform.errors import (
+    InvalidArgument,
+    enum_filters,
+    period_field,
+    text_filter,
+    text_filters,
+)
 from residuals.v1 import alerts_pb2, common_pb2
+
+#: Most licence ids one filter may name.
+MAX_FILTER_IDS = 1000
 
 #: alerts.state / alert_changes.state values by AlertState number.
 STATE_NAMES: dict[int, str] = {
@@ -112,6 +122,7 @@ class AlertQuery:
 
 def _tenant(requested: str, own: str | None, what: str, principal: Principal) -> str | None:
     """The tenant id to filter on: the caller's own, or what was asked if unrestricted."""
+    text_filter(f"filter.{what}_id", requested)
     if own is None:
         return requested or None
     if requested and requested != own:
@@ -119,30 +130,43 @@ def _tenant(requested: str, own: str | None, what: str, principal: Principal) ->
     return own
 
 
-def _names(values: Iterable[int], name: Any) -> frozenset[str]:
-    return frozenset(name(v) for v in values if v)
+def _licence_ids(values: Sequence[str]) -> frozenset[str]:
+    if len(values) > MAX_FILTER_IDS:
+        raise InvalidArgument.field("filter.licence_ids", f"names more than {MAX_FILTER_IDS}")
+    return frozenset(x for x in text_filters("filter.licence_ids", values) if x)
 
 
 def scoped_query(request_filter: alerts_pb2.AlertFilter, principal: Principal) -> AlertQuery:
     """The request's filter restricted to what ``principal`` may see.
 
-    Raises :class:`PermissionDenied` when the filter names another talent or vendor.
+    Raises :class:`PermissionDenied` when the filter names another talent or vendor, and
+    :class:`InvalidArgument` (naming the field) for a value no alert can have: an enum
+    number the contract does not define, an id that is not printable or too long, a
+    period that is not ``YYYY-MM``.
     """
     f = request_filter
     own_talent = principal.talent_id if principal.role is Role.TALENT else None
     own_vendor = principal.vendor_id if principal.role is Role.VENDOR else None
     if principal.role not in (Role.TALENT, Role.VENDOR, Role.FINANCE, Role.ADMIN):
         raise PermissionDenied(f"{principal.describe()} may not read alerts")
+    severities = common_pb2.Severity.values()
+    if f.min_severity not in severities:
+        raise InvalidArgument.field("filter.min_severity", f"{f.min_severity} is not a known value")
     return AlertQuery(
-        severities=frozenset(s for s in f.severities if s),
+        severities=frozenset(enum_filters("filter.severities", f.severities, severities)),
         min_severity=int(f.min_severity),
-        kinds=_names(f.kinds, kind_name),
-        states=frozenset(STATE_NAMES[s] for s in f.states if s in STATE_NAMES),
-        licence_ids=frozenset(x for x in f.licence_ids if x),
+        kinds=frozenset(
+            kind_name(k)
+            for k in enum_filters("filter.kinds", f.kinds, common_pb2.ViolationKind.values())
+        ),
+        states=frozenset(
+            STATE_NAMES[s] for s in enum_filters("filter.states", f.states, list(STATE_NAMES))
+        ),
+        licence_ids=_licence_ids(f.licence_ids),
         talent_id=_tenant(f.talent_id, own_talent, "talent", principal),
         vendor_id=_tenant(f.vendor_id, own_vendor, "vendor", principal),
-        avatar_id=f.avatar_id or None,
-        period=f.period or None,
+        avatar_id=text_filter("filter.avatar_id", f.avatar_id) or None,
+        period=str(period_field("filter.period", f.period)) if f.period else None,
     )
 
 

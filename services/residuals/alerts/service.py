@@ -34,6 +34,7 @@ from residuals.alerts.query import may_see, scoped_query
 from residuals.alerts.store import AlertNotFound, Change, InvalidTransition
 from residuals.codecs.timestamps import set_timestamp
 from residuals.platform.auth import PermissionDenied, Principal, Role, current_principal
+from residuals.platform.errors import InvalidArgument, text_filter
 from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
@@ -83,6 +84,10 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         self, request: alert_service_pb2.WatchAlertsRequest, context: grpc.ServicerContext
     ) -> Iterator[alert_service_pb2.WatchAlertsResponse]:
         query = scoped_query(request.filter, current_principal())
+        if request.after_sequence > store.MAX_SEQUENCE:
+            raise InvalidArgument.field(
+                "after_sequence", f"is beyond the largest sequence ({store.MAX_SEQUENCE})"
+            )
         heartbeat = float(request.heartbeat_seconds) or self.heartbeat_seconds
         cursor = self.feed.head if request.live_only else int(request.after_sequence)
         closed = threading.Event()
@@ -148,13 +153,11 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         query = scoped_query(request.filter, current_principal())
         size = request.page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
-            _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size is at most {MAX_PAGE_SIZE}"
-            )
+            raise InvalidArgument.field("page_size", f"is at most {MAX_PAGE_SIZE}")
         try:
             before = store.parse_page_token(request.page_token)
         except ValueError as error:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise InvalidArgument.field("page_token", str(error)) from None
         with self.db.connection() as conn:
             rows = store.list_current(conn, query, before_raised=before, limit=size + 1)
         page = rows[:size]
@@ -194,10 +197,8 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         principal = current_principal()
         resolution = request.resolution
         if resolution not in store.RESOLUTION_NAMES:
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "resolution must be RESOLUTION_SETTLE, RESOLUTION_WAIVE or RESOLUTION_DISPUTE",
+            raise InvalidArgument.field(
+                "resolution", "must be RESOLUTION_SETTLE, RESOLUTION_WAIVE or RESOLUTION_DISPUTE"
             )
         if principal.role not in frozenset({Role.FINANCE, Role.ADMIN}) | RESOLVERS[resolution]:
             raise PermissionDenied(
@@ -228,9 +229,7 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
 
     def _note(self, note: str, context: grpc.ServicerContext) -> str:
         if len(note) > MAX_NOTE_CHARS:
-            _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"note is at most {MAX_NOTE_CHARS} chars"
-            )
+            raise InvalidArgument.field("note", f"is at most {MAX_NOTE_CHARS} characters")
         return note
 
     def _change(
@@ -243,7 +242,8 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         note: str,
     ) -> alerts_pb2.Alert:
         if not alert_id:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "alert_id is required")
+            raise InvalidArgument.field("alert_id", "is required")
+        text_filter("alert_id", alert_id)
         not_found = f"no alert {alert_id}"
 
         def guarded(alert: alerts_pb2.Alert) -> str:

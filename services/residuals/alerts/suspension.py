@@ -3,15 +3,20 @@
 ROYALTY-RULES §5: unless the licence sets ``auto_suspend_on_critical: false``, the first
 FORBIDDEN_CATEGORY or USE_AFTER_REVOCATION suspends the licence until a person reinstates
 it. The meter applies that to money at once; this module makes it *take effect in the
-registry* (``LicenceService.SuspendLicence`` as a service principal), so the licence's
-status, the licences topic and every other service agree, and tells the talent on the
-alert stream (an ``ALERT_CHANGE_LICENCE_SUSPENDED`` change of the alert).
+registry* (``LicenceService.SuspendLicence`` with ``automatic`` and the alert's id), so
+the licence's status, the licences topic and every other service agree, and tells the
+talent on the alert stream (an ``ALERT_CHANGE_LICENCE_SUSPENDED`` change of the alert).
+
+The service's API key has the narrow ``suspender`` role: it may call SuspendLicence with
+``automatic`` and nothing else (not even GetLicence), so a leaked key cannot read, revoke,
+amend or mint keys. The registry therefore decides everything: it records at most one
+window per alert, nothing while another window is open, and nothing when the version in
+force opts out (``auto_suspend_on_critical: false``); the licence it returns tells which.
 
 Exactly one suspension per alert: the alert's ``alert_suspensions`` row is inserted in
 the transaction that stores the alert, then worked here one row per transaction
-(``FOR UPDATE SKIP LOCKED``, so replicas share the work). Before suspending, the registry
-is asked whether a window for this alert (or any open window) already exists, so a crash
-after ``SuspendLicence`` and before the row is marked done does not suspend twice.
+(``FOR UPDATE SKIP LOCKED``, so replicas share the work). SuspendLicence is idempotent per
+alert, so a crash after it and before the row is marked done does not suspend twice.
 Failures are retried with exponential back-off.
 """
 
@@ -41,8 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
-    SUSPENDED = "suspended"  # a new window was recorded for this alert
-    ALREADY = "already"  # a window for this alert, or another open one, already existed
+    SUSPENDED = "suspended"  # the licence has a window for this alert
+    ALREADY = "already"  # another window was in force (or open-ended): none added
     SKIPPED = "skipped"  # the licence opted out (auto_suspend_on_critical false)
 
 
@@ -74,10 +79,11 @@ def _window_of(licence: licence_pb2.Licence, alert_id: str) -> licence_pb2.Suspe
 def _open_window(
     licence: licence_pb2.Licence, now: datetime
 ) -> licence_pb2.SuspensionWindow | None:
+    """A window in force at ``now`` or open-ended (the registry's reason not to add one)."""
     for window in licence.suspensions:
         start = to_datetime(window.starts_at)
         end = optional_datetime(window, "ends_at")
-        if start <= now and (end is None or end > now):
+        if end is None or (start <= now < end):
             return window
     return None
 
@@ -87,10 +93,13 @@ def _result(outcome: Outcome, window: licence_pb2.SuspensionWindow) -> Suspensio
 
 
 class GrpcLicenceRegistry:
-    """:class:`LicenceRegistry` over ``LicenceService`` with a service principal's API key.
+    """:class:`LicenceRegistry` over ``LicenceService`` with a suspender API key.
 
-    The call metadata carries the current trace context, so the suspension joins the
-    trace of the usage that caused it.
+    One call per alert (``SuspendLicence``, automatic); the returned licence says what
+    happened: a window with this alert's id (suspended, now or by an earlier attempt),
+    another window in force or open-ended (already suspended), or none (the licence opts
+    out). The call metadata carries the current trace context, so the suspension joins
+    the trace of the usage that caused it.
     """
 
     def __init__(self, channel: grpc.Channel, api_key: str, *, timeout: float = 5.0) -> None:
@@ -102,24 +111,6 @@ class GrpcLicenceRegistry:
         return inject_grpc_metadata(list(bearer_metadata(self.api_key)))
 
     def suspend_for(self, alert: alerts_pb2.Alert) -> SuspensionResult:
-        request = licence_service_pb2.GetLicenceRequest(licence_id=alert.licence_id)
-        if alert.HasField("occurred_at"):
-            request.as_of.CopyFrom(alert.occurred_at)
-        got = self.stub.GetLicence(request, metadata=self._metadata(), timeout=self.timeout)
-        existing = _window_of(got.licence, alert.alert_id)
-        if existing is not None:
-            return _result(Outcome.ALREADY, existing)
-        terms = got.in_force
-        if (
-            not alert.suspended_licence
-            and got.HasField("in_force")
-            and terms.HasField("auto_suspend_on_critical")
-            and not terms.auto_suspend_on_critical
-        ):
-            return SuspensionResult(Outcome.SKIPPED)
-        open_window = _open_window(got.licence, datetime.now(UTC))
-        if open_window is not None:
-            return _result(Outcome.ALREADY, open_window)
         # automatic + alert_id: the registry marks the window automatic (statements then
         # re-derive it from events) and suspends at most once per alert.
         suspend = licence_service_pb2.SuspendLicenceRequest(
@@ -132,12 +123,12 @@ class GrpcLicenceRegistry:
             suspend, metadata=self._metadata(), timeout=self.timeout
         )
         window = _window_of(response.licence, alert.alert_id)
-        if window is None:
-            # The registry recorded it but did not echo our reason: take the newest window.
-            if not response.licence.suspensions:
-                raise RuntimeError(f"SuspendLicence returned no window for {alert.licence_id}")
-            window = response.licence.suspensions[-1]
-        return _result(Outcome.SUSPENDED, window)
+        if window is not None:
+            return _result(Outcome.SUSPENDED, window)
+        other = _open_window(response.licence, datetime.now(UTC))
+        if other is not None:
+            return _result(Outcome.ALREADY, other)
+        return SuspensionResult(Outcome.SKIPPED)
 
 
 # New alerts first: a fresh critical misuse must not queue behind a licence whose

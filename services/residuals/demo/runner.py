@@ -274,7 +274,7 @@ class Demo:
         keys = self.keys = {
             "admin": admin_key,
             "finance": registry.api_key("demo-finance", Role.FINANCE),
-            "alerts": registry.api_key("svc-alerts", Role.ADMIN),
+            "alerts": registry.api_key("svc-alerts", Role.SUSPENDER),
             "signing": signing,
             "vendors": {
                 v.vendor_id: registry.api_key(

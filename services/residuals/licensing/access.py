@@ -5,7 +5,13 @@
 * vendor: reads its own licences, registers and revokes its own signing keys;
 * talent: reads its own licences and may suspend, reinstate and revoke them (it is their
   likeness; reinstating lifts a suspension they or the system imposed);
+* suspender (the alerts service): records automatic suspensions of any licence and
+  nothing else, not even reads (the auth interceptor refuses it every other RPC, and
+  :func:`require_suspend` every manual suspension);
 * only admin creates and amends licences and manages API keys.
+
+When a change may take effect (no backdating but by admin) is
+:mod:`residuals.licensing.backdating`'s rule.
 
 A vendor or talent asking about a licence that is not theirs is refused the same way
 whether or not it exists (PERMISSION_DENIED, AIP-211), so ids cannot be probed.
@@ -29,7 +35,7 @@ def require_reader(principal: Principal) -> None:
 
 
 def sees_licence(principal: Principal, *, vendor_id: str, talent_id: str) -> bool:
-    if principal.role in (Role.ADMIN, Role.FINANCE):
+    if principal.role in (Role.ADMIN, Role.FINANCE, Role.SUSPENDER):
         return True
     if principal.role is Role.VENDOR:
         return principal.vendor_id == vendor_id
@@ -48,8 +54,9 @@ def not_theirs(principal: Principal, licence_id: str) -> PermissionDenied:
 
 
 def may_read_everything(principal: Principal) -> bool:
-    """Admin and finance get NOT_FOUND for unknown ids; tenants get PERMISSION_DENIED."""
-    return principal.role in (Role.ADMIN, Role.FINANCE)
+    """Admin, finance (and the suspender, which acts on any licence) get NOT_FOUND for
+    unknown ids; tenants get PERMISSION_DENIED."""
+    return principal.role in (Role.ADMIN, Role.FINANCE, Role.SUSPENDER)
 
 
 def require_talent_or_admin(principal: Principal, action: str) -> None:
@@ -58,6 +65,24 @@ def require_talent_or_admin(principal: Principal, action: str) -> None:
         raise PermissionDenied(
             f"{principal.describe()} may not {action}: only admin or the licence's talent may"
         )
+
+
+def require_suspend(principal: Principal, *, automatic: bool) -> None:
+    """Role gate for SuspendLicence: by hand admin or talent (tenant checked against the
+    licence); automatic (critical misuse, with an alert id) admin or the suspender."""
+    if automatic:
+        if principal.role not in (Role.ADMIN, Role.SUSPENDER):
+            raise PermissionDenied(
+                f"{principal.describe()} may not record an automatic suspension:"
+                " only admin or the suspender (the alerting pipeline) may"
+            )
+        return
+    if principal.role is Role.SUSPENDER:
+        raise PermissionDenied(
+            f"{principal.describe()} may not suspend by hand: the suspender role records"
+            " automatic suspensions only (automatic with an alert_id)"
+        )
+    require_talent_or_admin(principal, "suspend licences")
 
 
 def check_talent_owns(principal: Principal, licence_id: str, talent_id: str | None) -> None:

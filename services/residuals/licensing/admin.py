@@ -12,6 +12,10 @@ with the same parser and registry rules the service applies, so most mistakes ar
 before anything is sent. Errors print as ``field: message`` (exit 2 for invalid input, 1
 for other failures), never as tracebacks.
 
+Suspending, reinstating or revoking with ``--from``/``--at`` more than a few minutes in the
+past (LICENSING_BACKDATE_SKEW_SECONDS) takes an admin key and a ``--reason``/``--note``;
+such changes are written to the audit log (``residuals audit``).
+
 ``bootstrap-admin`` is the exception: it writes the first admin API key straight into
 PostgreSQL (``DATABASE_URL``), since no key exists yet to call the service with.
 """
@@ -81,14 +85,14 @@ def register(subparsers: Any) -> None:
     reinstate = sub.add_parser("reinstate", help="end the suspension in force")
     reinstate.add_argument("licence_id")
     reinstate.add_argument("--at", help="ISO 8601 (default now)")
-    reinstate.add_argument("--note", default="")
+    reinstate.add_argument("--note", default="", help="why (required when backdated)")
     reinstate.set_defaults(handler=_handler(_reinstate))
 
     revoke = sub.add_parser("revoke", help="revoke a licence (renders stop; views wind down)")
     revoke.add_argument("licence_id")
     revoke.add_argument("--at", help="ISO 8601 (default now)")
     revoke.add_argument("--wind-down-days", type=int, default=0)
-    revoke.add_argument("--reason", default="")
+    revoke.add_argument("--reason", default="", help="why (required when backdated)")
     revoke.set_defaults(handler=_handler(_revoke))
 
     show = sub.add_parser("show", help="a licence with every version (YAML, or --json)")
@@ -115,7 +119,11 @@ def register(subparsers: Any) -> None:
     key_sub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     key_create = key_sub.add_parser("create", help="a key for a principal (printed once)")
     key_create.add_argument(
-        "--role", required=True, choices=["vendor", "talent", "finance", "admin"]
+        "--role",
+        required=True,
+        choices=["vendor", "talent", "finance", "admin", "suspender"],
+        help="suspender: the alerts service's key, which may only record automatic"
+        " suspensions (ALERTS_LICENSING_API_KEY)",
     )
     key_create.add_argument("--vendor", default="")
     key_create.add_argument("--talent", default="")
@@ -135,6 +143,10 @@ def register(subparsers: Any) -> None:
     register_key.set_defaults(handler=_handler(_signing_register))
     revoke_key = signing_sub.add_parser("revoke", help="revoke a signing key")
     revoke_key.add_argument("key_id")
+    revoke_key.add_argument(
+        "--at", help="ISO 8601 (default now; earlier than a few minutes ago: admin, --reason)"
+    )
+    revoke_key.add_argument("--reason", default="", help="why (required when backdated)")
     revoke_key.set_defaults(handler=_handler(_signing_revoke))
 
     bootstrap = sub.add_parser(
@@ -706,9 +718,9 @@ def _signing_register(args: argparse.Namespace, client: Client) -> int:
 def _signing_revoke(args: argparse.Namespace, client: Client) -> int:
     from residuals.v1 import licence_service_pb2
 
-    result = client.call(
-        "RevokeSigningKey", licence_service_pb2.RevokeSigningKeyRequest(key_id=args.key_id)
-    )
+    request = licence_service_pb2.RevokeSigningKeyRequest(key_id=args.key_id, reason=args.reason)
+    _stamp(request.revoked_at, _time(args.at, "--at"))
+    result = client.call("RevokeSigningKey", request)
     print(f"signing key {result.key.key_id} revoked at {result.key.revoked_at.ToJsonString()}")
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from opentelemetry import trace
 
@@ -47,7 +48,11 @@ class LicensingApp(GrpcApp):
             self.cache = PostgresAuthenticator(self.db, ttl_seconds=settings.auth_cache_seconds)
             authenticator = self.cache
         self.authenticator = authenticator
-        self.registry = Registry(self.db, on_api_key_revoked=self._forget_key)
+        self.registry = Registry(
+            self.db,
+            on_api_key_revoked=self._forget_key,
+            backdate_skew=timedelta(seconds=settings.backdate_skew_seconds),
+        )
         self.grpc_metrics = grpc_metrics
         self.relay_metrics = relay_metrics
         self.tracer = tracer

@@ -49,3 +49,12 @@ class LicensingSettings:
         help="how long an API key lookup is cached (a revocation elsewhere shows within it)",
         minimum=0,
     )
+    backdate_skew_seconds: float = env(
+        "LICENSING_BACKDATE_SKEW_SECONDS",
+        300.0,
+        help="how far in the past a non-admin may make a suspension, reinstatement or"
+        " revocation (licence or signing key) take effect; admins may backdate further only"
+        " with a reason, and every such change is written to the audit log",
+        minimum=0,
+        maximum=86400,
+    )

@@ -14,6 +14,7 @@ _ROLE_TO_PROTO: dict[Role, int] = {
     Role.TALENT: licence_pb2.ROLE_TALENT,
     Role.FINANCE: licence_pb2.ROLE_FINANCE,
     Role.ADMIN: licence_pb2.ROLE_ADMIN,
+    Role.SUSPENDER: licence_pb2.ROLE_SUSPENDER,
 }
 _ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
 

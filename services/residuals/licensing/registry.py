@@ -20,16 +20,16 @@ import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.rows import dict_row
 
-from residuals.codecs.timestamps import optional_datetime
+from residuals.domain.bounds import text_problem
 from residuals.domain.licence_spec import SpecError
 from residuals.domain.licences import Licence
-from residuals.licensing import access, messages, rules, store, terms
+from residuals.licensing import access, audit, backdating, messages, rules, store, terms
 from residuals.licensing.errors import (
     Aborted,
     AlreadyExists,
@@ -48,12 +48,15 @@ from residuals.platform.auth import (
     generate_api_key,
     parse_api_key,
 )
+from residuals.platform.errors import timestamp_field
 from residuals.platform.postgres import Database
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.v1 import licence_pb2, licence_service_pb2
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: Longest reason or note a change may carry (printable text only).
+MAX_REASON_CHARS = audit.MAX_REASON_CHARS
 
 
 def utc_now() -> datetime:
@@ -79,6 +82,12 @@ def _request_terms(message: licence_pb2.LicenceVersion) -> terms.Spec:
         raise InvalidArgument.field(f"terms.{error.path}", error.message) from None
 
 
+def _filter_id(path: str, value: str) -> str:
+    """An optional id filter: empty (any) or a valid identifier (never echoed raw)."""
+    value = value.strip()
+    return _identifier(path, value) if value else ""
+
+
 def _identifier(path: str, value: str) -> str:
     value = value.strip()
     if not value:
@@ -91,8 +100,17 @@ def _identifier(path: str, value: str) -> str:
 
 
 def _ts(message: Any, field: str, default: datetime) -> datetime:
-    value = optional_datetime(message, field)
+    value = timestamp_field(message, field)
     return default if value is None else value
+
+
+def _reason(field: str, text: str) -> str:
+    """A reason or note: stripped, printable, bounded (it is stored and shown as text)."""
+    text = text.strip()
+    problem = text_problem(text, MAX_REASON_CHARS)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return text
 
 
 @dataclass(frozen=True)
@@ -114,12 +132,33 @@ class Registry:
         *,
         clock: Callable[[], datetime] = utc_now,
         on_api_key_revoked: Callable[[str], None] | None = None,
+        backdate_skew: timedelta = backdating.DEFAULT_SKEW,
     ) -> None:
         self.db = db
         self.clock = clock
         self.on_api_key_revoked = on_api_key_revoked
+        self.backdate_skew = backdate_skew
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _backdating(
+        self,
+        principal: Principal,
+        field: str,
+        effective: datetime,
+        now: datetime,
+        *,
+        reason_field: str,
+        reason: str,
+    ) -> bool:
+        """Refuse backdating the principal may not do; True when the change is audited."""
+        return backdating.check(
+            principal,
+            backdating.Timing(field, effective, now),
+            skew=self.backdate_skew,
+            reason_field=reason_field,
+            reason=reason,
+        )
 
     def _publish_licence(
         self, conn: store.Conn, licence_id: str, now: datetime
@@ -242,7 +281,7 @@ class Registry:
     ) -> licence_pb2.Licence:
         access.require_admin(principal, "amend licences")
         licence_id = _identifier("licence_id", request.licence_id)
-        effective = optional_datetime(request, "effective_from")
+        effective = timestamp_field(request, "effective_from")
         if effective is None:
             raise InvalidArgument.field("effective_from", "is required")
         update = _request_terms(request.terms)
@@ -329,34 +368,42 @@ class Registry:
     def suspend_licence(
         self, principal: Principal, request: licence_service_pb2.SuspendLicenceRequest
     ) -> licence_pb2.Licence:
-        access.require_talent_or_admin(principal, "suspend licences")
-        if request.automatic and principal.role is not Role.ADMIN:
-            raise PermissionDenied(
-                f"{principal.describe()} may not record an automatic suspension:"
-                " only admin (the alerting pipeline) may"
-            )
+        access.require_suspend(principal, automatic=request.automatic)
         licence_id = _identifier("licence_id", request.licence_id)
         violations = []
-        if not request.reason.strip():
+        reason = request.reason.strip()
+        if not reason:
             violations.append(FieldViolation("reason", "is required (why is it suspended?)"))
-        if request.automatic and not request.alert_id.strip():
+        elif (problem := text_problem(reason, MAX_REASON_CHARS)) is not None:
+            violations.append(FieldViolation("reason", problem))
+        alert_id = request.alert_id.strip()
+        if request.automatic and not alert_id:
             violations.append(FieldViolation("alert_id", "is required for an automatic suspension"))
+        elif alert_id and (problem := text_problem(alert_id)) is not None:
+            violations.append(FieldViolation("alert_id", problem))
         now = self.clock()
         starts = _ts(request, "starts_at", now)
-        ends = optional_datetime(request, "ends_at")
+        ends = timestamp_field(request, "ends_at")
         if ends is not None and ends <= starts:
             violations.append(FieldViolation("ends_at", "must be after starts_at"))
         if violations:
             raise InvalidArgument(violations)
+        audited = self._backdating(
+            principal, "starts_at", starts, now, reason_field="reason", reason=reason
+        )
         with self.db.connection() as conn:
             record = self._locked(conn, principal, licence_id)
             access.check_talent_owns(principal, licence_id, record.identity.talent_id)
             open_windows = [s for s in record.suspensions if s.ends_at is None]
             if request.automatic and (
                 open_windows
-                or any(s.automatic and s.alert_id == request.alert_id for s in record.suspensions)
+                or any(s.automatic and s.alert_id == alert_id for s in record.suspensions)
+                or not record.to_domain().version_at(starts).auto_suspend_on_critical
             ):
-                return to_message(record, now)  # already suspended, or this alert already did
+                # Already suspended, this alert already did, or the licence opts out of
+                # automatic suspension (auto_suspend_on_critical false in the version in
+                # force): nothing to record.
+                return to_message(record, now)
             if open_windows and not request.automatic:
                 window = open_windows[0]
                 raise FailedPrecondition(
@@ -364,20 +411,37 @@ class Registry:
                     f" {window.suspension_id} since {window.starts_at.isoformat()})",
                     subject=window.suspension_id,
                 )
+            suspension_id = f"SUS-{uuid.uuid4().hex[:16]}"
             store.insert_suspension(
                 conn,
                 licence_id,
                 SuspensionRow(
-                    suspension_id=f"SUS-{uuid.uuid4().hex[:16]}",
+                    suspension_id=suspension_id,
                     starts_at=starts,
                     ends_at=ends,
-                    reason=request.reason.strip(),
+                    reason=reason,
                     automatic=request.automatic,
-                    alert_id=request.alert_id.strip() or None,
+                    alert_id=alert_id or None,
                     suspended_by=principal.principal_id,
                 ),
                 now,
             )
+            if audited:
+                audit.record(
+                    conn,
+                    principal,
+                    audit.Action.SUSPEND_LICENCE,
+                    effective_at=starts,
+                    now=now,
+                    reason=reason,
+                    licence_id=licence_id,
+                    vendor_id=record.identity.vendor_id,
+                    detail={
+                        "suspension_id": suspension_id,
+                        "ends_at": ends.isoformat() if ends else None,
+                        "automatic": request.automatic,
+                    },
+                )
             store.bump_revision(conn, licence_id, now)
             return self._publish_licence(conn, licence_id, now)
 
@@ -386,17 +450,31 @@ class Registry:
     ) -> licence_pb2.Licence:
         access.require_talent_or_admin(principal, "reinstate licences")
         licence_id = _identifier("licence_id", request.licence_id)
+        note = _reason("note", request.note)
         now = self.clock()
         at = _ts(request, "at", now)
+        audited = self._backdating(principal, "at", at, now, reason_field="note", reason=note)
         with self.db.connection() as conn:
             record = self._locked(conn, principal, licence_id)
             access.check_talent_owns(principal, licence_id, record.identity.talent_id)
             closed = store.close_suspensions(
-                conn, licence_id, at, actor=principal.principal_id, now=now, note=request.note
+                conn, licence_id, at, actor=principal.principal_id, now=now, note=note
             )
             if not closed:
                 raise FailedPrecondition(
                     f"at: licence {licence_id} is not suspended at {at.isoformat()}", field="at"
+                )
+            if audited:
+                audit.record(
+                    conn,
+                    principal,
+                    audit.Action.REINSTATE_LICENCE,
+                    effective_at=at,
+                    now=now,
+                    reason=note,
+                    licence_id=licence_id,
+                    vendor_id=record.identity.vendor_id,
+                    detail={"suspension_ids": closed},
                 )
             store.bump_revision(conn, licence_id, now)
             return self._publish_licence(conn, licence_id, now)
@@ -406,8 +484,12 @@ class Registry:
     ) -> licence_pb2.Licence:
         access.require_talent_or_admin(principal, "revoke licences")
         licence_id = _identifier("licence_id", request.licence_id)
+        reason = _reason("reason", request.reason)
         now = self.clock()
         revoked_at = _ts(request, "revoked_at", now)
+        audited = self._backdating(
+            principal, "revoked_at", revoked_at, now, reason_field="reason", reason=reason
+        )
         with self.db.connection() as conn:
             record = self._locked(conn, principal, licence_id)
             access.check_talent_owns(principal, licence_id, record.identity.talent_id)
@@ -425,8 +507,22 @@ class Registry:
             licence = self._validate_next(
                 record, revoked_at, spec, [], effective_field="revoked_at"
             )
-            note = request.reason.strip() or "revoked"
-            self._append(conn, principal, record, revoked_at, licence, [], now, note)
+            self._append(conn, principal, record, revoked_at, licence, [], now, reason or "revoked")
+            if audited:
+                audit.record(
+                    conn,
+                    principal,
+                    audit.Action.REVOKE_LICENCE,
+                    effective_at=revoked_at,
+                    now=now,
+                    reason=reason,
+                    licence_id=licence_id,
+                    vendor_id=record.identity.vendor_id,
+                    detail={
+                        "version": licence.versions[-1].version,
+                        "wind_down_days": request.wind_down_days,
+                    },
+                )
             return self._publish_licence(conn, licence_id, now)
 
     def get_licence(
@@ -454,7 +550,10 @@ class Registry:
         self, principal: Principal, request: licence_service_pb2.ListLicencesRequest
     ) -> Page:
         access.require_reader(principal)
-        vendor_id, talent_id = request.vendor_id.strip(), request.talent_id.strip()
+        vendor_id, talent_id = (
+            _filter_id("vendor_id", request.vendor_id),
+            _filter_id("talent_id", request.talent_id),
+        )
         if principal.role is Role.VENDOR:
             if vendor_id and vendor_id != principal.vendor_id:
                 raise PermissionDenied(
@@ -477,9 +576,9 @@ class Registry:
                 raise InvalidArgument.field(f"statuses[{i}]", f"{value} is not a licence status")
             statuses.add(Status.from_proto(value))
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        as_of_given = optional_datetime(request, "as_of")
+        as_of_given = timestamp_field(request, "as_of")
         as_of = as_of_given or self.clock()
-        avatar_id = request.avatar_id.strip()
+        avatar_id = _filter_id("avatar_id", request.avatar_id)
         query = {
             "talent": talent_id,
             "avatar": avatar_id,
@@ -579,8 +678,12 @@ class Registry:
                 " only admin or the vendor itself may"
             )
         key_id = _identifier("key_id", request.key_id)
+        reason = _reason("reason", request.reason)
         now = self.clock()
         revoked_at = _ts(request, "revoked_at", now)
+        audited = self._backdating(
+            principal, "revoked_at", revoked_at, now, reason_field="reason", reason=reason
+        )
         with self.db.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             row = cur.execute(
@@ -603,6 +706,17 @@ class Registry:
                 (revoked_at, principal.principal_id, key_id),
             ).fetchone()
             assert row is not None
+            if audited:
+                audit.record(
+                    conn,
+                    principal,
+                    audit.Action.REVOKE_SIGNING_KEY,
+                    effective_at=revoked_at,
+                    now=now,
+                    reason=reason,
+                    key_id=key_id,
+                    vendor_id=row["vendor_id"],
+                )
             return self._publish_key(conn, row)
 
     def _publish_key(self, conn: store.Conn, row: dict[str, Any]) -> licence_pb2.VendorSigningKey:
@@ -738,7 +852,8 @@ def _target_principal(message: licence_pb2.Principal) -> Principal:
     role = messages.role_from_proto(message.role)
     if role is None:
         raise InvalidArgument.field(
-            "principal.role", "is required: ROLE_VENDOR, ROLE_TALENT, ROLE_FINANCE or ROLE_ADMIN"
+            "principal.role",
+            "is required: ROLE_VENDOR, ROLE_TALENT, ROLE_FINANCE, ROLE_ADMIN or ROLE_SUSPENDER",
         )
     vendor_id, talent_id = message.vendor_id.strip(), message.talent_id.strip()
     if role is Role.VENDOR:
@@ -831,4 +946,6 @@ def _decode_token(token: str, fingerprint: str) -> str:
         raise InvalidArgument.field(
             "page_token", "belongs to a listing with different filters; start without a token"
         )
+    if not rules.IDENTIFIER.fullmatch(after):
+        raise InvalidArgument.field("page_token", "is not a token this service issued")
     return after

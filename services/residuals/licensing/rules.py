@@ -17,6 +17,7 @@ import re
 
 from residuals.domain.licence_spec import SpecError
 from residuals.domain.licences import Licence, LicenceVersion
+from residuals.platform.errors import echo
 
 #: Content categories a licence may allow or forbid (vendors report exactly these).
 CATEGORIES: frozenset[str] = frozenset(
@@ -69,7 +70,7 @@ def check_identifier(path: str, value: str) -> None:
     if not IDENTIFIER.match(value):
         raise SpecError(
             path,
-            f"{value!r} is not a valid identifier (letters, digits and . _ : -, "
+            f"{echo(value)} is not a valid identifier (letters, digits and . _ : -, "
             "starting with a letter or digit, at most 128 characters)",
         )
 

@@ -59,15 +59,8 @@ def _handle(context: grpc.ServicerContext, action: Callable[[Principal], R]) -> 
     try:
         return action(current_principal())
     except InvalidArgument as error:
-        request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in error.violations
-            ]
-        )
-        abort(context, code_pb2.INVALID_ARGUMENT, str(error), request)
+        context.abort_with_status(error.status())
+        raise AssertionError("abort_with_status returned") from None
     except FailedPrecondition as error:
         failure = error_details_pb2.PreconditionFailure(
             violations=[

@@ -28,6 +28,13 @@ from residuals.payouts.rails import PaymentRail
 from residuals.payouts.reconcile import reconcile
 from residuals.payouts.sources import Sources
 from residuals.platform.auth import Role, current_principal, require_role
+from residuals.platform.errors import (
+    InvalidArgument,
+    enum_filters,
+    period_field,
+    text_filter,
+    text_filters,
+)
 from residuals.platform.postgres import Database
 from residuals.v1 import common_pb2, payout_service_pb2, payout_service_pb2_grpc, payouts_pb2
 
@@ -46,10 +53,11 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 def _period(text: str, context: grpc.ServicerContext, *, field: str = "period") -> Period:
-    try:
-        return Period.parse(text)
-    except ValueError:
-        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {text!r} is not YYYY-MM")
+    return period_field(field, text)
+
+
+#: Largest sequence a cursor may name (PostgreSQL bigint).
+MAX_SEQUENCE = 2**63 - 1
 
 
 def _page_size(requested: int) -> int:
@@ -121,10 +129,10 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         return access.statement_view(
             current_principal(),
             stored,
-            licence_ids=tuple(f.licence_ids),
-            talent_id=f.talent_id,
-            vendor_id=f.vendor_id,
-            payee_id=f.payee_id,
+            licence_ids=tuple(text_filters("filter.licence_ids", f.licence_ids)),
+            talent_id=text_filter("filter.talent_id", f.talent_id),
+            vendor_id=text_filter("filter.vendor_id", f.vendor_id),
+            payee_id=text_filter("filter.payee_id", f.payee_id),
         )
 
     def GetStatement(
@@ -184,10 +192,14 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     def ListPayouts(
         self, request: payout_service_pb2.ListPayoutsRequest, context: grpc.ServicerContext
     ) -> payout_service_pb2.ListPayoutsResponse:
-        payee = access.payout_scope(current_principal(), request.payee_id)
+        payee = access.payout_scope(current_principal(), text_filter("payee_id", request.payee_id))
         if request.period:
             _period(request.period, context)
-        states = [PayoutState(STATE_NAMES[s]) for s in request.states if s in STATE_NAMES]
+        states = [
+            PayoutState(STATE_NAMES[s])
+            for s in enum_filters("states", request.states, list(STATE_NAMES))
+        ]
+        text_filter("page_token", request.page_token)
         size = _page_size(request.page_size)
         with self.db.connection() as conn:
             rows = store.list_payouts(
@@ -212,7 +224,10 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         if request.period:
             _period(request.period, context)
         report = pay_payouts(
-            self.db, self.rail, period=request.period, payout_ids=list(request.payout_ids)
+            self.db,
+            self.rail,
+            period=request.period,
+            payout_ids=text_filters("payout_ids", request.payout_ids),
         )
         self.metrics.refresh_states(self.db)
         return payout_service_pb2.PayPayoutsResponse(
@@ -224,9 +239,13 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     def WatchPayouts(
         self, request: payout_service_pb2.WatchPayoutsRequest, context: grpc.ServicerContext
     ) -> Iterator[payout_service_pb2.WatchPayoutsResponse]:
-        payee = access.payout_scope(current_principal(), request.payee_id)
+        payee = access.payout_scope(current_principal(), text_filter("payee_id", request.payee_id))
         if request.period:
             _period(request.period, context)
+        if request.after_sequence > MAX_SEQUENCE:
+            raise InvalidArgument.field(
+                "after_sequence", f"is beyond the largest sequence ({MAX_SEQUENCE})"
+            )
         heartbeat = float(request.heartbeat_seconds) or self.heartbeat_seconds
         cursor = request.after_sequence
         last_sent = time.monotonic()

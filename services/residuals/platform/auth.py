@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 from opentelemetry import trace
 
-from residuals.platform.grpc_server import rewrap_handler
+from residuals.platform.errors import InvalidArgument
+from residuals.platform.handlers import behavior_of, rewrap_handler
 
 if TYPE_CHECKING:
     from residuals.platform.postgres import Database
@@ -66,18 +67,31 @@ PUBLIC_SERVICES: frozenset[str] = frozenset(
     }
 )
 
-_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# fullmatch, never match with "$": "$" also matches before a trailing newline.
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]+")
+_KEY_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 # token_urlsafe alphabet; at least 43 chars = 32 bytes of entropy.
-_SECRET = re.compile(r"^[A-Za-z0-9_-]{43,256}$")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43,256}")
 
 
 class Role(StrEnum):
-    """What a caller may do (ARCHITECTURE.md: vendor, talent, finance, admin)."""
+    """What a caller may do (ARCHITECTURE.md: vendor, talent, finance, admin; plus the
+    narrow service role below)."""
 
     VENDOR = "vendor"
     TALENT = "talent"
     FINANCE = "finance"
     ADMIN = "admin"
+    #: A service principal (the alerts service) that may only record automatic
+    #: suspensions: a leaked key can suspend, never read, revoke, amend or mint keys.
+    SUSPENDER = "suspender"
+
+
+#: Service roles and the only RPCs (full method names) their keys may call, on any server:
+#: a leaked key of such a role can do no more than its service needs.
+ROLE_METHODS: dict[Role, frozenset[str]] = {
+    Role.SUSPENDER: frozenset({"/residuals.v1.LicenceService/SuspendLicence"}),
+}
 
 
 @dataclass(frozen=True)
@@ -137,13 +151,16 @@ def parse_api_key(text: str) -> tuple[str, str] | None:
     """``"rsd_<key_id>_<secret>"`` -> ``(key_id, secret)``; None when malformed.
 
     The key id never contains ``_`` (the secret may, token_urlsafe uses it), so the id ends
-    at the second underscore.
+    at the second underscore. Nothing else is tolerated: no surrounding whitespace, no
+    trailing newline (``$`` in a regex would allow one), no control characters.
     """
-    prefix, sep, rest = text.strip().partition("_")
+    if not _KEY_TEXT.fullmatch(text):
+        return None
+    prefix, sep, rest = text.partition("_")
     if prefix != KEY_PREFIX or not sep:
         return None
     key_id, sep, secret = rest.partition("_")
-    if not sep or not _KEY_ID.match(key_id) or not _SECRET.match(secret):
+    if not sep or not _KEY_ID.fullmatch(key_id) or not _SECRET.fullmatch(secret):
         return None
     return key_id, secret
 
@@ -298,6 +315,20 @@ def current_principal() -> Principal:
     return principal
 
 
+def current_principal_id() -> str | None:
+    """The principal id of the RPC being handled, None outside authenticated handlers
+    (public services): what per-caller limits count by."""
+    principal = _current.get()
+    return None if principal is None else principal.principal_id
+
+
+def may_call(principal: Principal, method: str) -> bool:
+    """Whether ``principal``'s role may call ``method`` at all (``/pkg.Service/Method``);
+    only service roles (:data:`ROLE_METHODS`) are restricted here, the others by handlers."""
+    allowed = ROLE_METHODS.get(principal.role)
+    return allowed is None or method in allowed
+
+
 def require_role(*roles: Role) -> Principal:
     """The current principal if its role is one of ``roles``, else :class:`PermissionDenied`."""
     principal = current_principal()
@@ -328,14 +359,28 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("grpc context.abort returned")
 
 
+_REFUSALS = (PermissionDenied, InvalidArgument)
+
+
+def _refuse(context: grpc.ServicerContext, error: Exception) -> NoReturn:
+    """PERMISSION_DENIED with the message, or INVALID_ARGUMENT with field violations."""
+    if isinstance(error, InvalidArgument):
+        context.abort_with_status(error.status())
+        raise AssertionError("grpc context.abort_with_status returned")
+    _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(error))
+
+
 def _bearer(metadata: Any) -> str | None:
+    """The token of ``authorization: Bearer <token>`` (RFC 6750: ``Bearer 1*SP token``),
+    "" for another scheme, None without the header. The token is not trimmed:
+    :func:`parse_api_key` refuses whitespace and control characters around it."""
     for key, value in metadata or ():
         if key.lower() == METADATA_KEY:
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.strip().partition(" ")
+            scheme, _, token = text.partition(" ")
             if scheme.lower() != "bearer":
                 return ""
-            return token.strip()
+            return token.lstrip(" ")
     return None
 
 
@@ -345,7 +390,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     Outcomes: no ``authorization`` metadata or not ``Bearer rsd_…`` -> UNAUTHENTICATED;
     unknown, revoked or wrong secret -> UNAUTHENTICATED (indistinguishable on purpose);
     authenticator failure -> UNAVAILABLE; :class:`PermissionDenied` raised by the handler
-    -> PERMISSION_DENIED with its message.
+    -> PERMISSION_DENIED with its message; :class:`~residuals.platform.errors.InvalidArgument`
+    raised by the handler -> INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations.
     """
 
     def __init__(
@@ -362,13 +408,14 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        service = handler_call_details.method.lstrip("/").partition("/")[0]
+        method = handler_call_details.method
+        service = method.lstrip("/").partition("/")[0]
         if service in self.public_services:
             return handler
-        return self._wrap(handler, handler_call_details.invocation_metadata)
+        return self._wrap(handler, handler_call_details.invocation_metadata, method)
 
-    def _authenticate(self, metadata: Any, context: grpc.ServicerContext) -> Principal:
-        """The caller's principal, or abort the RPC (abort raises)."""
+    def _authenticate(self, metadata: Any, method: str, context: grpc.ServicerContext) -> Principal:
+        """The caller's principal if it may call ``method``, or abort the RPC (abort raises)."""
         token = _bearer(metadata)
         if token is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, MISSING_KEY_MESSAGE)
@@ -387,24 +434,31 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         span = trace.get_current_span()
         span.set_attribute("enduser.id", principal.principal_id)
         span.set_attribute("enduser.role", str(principal.role))
+        if not may_call(principal, method):
+            only = ", ".join(sorted(ROLE_METHODS[principal.role]))
+            _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{principal.describe()} may not call {method}: role {principal.role} may"
+                f" call only {only}",
+            )
         return principal
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, metadata: Any) -> grpc.RpcMethodHandler:
-        behavior: Any = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
-        authenticate = self._authenticate
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, metadata: Any, method: str
+    ) -> grpc.RpcMethodHandler:
+        behavior = behavior_of(handler)
+
+        def authenticate(metadata: Any, context: grpc.ServicerContext) -> Principal:
+            return self._authenticate(metadata, method, context)
 
         def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
             principal = authenticate(metadata, context)
             token = _current.set(principal)
             try:
                 return behavior(request, context)
-            except PermissionDenied as denied:
-                _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+            except _REFUSALS as refused:
+                _refuse(context, refused)
             finally:
                 _current.reset(token)
 
@@ -415,8 +469,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             token = _current.set(principal)
             try:
                 responses = iter(behavior(request, context))
-            except PermissionDenied as denied:
-                _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+            except _REFUSALS as refused:
+                _refuse(context, refused)
             finally:
                 _current.reset(token)
             while True:
@@ -425,8 +479,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     item = next(responses)
                 except StopIteration:
                     return
-                except PermissionDenied as denied:
-                    _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(denied))
+                except _REFUSALS as refused:
+                    _refuse(context, refused)
                 finally:
                     _current.reset(token)
                 yield item

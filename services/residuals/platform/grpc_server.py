@@ -36,7 +36,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from residuals.platform.config import env
+from residuals.platform.auth import current_principal_id
+from residuals.platform.config import ConfigError, env
+from residuals.platform.handlers import behavior_of, is_non_blocking, rewrap_handler
+from residuals.platform.limits import StreamLimitInterceptor, StreamSlots
 from residuals.platform.telemetry import extract_grpc_metadata
 
 log = logging.getLogger(__name__)
@@ -57,13 +60,27 @@ class GrpcSettings:
         minimum=1024,
     )
     max_workers: int = env(
-        "GRPC_MAX_WORKERS", 16, help="threads serving RPCs concurrently", minimum=1
+        "GRPC_MAX_WORKERS", 16, help="threads serving RPCs concurrently", minimum=2
     )
     max_concurrent_rpcs: int = env(
         "GRPC_MAX_CONCURRENT_RPCS",
         0,
-        help="reject RPCs beyond this many in flight with RESOURCE_EXHAUSTED (0 = unlimited)",
+        help="RPCs in flight (running or waiting for a thread) beyond which new ones get"
+        " RESOURCE_EXHAUSTED (0 = 4 x GRPC_MAX_WORKERS)",
         minimum=0,
+    )
+    max_streams: int = env(
+        "GRPC_MAX_STREAMS",
+        0,
+        help="open streaming RPCs in all, below GRPC_MAX_WORKERS so unary calls always find a"
+        " thread (0 = GRPC_MAX_WORKERS less a quarter)",
+        minimum=0,
+    )
+    max_streams_per_principal: int = env(
+        "GRPC_MAX_STREAMS_PER_PRINCIPAL",
+        4,
+        help="open streaming RPCs one caller may hold; more get RESOURCE_EXHAUSTED",
+        minimum=1,
     )
     tls_cert: Path | None = env(
         "GRPC_TLS_CERT", None, help="PEM certificate chain; unset = plaintext"
@@ -78,6 +95,24 @@ class GrpcSettings:
         help="how long in-flight RPCs may finish on shutdown",
         minimum=0,
     )
+
+    def __post_init__(self) -> None:
+        if self.max_streams >= self.max_workers:
+            raise ConfigError(
+                f"GRPC_MAX_STREAMS={self.max_streams} must be below"
+                f" GRPC_MAX_WORKERS={self.max_workers}: streams hold a thread each, and"
+                " unary calls need one too"
+            )
+
+    @property
+    def rpc_limit(self) -> int:
+        """RPCs in flight at most (grpcio refuses the rest)."""
+        return self.max_concurrent_rpcs or 4 * self.max_workers
+
+    @property
+    def stream_limit(self) -> int:
+        """Open streams at most: a quarter of the threads (at least one) stays free."""
+        return self.max_streams or self.max_workers - max(1, self.max_workers // 4)
 
 
 @dataclass(frozen=True)
@@ -149,15 +184,9 @@ def _observe(
     start_call: _CallFactory,
 ) -> grpc.RpcMethodHandler | None:
     """``handler`` with every invocation observed by a fresh ``start_call(...)``."""
-    if handler is None:
-        return None
-    behavior: Any = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    if getattr(behavior, "experimental_non_blocking", False):
-        # grpc calls these (health Watch) with an extra callback argument that a wrapper
-        # would hide, turning them into thread-holding blocking streams. Leave them be.
+    if handler is None or is_non_blocking(handler):
         return handler
+    behavior = behavior_of(handler)
 
     def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
         call = start_call(details, handler, context)
@@ -189,29 +218,6 @@ def _observe(
         call.finish(_final_code(context, None), None)
 
     return rewrap_handler(handler, unary_response, streaming_response)
-
-
-def rewrap_handler(
-    handler: grpc.RpcMethodHandler,
-    unary_response: Callable[..., Any],
-    streaming_response: Callable[..., Any],
-) -> grpc.RpcMethodHandler:
-    """The same RPC kind and serializers as ``handler``, with new behaviour functions.
-
-    ``unary_response`` serves RPCs that answer once, ``streaming_response`` those that
-    stream their answer; interceptors use this to wrap every kind alike.
-    """
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming_response, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(streaming_response, **kwargs)
 
 
 class GrpcMetrics:
@@ -392,8 +398,10 @@ def make_grpc_server(
     """Build and bind a server with health, reflection, metrics and tracing.
 
     Interceptor order: tracing (outermost, so everything else runs inside the span), then
-    metrics, then ``interceptors``. Every registered service starts SERVING; flip it with
-    :meth:`GrpcServer.set_serving` while a dependency is unavailable.
+    metrics, then ``interceptors`` (authentication), then the stream caps of
+    :mod:`residuals.platform.limits` (innermost: they need the authenticated caller).
+    Every registered service starts SERVING; flip it with :meth:`GrpcServer.set_serving`
+    while a dependency is unavailable.
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -410,9 +418,15 @@ def make_grpc_server(
             TracingServerInterceptor(tracer),
             PrometheusServerInterceptor(metrics),
             *interceptors,
+            StreamLimitInterceptor(
+                StreamSlots(
+                    per_principal=settings.max_streams_per_principal, total=settings.stream_limit
+                ),
+                current_principal_id,
+            ),
         ],
         options=options,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        maximum_concurrent_rpcs=settings.rpc_limit,
     )
     for servicer in servicers:
         servicer.add_to_server(servicer.implementation, server)

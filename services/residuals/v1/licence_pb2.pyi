@@ -40,6 +40,10 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """Closes periods, reads all statements, reconciles, pays out."""
     ROLE_ADMIN: _Role.ValueType  # 4
     """Everything, including key management."""
+    ROLE_SUSPENDER: _Role.ValueType  # 5
+    """A service principal (the alerts service) that may only record automatic suspensions
+    (SuspendLicence with automatic and alert_id): nothing else, not even reads.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """What a caller may do; the tenant comes from the authenticated identity."""
@@ -53,6 +57,10 @@ ROLE_FINANCE: Role.ValueType  # 3
 """Closes periods, reads all statements, reconciles, pays out."""
 ROLE_ADMIN: Role.ValueType  # 4
 """Everything, including key management."""
+ROLE_SUSPENDER: Role.ValueType  # 5
+"""A service principal (the alerts service) that may only record automatic suspensions
+(SuspendLicence with automatic and alert_id): nothing else, not even reads.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _OnExceed:

@@ -159,6 +159,7 @@ class SuspendLicenceRequest(_message.Message):
     ALERT_ID_FIELD_NUMBER: _builtins.int
     licence_id: _builtins.str
     reason: _builtins.str
+    """Why it is suspended (required; also the audit reason of a backdated suspension)."""
     automatic: _builtins.bool
     """Set by the alerting pipeline when critical misuse suspends the licence; requires
     alert_id, and the same alert suspends at most once.
@@ -166,7 +167,7 @@ class SuspendLicenceRequest(_message.Message):
     alert_id: _builtins.str
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
-        """Unset = now."""
+        """Unset = now. Earlier than now minus the backdating skew only for admin (audited)."""
 
     @_builtins.property
     def ends_at(self) -> _timestamp_pb2.Timestamp:
@@ -219,9 +220,10 @@ class ReinstateLicenceRequest(_message.Message):
     NOTE_FIELD_NUMBER: _builtins.int
     licence_id: _builtins.str
     note: _builtins.str
+    """Why; required when an admin backdates the reinstatement."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """Unset = now."""
+        """Unset = now. Earlier than now minus the backdating skew only for admin (audited)."""
 
     def __init__(
         self,
@@ -270,9 +272,10 @@ class RevokeLicenceRequest(_message.Message):
     wind_down_days: _builtins.int
     """Days existing videos may still be shown."""
     reason: _builtins.str
+    """Why; required when an admin backdates the revocation."""
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
-        """Unset = now."""
+        """Unset = now. Earlier than now minus the backdating skew only for admin (audited)."""
 
     def __init__(
         self,
@@ -480,20 +483,26 @@ class RevokeSigningKeyRequest(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
+    reason: _builtins.str
+    """Why; required when an admin backdates the revocation."""
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
-        """Unset = now."""
+        """Unset = now. Earlier than now minus the backdating skew only for admin (audited): a
+        vendor must not void the signatures behind usage it was already billed for.
+        """
 
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "reason", b"reason", "revoked_at", b"revoked_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
