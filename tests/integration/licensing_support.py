@@ -7,12 +7,15 @@ records. API keys are written straight into PostgreSQL, as `bootstrap-admin` doe
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
+import yaml
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient, NewTopic
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from residuals.codecs import licences as licence_codec
+from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.licensing import registry
 from residuals.licensing.app import LicensingApp
@@ -34,8 +38,32 @@ from residuals.v1 import licence_pb2, licence_service_pb2, licence_service_pb2_g
 
 TABLES = (
     "outbox, api_keys, principals, vendor_signing_keys, licence_suspensions, licence_splits,"
-    " licence_versions, licences, payee_talents, payees, avatars, vendors, talents"
+    " licence_versions, licences, payee_talents, payees, avatars, vendors, talents, audit_log"
 )
+CASES = Path(__file__).parents[1] / "data" / "royalty-cases"
+
+
+def case_licence(name: str, index: int = 0) -> Licence:
+    spec = yaml.safe_load((CASES / name).read_text())["licences"][index]
+    return parse_licence(spec)
+
+
+BASE = case_licence("01-render-tiers.yaml")
+
+
+def variant(licence_id: str, *, tenant: str = "A") -> Licence:
+    """The render-tiers licence for tenant A or B under another id."""
+    return dataclasses.replace(
+        BASE,
+        licence_id=licence_id,
+        talent_id=f"TAL-{tenant}",
+        avatar_id=f"AVA-{tenant}",
+        vendor_id=f"VEN-{tenant}",
+        versions=tuple(
+            dataclasses.replace(v, splits=((f"TAL-{tenant}", v.splits[0][1] + v.splits[1][1]),))
+            for v in BASE.versions
+        ),
+    )
 
 
 def reset_registry(dsn: str) -> None:
@@ -259,4 +287,5 @@ def keys_for_roles(dsn: str, *, vendor: str, talent: str) -> dict[str, str]:
         "finance": api_key(dsn, Principal("p-finance", Role.FINANCE)),
         "vendor": api_key(dsn, Principal(f"p-{vendor}", Role.VENDOR, vendor_id=vendor)),
         "talent": api_key(dsn, Principal(f"p-{talent}", Role.TALENT, talent_id=talent)),
+        "suspender": api_key(dsn, Principal("p-suspender", Role.SUSPENDER)),
     }

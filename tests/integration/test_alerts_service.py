@@ -8,10 +8,12 @@ API keys of a StaticAuthenticator through the real AuthInterceptor.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import psycopg
@@ -26,6 +28,7 @@ from alerts_support import (
     fake_licence_service,
     isolated_kafka,
 )
+from bad_request_support import INJECTIONS, UNSTORABLE, bad_field, rpc_error
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -483,3 +486,120 @@ def test_a_failing_registry_is_retried(env: Env) -> None:
     assert (
         len([c for c in env.licensing.suspend_calls if c[0].licence_id == tenant.licence_id]) == 1
     )
+
+
+# --- hostile callers -------------------------------------------------------------------------
+
+
+def test_one_tenant_past_its_stream_cap_does_not_starve_another(env: Env) -> None:
+    """Each principal holds at most GRPC_MAX_STREAMS_PER_PRINCIPAL (4) streams: the fifth
+    is refused at once, and another tenant's stream and every unary call are served."""
+    greedy, patient = Tenant(), Tenant()
+    greedy_key, patient_key = env.talent_key(greedy), env.talent_key(patient)
+    readers = [env.watch(greedy_key, live_only=True, heartbeat_seconds=1) for _ in range(4)]
+    others: list[StreamReader] = []
+    try:
+        for reader in readers:  # each open on the server: its first heartbeat arrived
+            _, first = reader.next(timeout=10)
+            assert not isinstance(first, grpc.RpcError), first
+        refused = env.watch(greedy_key, live_only=True, heartbeat_seconds=1)
+        _, error = refused.next(timeout=10)
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "GRPC_MAX_STREAMS_PER_PRINCIPAL=4" in (error.details() or "")
+        served = env.watch(patient_key, live_only=True, heartbeat_seconds=1)
+        others.append(served)
+        _, beat = served.next(timeout=10)
+        assert not isinstance(beat, grpc.RpcError) and beat.HasField("heartbeat")
+        alert = patient.alert(kind=TERRITORY)
+        env.producer.send(alert)
+        (got,) = served.alerts(1)
+        assert got.alert_id == alert.alert_id
+        assert _wait_listed(env, greedy_key, 0) == []  # the greedy tenant's unary calls work
+        readers.pop().cancel()  # a closed stream gives its slot back (within a second)
+        deadline = time.monotonic() + 10
+        while True:
+            again = env.watch(greedy_key, live_only=True, heartbeat_seconds=1)
+            others.append(again)
+            _, item = again.next(timeout=10)
+            if not isinstance(item, grpc.RpcError):
+                break
+            assert item.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the slot of a cancelled stream never came back"
+            time.sleep(0.2)
+    finally:
+        for reader in readers + others:
+            reader.cancel()
+
+
+def test_bad_filters_and_page_tokens_are_invalid_argument(env: Env) -> None:
+    tenant = Tenant()
+    finance = env.key_for(Principal("p-finance", Role.FINANCE))
+    env.producer.send(tenant.alert(kind=TERRITORY))
+    (stored,) = _wait_listed(env, finance, 1, licence_ids=[tenant.licence_id])
+
+    def listing(**request: object) -> Any:
+        return lambda: env.stub.ListAlerts(
+            alert_service_pb2.ListAlertsRequest(**request),  # type: ignore[arg-type]
+            metadata=bearer(finance),
+        )
+
+    def watching(**request: object) -> Any:
+        return lambda: env.stub.WatchAlerts(
+            alert_service_pb2.WatchAlertsRequest(**request),  # type: ignore[arg-type]
+            metadata=bearer(finance),
+            timeout=5,
+        )
+
+    text_filters = ("licence_ids", "talent_id", "vendor_id", "avatar_id")
+    for value in INJECTIONS:  # bound as parameters: they match nothing
+        for name in text_filters:
+            given = [value] if name == "licence_ids" else value
+            assert _list(env, finance, **{name: given}) == [], (name, value)
+    for value in UNSTORABLE:
+        for name in text_filters:
+            given = [value] if name == "licence_ids" else value
+            expected = f"filter.{name}[0]" if name == "licence_ids" else f"filter.{name}"
+            for call in (listing, watching):
+                assert bad_field(call(filter=alerts_pb2.AlertFilter(**{name: given}))) == expected
+    for bad, expected in (
+        (alerts_pb2.AlertFilter(kinds=[999]), "filter.kinds[0]"),  # type: ignore[list-item]
+        (alerts_pb2.AlertFilter(states=[1, 9]), "filter.states[1]"),  # type: ignore[list-item]
+        (alerts_pb2.AlertFilter(severities=[77]), "filter.severities[0]"),  # type: ignore[list-item]
+        (alerts_pb2.AlertFilter(min_severity=77), "filter.min_severity"),  # type: ignore[arg-type]
+        (alerts_pb2.AlertFilter(period="2026-13"), "filter.period"),
+        (alerts_pb2.AlertFilter(licence_ids=["L"] * 1001), "filter.licence_ids"),
+    ):
+        assert bad_field(listing(filter=bad)) == expected
+        assert bad_field(watching(filter=bad)) == expected
+
+    def forged(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode()
+
+    for token in (
+        "nonsense",
+        "x" * 10_000,
+        forged("alerts:-1"),
+        forged("alerts:99999999999999999999"),
+        forged("alerts:1 OR 1=1"),
+        forged("alerts:1\x00"),
+    ):
+        assert bad_field(listing(page_token=token)) == "page_token"
+    assert bad_field(listing(page_size=1001)) == "page_size"
+    assert bad_field(watching(after_sequence=2**64 - 1)) == "after_sequence"
+    for request, expected in (
+        (alert_service_pb2.AcknowledgeAlertRequest(alert_id="a\x00b"), "alert_id"),
+        (alert_service_pb2.AcknowledgeAlertRequest(alert_id="' OR 1=1 --"), None),
+        (
+            alert_service_pb2.AcknowledgeAlertRequest(alert_id=stored.alert_id, note="\x1b[2J"),
+            "note",
+        ),
+    ):
+        call = lambda r=request: env.stub.AcknowledgeAlert(r, metadata=bearer(finance))  # noqa: E731
+        if expected is None:
+            assert rpc_error(call).code() is grpc.StatusCode.NOT_FOUND
+        else:
+            assert bad_field(call) == expected
+    # Nothing was harmed: the alert is still there, still open.
+    (after,) = _list(env, finance, licence_ids=[tenant.licence_id])
+    assert (after.alert_id, after.state) == (stored.alert_id, alerts_pb2.ALERT_STATE_OPEN)

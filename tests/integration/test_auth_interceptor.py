@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,11 +79,12 @@ class Failing:
 
 
 class Harness:
-    def __init__(self, authenticator: Any) -> None:
+    def __init__(self, authenticator: Any, **limits: int) -> None:
         self.registry = CollectorRegistry()
         self.ingest, self.alerts = Ingest(), Alerts()
+        settings = {"max_workers": 4, **limits}
         self.server = make_grpc_server(
-            GrpcSettings(host="127.0.0.1", port=0, max_workers=4, shutdown_grace_seconds=1),
+            GrpcSettings(host="127.0.0.1", port=0, shutdown_grace_seconds=1, **settings),
             servicers=[
                 Servicer(
                     self.ingest,
@@ -289,4 +292,148 @@ def test_authenticator_failure_is_unavailable_not_unauthenticated() -> None:
         )
         assert error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
+        harness.close()
+
+
+def test_a_service_role_may_call_only_its_own_methods(
+    harness: Harness, keys: StaticAuthenticator
+) -> None:
+    key = keys.add(Principal("svc-alerts", Role.SUSPENDER))
+    metadata = bearer_metadata(key)
+    calls = {
+        "/residuals.v1.IngestService/PublishBatch": lambda: harness.ingest_stub.PublishBatch(
+            ingest_pb2.PublishBatchRequest(), metadata=metadata, timeout=5
+        ),
+        "/residuals.v1.IngestService/PublishStream": lambda: harness.ingest_stub.PublishStream(
+            iter([ingest_pb2.PublishStreamRequest()]), metadata=metadata, timeout=5
+        ),
+        "/residuals.v1.AlertService/WatchAlerts": lambda: harness.alert_stub.WatchAlerts(
+            alert_service_pb2.WatchAlertsRequest(), metadata=metadata, timeout=5
+        ),
+    }
+    for method, call in calls.items():
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == (
+            f"suspender (principal svc-alerts) may not call {method}: role suspender may call"
+            " only /residuals.v1.LicenceService/SuspendLicence"
+        )
+    assert harness.ingest.callers == [] and harness.alerts.callers == []
+
+
+def test_a_key_with_whitespace_around_it_is_malformed(
+    harness: Harness, keys: StaticAuthenticator
+) -> None:
+    key = keys.add(VENDOR)
+    # (grpc clients refuse control characters in metadata themselves; spaces get through)
+    for text in (f"Bearer {key} ", f"Bearer {key[:12]} {key[12:]}", f"Bearer {key}  "):
+        error = _error(
+            lambda text=text: harness.ingest_stub.PublishBatch(
+                ingest_pb2.PublishBatchRequest(), metadata=(("authorization", text),), timeout=5
+            )
+        )
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            MALFORMED_KEY_MESSAGE,
+        ), repr(text)
+    harness.ingest_stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(), metadata=(("authorization", f"Bearer  {key}"),), timeout=5
+    )
+    assert harness.ingest.callers == [VENDOR]
+
+
+# --- stream caps ------------------------------------------------------------------------------
+
+
+class HeldStream:
+    """A PublishStream whose client keeps its request side open until :meth:`close`: a
+    long-lived stream holding one server thread, as a slow or hostile vendor would."""
+
+    def __init__(self, harness: Harness, key: str) -> None:
+        self.release = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield ingest_pb2.PublishStreamRequest()
+            self.release.wait(30)
+
+        self.future = harness.ingest_stub.PublishStream.future(
+            requests(), metadata=bearer_metadata(key), timeout=40
+        )
+
+    def close(self) -> None:
+        self.release.set()
+        self.future.result(timeout=10)
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _one_stream(harness: Harness, key: str) -> Any:
+    return harness.ingest_stub.PublishStream(
+        iter([ingest_pb2.PublishStreamRequest()]), metadata=bearer_metadata(key), timeout=5
+    )
+
+
+def test_a_caller_past_its_stream_cap_is_refused_and_others_are_served(
+    keys: StaticAuthenticator,
+) -> None:
+    harness = Harness(keys, max_workers=8, max_streams_per_principal=2)  # 6 streams in all
+    acme, other = keys.add(VENDOR), keys.add(Principal("p-other", Role.VENDOR, vendor_id="o"))
+    held = [HeldStream(harness, acme) for _ in range(2)]
+    try:
+        _wait_for(lambda: len(harness.ingest.callers) == 2)
+        error = _error(lambda: _one_stream(harness, acme))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == (
+            "p-acme already has 2 open streams, the most one caller may hold"
+            " (GRPC_MAX_STREAMS_PER_PRINCIPAL=2); close one before opening another"
+        )
+        _one_stream(harness, other)  # another tenant's stream is served
+        harness.ingest_stub.PublishBatch(  # and so are the capped caller's unary calls
+            ingest_pb2.PublishBatchRequest(), metadata=bearer_metadata(acme), timeout=5
+        )
+        held[0].close()  # a closed stream gives its slot back
+        _one_stream(harness, acme)
+    finally:
+        for stream in held:
+            stream.release.set()
+        harness.close()
+    refused = harness.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {
+            "grpc_service": INGEST,
+            "grpc_method": "PublishStream",
+            "grpc_type": "client_stream",
+            "grpc_code": "RESOURCE_EXHAUSTED",
+        },
+    )
+    assert refused == 1
+
+
+def test_streams_cannot_take_every_worker_thread(keys: StaticAuthenticator) -> None:
+    harness = Harness(keys)  # 4 threads: at most 3 streams, one thread stays for unary calls
+    vendors = [Principal(f"p-v{n}", Role.VENDOR, vendor_id=f"v{n}") for n in range(4)]
+    plain = [keys.add(v) for v in vendors]
+    held = [HeldStream(harness, key) for key in plain[:3]]
+    try:
+        _wait_for(lambda: len(harness.ingest.callers) == 3)
+        error = _error(lambda: _one_stream(harness, plain[3]))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == (
+            "the server already serves 3 streams, its limit (GRPC_MAX_STREAMS=3);"
+            " retry with back-off"
+        )
+        started = time.monotonic()
+        for key in plain:
+            harness.ingest_stub.PublishBatch(
+                ingest_pb2.PublishBatchRequest(), metadata=bearer_metadata(key), timeout=5
+            )
+        assert time.monotonic() - started < 2.0, "unary calls waited for a thread"
+    finally:
+        for stream in held:
+            stream.release.set()
         harness.close()

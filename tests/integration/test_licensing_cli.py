@@ -4,6 +4,7 @@ lines with a non-zero exit and never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from licensing_support import new_prefix, reset_registry, start_service
 
 from residuals.domain.licence_spec import parse_licence
@@ -214,3 +217,52 @@ def test_missing_key_and_unreachable_service(setup: Setup) -> None:
     )  # fmt: skip
     assert down.returncode == 1
     assert down.stderr.startswith("licensing service unavailable")
+
+
+def test_suspender_keys_and_backdating_from_the_command_line(setup: Setup) -> None:
+    cli, admin = setup.cli, setup.admin_key
+    assert cli.run("create", str(CASES / "05-dedup-retraction-dlq.yaml"), key=admin).returncode == 0
+    made = cli.run(
+        "api-key", "create", "--role", "suspender", "--principal-id", "svc-alerts", key=admin
+    )
+    assert made.returncode == 0, made.stderr
+    suspender = made.stdout.strip()
+    denied = cli.run("list", key=suspender)
+    assert denied.returncode == 1
+    assert denied.stderr.startswith(
+        "PERMISSION_DENIED: suspender (principal svc-alerts) may not call"
+        " /residuals.v1.LicenceService/ListLicences"
+    )
+    by_hand = cli.run("suspend", "LIC-EVE-ORBIT", "--reason", "x", key=suspender)
+    assert by_hand.returncode == 1 and "may not suspend by hand" in by_hand.stderr
+    public = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    registered = cli.run(
+        "signing-key", "register", "--vendor", "VEN-ORBIT", "--public-key", public.hex(),
+        "--key-id", "vk-cli-1", key=admin,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    june = "2026-06-01T00:00:00Z"
+    backdated = cli.run("signing-key", "revoke", "vk-cli-1", "--at", june, key=admin)
+    assert backdated.returncode == 2
+    assert backdated.stderr.startswith("reason: is required when revoked_at is more than 0:05:00")
+    revoked = cli.run(
+        "signing-key", "revoke", "vk-cli-1", "--at", june, "--reason", "key leaked in June",
+        key=admin,
+    )  # fmt: skip
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked at {june}" in revoked.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "residuals", "audit", "--key", "vk-cli-1", "--json"],
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (entry["action"], entry["actor"], entry["reason"], entry["effective_at"]) == (
+        "revoke_signing_key",
+        "admin",
+        "key leaked in June",
+        "2026-06-01T00:00:00+00:00",
+    )

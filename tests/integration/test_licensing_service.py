@@ -4,23 +4,25 @@ denied, plus cross-tenant and unauthenticated calls)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
+from bad_request_support import INJECTIONS, UNSTORABLE, bad_field, rpc_error, ts, violations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from licensing_support import (
+    CASES,
     Service,
     create_request,
     ensure_parties,
@@ -28,43 +30,19 @@ from licensing_support import (
     new_prefix,
     reset_registry,
     start_service,
+    variant,
 )
 
 from residuals.codecs import licences as licence_codec
-from residuals.codecs.timestamps import set_timestamp
 from residuals.domain.licence_spec import parse_licence
-from residuals.domain.licences import Licence
 from residuals.platform.auth import MISSING_KEY_MESSAGE, REJECTED_KEY_MESSAGE
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2
 
 pytestmark = pytest.mark.integration
 
-CASES = Path(__file__).parents[1] / "data" / "royalty-cases"
-ROLES = ("admin", "finance", "vendor", "talent")
-
-
-def case_licence(name: str, index: int = 0) -> Licence:
-    spec = yaml.safe_load((CASES / name).read_text())["licences"][index]
-    return parse_licence(spec)
-
-
-BASE = case_licence("01-render-tiers.yaml")
-
-
-def variant(licence_id: str, *, tenant: str = "A") -> Licence:
-    """The render-tiers licence for tenant A or B under another id."""
-    return dataclasses.replace(
-        BASE,
-        licence_id=licence_id,
-        talent_id=f"TAL-{tenant}",
-        avatar_id=f"AVA-{tenant}",
-        vendor_id=f"VEN-{tenant}",
-        versions=tuple(
-            dataclasses.replace(v, splits=((f"TAL-{tenant}", v.splits[0][1] + v.splits[1][1]),))
-            for v in BASE.versions
-        ),
-    )
+ROLES = ("admin", "finance", "vendor", "talent", "suspender")
+READERS = {"admin", "finance", "vendor", "talent"}  # not the suspender: it reads nothing
 
 
 @dataclasses.dataclass
@@ -118,32 +96,6 @@ def world(stack: StackSettings) -> Iterator[World]:
         yield World(service, keys, other)
     finally:
         started.close()
-
-
-def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(error)
-    assert status is not None, "no google.rpc.Status details"
-    found = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            request = error_details_pb2.BadRequest()
-            detail.Unpack(request)
-            found += [(v.field, v.description) for v in request.field_violations]
-    return found
-
-
-def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as failed:
-        call()
-    return failed.value
-
-
-def ts(value: datetime) -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    stamp = Timestamp()
-    set_timestamp(stamp, value)
-    return stamp
 
 
 # --- lifecycle ---------------------------------------------------------------------------------
@@ -384,6 +336,61 @@ def test_list_filters_pages_and_statuses(world: World) -> None:
         "ListLicences", licence_service_pb2.ListLicencesRequest(page_size=1000), "finance"
     )
     assert {"VEN-A", "VEN-B"} <= {lic.vendor_id for lic in finance_view.licences}
+
+
+def _forged_token(after: str) -> str:
+    """A page token as an attacker would forge one for an unfiltered listing."""
+    query = {"talent": "", "avatar": "", "vendor": "", "statuses": [], "as_of": ""}
+    fingerprint = hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:16]
+    raw = json.dumps({"after": after, "query": fingerprint}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_list_refuses_bad_filters_and_page_tokens_precisely(world: World) -> None:
+    everything = licence_service_pb2.ListLicencesRequest(page_size=1000)
+    before = [lic.licence_id for lic in world.call("ListLicences", everything).licences]
+    assert world.call("ListLicences", licence_service_pb2.ListLicencesRequest(page_size=1))
+    for field in ("vendor_id", "talent_id", "avatar_id"):
+        for value in (*INJECTIONS, *UNSTORABLE):
+            request = licence_service_pb2.ListLicencesRequest(**{field: value})  # type: ignore[arg-type]
+            assert bad_field(lambda r=request: world.call("ListLicences", r, "finance")) == field
+    for token in (
+        "nonsense",
+        "%%%",
+        "x" * 10_000,
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),
+        _forged_token("a\x00b"),
+        _forged_token("' OR 1=1 --"),
+        _forged_token("x" * 10_000),
+    ):
+        request = licence_service_pb2.ListLicencesRequest(page_token=token)
+        assert bad_field(lambda r=request: world.call("ListLicences", r)) == "page_token"
+    # A well-formed forged token is just a position: it reveals nothing the caller may not see.
+    resumed = world.call(
+        "ListLicences", licence_service_pb2.ListLicencesRequest(page_token=_forged_token("LIC-A"))
+    )
+    assert all(lic.licence_id > "LIC-A" for lic in resumed.licences)
+    unknown_status = licence_service_pb2.ListLicencesRequest(statuses=[99])  # type: ignore[list-item]
+    assert bad_field(lambda: world.call("ListLicences", unknown_status)) == "statuses[0]"
+    after = [lic.licence_id for lic in world.call("ListLicences", everything).licences]
+    assert after == before
+
+
+def test_caller_text_in_errors_is_escaped(world: World) -> None:
+    error = rpc_error(
+        lambda: world.call(
+            "GetLicence", licence_service_pb2.GetLicenceRequest(licence_id="\x1b]0;pwned\x07")
+        )
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details() or ""
+    assert "\x1b" not in details and "\\x1b]0;pwned\\x07" in details
+    long = rpc_error(
+        lambda: world.call(
+            "GetLicence", licence_service_pb2.GetLicenceRequest(licence_id="L" * 10_000)
+        )
+    )
+    assert len(long.details() or "") < 400
 
 
 def test_signing_keys_register_idempotently_and_revoke(world: World) -> None:
@@ -683,7 +690,7 @@ MATRIX: dict[str, tuple[Callable[[World], Any], set[str]]] = {
         lambda w: licence_service_pb2.SuspendLicenceRequest(
             licence_id=w.fresh(), reason="r", automatic=True, alert_id="a-1"
         ),
-        {"admin"},
+        {"admin", "suspender"},  # the suspender may call nothing else
     ),
     "ReinstateLicence": (
         lambda w: licence_service_pb2.ReinstateLicenceRequest(licence_id=w.suspended()),
@@ -695,9 +702,9 @@ MATRIX: dict[str, tuple[Callable[[World], Any], set[str]]] = {
     ),
     "GetLicence": (
         lambda w: licence_service_pb2.GetLicenceRequest(licence_id=w.fresh()),
-        set(ROLES),
+        READERS,
     ),
-    "ListLicences": (lambda w: licence_service_pb2.ListLicencesRequest(), set(ROLES)),
+    "ListLicences": (lambda w: licence_service_pb2.ListLicencesRequest(), READERS),
     "RegisterSigningKey": (
         lambda w: licence_service_pb2.RegisterSigningKeyRequest(
             vendor_id="VEN-A", public_key=_public()
@@ -889,7 +896,7 @@ def test_denials_are_counted_by_the_shared_interceptor(world: World) -> None:
             "grpc_code": "PERMISSION_DENIED",
         },
     )
-    assert denied == 3  # finance, vendor, talent in the matrix
+    assert denied == 4  # finance, vendor, talent, suspender in the matrix
 
 
 def test_postgres_authenticator_sees_revocation_within_its_ttl(world: World) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from alerts_support import delete_topics, unique
+from bad_request_support import INJECTIONS, UNSTORABLE, bad_field
 from confluent_kafka.admin import NewTopic
 from payouts_support import MemoryEvents, memory_sources, migrated_database
 
@@ -304,3 +305,56 @@ def test_reconcile_rpc(env: Env) -> None:
     names = [c.name for c in report.checks]
     assert "2026-10: every journal entry balances" in names
     assert "2026-10: accepted = ledgered + held + dead + duplicates" in names
+
+
+def test_bad_filters_and_page_tokens_are_invalid_argument(env: Env) -> None:
+    _closed(env)
+    fin = env.md("finance")
+    payouts_before = list(env.stub.ListPayouts(ps.ListPayoutsRequest(), metadata=fin).payouts)
+    for value in INJECTIONS:  # bound as parameters: they match nothing
+        for request in (
+            ps.ListPayoutsRequest(payee_id=value),
+            ps.ListPayoutsRequest(page_token=value),
+        ):
+            assert env.stub.ListPayouts(request, metadata=fin).payouts == [], (request, value)
+        view = env.stub.GetStatement(
+            ps.GetStatementRequest(period="2026-10", filter=ps.StatementFilter(vendor_id=value)),
+            metadata=fin,
+        ).statement
+        assert list(view.licences) == []
+    statement = "2026-10"
+    cases: list[tuple[str, Any, str]] = [
+        ("ListPayouts", ps.ListPayoutsRequest(states=[99]), "states[0]"),  # type: ignore[list-item]
+        ("WatchPayouts", ps.WatchPayoutsRequest(after_sequence=2**64 - 1), "after_sequence"),
+        ("ListStatements", ps.ListStatementsRequest(page_token="2026-13"), "page_token"),
+    ]
+    for v in UNSTORABLE:
+        cases += [
+            ("ListPayouts", ps.ListPayoutsRequest(payee_id=v), "payee_id"),
+            ("ListPayouts", ps.ListPayoutsRequest(page_token=v), "page_token"),
+            ("ListPayouts", ps.ListPayoutsRequest(period=v), "period"),
+            ("ListStatements", ps.ListStatementsRequest(page_token=v), "page_token"),
+            ("ListStatements", ps.ListStatementsRequest(from_period=v), "from_period"),
+            ("WatchPayouts", ps.WatchPayoutsRequest(payee_id=v), "payee_id"),
+            ("WatchPayouts", ps.WatchPayoutsRequest(period=v), "period"),
+            ("PayPayouts", ps.PayPayoutsRequest(payout_ids=["ok", v]), "payout_ids[1]"),
+            (
+                "GetStatement",
+                ps.GetStatementRequest(
+                    period=statement, filter=ps.StatementFilter(licence_ids=[v])
+                ),
+                "filter.licence_ids[0]",
+            ),
+            (
+                "ExportStatement",
+                ps.ExportStatementRequest(period=statement, filter=ps.StatementFilter(payee_id=v)),
+                "filter.payee_id",
+            ),
+        ]
+    for method, request, field in cases:
+        call = getattr(env.stub, method)
+        assert bad_field(lambda c=call, r=request: c(r, metadata=fin, timeout=5)) == field, method
+    # Nothing was paid or changed by any of it.
+    assert list(env.stub.ListPayouts(ps.ListPayoutsRequest(), metadata=fin).payouts) == (
+        payouts_before
+    )

@@ -73,6 +73,27 @@ def test_malformed_keys_are_rejected(text: str) -> None:
     assert parse_api_key(text) is None
 
 
+@pytest.mark.parametrize(
+    "around",
+    [
+        lambda k: k + "\n",  # a key read from a file: "$" in a regex would let it through
+        lambda k: k + "\r\n",
+        lambda k: " " + k,
+        lambda k: k + " ",
+        lambda k: k + "\t",
+        lambda k: k + "\x00",
+        lambda k: k[:10] + "\x1b" + k[10:],
+        lambda k: k[:10] + " " + k[10:],
+        lambda k: k.replace("_", "_\n", 1),
+        lambda k: k + "\u00a0",
+    ],
+)
+def test_keys_with_whitespace_or_control_characters_are_rejected(around: Any) -> None:
+    _, plaintext, _ = generate_api_key()
+    assert parse_api_key(plaintext) is not None
+    assert parse_api_key(around(plaintext)) is None
+
+
 def test_verify_secret_rejects_other_secrets() -> None:
     stored = hash_secret("a" * 43)
     assert verify_secret("a" * 43, stored)

@@ -21,8 +21,8 @@ from residuals.platform.errors import (
     InvalidArgument,
     enum_filters,
     period_field,
-    text_filter,
-    text_filters,
+    text_field,
+    text_fields,
 )
 from residuals.v1 import alerts_pb2, common_pb2
 
@@ -122,7 +122,7 @@ class AlertQuery:
 
 def _tenant(requested: str, own: str | None, what: str, principal: Principal) -> str | None:
     """The tenant id to filter on: the caller's own, or what was asked if unrestricted."""
-    text_filter(f"filter.{what}_id", requested)
+    text_field(f"filter.{what}_id", requested)
     if own is None:
         return requested or None
     if requested and requested != own:
@@ -133,7 +133,7 @@ def _tenant(requested: str, own: str | None, what: str, principal: Principal) ->
 def _licence_ids(values: Sequence[str]) -> frozenset[str]:
     if len(values) > MAX_FILTER_IDS:
         raise InvalidArgument.field("filter.licence_ids", f"names more than {MAX_FILTER_IDS}")
-    return frozenset(x for x in text_filters("filter.licence_ids", values) if x)
+    return frozenset(x for x in text_fields("filter.licence_ids", values) if x)
 
 
 def scoped_query(request_filter: alerts_pb2.AlertFilter, principal: Principal) -> AlertQuery:
@@ -165,7 +165,7 @@ def scoped_query(request_filter: alerts_pb2.AlertFilter, principal: Principal) -
         licence_ids=_licence_ids(f.licence_ids),
         talent_id=_tenant(f.talent_id, own_talent, "talent", principal),
         vendor_id=_tenant(f.vendor_id, own_vendor, "vendor", principal),
-        avatar_id=text_filter("filter.avatar_id", f.avatar_id) or None,
+        avatar_id=text_field("filter.avatar_id", f.avatar_id) or None,
         period=str(period_field("filter.period", f.period)) if f.period else None,
     )
 

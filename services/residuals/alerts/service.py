@@ -34,7 +34,7 @@ from residuals.alerts.query import may_see, scoped_query
 from residuals.alerts.store import AlertNotFound, Change, InvalidTransition
 from residuals.codecs.timestamps import set_timestamp
 from residuals.platform.auth import PermissionDenied, Principal, Role, current_principal
-from residuals.platform.errors import InvalidArgument, text_filter
+from residuals.platform.errors import InvalidArgument, text_field
 from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
@@ -228,9 +228,8 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         return alert_service_pb2.ResolveAlertResponse(alert=alert)
 
     def _note(self, note: str, context: grpc.ServicerContext) -> str:
-        if len(note) > MAX_NOTE_CHARS:
-            raise InvalidArgument.field("note", f"is at most {MAX_NOTE_CHARS} characters")
-        return note
+        # Stored in a text column and shown to other parties: printable text, bounded.
+        return text_field("note", note, MAX_NOTE_CHARS)
 
     def _change(
         self,
@@ -243,7 +242,7 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
     ) -> alerts_pb2.Alert:
         if not alert_id:
             raise InvalidArgument.field("alert_id", "is required")
-        text_filter("alert_id", alert_id)
+        text_field("alert_id", alert_id)
         not_found = f"no alert {alert_id}"
 
         def guarded(alert: alerts_pb2.Alert) -> str:

@@ -32,8 +32,8 @@ from residuals.platform.errors import (
     InvalidArgument,
     enum_filters,
     period_field,
-    text_filter,
-    text_filters,
+    text_field,
+    text_fields,
 )
 from residuals.platform.postgres import Database
 from residuals.v1 import common_pb2, payout_service_pb2, payout_service_pb2_grpc, payouts_pb2
@@ -129,10 +129,10 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         return access.statement_view(
             current_principal(),
             stored,
-            licence_ids=tuple(text_filters("filter.licence_ids", f.licence_ids)),
-            talent_id=text_filter("filter.talent_id", f.talent_id),
-            vendor_id=text_filter("filter.vendor_id", f.vendor_id),
-            payee_id=text_filter("filter.payee_id", f.payee_id),
+            licence_ids=tuple(text_fields("filter.licence_ids", f.licence_ids)),
+            talent_id=text_field("filter.talent_id", f.talent_id),
+            vendor_id=text_field("filter.vendor_id", f.vendor_id),
+            payee_id=text_field("filter.payee_id", f.payee_id),
         )
 
     def GetStatement(
@@ -192,14 +192,14 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     def ListPayouts(
         self, request: payout_service_pb2.ListPayoutsRequest, context: grpc.ServicerContext
     ) -> payout_service_pb2.ListPayoutsResponse:
-        payee = access.payout_scope(current_principal(), text_filter("payee_id", request.payee_id))
+        payee = access.payout_scope(current_principal(), text_field("payee_id", request.payee_id))
         if request.period:
             _period(request.period, context)
         states = [
             PayoutState(STATE_NAMES[s])
             for s in enum_filters("states", request.states, list(STATE_NAMES))
         ]
-        text_filter("page_token", request.page_token)
+        text_field("page_token", request.page_token)
         size = _page_size(request.page_size)
         with self.db.connection() as conn:
             rows = store.list_payouts(
@@ -227,7 +227,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             self.db,
             self.rail,
             period=request.period,
-            payout_ids=text_filters("payout_ids", request.payout_ids),
+            payout_ids=text_fields("payout_ids", request.payout_ids),
         )
         self.metrics.refresh_states(self.db)
         return payout_service_pb2.PayPayoutsResponse(
@@ -239,7 +239,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     def WatchPayouts(
         self, request: payout_service_pb2.WatchPayoutsRequest, context: grpc.ServicerContext
     ) -> Iterator[payout_service_pb2.WatchPayoutsResponse]:
-        payee = access.payout_scope(current_principal(), text_filter("payee_id", request.payee_id))
+        payee = access.payout_scope(current_principal(), text_field("payee_id", request.payee_id))
         if request.period:
             _period(request.period, context)
         if request.after_sequence > MAX_SEQUENCE:

@@ -73,12 +73,13 @@ def echo(value: str | bytes, limit: int = ECHO_CHARS) -> str:
     return f"'{printable(value, limit)}'"
 
 
-def text_filter(field: str, value: str, limit: int = MAX_ID_CHARS) -> str:
-    """A free-text filter value (an id): printable and at most ``limit`` characters.
+def text_field(field: str, value: str, limit: int = MAX_ID_CHARS) -> str:
+    """A caller's text (an id filter, a note): printable and at most ``limit`` characters.
 
     Filters are bound as query parameters and compared with ``=`` only (never LIKE), so
     ``' OR 1=1 --``, ``%`` or ``_`` simply match nothing; what PostgreSQL cannot even
-    hold (NUL) or what would only cost memory (a 10,000-character id) is refused here.
+    hold (NUL), what would reach a terminal as an escape sequence, or what would only
+    cost memory (a 10,000-character id) is refused here.
     """
     problem = text_problem(value, limit)
     if problem is not None:
@@ -86,9 +87,9 @@ def text_filter(field: str, value: str, limit: int = MAX_ID_CHARS) -> str:
     return value
 
 
-def text_filters(field: str, values: Sequence[str], limit: int = MAX_ID_CHARS) -> list[str]:
-    """:func:`text_filter` for a repeated field (``field[i]`` names the bad element)."""
-    return [text_filter(f"{field}[{i}]", v, limit) for i, v in enumerate(values)]
+def text_fields(field: str, values: Sequence[str], limit: int = MAX_ID_CHARS) -> list[str]:
+    """:func:`text_field` for a repeated field (``field[i]`` names the bad element)."""
+    return [text_field(f"{field}[{i}]", v, limit) for i, v in enumerate(values)]
 
 
 def period_field(field: str, text: str) -> Period:
