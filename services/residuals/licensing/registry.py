@@ -427,21 +427,13 @@ class Registry:
                 now,
             )
             if audited:
-                audit.record(
-                    conn,
-                    principal,
-                    audit.Action.SUSPEND_LICENCE,
-                    effective_at=starts,
-                    now=now,
-                    reason=reason,
-                    licence_id=licence_id,
-                    vendor_id=record.identity.vendor_id,
-                    detail={
-                        "suspension_id": suspension_id,
-                        "ends_at": ends.isoformat() if ends else None,
-                        "automatic": request.automatic,
-                    },
-                )
+                detail = {
+                    "suspension_id": suspension_id,
+                    "ends_at": ends.isoformat() if ends else None,
+                    "automatic": request.automatic,
+                }
+                action = audit.Action.SUSPEND_LICENCE
+                _audit(conn, principal, record, action, starts, now, reason, detail)
             store.bump_revision(conn, licence_id, now)
             return self._publish_licence(conn, licence_id, now)
 
@@ -465,16 +457,9 @@ class Registry:
                     f"at: licence {licence_id} is not suspended at {at.isoformat()}", field="at"
                 )
             if audited:
-                audit.record(
-                    conn,
-                    principal,
-                    audit.Action.REINSTATE_LICENCE,
-                    effective_at=at,
-                    now=now,
-                    reason=note,
-                    licence_id=licence_id,
-                    vendor_id=record.identity.vendor_id,
-                    detail={"suspension_ids": closed},
+                detail = {"suspension_ids": closed}
+                _audit(
+                    conn, principal, record, audit.Action.REINSTATE_LICENCE, at, now, note, detail
                 )
             store.bump_revision(conn, licence_id, now)
             return self._publish_licence(conn, licence_id, now)
@@ -509,20 +494,12 @@ class Registry:
             )
             self._append(conn, principal, record, revoked_at, licence, [], now, reason or "revoked")
             if audited:
-                audit.record(
-                    conn,
-                    principal,
-                    audit.Action.REVOKE_LICENCE,
-                    effective_at=revoked_at,
-                    now=now,
-                    reason=reason,
-                    licence_id=licence_id,
-                    vendor_id=record.identity.vendor_id,
-                    detail={
-                        "version": licence.versions[-1].version,
-                        "wind_down_days": request.wind_down_days,
-                    },
-                )
+                detail = {
+                    "version": licence.versions[-1].version,
+                    "wind_down_days": request.wind_down_days,
+                }
+                action = audit.Action.REVOKE_LICENCE
+                _audit(conn, principal, record, action, revoked_at, now, reason, detail)
             return self._publish_licence(conn, licence_id, now)
 
     def get_licence(
@@ -843,6 +820,30 @@ class Registry:
                     f"{kind} {party_id} already exists with a different {', '.join(different)}"
                 )
         return row
+
+
+def _audit(
+    conn: store.Conn,
+    principal: Principal,
+    record: LicenceRecord,
+    action: audit.Action,
+    effective_at: datetime,
+    now: datetime,
+    reason: str,
+    detail: dict[str, Any],
+) -> None:
+    """Audit a change of ``record`` (in the change's transaction)."""
+    audit.record(
+        conn,
+        principal,
+        action,
+        effective_at=effective_at,
+        now=now,
+        reason=reason,
+        licence_id=record.licence_id,
+        vendor_id=record.identity.vendor_id,
+        detail=detail,
+    )
 
 
 # --- API keys (also used by `residuals licences bootstrap-admin`) --------------------------
