@@ -410,16 +410,19 @@ def _windows(message: licence_pb2.Licence) -> tuple[Window, ...]:
 def from_proto(message: licence_pb2.Licence) -> Licence:
     """The domain licence of a record, or :class:`InvalidRecord` naming the bad field."""
     _typed(message, "")
-    identity = [
+    licence_id, talent_id, avatar_id, vendor_id = (
         _text(getattr(message, name), name)
         for name in ("licence_id", "talent_id", "avatar_id", "vendor_id")
-    ]
+    )
     if not is_currency(message.currency_code):
         raise InvalidRecord(
             "currency_code", f"{message.currency_code[:16]!r} is not an ISO 4217 code"
         )
     return Licence(
-        *identity,
+        licence_id=licence_id,
+        talent_id=talent_id,
+        avatar_id=avatar_id,
+        vendor_id=vendor_id,
         currency=message.currency_code,
         versions=_versions(message),
         suspensions=_windows(message),

@@ -26,7 +26,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.rows import dict_row
 
-from residuals.codecs.timestamps import optional_datetime
+from residuals.codecs.timestamps import to_datetime
+from residuals.domain.bounds import timestamp_problem
 from residuals.domain.licence_spec import SpecError
 from residuals.domain.licences import Licence
 from residuals.licensing import access, messages, rules, store, terms
@@ -90,8 +91,20 @@ def _identifier(path: str, value: str) -> str:
     return value
 
 
+def _optional_ts(message: Any, field: str) -> datetime | None:
+    """A request time when given, within the era every reader of a licence or key record
+    accepts (a time outside it would publish a record the meter must refuse)."""
+    if not message.HasField(field):
+        return None
+    stamp = getattr(message, field)
+    problem = timestamp_problem(stamp.seconds, stamp.nanos)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return to_datetime(stamp)
+
+
 def _ts(message: Any, field: str, default: datetime) -> datetime:
-    value = optional_datetime(message, field)
+    value = _optional_ts(message, field)
     return default if value is None else value
 
 
@@ -242,7 +255,7 @@ class Registry:
     ) -> licence_pb2.Licence:
         access.require_admin(principal, "amend licences")
         licence_id = _identifier("licence_id", request.licence_id)
-        effective = optional_datetime(request, "effective_from")
+        effective = _optional_ts(request, "effective_from")
         if effective is None:
             raise InvalidArgument.field("effective_from", "is required")
         update = _request_terms(request.terms)
@@ -343,7 +356,7 @@ class Registry:
             violations.append(FieldViolation("alert_id", "is required for an automatic suspension"))
         now = self.clock()
         starts = _ts(request, "starts_at", now)
-        ends = optional_datetime(request, "ends_at")
+        ends = _optional_ts(request, "ends_at")
         if ends is not None and ends <= starts:
             violations.append(FieldViolation("ends_at", "must be after starts_at"))
         if violations:
@@ -477,7 +490,7 @@ class Registry:
                 raise InvalidArgument.field(f"statuses[{i}]", f"{value} is not a licence status")
             statuses.add(Status.from_proto(value))
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        as_of_given = optional_datetime(request, "as_of")
+        as_of_given = _optional_ts(request, "as_of")
         as_of = as_of_given or self.clock()
         avatar_id = request.avatar_id.strip()
         query = {
