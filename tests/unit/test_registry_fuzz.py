@@ -31,9 +31,7 @@ from residuals.v1 import licence_pb2
 
 pytestmark = pytest.mark.unit
 
-FUZZ = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 GOOD_LICENCE = codec.to_proto(
     licence(
@@ -145,11 +143,13 @@ def mutate(data: st.DataObject, message: Message, depth: int = 0) -> None:
                 if action == "clear" or depth > 3:
                     message.ClearField(field.name)
                     continue
-                item = target.add() if action == "add" or not target else data.draw(
-                    st.sampled_from(list(target))
+                item = (
+                    target.add()
+                    if action == "add" or not target
+                    else data.draw(st.sampled_from(list(target)))
                 )
                 mutate(data, item, depth + 1)
-            elif depth > 3 or data.draw(st.booleans()) and depth > 1:
+            elif depth > 3 or (data.draw(st.booleans()) and depth > 1):
                 message.ClearField(field.name)
             else:
                 mutate(data, target, depth + 1)
@@ -173,7 +173,9 @@ def byte_mutations(raw: bytes) -> st.SearchStrategy[bytes]:
         return bytes(out)
 
     edit = st.tuples(
-        st.sampled_from(["flip", "insert", "cut"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)
+        st.sampled_from(["flip", "insert", "cut"]),
+        st.integers(0, 10_000),
+        st.binary(min_size=1, max_size=8),
     )
     return st.lists(edit, min_size=1, max_size=6).map(apply)
 

@@ -377,7 +377,10 @@ def test_a_failing_quarantine_callback_does_not_stop_the_reader() -> None:
         raise RuntimeError("broker down")
 
     table = TopicReplica(
-        KafkaSettings(bootstrap_servers="unused:9092"), "t", name="meter-licences", quarantine=broken
+        KafkaSettings(bootstrap_servers="unused:9092"),
+        "t",
+        name="meter-licences",
+        quarantine=broken,
     )
     registry = LicenceRegistry(table)
     table._apply(FakeMessage(b"LIC-1", b"garbage", 0))

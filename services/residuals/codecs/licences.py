@@ -410,23 +410,35 @@ def _windows(message: licence_pb2.Licence) -> tuple[Window, ...]:
 def from_proto(message: licence_pb2.Licence) -> Licence:
     """The domain licence of a record, or :class:`InvalidRecord` naming the bad field."""
     _typed(message, "")
-    licence_id, talent_id, avatar_id, vendor_id = (
-        _text(getattr(message, name), name)
-        for name in ("licence_id", "talent_id", "avatar_id", "vendor_id")
+    licence_id, talent_id, avatar_id, vendor_id, currency = identity(
+        message.licence_id,
+        message.talent_id,
+        message.avatar_id,
+        message.vendor_id,
+        message.currency_code,
     )
-    if not is_currency(message.currency_code):
-        raise InvalidRecord(
-            "currency_code", f"{message.currency_code[:16]!r} is not an ISO 4217 code"
-        )
     return Licence(
         licence_id=licence_id,
         talent_id=talent_id,
         avatar_id=avatar_id,
         vendor_id=vendor_id,
-        currency=message.currency_code,
+        currency=currency,
         versions=_versions(message),
         suspensions=_windows(message),
     )
+
+
+def identity(
+    licence_id: str, talent_id: str, avatar_id: str, vendor_id: str, currency_code: str
+) -> tuple[str, str, str, str, str]:
+    """A licence's immutable identity, checked as in a record: ids present, printable and
+    bounded, the currency ISO 4217; :class:`InvalidRecord` naming the field."""
+    ids = (licence_id, talent_id, avatar_id, vendor_id)
+    for name, value in zip(("licence_id", "talent_id", "avatar_id", "vendor_id"), ids, strict=True):
+        _text(value, name)
+    if not is_currency(currency_code):
+        raise InvalidRecord("currency_code", f"{currency_code[:16]!r} is not an ISO 4217 code")
+    return licence_id, talent_id, avatar_id, vendor_id, currency_code
 
 
 def _parse(parse: Callable[[bytes], T], raw: bytes) -> T:
@@ -442,9 +454,13 @@ def decode(raw: bytes) -> Licence:
 
 
 def decode_signing_key(raw: bytes) -> SigningKeyRecord:
-    """A ``residuals.v1.VendorSigningKey`` record's bytes as the key readers verify with:
-    ids printable and bounded, a 32-byte Ed25519 public key, times within the era."""
-    message = _parse(licence_pb2.VendorSigningKey.FromString, raw)
+    """A ``residuals.v1.VendorSigningKey`` record's bytes as the key readers verify with."""
+    return signing_key_from_proto(_parse(licence_pb2.VendorSigningKey.FromString, raw))
+
+
+def signing_key_from_proto(message: licence_pb2.VendorSigningKey) -> SigningKeyRecord:
+    """A signing key checked as in a record: ids printable and bounded, a 32-byte Ed25519
+    public key, times within the era; :class:`InvalidRecord` naming the field."""
     _typed(message, "")
     _text(message.key_id, "key_id")
     _text(message.vendor_id, "vendor_id")
