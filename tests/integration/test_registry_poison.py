@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ingest_support import Registry as Rows
 from prometheus_client import REGISTRY
+from test_licensing_outbox import wait_until
 
 from residuals.codecs import licences as codec
 from residuals.codecs.signing import public_key_bytes, signing_key_record
@@ -34,15 +35,6 @@ from tests.unit.builders import licence
 pytestmark = pytest.mark.integration
 
 NewTopic = Callable[[str, int], tuple[KafkaSettings, str]]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_quarantine(kafka: KafkaSettings, topic: str, expect: int) -> list[Any]:

@@ -13,21 +13,18 @@ import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
 from licensing_support import consume_all, create_request, header, kafka_settings, reset_registry
-from payouts_support import memory_sources, migrated_database
 from prometheus_client import CollectorRegistry
 from psycopg.types.json import Jsonb
 from test_licensing_outbox import ADMIN, licence_with_id, outbox_counts, parties
-from test_payouts_close import CASE, LATER, OCT, POLICY
+from test_payouts_close import OCT, World, world  # noqa: F401 (the fixture)
 
 from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay, RelayMetrics
 from residuals.licensing.registry import Registry
-from residuals.payouts.close import close_period
 from residuals.payouts.relay import PayoutRelay
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings, PostgresSettings
 from residuals.platform.kafka import make_admin
 from residuals.platform.postgres import Database
-from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payouts_pb2
 
@@ -159,56 +156,46 @@ def test_the_outbox_sets_aside_rows_kafka_refuses_and_publishes_the_rest_exactly
         relay.close()
 
 
-def test_the_payout_relay_sets_aside_an_event_kafka_refuses(stack: StackSettings) -> None:
+def test_the_payout_relay_sets_aside_an_event_kafka_refuses(
+    stack: StackSettings,
+    world: World,  # noqa: F811 (the fixture imported above)
+) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}."
     create_small_topics(stack, prefix, topics.PAYOUTS)
-    case = load_case(CASE)
-    sources, events, _ = memory_sources(case.licences)
-    for raw in case.raw_events:
-        events.extend(expand_repeats(raw, "event"))
-    with migrated_database(stack) as dsn:
-        db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
-        db.open()
-        try:
-            with db.connection() as conn:
-                close_period(conn, sources, OCT, policy=POLICY, closed_by="t", now=LATER)
-            with db.connection() as conn:
-                (payout_id, payee_id, payload) = conn.execute(
-                    "SELECT payout_id, payee_id, payload FROM payout_events"
-                ).fetchone() or ("", "", b"")
-                event = payouts_pb2.PayoutEvent.FromString(payload)
-                bloated = payouts_pb2.PayoutEvent()
-                bloated.CopyFrom(event)
-                bloated.payout.failure_reason = "x" * 20_000
-                for body in (bloated.SerializeToString(), b"\xff not a payout event", payload):
-                    conn.execute(
-                        "INSERT INTO payout_events (payout_id, payee_id, period, state, payload)"
-                        " VALUES (%s, %s, '2026-10', 'PENDING', %s)",
-                        (payout_id, payee_id, body),
-                    )
-            relay = PayoutRelay(
-                db,
-                KafkaSettings(bootstrap_servers=stack.bootstrap_servers, topic_prefix=prefix),
-                batch=10,
+    world.close(OCT)
+    with world.db.connection() as conn:
+        (payout_id, payee_id, payload) = conn.execute(
+            "SELECT payout_id, payee_id, payload FROM payout_events"
+        ).fetchone() or ("", "", b"")
+        bloated = payouts_pb2.PayoutEvent.FromString(payload)
+        bloated.payout.failure_reason = "x" * 20_000
+        for body in (bloated.SerializeToString(), b"\xff not a payout event", payload):
+            conn.execute(
+                "INSERT INTO payout_events (payout_id, payee_id, period, state, payload)"
+                " VALUES (%s, %s, '2026-10', 'PENDING', %s)",
+                (payout_id, payee_id, body),
             )
-            assert relay.publish_once() == 2
-            assert relay.publish_once() == 0
-            with db.connection() as conn:
-                states = conn.execute(
-                    "SELECT sequence, published_at IS NOT NULL, quarantined_at IS NOT NULL"
-                    " FROM payout_events ORDER BY sequence"
-                ).fetchall()
-            assert [(p, q) for _, p, q in states] == [
-                (True, False),
-                (False, True),
-                (False, True),
-                (True, False),
-            ]
-            rows = quarantined(dsn, "payouts-relay", prefix)
-            assert [r[0] for r in rows] == [states[1][0], states[2][0]]
-            assert "MSG_SIZE_TOO_LARGE" in rows[0][4] and "DecodeError" in rows[1][4]
-            records = consume_all(stack, topics.PAYOUTS.qualified(prefix), expect=2)
-            # the two good events (a batch the broker refused may be re-sent: at-least-once)
-            assert len(records) >= 2 and {r.value() for r in records} == {payload}
-        finally:
-            db.close()
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers, topic_prefix=prefix)
+    relay = PayoutRelay(world.db, kafka, batch=10)
+    assert relay.publish_once() == 2
+    assert relay.publish_once() == 0
+    with world.db.connection() as conn:
+        states = conn.execute(
+            "SELECT sequence, published_at IS NOT NULL, quarantined_at IS NOT NULL"
+            " FROM payout_events ORDER BY sequence"
+        ).fetchall()
+        rows = conn.execute(
+            "SELECT source_offset, error FROM quarantine WHERE consumer = 'payouts-relay'"
+            " ORDER BY source_offset"
+        ).fetchall()
+    assert [(p, q) for _, p, q in states] == [
+        (True, False),
+        (False, True),
+        (False, True),
+        (True, False),
+    ]
+    assert [r[0] for r in rows] == [states[1][0], states[2][0]]
+    assert "MSG_SIZE_TOO_LARGE" in rows[0][1] and "DecodeError" in rows[1][1]
+    records = consume_all(stack, topics.PAYOUTS.qualified(prefix), expect=2)
+    # the two good events (a batch the broker refused may be re-sent: at-least-once)
+    assert len(records) >= 2 and {r.value() for r in records} == {payload}

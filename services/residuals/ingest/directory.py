@@ -27,7 +27,7 @@ Protocols let tests and other deployments (e.g. a directory tailing the compacte
 
 from __future__ import annotations
 
-import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -37,14 +37,13 @@ import psycopg
 from residuals.codecs import licences as licence_codec
 from residuals.codecs.signed import SigningKeyRecord
 from residuals.codecs.timestamps import set_timestamp
-from residuals.domain.bounds import printable, text_problem
+from residuals.domain.bounds import text_problem
 from residuals.domain.licences import Licence
 from residuals.ingest.cache import TtlCache
 from residuals.platform.postgres import Database
-from residuals.platform.quarantine import Quarantined, describe, quarantine_metrics
+from residuals.platform.quarantine import Quarantined, describe, report
 from residuals.v1 import licence_pb2
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: The consumer name of rows the directory refuses (metric label, logs).
 CONSUMER = "ingest-directory"
@@ -99,6 +98,7 @@ class PostgresDirectory:
         #: Rows already reported (table, id, error): a bad row is re-read every few
         #: seconds while traffic names it, but logged and counted once.
         self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
         self._keys: TtlCache[str, SigningKeyRecord] = TtlCache(
             max_entries=max_entries,
             ttl_seconds=key_ttl_seconds,
@@ -145,17 +145,13 @@ class PostgresDirectory:
 
     def _report(self, table: str, ident: str, error: Exception) -> None:
         seen = (table, ident, describe(error))
-        if seen in self._reported:
-            return
-        self._reported[seen] = None
-        if len(self._reported) > 10_000:
-            self._reported.popitem(last=False)
-        record = Quarantined(CONSUMER, table, 0, 0, ident.encode(), None, seen[2])
-        quarantine_metrics().count(record)
-        log.error(
-            "stored row refused; treated as unknown until repaired",
-            extra={"table": table, "id": printable(ident, 128), "error": seen[2]},
-        )
+        with self._lock:  # gRPC worker threads look up concurrently
+            if seen in self._reported:
+                return
+            self._reported[seen] = None
+            if len(self._reported) > 10_000:
+                self._reported.popitem(last=False)
+        report(Quarantined(CONSUMER, table, 0, 0, ident.encode(), None, seen[2]))
 
 
 def _key_row(row: tuple[Any, ...]) -> SigningKeyRecord:

@@ -64,18 +64,6 @@ ORDER BY arrival_seq
 
 #: What the ledger's accounting calls a row of each table (dead letters stay dead).
 _ACCOUNT = {"usage_events": "ledgered", "usage_repeats": "duplicates"}
-_TEXT_FIELDS = (
-    "event_id",
-    "vendor_id",
-    "licence_id",
-    "avatar_id",
-    "render_id",
-    "category",
-    "territory",
-    "channel",
-    "ad_currency",
-    "original_event_id",
-)
 
 
 @dataclass(frozen=True)
@@ -163,9 +151,8 @@ def event_problem(event: UsageEvent) -> str | None:
         problem = decimal_problem(event.ad_revenue)
         if problem is not None:
             return f"ad_revenue {problem}"
-    for name in _TEXT_FIELDS:
-        value = getattr(event, name)
-        if value is not None and (problem := text_problem(value)) is not None:
+    for name, value in zip(UsageEvent._fields, event, strict=True):
+        if isinstance(value, str) and (problem := text_problem(value)) is not None:
             return f"{name} {problem}"
     return None
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer
-from residuals.platform.quarantine import Quarantined, quarantine_metrics
+from residuals.platform.quarantine import Quarantined, report
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +200,7 @@ class TopicReplica(Mapping[bytes, bytes]):
                 return
             except Exception:
                 log.exception("quarantine failed", extra={"consumer": self.name})
-        quarantine_metrics().count(record)
-        log.warning(
-            "record refused and skipped",
-            extra={
-                "consumer": record.consumer,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": record.error,
-            },
-        )
+        report(record)  # counted and logged, at least
 
     def _check_caught_up(self, positions: Mapping[int, int]) -> None:
         if all(positions.get(p, 0) >= high for p, high in self._targets.items() if high > 0):
