@@ -5,6 +5,7 @@ last good version; the gateway's directory meets bad PostgreSQL rows and answers
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -183,7 +184,7 @@ def test_the_gateway_directory_treats_a_bad_row_as_unknown_and_serves_the_rest(
         conn.execute(
             "INSERT INTO vendor_signing_keys (key_id, vendor_id, public_key, created_by,"
             " revoked_at) VALUES (%s, %s, %s, 'test', '1970-01-01')",
-            (old, good.vendor_id, b"\x01" * 32),
+            (old, good.vendor_id, os.urandom(32)),
         )
         evil_vendor = f"VEN-\x1b[2J-{run}"
         conn.execute(
@@ -193,7 +194,7 @@ def test_the_gateway_directory_treats_a_bad_row_as_unknown_and_serves_the_rest(
         conn.execute(
             "INSERT INTO vendor_signing_keys (key_id, vendor_id, public_key, created_by)"
             " VALUES (%s, %s, %s, 'test')",
-            (evil, evil_vendor, b"\x02" * 32),
+            (evil, evil_vendor, os.urandom(32)),
         )
     before = sum(
         REGISTRY.get_sample_value(

@@ -33,7 +33,7 @@ from typing import Any
 from psycopg import Connection
 
 from residuals.codecs.usage import to_raw
-from residuals.domain.bounds import decimal_problem, printable, text_problem, time_problem
+from residuals.domain.bounds import printable
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.period import Period
 from residuals.domain.vocabulary import RejectReason
@@ -141,31 +141,15 @@ class Loaded:
             self.exclude(index, RejectReason.UNPROCESSABLE, detail)
 
 
-def event_problem(event: UsageEvent) -> str | None:
-    """Why a parsed event is outside the event model's bounds (admission refuses these
-    today; a stored row may predate it), or None."""
-    problem = time_problem(event.occurred_at)
-    if problem is not None:
-        return f"occurred_at {problem}"
-    if event.ad_revenue is not None:
-        problem = decimal_problem(event.ad_revenue)
-        if problem is not None:
-            return f"ad_revenue {problem}"
-    for name, value in zip(UsageEvent._fields, event, strict=True):
-        if isinstance(value, str) and (problem := text_problem(value)) is not None:
-            return f"{name} {problem}"
-    return None
-
-
 def _parse(payload: Any) -> UsageEvent | str:
     """The stored payload as an event, or why it cannot be one."""
     try:
         parsed = parse_event(to_raw(usage_pb2.UsageEvent.FromString(bytes(payload))))
     except Exception as error:  # any stored bytes at all: one row must not stop the close
         return describe(error)
-    if isinstance(parsed, Rejection):
+    if isinstance(parsed, Rejection):  # out of the event model's bounds, among others
         return f"{parsed.reason.value}: {parsed.detail}"
-    return event_problem(parsed) or parsed
+    return parsed
 
 
 def _load(rows: Iterable[tuple[Any, ...]]) -> Loaded:
