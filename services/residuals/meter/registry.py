@@ -60,7 +60,8 @@ class LicenceRegistry(Mapping[str, Licence]):
         self._table = table
         self._cache: OrderedDict[str, tuple[bytes, Licence]] = OrderedDict()
         self._cache_size = cache_size
-        # The replica's thread admits records while the meter looks licences up.
+        # The replica's thread admits records while the meter looks licences up: changes
+        # to the cache are made under this lock.
         self._lock = threading.Lock()
         #: Bytes already reported as undecodable, per licence (each is logged once).
         self._refused: dict[str, bytes] = {}
@@ -99,12 +100,16 @@ class LicenceRegistry(Mapping[str, Licence]):
         raw = self._table.get(licence_id.encode())
         if raw is None:
             return default
-        raw = bytes(raw)
-        with self._lock:
-            cached = self._cache.get(licence_id)
-            if cached is not None and cached[0] == raw:
+        # The hit path takes no lock: each OrderedDict call is atomic under the GIL, and
+        # the replica's thread may only have evicted the entry meanwhile.
+        cached = self._cache.get(licence_id)
+        if cached is not None and cached[0] == raw:
+            try:  # noqa: SIM105 (contextlib.suppress costs more than the lookup itself)
                 self._cache.move_to_end(licence_id)
-                return cached[1]
+            except KeyError:
+                pass
+            return cached[1]
+        raw = bytes(raw)
         try:
             licence = licence_codec.decode(raw)
             _own_key(licence_id.encode(), licence.licence_id, "licence")
