@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from residuals.domain.bounds import LATEST, decimal_problem, time_problem
 from residuals.domain.events import parse_timestamp
 from residuals.domain.licences import (
     Licence,
@@ -94,10 +95,7 @@ class _Reader:
             if required:
                 raise SpecError(self.at(key), "is required")
             return None
-        try:
-            return parse_timestamp(value)
-        except (ValueError, TypeError):
-            raise SpecError(self.at(key), f"is not an ISO 8601 timestamp: {value!r}") from None
+        return to_time(value, self.at(key))
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
@@ -121,16 +119,37 @@ class _Reader:
         return _Reader(self.data.get(key) or {}, self.at(key))
 
 
+def to_time(value: Any, path: str) -> datetime:
+    """A timestamp within the platform's era (2000-01-01..9999-12-31), as every reader of
+    a licence record requires (:mod:`residuals.codecs.licences`)."""
+    try:
+        parsed = parse_timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        raise SpecError(path, f"is not an ISO 8601 timestamp: {value!r}") from None
+    problem = time_problem(parsed)
+    if problem is not None:
+        raise SpecError(path, problem)
+    return parsed
+
+
 def to_decimal(value: Any, path: str, *, maximum: Decimal | None = None) -> Decimal:
-    """A non-negative decimal from a string or integer (floats are refused: never binary)."""
+    """A non-negative decimal from a string or integer (floats are refused: never binary),
+    within the event model's bounds (at most 18 integer and 9 fraction digits), as every
+    reader of a licence record requires (:mod:`residuals.codecs.licences`)."""
     if isinstance(value, (bool, float)):
         raise SpecError(path, f'must be a decimal string like "0.50", not {value!r}')
+    text = str(value).strip()
+    if len(text) > 64:
+        raise SpecError(path, f"is not a decimal amount: {text[:32]!r}…")
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(text)
     except InvalidOperation:
         raise SpecError(path, f"is not a decimal number: {value!r}") from None
     if not number.is_finite() or number < 0:
         raise SpecError(path, f"must be a non-negative amount, got {value!r}")
+    problem = decimal_problem(number)
+    if problem is not None:
+        raise SpecError(path, problem)
     if maximum is not None and number > maximum:
         raise SpecError(path, f"must be at most {maximum}, got {value!r}")
     return number
@@ -221,6 +240,10 @@ def _version(r: _Reader, number: int, effective_from: datetime | None) -> Licenc
     assert starts_at is not None
     if ends_at is not None and ends_at <= starts_at:
         raise SpecError(r.at("ends_at"), "must be after starts_at")
+    revoked_at = r.time("revoked_at", required=False)
+    wind_down_days = r.integer("wind_down_days", 0)
+    if wind_down_days > (LATEST - (revoked_at or starts_at)).days:
+        raise SpecError(r.at("wind_down_days"), "ends after 9999-12-31")
     return LicenceVersion(
         version=number,
         effective_from=effective_from,
@@ -233,8 +256,8 @@ def _version(r: _Reader, number: int, effective_from: datetime | None) -> Licenc
         advance_outstanding=r.decimal("advance_outstanding", Decimal(0)),
         platform_fee=r.decimal("platform_fee", Decimal(0), maximum=ONE),
         splits=_splits(r),
-        revoked_at=r.time("revoked_at", required=False),
-        wind_down_days=r.integer("wind_down_days", 0),
+        revoked_at=revoked_at,
+        wind_down_days=wind_down_days,
         auto_suspend_on_critical=r.boolean("auto_suspend_on_critical", True),
     )
 
@@ -268,12 +291,7 @@ def _reinstatements(r: _Reader) -> list[datetime]:
         values += single if isinstance(single, list) else [single]
     times = []
     for i, value in enumerate(values):
-        try:
-            times.append(parse_timestamp(value))
-        except (ValueError, TypeError):
-            raise SpecError(
-                r.at(f"reinstatements[{i}]"), f"is not a timestamp: {value!r}"
-            ) from None
+        times.append(to_time(value, r.at(f"reinstatements[{i}]")))
     return times
 
 

@@ -1,8 +1,9 @@
 """Exact money: currencies, minor units, half-even rounding and largest-remainder splits.
 
 Amounts accrue as unrounded :class:`~decimal.Decimal` and are rounded only when a statement
-line is formed (ROYALTY-RULES.md §1). A high-precision context keeps pro-rata divisions
-(the only non-terminating operation) far below a minor unit.
+line is formed (ROYALTY-RULES.md §1). A context wide enough for the worst bounded case
+(:data:`MONEY_CONTEXT`) keeps every sum and product exact and pro-rata divisions (the only
+non-terminating operation) far below a minor unit.
 """
 
 from __future__ import annotations
@@ -10,8 +11,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal
 
+#: Significant digits of every money computation in the domain (see MONEY_CONTEXT).
+MONEY_PRECISION = 120
+
 #: Arithmetic context for every money computation in the domain.
-MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+#:
+#: Why 120 digits is always enough: every input is bounded at admission
+#: (:mod:`residuals.domain.bounds`): amounts, rates, prices and multipliers below 10^18
+#: with at most 9 fraction digits; shares and fees at most 1; quantities at most 10^6.
+#:
+#: * One event's amount (ROYALTY-RULES.md §7, :mod:`residuals.domain.pricing`) is at most
+#:   four such factors and a division by 1,000: a view is units x CPM x channel multiplier
+#:   / 1000 (x the unlicensed-use multiplier when held) < 10^6 x 10^18 x 10^18 / 10^3 x
+#:   10^18 = 10^57; an ad impression max(revenue x share, units x floor / 1000) x
+#:   multiplier (x penalty) < 10^57 as well; a render less. Its smallest digit is at most
+#:   4 x 9 + 3 = 39 places after the point (an ad's revenue split pro rata by units is the
+#:   one non-terminating division: it is rounded at the 120th digit, 10^-100 of a cent).
+#: * A statement line sums a period's events. Even 10^15 events per period (50,000
+#:   events/s for a 31-day month is 1.3 x 10^11) give < 10^72, so a line needs at most
+#:   72 + 39 = 111 digits: sums and products are exact, and rounding a line to minor units
+#:   (4 fraction digits at most) needs 76 digits, never more than the precision, so
+#:   ``quantize`` never raises InvalidOperation (at 60 digits it did from ~10^58 up).
+#: * Settlement multiplies a rounded gross (< 10^72, 4 fraction digits) by a fee or share
+#:   (10 digits): < 90 digits; summing payees over 10^6 licences adds 6. Exponents stay far
+#:   inside the default Emax/Emin of +-999,999.
+#:
+#: Precision costs nothing for exact operations (Decimal works on the digits operands have,
+#: not on ``prec``); only the pro-rata division produces 120 digits.
+MONEY_CONTEXT = Context(prec=MONEY_PRECISION, rounding=ROUND_HALF_EVEN)
 
 ZERO = Decimal(0)
 

@@ -13,18 +13,40 @@ replication lag) and is re-checked after a few seconds. Both are cached (LRU wit
   vendor synchronously. Scope, suspension and quotas depend on the changing terms and
   stay with the meter, which holds the full licence table.
 
+A row is checked as strictly as the meter checks the same record on its compacted topic
+(:mod:`residuals.codecs.licences`): a key or licence whose stored row is not well-formed
+and bounded (a 31-byte key, a NUL in an id, an unknown currency, a time Python cannot
+hold) is *unknown* - the event is refused as if the key or licence did not exist - and the
+row is logged and counted once in ``residuals_quarantined_records_total`` (consumer
+``ingest-directory``, topic = the table) for an operator to repair. It never fails the
+request it was looked up for.
+
 Protocols let tests and other deployments (e.g. a directory tailing the compacted
 ``residuals.signing-keys.v1`` topic) plug in other sources.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
+import psycopg
+
+from residuals.codecs import licences as licence_codec
 from residuals.codecs.signed import SigningKeyRecord
+from residuals.codecs.timestamps import set_timestamp
+from residuals.domain.bounds import text_problem
 from residuals.domain.licences import Licence
 from residuals.ingest.cache import TtlCache
 from residuals.platform.postgres import Database
+from residuals.platform.quarantine import Quarantined, describe, report
+from residuals.v1 import licence_pb2
+
+T = TypeVar("T")
+#: The consumer name of rows the directory refuses (metric label, logs).
+CONSUMER = "ingest-directory"
 
 
 class SigningKeys(Protocol):
@@ -73,6 +95,10 @@ class PostgresDirectory:
         max_entries: int = 100_000,
     ) -> None:
         self.db = db
+        #: Rows already reported (table, id, error): a bad row is re-read every few
+        #: seconds while traffic names it, but logged and counted once.
+        self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
         self._keys: TtlCache[str, SigningKeyRecord] = TtlCache(
             max_entries=max_entries,
             ttl_seconds=key_ttl_seconds,
@@ -95,18 +121,48 @@ class PostgresDirectory:
         self._licences.invalidate()
 
     def _load_key(self, key_id: str) -> SigningKeyRecord | None:
-        with self.db.connection() as conn:
-            row = conn.execute(_KEY_SQL, (key_id,)).fetchone()
-        if row is None:
-            return None
-        return SigningKeyRecord(row[0], row[1], bytes(row[2]), row[3])
+        return self._load("vendor_signing_keys", _KEY_SQL, key_id, _key_row)
 
     def _load_licence(self, licence_id: str) -> Licence | None:
-        with self.db.connection() as conn:
-            row = conn.execute(_LICENCE_SQL, (licence_id,)).fetchone()
-        if row is None:
+        return self._load("licences", _LICENCE_SQL, licence_id, _licence_row)
+
+    def _load(
+        self, table: str, sql: str, ident: str, decode: Callable[[tuple[Any, ...]], T]
+    ) -> T | None:
+        """The decoded row, None when there is none or it is not well-formed (reported).
+        Raises only when the database cannot answer (the caller says UNAVAILABLE)."""
+        if text_problem(ident) is not None:
+            return None  # no stored id is like this (a NUL would not even reach the query)
+        try:
+            with self.db.connection() as conn:
+                row = conn.execute(sql, (ident,)).fetchone()
+            return None if row is None else decode(row)
+        except (ValueError, TypeError, psycopg.DataError) as error:
+            # InvalidRecord (a ValueError), or a stored value Python cannot hold (DataError:
+            # a timestamp after year 9999) or protobuf refuses (TypeError, ValueError)
+            self._report(table, ident, error)
             return None
-        return identity_licence(*row)
+
+    def _report(self, table: str, ident: str, error: Exception) -> None:
+        seen = (table, ident, describe(error))
+        with self._lock:  # gRPC worker threads look up concurrently
+            if seen in self._reported:
+                return
+            self._reported[seen] = None
+            if len(self._reported) > 10_000:
+                self._reported.popitem(last=False)
+        report(Quarantined(CONSUMER, table, 0, 0, ident.encode(), None, seen[2]))
+
+
+def _key_row(row: tuple[Any, ...]) -> SigningKeyRecord:
+    message = licence_pb2.VendorSigningKey(key_id=row[0], vendor_id=row[1], public_key=row[2])
+    if row[3] is not None:
+        set_timestamp(message.revoked_at, row[3])
+    return licence_codec.signing_key_from_proto(message)
+
+
+def _licence_row(row: tuple[Any, ...]) -> Licence:
+    return identity_licence(*licence_codec.identity(*row))
 
 
 class StaticDirectory:

@@ -16,11 +16,20 @@ The relay:
 4. loops: reads unpublished rows in id order, produces them in one Kafka transaction,
    commits it (which waits for every delivery), then marks the rows published.
 
-Guarantee: each outbox row appears **exactly once** in the topic for ``read_committed``
-consumers, in id (= commit) order per key, across relay crashes and restarts. Consumers
-reading uncommitted data may also see records of a batch that was aborted and retried,
-i.e. at-least-once, still in order; each record is a licence's full state with a
-``revision``, so a duplicate is harmless and compaction keeps the newest state.
+A row Kafka refuses whatever is retried (larger than the topic's ``max.message.bytes``,
+headers or a topic that cannot be produced) must not hold back every later row: the relay
+bisects the failed batch down to that row (:mod:`residuals.platform.setaside`), stores it
+in the quarantine table (consumer ``licensing-outbox``) and marks it ``quarantined_at`` -
+in PostgreSQL *before* the Kafka transaction holding the rows after it commits, so
+recovery never mistakes it for published - and publishes the others in id order.
+
+Guarantee: each outbox row not set aside appears **exactly once** in the topic for
+``read_committed`` consumers, in id (= commit) order per key, across relay crashes and
+restarts. Consumers reading uncommitted data may also see records of a batch that was
+aborted and retried, i.e. at-least-once, still in order; each record is a licence's full
+state with a ``revision``, so a duplicate is harmless and compaction keeps the newest
+state. A set-aside licence row is superseded by the licence's next change (every record
+is its full state); until then the topic holds its previous state.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from residuals.licensing.store import OUTBOX_CHANNEL
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer, make_producer, topic_name
+from residuals.platform.quarantine import describe
+from residuals.platform.setaside import RecordRefused, is_permanent, publish_in_order, set_aside
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -48,6 +59,9 @@ OUTBOX_ID_HEADER = "residuals-outbox-id"
 RELAY_LOCK = 0x6F75_7462_6F78_0001  # "outbox" + 1: one relay at a time
 #: Topics the relay writes (recovery scans them all).
 RELAY_TOPICS: tuple[topics.Topic, ...] = (topics.LICENCES, topics.SIGNING_KEYS)
+#: The consumer name of rows the relay sets aside (quarantine table, metric).
+CONSUMER = "licensing-outbox"
+_UNPUBLISHED = "published_at IS NULL AND quarantined_at IS NULL"
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,18 @@ class OutboxRow:
     topic: str
     key: bytes
     payload: bytes
-    headers: dict[str, str]
+    #: As stored (a JSON object of strings when written by the registry).
+    headers: Any
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        """The record's headers; ValueError when the stored ones are not strings."""
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise ValueError(f"headers are not a JSON object of strings: {self.headers!r:.200}")
+        headers = [(k, v.encode("utf-8")) for k, v in self.headers.items()]
+        headers.append((OUTBOX_ID_HEADER, str(self.id).encode("ascii")))
+        return headers
 
 
 class RelayMetrics:
@@ -201,8 +226,7 @@ class OutboxRelay:
             return 0
         assert self._conn is not None
         cur = self._conn.execute(
-            "UPDATE outbox SET published_at = clock_timestamp()"
-            " WHERE id <= %s AND published_at IS NULL",
+            f"UPDATE outbox SET published_at = clock_timestamp() WHERE id <= %s AND {_UNPUBLISHED}",
             (highest,),
         )
         marked = cur.rowcount
@@ -221,16 +245,16 @@ class OutboxRelay:
         assert self._conn is not None
         rows = self._conn.execute(
             "SELECT id, topic, message_key, payload, headers FROM outbox"
-            " WHERE published_at IS NULL ORDER BY id LIMIT %s",
+            f" WHERE {_UNPUBLISHED} ORDER BY id LIMIT %s",
             (self.batch_size,),
         ).fetchall()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), bytes(r[3]), dict(r[4])) for r in rows]
+        return [OutboxRow(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4]) for r in rows]
 
     def _observe_backlog(self) -> None:
         assert self._conn is not None
         row = self._conn.execute(
             "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)"
-            " FROM outbox WHERE published_at IS NULL"
+            f" FROM outbox WHERE {_UNPUBLISHED}"
         ).fetchone()
         assert row is not None
         self.metrics.pending.set(int(row[0]))
@@ -248,6 +272,11 @@ class OutboxRelay:
         return len(rows)
 
     def _publish(self, rows: Sequence[OutboxRow]) -> None:
+        publish_in_order(rows, self._send, self._set_aside)
+
+    def _send(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish ``rows`` in one transaction and mark them; :class:`RecordRefused` when
+        Kafka refuses them for good (the transaction is aborted: nothing of it is seen)."""
         from confluent_kafka import KafkaException
 
         producer = self._producer
@@ -255,15 +284,8 @@ class OutboxRelay:
         while True:
             producer.begin_transaction()
             try:
-                for row in rows:
-                    headers = [(k, v.encode("utf-8")) for k, v in row.headers.items()]
-                    headers.append((OUTBOX_ID_HEADER, str(row.id).encode("ascii")))
-                    producer.produce(
-                        topic_name(self.kafka, row.topic),
-                        key=row.key,
-                        value=row.payload,
-                        headers=headers,
-                    )
+                for index, row in enumerate(rows):
+                    self._produce(producer, index, row)
                     producer.poll(0)
                 self._commit()
                 break
@@ -271,14 +293,59 @@ class OutboxRelay:
                 self.metrics.failures.inc()
                 if not error.args[0].txn_requires_abort():
                     raise  # fatal (e.g. fenced by a newer relay): stop; a restart recovers
-                log.warning("outbox batch aborted; retrying", extra={"error": str(error)})
                 producer.abort_transaction(30)
+                if is_permanent(error.args[0]):
+                    raise RecordRefused(describe(error)) from None
+                log.warning("outbox batch aborted; retrying", extra={"error": str(error)})
                 if self._stopping():
                     raise  # shutting down: the rows stay unpublished for the next relay
                 time.sleep(0.5)
         self._mark(rows)
         for row in rows:
             self.metrics.published.labels(row.topic).inc()
+
+    def _produce(self, producer: Any, index: int, row: OutboxRow) -> None:
+        """Produce one row into the open transaction; a row that cannot be produced at all
+        aborts it with :class:`RecordRefused` naming the row."""
+        from confluent_kafka import KafkaException
+
+        try:
+            if row.topic not in {t.name for t in RELAY_TOPICS}:
+                raise ValueError(f"{row.topic!r:.100} is not a topic the relay writes")
+            producer.produce(
+                topic_name(self.kafka, row.topic),
+                key=row.key,
+                value=row.payload,
+                headers=row.kafka_headers(),
+            )
+        except (KafkaException, ValueError, TypeError) as error:
+            if isinstance(error, KafkaException) and not is_permanent(error.args[0]):
+                raise
+            producer.abort_transaction(30)
+            raise RecordRefused(describe(error), culprit=index) from None
+
+    def _set_aside(self, row: OutboxRow, error: str) -> None:
+        assert self._conn is not None
+        try:
+            headers = [(k.encode(), v) for k, v in row.kafka_headers()]
+        except ValueError:
+            headers = []
+        set_aside(
+            self._conn,
+            consumer=CONSUMER,
+            table="outbox",
+            id_column="id",
+            row_id=row.id,
+            topic=f"{self.kafka.topic_prefix}{row.topic}",
+            key=row.key,
+            value=row.payload,
+            headers=headers,
+            error=error,
+        )
+        log.error(
+            "outbox row set aside: Kafka refuses it; later rows go on",
+            extra={"outbox_id": row.id, "topic": row.topic, "error": error},
+        )
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()

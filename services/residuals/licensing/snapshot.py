@@ -66,8 +66,10 @@ class LicenceRecord:
         return self.versions[-1]
 
     def to_domain(self) -> Licence:
-        """The domain licence (validated like any input), automatic windows marked as such."""
-        licence = terms.validate(self.identity, [(v.effective_from, v.spec) for v in self.versions])
+        """The domain licence (well-formed and bounded, not re-judged by today's registry
+        rules: :func:`terms.read`), automatic windows marked as such; :class:`SpecError`
+        when a stored row is not."""
+        licence = terms.read(self.identity, [(v.effective_from, v.spec) for v in self.versions])
         windows = tuple(
             s.window for s in self.suspensions if s.automatic or s.ends_at != s.starts_at
         )

@@ -2,10 +2,16 @@
 
 The registry validates terms with the domain's own parser,
 :func:`residuals.domain.licence_spec.parse_licence` (splits sum to 1, tiers ascending and
-open-ended, ISO 4217, non-negative money, term ordering, amendment order...), followed by
-the registry's extra rules (:mod:`residuals.licensing.rules`). Nothing here re-states a
-rule: requests are *translated* into the spec shape the parser reads, and the parser's
-field paths are translated back into the request's field names.
+open-ended, ISO 4217, non-negative and bounded money, times within the era, term
+ordering, amendment order...), followed by the registry's extra rules
+(:mod:`residuals.licensing.rules`). Nothing here re-states a rule: requests are
+*translated* into the spec shape the parser reads, and the parser's field paths are
+translated back into the request's field names.
+
+Writing and reading differ on purpose: :func:`validate` (a new licence or version) applies
+the registry's rules; :func:`read` (a stored licence, for the API, the outbox and the
+period close) only the parser's, so a licence recorded under older rules (a category since
+retired) stays readable.
 
 A stored version is a *complete* spec (every key present, ``None`` for unset optional
 times), so laying it over the previous version as an amendment replaces every term and
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from residuals.codecs.timestamps import optional_datetime
+from residuals.codecs.timestamps import to_datetime
+from residuals.domain.bounds import timestamp_problem
 from residuals.domain.licence_spec import SpecError, parse_licence
 from residuals.domain.licences import Licence, LicenceVersion
 from residuals.domain.money import fmt
@@ -94,9 +101,12 @@ def version_spec_from_proto(terms: licence_pb2.LicenceVersion) -> Spec:
     """
     spec: Spec = {}
     for key in ("starts_at", "ends_at", "revoked_at"):
-        value = optional_datetime(terms, key)
-        if value is not None:
-            spec[key] = value
+        if terms.HasField(key):
+            stamp = getattr(terms, key)
+            problem = timestamp_problem(stamp.seconds, stamp.nanos)
+            if problem is not None:
+                raise SpecError(key, problem)
+            spec[key] = to_datetime(stamp)
     spec["wind_down_days"] = terms.wind_down_days
     if terms.HasField("auto_suspend_on_critical"):
         spec["auto_suspend_on_critical"] = terms.auto_suspend_on_critical
@@ -261,9 +271,15 @@ def validate(identity: Identity, versions: Sequence[tuple[datetime | None, Spec]
 
     The domain parser's rules first, then the registry's (known vocabulary, ISO 3166).
     """
-    licence = parse_licence(licence_spec(identity, versions), path="")
+    licence = read(identity, versions)
     rules.check_licence(licence)
     return licence
+
+
+def read(identity: Identity, versions: Sequence[tuple[datetime | None, Spec]]) -> Licence:
+    """A stored licence as the domain licence: well-formed and bounded (the parser), not
+    re-judged by today's registry rules; :class:`SpecError` with a licence-spec path."""
+    return parse_licence(licence_spec(identity, versions), path="")
 
 
 _AMENDMENT = re.compile(r"^amendments\[(\d+)\](?:\.(.*))?$")

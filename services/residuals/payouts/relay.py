@@ -6,22 +6,38 @@ them only after Kafka acknowledged every record of the batch. A crash in between
 the batch (at-least-once; consumers de-duplicate on ``PayoutEvent.sequence``). Records are
 keyed by payee id so one payee's changes stay in order, and carry the W3C trace context
 of the operation that made the change.
+
+A row Kafka refuses whatever is retried (larger than the topic's ``max.message.bytes``, a
+payload that is not a ``PayoutEvent``) is set aside instead of being retried forever: the
+failed batch is bisected down to it (:mod:`residuals.platform.setaside`), it is stored in
+the quarantine table (consumer ``payouts-relay``) and marked ``quarantined_at``, and the
+rows after it are published in order.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
+
+from confluent_kafka import KafkaException
+from google.protobuf.message import DecodeError
 
 from residuals.payouts import store
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_producer, topic_name
 from residuals.platform.postgres import Database
+from residuals.platform.quarantine import describe
+from residuals.platform.setaside import RecordRefused, is_permanent, publish_in_order, set_aside
 from residuals.platform.topics import PAYOUTS
 from residuals.v1 import payouts_pb2
 
 log = logging.getLogger(__name__)
+
+#: The consumer name of rows the relay sets aside (quarantine table, metric).
+CONSUMER = "payouts-relay"
+Row = tuple[int, str, bytes]  # sequence, payee id, PayoutEvent bytes
 
 
 class PayoutRelay:
@@ -37,36 +53,62 @@ class PayoutRelay:
         """Publish one batch of unpublished events; returns how many were published."""
         with self.db.connection() as conn:
             rows = store.unpublished_events(conn, self.batch)
-            if not rows:
-                return 0
-            errors: list[str] = []
 
-            def delivered(err: Any, _msg: Any) -> None:
-                if err is not None:
-                    errors.append(str(err))
+            def send(chunk: Sequence[Row]) -> None:
+                self._send(chunk, timeout)
+                store.mark_published(conn, [r[0] for r in chunk])
 
-            for _sequence, payee_id, payload in rows:
-                event = payouts_pb2.PayoutEvent.FromString(payload)
-                headers: list[tuple[str, str | bytes | None]] = []
-                if event.trace.traceparent:
-                    headers.append(("traceparent", event.trace.traceparent.encode()))
-                    if event.trace.tracestate:
-                        headers.append(("tracestate", event.trace.tracestate.encode()))
+            def aside(row: Row, error: str) -> None:
+                set_aside(
+                    conn,
+                    consumer=CONSUMER,
+                    table="payout_events",
+                    id_column="sequence",
+                    row_id=row[0],
+                    topic=self.topic,
+                    key=row[1].encode("utf-8", "backslashreplace"),
+                    value=row[2],
+                    headers=(),
+                    error=error,
+                )
+                log.error(
+                    "payout event set aside: Kafka refuses it; later events go on",
+                    extra={"sequence": row[0], "error": error},
+                )
+
+            return publish_in_order(rows, send, aside)
+
+    def _send(self, rows: Sequence[Row], timeout: float) -> None:
+        """Produce ``rows`` and wait for every acknowledgement; :class:`RecordRefused`
+        when Kafka refuses them for good, RuntimeError for anything to retry later."""
+        errors: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        for index, (_sequence, payee_id, payload) in enumerate(rows):
+            try:
                 self.producer.produce(
                     self.topic,
                     key=payee_id.encode("utf-8"),
                     value=payload,
-                    headers=headers,
+                    headers=_trace_headers(payload),
                     on_delivery=delivered,
                 )
-            remaining = self.producer.flush(timeout)
-            if remaining or errors:
-                raise RuntimeError(
-                    f"payout events not acknowledged by Kafka: {remaining} pending, "
-                    f"errors {errors[:3]}"
-                )
-            store.mark_published(conn, [r[0] for r in rows])
-            return len(rows)
+            except (KafkaException, DecodeError, UnicodeEncodeError) as error:
+                if isinstance(error, KafkaException) and not is_permanent(error.args[0]):
+                    raise
+                self.producer.flush(timeout)  # those before it go out (at-least-once)
+                raise RecordRefused(describe(error), culprit=index) from None
+        remaining = self.producer.flush(timeout)
+        if not remaining and errors and all(is_permanent(e) for e in errors):
+            raise RecordRefused(describe(str(errors[0])))
+        if remaining or errors:
+            raise RuntimeError(
+                f"payout events not acknowledged by Kafka: {remaining} pending, "
+                f"errors {[str(e) for e in errors[:3]]}"
+            )
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         while not stop.is_set():
@@ -79,3 +121,14 @@ class PayoutRelay:
             if not published:
                 stop.wait(poll_seconds)
         self.producer.flush(5.0)
+
+
+def _trace_headers(payload: bytes) -> list[tuple[str, str | bytes | None]]:
+    """The W3C trace context the event carries; DecodeError if it is not a PayoutEvent."""
+    event = payouts_pb2.PayoutEvent.FromString(payload)
+    headers: list[tuple[str, str | bytes | None]] = []
+    if event.trace.traceparent:
+        headers.append(("traceparent", event.trace.traceparent.encode()))
+        if event.trace.tracestate:
+            headers.append(("tracestate", event.trace.tracestate.encode()))
+    return headers

@@ -561,7 +561,8 @@ def latest_sequence(conn: Conn) -> int:
 
 def unpublished_events(conn: Conn, limit: int = 500) -> list[tuple[int, str, bytes]]:
     rows = conn.execute(
-        "SELECT sequence, payee_id, payload FROM payout_events WHERE published_at IS NULL"
+        "SELECT sequence, payee_id, payload FROM payout_events"
+        " WHERE published_at IS NULL AND quarantined_at IS NULL"
         " ORDER BY sequence LIMIT %s FOR UPDATE SKIP LOCKED",
         (limit,),
     ).fetchall()

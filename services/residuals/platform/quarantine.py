@@ -160,21 +160,24 @@ def store(
         for row in rows:
             cur.execute(_INSERT, row)
             new += cur.rowcount
-    counter = metrics or quarantine_metrics()
     for record in records:
-        counter.count(record)
-    for r in rows:
-        log.warning(
-            "record quarantined",
-            extra={
-                "consumer": r[0],
-                "topic": r[1],
-                "partition": r[2],
-                "offset": r[3],
-                "error": r[7],
-            },
-        )
+        report(record, metrics)
     return new
+
+
+def report(record: Quarantined, metrics: QuarantineMetrics | None = None) -> None:
+    """Count a quarantined record in the metric and log it (escaped, bounded)."""
+    (metrics or quarantine_metrics()).count(record)
+    log.warning(
+        "record quarantined",
+        extra={
+            "consumer": printable(record.consumer, 128),
+            "topic": printable(record.topic, 256),
+            "partition": record.partition,
+            "offset": record.offset,
+            "error": describe(record.error),
+        },
+    )
 
 
 class QuarantineMetrics:
@@ -227,17 +230,7 @@ class QuarantinePublisher:
             on_delivery=delivered,
         )
         remaining = self.producer.flush(timeout)
-        self.metrics.count(record)
-        log.warning(
-            "record quarantined",
-            extra={
-                "consumer": record.consumer,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": record.error,
-            },
-        )
+        report(record, self.metrics)
         if remaining or errors:
             log.error(
                 "quarantine record not acknowledged by Kafka",

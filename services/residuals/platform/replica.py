@@ -10,6 +10,15 @@ group: the replica assigns itself every partition, so any number of instances ca
 Values are kept as the record bytes (callers decode on demand); a tombstone (null value)
 deletes the key. Reads from other threads are safe: each update is a single dict
 operation under the GIL.
+
+A reader of a registry must never stop on a record, nor forget a good value because of a
+bad one. So a replica can be given a ``check`` (:meth:`TopicReplica.admit_with`): a record
+it refuses - undecodable, out of bounds, a tombstone where nothing is ever deleted - is
+poison. So is a record without a key. Poison is quarantined (the ``quarantine`` callback,
+e.g. :meth:`residuals.platform.quarantine.QuarantinePublisher.publish`, with the replica's
+``name`` as the consumer; without one it is logged and counted in
+``residuals_quarantined_records_total``) and skipped: the key keeps its last good value,
+and reading goes on.
 """
 
 from __future__ import annotations
@@ -22,8 +31,12 @@ from typing import Any
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer
+from residuals.platform.quarantine import Quarantined, report
 
 log = logging.getLogger(__name__)
+
+#: Refuses a record (key, value) by raising; the exception is the quarantine's first error.
+RecordCheck = Callable[[bytes, bytes | None], None]
 
 
 class TopicReplica(Mapping[bytes, bytes]):
@@ -37,18 +50,24 @@ class TopicReplica(Mapping[bytes, bytes]):
         name: str,
         poll_timeout: float = 0.2,
         on_update: Callable[[bytes, bytes | None], None] | None = None,
+        check: RecordCheck | None = None,
+        quarantine: Callable[[Quarantined], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.name = name
         self.poll_timeout = poll_timeout
         self.on_update = on_update
+        self.check = check
+        self.quarantine = quarantine
         self._data: dict[bytes, bytes] = {}
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread: threading.Thread | None = None
         self._targets: dict[int, int] = {}
         self.records = 0
+        #: Records refused (quarantined) since start.
+        self.poisoned = 0
 
     # --- Mapping ---------------------------------------------------------------------------
 
@@ -63,6 +82,12 @@ class TopicReplica(Mapping[bytes, bytes]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def admit_with(self, check: RecordCheck) -> TopicReplica:
+        """Keep only records ``check`` accepts; it sees tombstones too (value None), so a
+        registry whose records are never deleted refuses them. Set before :meth:`start`."""
+        self.check = check
+        return self
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -133,7 +158,7 @@ class TopicReplica(Mapping[bytes, bytes]):
                     if error is not None:  # end of partition: offset is the next one
                         positions[partition] = offset
                         continue
-                    self._apply(message.key(), message.value())
+                    self._apply(message)
                     positions[partition] = offset + 1
                 if not self._caught_up.is_set():
                     self._check_caught_up(positions)
@@ -143,16 +168,39 @@ class TopicReplica(Mapping[bytes, bytes]):
         finally:
             consumer.close()
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
+    def _apply(self, message: Any) -> None:
+        """Take one record, or quarantine it; never raises (the reader must go on)."""
+        key, value = message.key(), message.value()
         self.records += 1
+        if key is None:
+            self._poison(message, "record without a key")
+            return
+        if self.check is not None:
+            try:
+                self.check(key, value)
+            except Exception as error:  # any refusal: the record is poison, not the reader
+                self._poison(message, error)
+                return
         if value is None:
             self._data.pop(key, None)
         else:
             self._data[key] = value
         if self.on_update is not None:
-            self.on_update(key, value)
+            try:
+                self.on_update(key, value)
+            except Exception:
+                log.exception("replica update callback failed", extra={"topic": self.topic})
+
+    def _poison(self, message: Any, error: BaseException | str) -> None:
+        self.poisoned += 1
+        record = Quarantined.of(self.name, message, error)
+        if self.quarantine is not None:
+            try:
+                self.quarantine(record)  # publishes, logs and counts it
+                return
+            except Exception:
+                log.exception("quarantine failed", extra={"consumer": self.name})
+        report(record)  # counted and logged, at least
 
     def _check_caught_up(self, positions: Mapping[int, int]) -> None:
         if all(positions.get(p, 0) >= high for p, high in self._targets.items() if high > 0):
