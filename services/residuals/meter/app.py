@@ -59,8 +59,17 @@ from residuals.platform.faust_app import make_faust_app
 from residuals.platform.heap import freeze_long_lived
 from residuals.platform.kafka import make_producer, topic_name
 from residuals.platform.offset_probe import OffsetProbe
+from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
-from residuals.platform.topics import ALERTS, LICENCES, SIGNING_KEYS, USAGE, USAGE_DLQ, USAGE_RATED
+from residuals.platform.topics import (
+    ALERTS,
+    LICENCES,
+    QUARANTINE,
+    SIGNING_KEYS,
+    USAGE,
+    USAGE_DLQ,
+    USAGE_RATED,
+)
 from residuals.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -438,8 +447,21 @@ class MeterService:
         self.state = self.app.Table(
             "meter-state", partitions=kafka.topic_partitions, key_type=bytes, value_type=bytes
         )
-        self.licences = TopicReplica(kafka, topic_name(kafka, LICENCES), name="meter-licences")
-        self.keys = TopicReplica(kafka, topic_name(kafka, SIGNING_KEYS), name="meter-keys")
+        # Poison on the registries' topics is set aside on residuals.quarantine.v1 (stored by
+        # the ledger writer) while the last good version of that licence or key is served.
+        quarantine = QuarantinePublisher(
+            make_producer(kafka, client_id=f"{kafka.topic_prefix}meter-quarantine"),
+            topic_name(kafka, QUARANTINE),
+        )
+        self.licences = TopicReplica(
+            kafka,
+            topic_name(kafka, LICENCES),
+            name="meter-licences",
+            quarantine=quarantine.publish,
+        )
+        self.keys = TopicReplica(
+            kafka, topic_name(kafka, SIGNING_KEYS), name="meter-keys", quarantine=quarantine.publish
+        )
         self.licence_registry = LicenceRegistry(self.licences, settings.licence_cache)
         self.meter = Meter(
             self.licence_registry,
