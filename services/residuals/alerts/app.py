@@ -15,7 +15,7 @@ import grpc
 
 from residuals.alerts.config import SERVICE_NAME, AlertsSettings
 from residuals.alerts.feed import ChangeFeed
-from residuals.alerts.ingest import AlertIngest
+from residuals.alerts.ingest import AlertIngest, Ingested
 from residuals.alerts.metrics import AlertMetrics, default_metrics
 from residuals.alerts.service import AlertServicer, servicer_descriptor
 from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
@@ -67,7 +67,9 @@ class AlertsApp(GrpcApp):
         )
         self.suspender: Suspender | None = None
         self.server: GrpcServer | None = None
-        self.sink: KafkaPostgresSink | None = None
+        self.sink: KafkaPostgresSink[Ingested] | None = None
+        #: A background worker died: health stays NOT_SERVING (a stall can end, this not).
+        self.broken = False
 
     # --- callbacks -----------------------------------------------------------------------
 
@@ -101,7 +103,10 @@ class AlertsApp(GrpcApp):
             )
         ingest = AlertIngest(metrics=self.metrics, on_raised=self._on_raised)
         consumer = make_sink_consumer(
-            settings.kafka, settings.consumer_group, client_id=settings.telemetry.service_name
+            settings.kafka,
+            settings.consumer_group,
+            client_id=settings.telemetry.service_name,
+            group_instance_id=settings.sink.group_instance_id,
         )
         self.sink = KafkaPostgresSink(
             name="alerts",
@@ -113,6 +118,8 @@ class AlertsApp(GrpcApp):
             after_commit=ingest.after_commit,
             batch_size=settings.batch_size,
             poll_timeout=0.05,
+            settings=settings.sink,
+            on_stalled=self._sink_stalled,
         )
         self._zero_series(topic_name(settings.kafka, ALERTS))
         self.workers.spawn(self._run_sink, "alert-sink")
@@ -152,10 +159,16 @@ class AlertsApp(GrpcApp):
 
     def _run_sink(self, stop: threading.Event) -> None:
         assert self.sink is not None
-        try:
-            self.sink.run(stop)
-        finally:
-            self.sink.close()
+        self.sink.run(stop)  # closes its consumer (leaves the group) however it ends
+
+    def _worker_failed(self, name: str) -> None:
+        self.broken = True
+        super()._worker_failed(name)
+
+    def _sink_stalled(self, stalled: bool) -> None:
+        """A sink that cannot advance is not serving: probes and dashboards see it."""
+        if self.server is not None:
+            self.server.set_serving(not stalled and not self.broken)
 
     def stop(self) -> None:
         self.workers.stop_event.set()

@@ -14,6 +14,7 @@ from residuals.platform.config import (
     group,
 )
 from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.sink import SinkSettings
 
 SERVICE_NAME = "alerts"
 
@@ -53,6 +54,7 @@ class AlertsSettings:
     telemetry: TelemetrySettings = group(TelemetrySettings)
     grpc: GrpcSettings = group(GrpcSettings)
     licensing: LicensingClientSettings = group(LicensingClientSettings)
+    sink: SinkSettings = group(SinkSettings)
     consumer_group: str = env(
         "ALERTS_CONSUMER_GROUP", "residuals-alerts", help="Kafka consumer group (and offset rows)"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +24,12 @@ from psycopg import Connection
 from residuals.alerts import store
 from residuals.alerts.metrics import AlertMetrics
 from residuals.alerts.query import severity_name
-from residuals.alerts.store import Incoming, Raised
+from residuals.alerts.store import Incoming, InvalidAlert, Raised
 from residuals.codecs.timestamps import to_datetime
+from residuals.domain.bounds import printable
 from residuals.platform.pipeline_metrics import pipeline_metrics
+from residuals.platform.quarantine import Quarantined
+from residuals.platform.quarantine import store as store_quarantined
 from residuals.platform.telemetry import extract_kafka_headers, trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2
 
@@ -70,8 +74,21 @@ def latency_origin(change_published: datetime | None, alert: alerts_pb2.Alert) -
     return "alert_raised", to_datetime(alert.raised_at).timestamp()
 
 
+@dataclass
+class Ingested:
+    """What one ``apply`` stored, for ``after_commit``: new alerts and their spans."""
+
+    raised: list[Raised] = field(default_factory=list)
+    spans: dict[str, Span] = field(default_factory=dict)
+
+
 class AlertIngest:
-    """``apply``/``after_commit`` for the sink; ``on_raised`` hears of new alerts after commit."""
+    """``apply``/``after_commit`` for the sink; ``on_raised`` hears of new alerts after commit.
+
+    A record that is not a usable alert (a tombstone, undecodable bytes, an invalid alert)
+    is quarantined as consumer ``alerts`` in the batch's transaction and counted in
+    ``residuals_alerts_invalid_total``.
+    """
 
     def __init__(
         self,
@@ -80,6 +97,7 @@ class AlertIngest:
         tracer: trace.Tracer | None = None,
         on_raised: Callable[[list[Raised]], None] | None = None,
         clock: Callable[[], float] | None = None,
+        consumer: str = "alerts",
     ) -> None:
         import time
 
@@ -88,15 +106,13 @@ class AlertIngest:
         self.tracer = tracer or trace.get_tracer(__name__)
         self.on_raised = on_raised
         self.clock = clock or time.time
-        self._raised: list[Raised] = []
-        self._spans: dict[str, Span] = {}
+        self.consumer = consumer
 
-    def apply(self, conn: Connection[Any], records: Sequence[Any]) -> None:
-        self._raised = []
-        self._spans = {}
+    def apply(self, conn: Connection[Any], records: Sequence[Any]) -> Ingested:
+        ingested = Ingested()
         incoming: list[Incoming] = []
         spans: list[Span] = []
-        undecodable = 0
+        bad: list[Quarantined] = []
         for record in records:
             parent = extract_kafka_headers(record.headers())
             span = self.tracer.start_span(
@@ -112,63 +128,67 @@ class AlertIngest:
                 },
             )
             spans.append(span)
+            value = record.value()
             try:
-                alert = alerts_pb2.Alert.FromString(record.value() or b"")
-            except DecodeError:
-                undecodable += 1
+                if value is None:
+                    raise InvalidAlert("tombstone (null value)")
+                alert = alerts_pb2.Alert.FromString(value)
+            except (DecodeError, InvalidAlert) as error:
                 span.set_attribute("residuals.alert.invalid", "undecodable")
-                log.warning(
-                    "undecodable record on the alerts topic",
-                    extra={"partition": record.partition(), "offset": record.offset()},
-                )
+                bad.append(Quarantined.of(self.consumer, record, error))
                 continue
-            span.set_attribute("residuals.alert_id", alert.alert_id)
+            span.set_attribute("residuals.alert_id", printable(alert.alert_id, 64))
             context = trace.set_span_in_context(span)
             incoming.append(
                 Incoming(
                     alert,
                     published_at(record.headers()),
                     trace_context_message(context=context),
+                    record,
                 )
             )
-            self._spans[alert.alert_id] = span
+            ingested.spans[alert.alert_id] = span
         try:
             raised, duplicates, invalid = store.store_raised(conn, incoming)
+            for item, reason in invalid:
+                bad.append(Quarantined.of(self.consumer, item.record, reason))
+            if bad:
+                store_quarantined(conn, bad)
         finally:
             for span in spans:
                 span.end()
-        for bad, reason in invalid:
-            log.warning(
-                "invalid alert ignored", extra={"alert_id": bad.alert.alert_id, "reason": reason}
-            )
-        self.metrics.invalid.inc(undecodable + len(invalid))
+        self.metrics.invalid.inc(len(bad))
         if duplicates:
             self.metrics.duplicates.inc(duplicates)
-        self._raised = raised
+        ingested.raised = raised
+        return ingested
 
-    def after_commit(self, records: Sequence[Any]) -> None:
-        raised, self._raised = self._raised, []
-        spans, self._spans = self._spans, {}
+    def after_commit(self, records: Sequence[Any], results: Sequence[Ingested]) -> None:
         now = self.clock()
-        for item in raised:
-            alert = item.alert
-            kind = item.change.key.kind
-            severity = severity_name(alert.severity)
-            self.metrics.raised.labels(kind, severity).inc()
-            self.metrics.changes.labels("raised").inc()
-            if item.change.published_at is not None:
-                self.pipeline.latency.labels("alert_stored").observe(
-                    max(0.0, now - item.change.published_at.timestamp())
-                )
-            span = spans.get(alert.alert_id)
-            level = logging.INFO if alert.severity >= common_pb2.SEVERITY_HIGH else logging.DEBUG
-            if span is not None:
-                with trace.use_span(span, end_on_exit=False):
-                    log.log(level, "alert stored", extra=_log_fields(item))
-            else:
-                log.log(level, "alert stored", extra=_log_fields(item))
+        raised: list[Raised] = []
+        for ingested in results:
+            for item in ingested.raised:
+                self._stored(item, ingested.spans.get(item.alert.alert_id), now)
+                raised.append(item)
         if raised and self.on_raised is not None:
             self.on_raised(raised)
+
+    def _stored(self, item: Raised, span: Span | None, now: float) -> None:
+        alert = item.alert
+        kind = item.change.key.kind
+        severity = severity_name(alert.severity)
+        self.metrics.raised.labels(kind, severity).inc()
+        self.metrics.changes.labels("raised").inc()
+        if item.change.published_at is not None:
+            self.pipeline.latency.labels("alert_stored").observe(
+                max(0.0, now - item.change.published_at.timestamp())
+            )
+        level = logging.INFO if alert.severity >= common_pb2.SEVERITY_HIGH else logging.DEBUG
+        if span is not None:
+            with trace.use_span(span, end_on_exit=False):
+                log.log(level, "alert stored", extra=_log_fields(item))
+        else:
+            log.log(level, "alert stored", extra=_log_fields(item))
 
 
 def _log_fields(item: Raised) -> dict[str, Any]:

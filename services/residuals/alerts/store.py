@@ -19,13 +19,15 @@ import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from psycopg import Connection
 
 from residuals.alerts.query import STATE_NAMES, AlertQuery, ChangeKey, kind_name
-from residuals.codecs.timestamps import optional_datetime, set_timestamp
+from residuals.codecs.timestamps import bounded_datetime, optional_datetime, set_timestamp
+from residuals.domain.bounds import MAX_ID_CHARS, amount_text_problem, printable, text_problem
+from residuals.domain.period import Period
 from residuals.domain.vocabulary import SEVERITY, Violation
 from residuals.v1 import alerts_pb2, common_pb2
 
@@ -46,7 +48,7 @@ RESOLUTION_NAMES: dict[int, str] = {
 
 
 class InvalidAlert(ValueError):
-    """A record on the alerts topic that is not a usable alert (logged and counted)."""
+    """A record on the alerts topic that is not a usable alert (quarantined and counted)."""
 
 
 class AlertNotFound(LookupError):
@@ -78,6 +80,8 @@ class Incoming:
     alert: alerts_pb2.Alert
     published_at: datetime | None = None
     trace: common_pb2.TraceContext | None = None
+    #: The Kafka record it was read from (quarantined when the alert is invalid).
+    record: Any = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ class Raised:
     suspend: bool
 
 
+#: Ids stored in columns, matched by filters and access rules.
+_ID_FIELDS = ("alert_id", "licence_id", "talent_id", "vendor_id", "avatar_id", "currency_code")
+MAX_BIGINT = 2**63 - 1
+
+
 def period_of(moment: datetime) -> str:
     return f"{moment.year:04d}-{moment.month:02d}"
 
@@ -96,6 +105,9 @@ def period_of(moment: datetime) -> str:
 def normalise(incoming: Incoming, now: datetime) -> alerts_pb2.Alert:
     """The alert as stored: validated, severity and period filled in, state OPEN.
 
+    Ids stored in columns (and matched by the access rules) must be within the event
+    model's bounds; the event ids it lists are escaped and bounded
+    (:func:`~residuals.domain.bounds.printable`), so PostgreSQL never refuses the row.
     Raises :class:`InvalidAlert` naming the problem.
     """
     alert = alerts_pb2.Alert()
@@ -103,19 +115,34 @@ def normalise(incoming: Incoming, now: datetime) -> alerts_pb2.Alert:
     for name in ("alert_id", "licence_id", "talent_id", "vendor_id"):
         if not getattr(alert, name):
             raise InvalidAlert(f"alert without {name}")
+    for name in _ID_FIELDS:
+        if problem := text_problem(getattr(alert, name)):
+            raise InvalidAlert(f"alert {name} {problem}")
     if alert.kind == common_pb2.VIOLATION_KIND_UNSPECIFIED:
         raise InvalidAlert(f"alert {alert.alert_id} without kind")
     if alert.kind not in common_pb2.ViolationKind.values():
         raise InvalidAlert(f"alert {alert.alert_id} has unknown kind {alert.kind}")
+    if alert.severity not in common_pb2.Severity.values():
+        raise InvalidAlert(f"alert {alert.alert_id} has unknown severity {alert.severity}")
     violation = Violation(kind_name(alert.kind))
     if alert.severity == common_pb2.SEVERITY_UNSPECIFIED:
         alert.severity = common_pb2.Severity.Value("SEVERITY_" + SEVERITY[violation].value)
-    try:
-        Decimal(alert.held_amount or "0")
-    except InvalidOperation:
-        raise InvalidAlert(
-            f"alert {alert.alert_id} held_amount {alert.held_amount!r} is not a decimal"
-        ) from None
+    if problem := amount_text_problem(alert.held_amount or "0"):
+        raise InvalidAlert(f"alert {alert.alert_id} held_amount {problem}")
+    if alert.held_units > MAX_BIGINT:
+        raise InvalidAlert(f"alert {alert.alert_id} held_units {alert.held_units} out of range")
+    if alert.HasField("raised_at") and bounded_datetime(alert, "raised_at") is None:
+        raise InvalidAlert(f"alert {alert.alert_id} raised_at is out of bounds")
+    if alert.HasField("occurred_at") and bounded_datetime(alert, "occurred_at") is None:
+        raise InvalidAlert(f"alert {alert.alert_id} occurred_at is out of bounds")
+    if alert.period:
+        try:
+            Period.parse(alert.period)
+        except ValueError:
+            raise InvalidAlert(f"alert {alert.alert_id} period is not YYYY-MM") from None
+    event_ids = [printable(event_id, MAX_ID_CHARS) for event_id in alert.event_ids]
+    del alert.event_ids[:]
+    alert.event_ids.extend(event_ids)
     if not alert.HasField("raised_at"):
         set_timestamp(alert.raised_at, now)
     if not alert.period:

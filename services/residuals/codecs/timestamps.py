@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from residuals.domain.bounds import timestamp_problem
+
 
 def to_datetime(ts: Timestamp) -> datetime:
     return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
@@ -28,3 +30,15 @@ def optional_datetime(message: object, field: str) -> datetime | None:
     if message.HasField(field):  # type: ignore[attr-defined]
         return to_datetime(getattr(message, field))
     return None
+
+
+def bounded_datetime(message: object, field: str) -> datetime | None:
+    """The field as a datetime when set and within the event model's bounds
+    (:func:`residuals.domain.bounds.timestamp_problem`), else None: never raises, so a
+    decoder can fall back to a time it trusts (nanos -1 or seconds 2^62 cannot convert)."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    ts = getattr(message, field)
+    if timestamp_problem(ts.seconds, ts.nanos) is not None:
+        return None
+    return to_datetime(ts)

@@ -57,6 +57,27 @@ def decimal_problem(value: Decimal, *, non_negative: bool = True) -> str | None:
     return None
 
 
+#: Amounts the platform computes (unrounded accruals, e.g. a CPM rate times a multiplier)
+#: may carry more fraction digits than a vendor may send; their text is bounded instead.
+MAX_AMOUNT_CHARS = 64
+
+
+def amount_text_problem(text: str) -> str | None:
+    """Why a computed amount as carried between services (``"12.3456"``) is not usable:
+    too long, not a number, not finite, or more than 18 integer digits."""
+    if len(text) > MAX_AMOUNT_CHARS:
+        return f"is {len(text):,} characters, the limit is {MAX_AMOUNT_CHARS}"
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return "is not a decimal number"
+    if not value.is_finite():
+        return "is not a finite number"
+    if value and value.adjusted() >= MAX_INTEGER_DIGITS:
+        return f"has more than {MAX_INTEGER_DIGITS} integer digits"
+    return None
+
+
 def time_problem(value: datetime) -> str | None:
     """Why ``value`` is outside the era events may carry."""
     if value < EARLIEST or value > LATEST:

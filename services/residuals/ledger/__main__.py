@@ -32,10 +32,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     sink = writer.build()
 
+    def serving(_stalled: bool = False) -> None:
+        """SERVING once partitions were assigned, and while the sink is not stalled."""
+        health.set_serving(sink.assigned.is_set() and not sink.stalled)
+
     def ready() -> None:
         if sink.assigned.wait(timeout=None) and not writer.stop_event.is_set():
-            health.set_serving(True)
+            serving()
 
+    writer.on_stalled = serving
     threading.Thread(target=ready, name="ledger-ready", daemon=True).start()
     log.info("ledger writer starting", extra={"group": writer.group_id})
     try:

@@ -2,31 +2,36 @@
 
 :class:`~residuals.platform.sink.KafkaPostgresSink` gives the transaction per batch, the
 offsets stored with the rows (fenced against zombies, only forward), the seek to those
-offsets on assignment, and Kafka commits for lag tools only. The consumer reads
-``read_committed`` with auto-commit off (``make_consumer``).
+offsets on assignment, poison isolation into the quarantine table, stall reporting, and
+Kafka commits for lag tools only. The consumer reads ``read_committed`` with auto-commit
+off (``make_consumer``). Besides rated usage and dead letters the writer stores the
+records other consumers publish to ``residuals.quarantine.v1``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
 from psycopg import Connection
 
-from residuals.ledger.records import Rated, published_at
+from residuals.ledger.records import published_at
 from residuals.ledger.settings import LedgerSettings
-from residuals.ledger.store import LedgerStore
+from residuals.ledger.store import BatchResult, LedgerStore
 from residuals.platform.kafka import topic_name
 from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
 from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
-from residuals.platform.topics import USAGE, USAGE_DLQ, USAGE_RATED
+from residuals.platform.topics import QUARANTINE, USAGE, USAGE_DLQ, USAGE_RATED
 
 log = logging.getLogger(__name__)
+
+#: The sink's name in metrics and the ``consumer`` of the quarantine rows it makes.
+SINK_NAME = "ledger"
 
 
 class LedgerWriter:
@@ -37,59 +42,73 @@ class LedgerWriter:
         self.group_id = f"{kafka.topic_prefix}{settings.consumer_group}"
         self.rated_topic = topic_name(kafka, USAGE_RATED)
         self.dlq_topic = topic_name(kafka, USAGE_DLQ)
+        self.quarantine_topic = topic_name(kafka, QUARANTINE)
         self.store = LedgerStore(
             usage_topic=topic_name(kafka, USAGE),
             rated_topic=self.rated_topic,
             dlq_topic=self.dlq_topic,
+            quarantine_topic=self.quarantine_topic,
+            consumer=SINK_NAME,
             # Spans only when exported (as in the meter): none is made for nothing.
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
         self.metrics = pipeline_metrics()
-        self._stored: list[Rated] = []
-        self.sink: KafkaPostgresSink | None = None
+        self.sink: KafkaPostgresSink[BatchResult] | None = None
         self.stop_event = threading.Event()
+        #: Told when the sink stalls (True) or advances again (False): the health.
+        self.on_stalled: Callable[[bool], None] | None = None
 
-    def _apply(self, conn: Connection[Any], records: Sequence[Any]) -> None:
-        self._stored = self.store.apply(conn, records).inserted
+    def _apply(self, conn: Connection[Any], records: Sequence[Any]) -> BatchResult:
+        return self.store.apply(conn, records)
 
-    def _after_commit(self, records: Sequence[Any]) -> None:
+    def _after_commit(self, records: Sequence[Any], results: Sequence[BatchResult]) -> None:
         # Accrued royalties by avatar are counted here, from the uses stored exactly once,
         # and not in the meter: it is the pipeline's CPU bottleneck, and re-rates a batch
         # after a crash.
-        stored, self._stored = self._stored, []
-        for rated in stored:
-            if rated.estimated_amount and rated.event.avatar_id:
-                self.metrics.accrue(rated.currency, rated.event.avatar_id, rated.estimated_amount)
+        for result in results:
+            for rated in result.inserted:
+                if rated.estimated_amount and rated.event.avatar_id:
+                    self.metrics.accrue(
+                        rated.currency, rated.event.avatar_id, rated.estimated_amount
+                    )
         now = datetime.now(UTC)
         for record in records:
             published = published_at(record.headers(), record.timestamp())
             if published is not None:
                 self.metrics.observe_latency("ledger", published, now)
 
-    def build(self) -> KafkaPostgresSink:
+    def _stalled(self, stalled: bool) -> None:
+        if self.on_stalled is not None:
+            self.on_stalled(stalled)
+
+    def build(self) -> KafkaPostgresSink[BatchResult]:
         consumer = make_sink_consumer(
             self.settings.kafka,
             self.group_id,
             client_id=self.settings.telemetry.service_name,
+            group_instance_id=self.settings.sink.group_instance_id,
         )
         self.sink = KafkaPostgresSink(
-            name="ledger",
+            name=SINK_NAME,
             consumer=consumer,
             db=self.db,
             group_id=self.group_id,
-            topics=[self.rated_topic, self.dlq_topic],
+            topics=[self.rated_topic, self.dlq_topic, self.quarantine_topic],
             apply=self._apply,
             after_commit=self._after_commit,
             batch_size=self.settings.batch_size,
             poll_timeout=self.settings.poll_timeout,
+            settings=self.settings.sink,
+            on_stalled=self._stalled,
         )
         return self.sink
 
     def run(self) -> None:
-        """Open the pool, then write batches until :attr:`stop_event` is set."""
-        self.db.open()
+        """Open the pool, then write batches until :attr:`stop_event` is set. However it
+        ends, the consumer is closed (the group left) and the pool released."""
         sink = self.sink or self.build()
         try:
+            self.db.open()
             sink.run(self.stop_event)
         finally:
             sink.close()

@@ -1,25 +1,47 @@
 """Kafka records the ledger writer consumes, decoded into the rows it stores (pure).
 
 ``residuals.usage.rated.v1`` carries RatedUsage (the meter's decision with the signed
-envelope), ``residuals.usage.dlq.v1`` carries DeadLetter. Parsed fields come from the
+envelope), ``residuals.usage.dlq.v1`` carries DeadLetter, ``residuals.quarantine.v1``
+carries QuarantinedRecord (records other consumers set aside). Parsed fields come from the
 domain's own ``parse_event`` over the signed payload, so the ledger stores exactly what the
 rules saw (defaults applied: quantity 1, viewable true, ivt false).
+
+Every decoder here raises :class:`UndecodableRecord` and nothing else, whatever the bytes
+(a tombstone, garbage, a timestamp with nanos -1 or seconds 2^62, an unknown enum value, an
+id with a NUL byte or 60,000 characters): the writer quarantines such a record and moves
+on. Ids of stored uses must be within the event model's bounds (they are identities);
+descriptive text of dead letters, which exist to record bad input, is escaped and bounded
+with :func:`~residuals.domain.bounds.printable` so PostgreSQL never refuses it.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from residuals.codecs.timestamps import optional_datetime
+from residuals.codecs.deadletters import reason_from_proto
+from residuals.codecs.timestamps import bounded_datetime
 from residuals.codecs.usage import to_raw
+from residuals.domain.bounds import (
+    MAX_ID_CHARS,
+    amount_text_problem,
+    decimal_problem,
+    printable,
+    text_problem,
+    timestamp_problem,
+)
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.period import Period
-from residuals.v1 import common_pb2, usage_pb2
+from residuals.domain.validation import check_window
+from residuals.domain.vocabulary import RejectReason
+from residuals.platform.quarantine import MAX_ERROR_CHARS, Quarantined, describe
+from residuals.v1 import common_pb2, quarantine_pb2, usage_pb2
 
 PUBLISHED_AT_HEADER = "residuals-published-at"
 
@@ -39,7 +61,7 @@ EXCLUSION_NAMES = {
 
 
 class UndecodableRecord(ValueError):
-    """A record on the rated topic that is not a valid RatedUsage of a valid event."""
+    """A record the ledger cannot store as what its topic carries (it is quarantined)."""
 
 
 @dataclass(slots=True)
@@ -107,45 +129,127 @@ class Dead:
         return (self.source_topic, self.source_partition, self.source_offset)
 
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Event fields that are identities or labels: bounded like the event model's ids.
+_EVENT_TEXT = (
+    "vendor_id",
+    "event_id",
+    "licence_id",
+    "avatar_id",
+    "render_id",
+    "category",
+    "territory",
+    "channel",
+    "ad_currency",
+    "original_event_id",
+)
+#: Longest dead-letter detail kept (the meter's and gateway's details are one line).
+MAX_DETAIL_CHARS = MAX_ERROR_CHARS
+
+
+def undecodable_on_error(
+    decode: Callable[Concatenate[bytes, P], T],
+) -> Callable[Concatenate[bytes | None, P], T]:
+    """Make ``decode`` take a tombstone and raise only :class:`UndecodableRecord`: whatever
+    else a hostile record makes it raise (``ValueError``, ``OverflowError``...) is the
+    record's fault, not a reason to stop the writer."""
+
+    @functools.wraps(decode)
+    def guarded(value: bytes | None, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if value is None:
+            raise UndecodableRecord("tombstone (null value)")
+        try:
+            return decode(value, *args, **kwargs)
+        except UndecodableRecord:
+            raise
+        except Exception as error:
+            raise UndecodableRecord(describe(error)) from error
+
+    return guarded
+
+
 def _violation_name(value: int) -> str | None:
     if not value:
         return None
+    if value not in common_pb2.ViolationKind.values():
+        raise UndecodableRecord(f"unknown violation kind {value}")
     return common_pb2.ViolationKind.Name(common_pb2.ViolationKind.ValueType(value)).removeprefix(
         "VIOLATION_KIND_"
     )
 
 
+def _millis(value: int) -> datetime | None:
+    """Epoch milliseconds as a datetime, None when outside the event model's era."""
+    seconds, remainder = divmod(value, 1000)
+    if timestamp_problem(seconds, remainder * 1_000_000) is not None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=remainder * 1000)
+
+
 def published_at(headers: Any, timestamp: Any = None) -> datetime | None:
     """When the usage behind a record was published: the meter gives rated records and
     dead letters the usage record's timestamp (confluent-kafka's ``(type, ms)``), and puts
-    it in a header elsewhere."""
+    it in a header elsewhere. None when absent or absurd (never raises)."""
     for key, value in headers or ():
         if key == PUBLISHED_AT_HEADER and value:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
             try:
-                return datetime.fromtimestamp(int(value) / 1000, UTC)
+                return _millis(int(text[:24]))
             except ValueError:
                 return None
     if timestamp is not None and timestamp[0] != 0 and timestamp[1] > 0:
-        return datetime.fromtimestamp(timestamp[1] / 1000, UTC)
+        return _millis(int(timestamp[1]))
     return None
 
 
+def _amount(text: str, name: str) -> Decimal:
+    """A meter-computed amount (``amount_text_problem``: its fraction is not bounded,
+    unrounded accruals may carry many digits)."""
+    text = text or "0"
+    if problem := amount_text_problem(text):
+        raise UndecodableRecord(f"{name} {problem}")
+    return Decimal(text)
+
+
+def _bounded_text(value: str, name: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise UndecodableRecord(f"{name} {problem}")
+    return value
+
+
+@undecodable_on_error
 def decode_rated(
     value: bytes, usage_topic: str, headers: Any = None, timestamp: Any = None
 ) -> Rated:
+    """A RatedUsage record as the ledger stores it, or :class:`UndecodableRecord`."""
     try:
         message = usage_pb2.RatedUsage.FromString(value)
     except DecodeError as exc:
         raise UndecodableRecord("not a RatedUsage") from exc
+    if message.event.HasField("occurred_at"):
+        occurred = message.event.occurred_at
+        if problem := timestamp_problem(occurred.seconds, occurred.nanos):
+            raise UndecodableRecord(f"rated event occurred_at {problem}")
     event = parse_event(to_raw(message.event))
     if not isinstance(event, UsageEvent):
-        raise UndecodableRecord(f"rated event does not parse: {event.detail}")
-    received = optional_datetime(message, "received_at")
+        raise UndecodableRecord(f"rated event does not parse: {printable(event.detail)}")
+    for name in _EVENT_TEXT:
+        text = getattr(event, name)
+        if text:
+            _bounded_text(text, f"rated event {name}")
+    if event.ad_revenue is not None and (problem := decimal_problem(event.ad_revenue)):
+        raise UndecodableRecord(f"rated event ad_revenue {problem}")
+    received = bounded_datetime(message, "received_at")
     if received is None:
-        raise UndecodableRecord("rated usage without received_at")
+        raise UndecodableRecord("rated usage without a valid received_at")
     outcome = OUTCOME_NAMES.get(message.outcome)
     if outcome is None:
         raise UndecodableRecord(f"unknown outcome {message.outcome}")
+    if message.exclusion and message.exclusion not in EXCLUSION_NAMES:
+        raise UndecodableRecord(f"unknown exclusion {message.exclusion}")
     return Rated(
         event=event,
         outcome=outcome,
@@ -154,20 +258,22 @@ def decode_rated(
         notices=[n for n in (_violation_name(v) for v in message.notices) if n],
         units_priced=message.units_priced,
         units_held=message.units_held,
-        estimated_amount=Decimal(message.estimated_amount or "0"),
-        held_amount=Decimal(message.held_amount or "0"),
-        currency=message.currency_code,
+        estimated_amount=_amount(message.estimated_amount, "estimated_amount"),
+        held_amount=_amount(message.held_amount, "held_amount"),
+        currency=_bounded_text(message.currency_code, "currency_code"),
         licence_version=message.licence_version,
         tier=message.tier or None,
         payload=bytes(message.signed.payload),
         signature=bytes(message.signed.signature),
-        key_id=message.signed.key_id,
+        key_id=_bounded_text(message.signed.key_id, "key_id"),
         signature_proof=(
             message.signed.batch.SerializeToString() if message.signed.HasField("batch") else None
         ),
-        authenticated_vendor_id=message.authenticated_vendor_id,
+        authenticated_vendor_id=_bounded_text(
+            message.authenticated_vendor_id, "authenticated_vendor_id"
+        ),
         received_at=received,
-        rated_at=optional_datetime(message, "rated_at"),
+        rated_at=bounded_datetime(message, "rated_at"),
         published_at=published_at(headers, timestamp),
         source_topic=usage_topic,
         source_partition=message.source_partition,
@@ -176,17 +282,36 @@ def decode_rated(
     )
 
 
-def _event_period(original: bytes, received_at: datetime) -> str:
-    """The period of the rejected event when it can be read, else of its receipt."""
+def event_period(original: bytes, received_at: datetime) -> str:
+    """The period a dead letter counts in: its event's, when the original reads as an
+    event whose ``occurred_at`` is within the event model's bounds and the replay window
+    of its receipt (``check_window``); else the period of its receipt. A rejected event's
+    own claim of time must not put a row into a period nobody will close (year 2100) or
+    one closed long ago. Never raises."""
+    fallback = str(Period.containing(received_at))
     try:
         envelope = usage_pb2.SignedUsageEvent.FromString(original)
         message = usage_pb2.UsageEvent.FromString(envelope.payload)
     except DecodeError:
-        return str(Period.containing(received_at))
-    occurred = optional_datetime(message, "occurred_at")
-    return str(Period.containing(occurred or received_at))
+        return fallback
+    occurred = bounded_datetime(message, "occurred_at")
+    if occurred is None or check_window(occurred, received_at) is not None:
+        return fallback
+    return str(Period.containing(occurred))
 
 
+_REASONS = frozenset(r.value for r in RejectReason)
+
+
+def _reason(value: int) -> str:
+    """The reject reason the period close can read back, or :class:`UndecodableRecord`."""
+    name = reason_from_proto(value)
+    if name not in _REASONS:
+        raise UndecodableRecord(f"unknown reject reason {value}")
+    return name
+
+
+@undecodable_on_error
 def decode_dead(
     value: bytes,
     topic: str,
@@ -195,27 +320,36 @@ def decode_dead(
     headers: Any = None,
     timestamp: Any = None,
 ) -> Dead:
+    """A DeadLetter record as the ledger stores it, or :class:`UndecodableRecord`."""
     try:
         message = usage_pb2.DeadLetter.FromString(value)
     except DecodeError as exc:
         raise UndecodableRecord("not a DeadLetter") from exc
-    received = optional_datetime(message, "received_at") or datetime.now(UTC)
-    reason = common_pb2.RejectReason.Name(message.reason).removeprefix("REJECT_REASON_")
+    reason = _reason(message.reason)
+    received = (
+        bounded_datetime(message, "received_at")
+        or published_at(None, timestamp)
+        or datetime.now(UTC)
+    )
     original = bytes(message.original)
     if message.source_topic:
-        position = (message.source_topic, message.source_partition, message.source_offset)
+        position = (
+            printable(message.source_topic, 256),
+            message.source_partition,
+            message.source_offset,
+        )
         decided_by = "meter"
     else:  # rejected by the gateway before reaching Kafka: the dead letter is the record
         position = (topic, partition, offset)
         decided_by = "gateway"
     return Dead(
         reason=reason,
-        detail=message.detail,
+        detail=printable(message.detail, MAX_DETAIL_CHARS),
         decided_by=decided_by,
-        vendor_id=message.vendor_id,
-        event_id=message.event_id,
-        licence_id=message.licence_id,
-        period=_event_period(original, received),
+        vendor_id=printable(message.vendor_id, MAX_ID_CHARS),
+        event_id=printable(message.event_id, MAX_ID_CHARS),
+        licence_id=printable(message.licence_id, MAX_ID_CHARS),
+        period=event_period(original, received),
         original=original,
         received_at=received,
         published_at=published_at(headers, timestamp),
@@ -224,3 +358,15 @@ def decode_dead(
         source_offset=position[2],
         trace=message.trace if message.trace.traceparent else None,
     )
+
+
+@undecodable_on_error
+def decode_quarantined(value: bytes) -> Quarantined:
+    """A record another consumer set aside (``residuals.quarantine.v1``), to store."""
+    try:
+        record = quarantine_pb2.QuarantinedRecord.FromString(value)
+    except DecodeError as exc:
+        raise UndecodableRecord("not a QuarantinedRecord") from exc
+    if not record.consumer or not record.source_topic:
+        raise UndecodableRecord("quarantined record without consumer or source topic")
+    return Quarantined.from_proto(record)

@@ -12,6 +12,7 @@ from residuals.platform.config import (
     group,
 )
 from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.sink import SinkSettings
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class LedgerSettings:
     postgres: PostgresSettings = group(PostgresSettings)
     telemetry: TelemetrySettings = group(TelemetrySettings)
     grpc: GrpcSettings = group(GrpcSettings)
+    sink: SinkSettings = group(SinkSettings)
     consumer_group: str = env(
         "LEDGER_CONSUMER_GROUP",
         "ledger-writer",

@@ -14,7 +14,9 @@ The ledger is the final authority on identity. Per batch, in record order:
   letter ``UNKNOWN_ORIGINAL``);
 * repeats and dead letters are inserted idempotently on their source record's position;
 * running totals are updated from the rows actually inserted;
-* a use of a closed period is recorded as an adjustment of the next open period.
+* a use of a closed period is recorded as an adjustment of the next open period;
+* a record that does not decode is quarantined (``quarantine`` table), and the records of
+  ``residuals.quarantine.v1`` (set aside by consumers without a database) are stored there.
 
 The caller (:class:`~residuals.platform.sink.KafkaPostgresSink`) advances the consumer
 offsets in the same transaction.
@@ -38,7 +40,16 @@ from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.period import Period
 from residuals.ledger.audit import signed_envelope
-from residuals.ledger.records import Dead, Rated, UndecodableRecord, decode_dead, decode_rated
+from residuals.ledger.records import (
+    Dead,
+    Rated,
+    UndecodableRecord,
+    decode_dead,
+    decode_quarantined,
+    decode_rated,
+)
+from residuals.platform.quarantine import Quarantined
+from residuals.platform.quarantine import store as store_quarantined
 from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import usage_pb2
 
@@ -144,6 +155,8 @@ TOTAL_COLUMNS = (
     "adjustments",
 )
 
+# Staging tables, emptied at commit and at the start of every call: the sink may apply
+# parts of one batch in one transaction (savepoints, while isolating a poison record).
 _TEMP = """
 CREATE TEMP TABLE IF NOT EXISTS ledger_batch_events
     (LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
@@ -153,6 +166,10 @@ CREATE TEMP TABLE IF NOT EXISTS ledger_batch_dead
     (LIKE dead_letters INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ledger_batch_totals
     (LIKE ledger_totals INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+DELETE FROM ledger_batch_events;
+DELETE FROM ledger_batch_repeats;
+DELETE FROM ledger_batch_dead;
+DELETE FROM ledger_batch_totals;
 """
 
 
@@ -181,7 +198,10 @@ class BatchResult:
     repeats: int = 0
     dead: int = 0
     redelivered: int = 0
+    #: Records quarantined because they do not decode, and quarantined records relayed
+    #: from the quarantine topic.
     undecodable: int = 0
+    relayed: int = 0
     inserted: list[Rated] = field(default_factory=list)
 
 
@@ -277,48 +297,45 @@ class LedgerStore:
         usage_topic: str,
         rated_topic: str,
         dlq_topic: str,
+        quarantine_topic: str | None = None,
+        consumer: str = "ledger",
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.usage_topic = usage_topic
         self.rated_topic = rated_topic
         self.dlq_topic = dlq_topic
+        #: Where other consumers publish what they set aside (stored as received).
+        self.quarantine_topic = quarantine_topic
+        #: The ``consumer`` of the quarantine rows this writer makes itself.
+        self.consumer = consumer
         #: None when spans are not exported: no span is made (see :meth:`_spans`).
         self.tracer = tracer
 
     # --- entry point -----------------------------------------------------------------------
 
     def apply(self, conn: Connection[Any], messages: Sequence[Any]) -> BatchResult:
-        """Store ``messages`` (confluent-kafka records) in the caller's transaction."""
+        """Store ``messages`` (confluent-kafka records) in the caller's transaction.
+
+        A record that does not decode (tombstone, garbage, out of bounds) is quarantined
+        here, in the same transaction; records of the quarantine topic are stored there.
+        """
         result = BatchResult()
         items: list[Rated | Dead] = []
+        set_aside: list[Quarantined] = []
         for message in messages:
             try:
-                if message.topic() == self.dlq_topic:
-                    items.append(
-                        decode_dead(
-                            message.value(),
-                            message.topic(),
-                            message.partition(),
-                            message.offset(),
-                            message.headers(),
-                            message.timestamp(),
-                        )
-                    )
-                else:
-                    rated = decode_rated(
-                        message.value(), self.usage_topic, message.headers(), message.timestamp()
-                    )
-                    items.append(rated)
-            except UndecodableRecord:
+                decoded = self.decode(message)
+            except UndecodableRecord as error:
                 result.undecodable += 1
-                log.error(
-                    "undecodable record skipped",
-                    extra={
-                        "topic": message.topic(),
-                        "partition": message.partition(),
-                        "offset": message.offset(),
-                    },
-                )
+                set_aside.append(Quarantined.of(self.consumer, message, error))
+                continue
+            if isinstance(decoded, Quarantined):
+                result.relayed += 1
+                set_aside.append(decoded)
+            else:
+                items.append(decoded)
+        if set_aside:
+            store_quarantined(conn, set_aside)
         if not items:
             return result
         spans = self._spans(items)
@@ -327,6 +344,24 @@ class LedgerStore:
         finally:
             for span in spans:
                 span.end()
+
+    def decode(self, message: Any) -> Rated | Dead | Quarantined:
+        """One consumed record by its topic; raises only :class:`UndecodableRecord`."""
+        topic = message.topic()
+        if topic == self.dlq_topic:
+            return decode_dead(
+                message.value(),
+                topic,
+                message.partition(),
+                message.offset(),
+                message.headers(),
+                message.timestamp(),
+            )
+        if topic == self.quarantine_topic:
+            return decode_quarantined(message.value())
+        return decode_rated(
+            message.value(), self.usage_topic, message.headers(), message.timestamp()
+        )
 
     def _spans(self, items: Sequence[Rated | Dead]) -> list[Span]:
         """One CONSUMER span per record, a child of the meter's span carried in the record.

@@ -28,7 +28,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from psycopg import Connection
 
-from residuals.codecs.timestamps import optional_datetime, set_timestamp
+from residuals.codecs.timestamps import bounded_datetime, set_timestamp
 from residuals.domain.bounds import printable
 from residuals.v1 import quarantine_pb2
 
@@ -92,7 +92,7 @@ class Quarantined:
             value=bytes(record.value) if record.has_value else None,
             error=printable(record.error, MAX_ERROR_CHARS),
             headers=tuple((bytes(h.key), bytes(h.value)) for h in record.headers),
-            quarantined_at=optional_datetime(record, "quarantined_at") or datetime.now(UTC),
+            quarantined_at=bounded_datetime(record, "quarantined_at") or datetime.now(UTC),
         )
 
 

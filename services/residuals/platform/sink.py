@@ -10,8 +10,22 @@ assignment the consumer seeks to the positions stored in PostgreSQL. The consume
 ``read_committed`` (``make_consumer``), so records of aborted producer transactions never
 reach ``apply``.
 
+Poison never stops the line: ``apply`` runs in a savepoint, and when it fails because of
+a record (:func:`~residuals.platform.isolation.is_record_error`) the batch is bisected
+(:func:`~residuals.platform.isolation.apply_isolating`); each record that fails alone is
+stored in the ``quarantine`` table (:mod:`residuals.platform.quarantine`) in the same
+transaction, and the positions advance past it. Other failures (database unreachable,
+fenced) roll the batch back and retry it with exponential back-off; a batch that keeps
+failing for ``stall_seconds`` marks the sink stalled (``residuals_sink_stalled``, and the
+service's health goes NOT_SERVING through ``on_stalled``) until a batch commits again.
+
+On every exit ``run`` closes the consumer, which leaves the group, so a restarted worker
+gets its partitions back at the next rebalance instead of after the session timeout;
+``group_instance_id`` (static membership, opt-in) also covers a kill -9.
+
 Metrics (labelled by ``sink`` name): records applied and skipped, batches, batch
-duration, failures, and consumer lag per partition from librdkafka's statistics.
+duration, failures, stalled, and consumer lag per partition from librdkafka's statistics;
+quarantined records are ``residuals_quarantined_records_total{consumer, topic}``.
 """
 
 from __future__ import annotations
@@ -24,28 +38,68 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from psycopg import Connection
 
-from residuals.platform.config import KafkaSettings
+from residuals.platform.config import KafkaSettings, env
+from residuals.platform.isolation import Isolation, Retryable, apply_isolating
 from residuals.platform.kafka import make_consumer
 from residuals.platform.offsets import OffsetStore
 from residuals.platform.pipeline_metrics import PipelineMetrics, pipeline_metrics
 from residuals.platform.postgres import Database
+from residuals.platform.quarantine import (
+    Quarantined,
+    QuarantineMetrics,
+    describe,
+    quarantine_metrics,
+)
+from residuals.platform.quarantine import store as store_quarantined
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
 
-class Fenced(RuntimeError):
+
+class Fenced(Retryable):
     """Another worker acquired a partition of the batch: this one must not commit it."""
 
 
-#: Writes one batch of (already de-duplicated) records inside the sink's transaction.
-ApplyBatch = Callable[[Connection[Any], Sequence[Any]], None]
-#: Runs after the transaction committed (notify watchers, end spans); must not raise.
-AfterCommit = Callable[[Sequence[Any]], None]
+#: Writes some records (already de-duplicated) inside the sink's transaction and returns
+#: what ``after_commit`` needs of them. May be called several times per transaction (on
+#: parts of a batch being isolated), each call in its own savepoint.
+ApplyBatch = Callable[[Connection[Any], Sequence[Any]], R]
+#: Runs after the transaction committed with the records applied and the result of each
+#: ``apply`` call kept (notify watchers, end spans); must not raise.
+AfterCommit = Callable[[Sequence[Any], Sequence[R]], None]
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """How a sink retries, when it reports itself stalled, and its group membership."""
+
+    stall_seconds: float = env(
+        "SINK_STALL_SECONDS",
+        60.0,
+        help="a batch failing (rolled back and retried) for this long marks the sink stalled: "
+        "residuals_sink_stalled=1 and gRPC health NOT_SERVING until a batch commits",
+        minimum=1,
+    )
+    retry_backoff_max_seconds: float = env(
+        "SINK_RETRY_BACKOFF_MAX_SECONDS",
+        10.0,
+        help="longest wait between retries of a failing batch (doubles from 1 s)",
+        minimum=0.1,
+    )
+    group_instance_id: str | None = env(
+        "SINK_GROUP_INSTANCE_ID",
+        None,
+        help="Kafka static membership (group.instance.id): a stable, unique name per replica "
+        "(e.g. a StatefulSet pod name) lets a restarted or killed worker take its partitions "
+        "back at once; unset = dynamic membership (a stopping worker leaves the group)",
+    )
 
 
 class SinkMetrics:
@@ -83,12 +137,21 @@ class SinkMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=registry,
         )
-        # Shared with consumers that are not sinks (the meter): one series name for lag.
-        self.lag = (
-            pipeline_metrics().consumer_lag
-            if registry is REGISTRY
-            else PipelineMetrics(registry).consumer_lag
+        self.stalled = Gauge(
+            "residuals_sink_stalled",
+            "1 while a sink's batch has been failing for longer than SINK_STALL_SECONDS "
+            "(it cannot advance), else 0.",
+            ("sink",),
+            registry=registry,
         )
+        # Shared with consumers that are not sinks (the meter): one series name for lag,
+        # one for quarantined records.
+        if registry is REGISTRY:
+            self.lag = pipeline_metrics().consumer_lag
+            self.quarantined: QuarantineMetrics = quarantine_metrics()
+        else:
+            self.lag = PipelineMetrics(registry).consumer_lag
+            self.quarantined = QuarantineMetrics(registry)
 
     def stats_callback(self, group_id: str) -> Callable[[str], None]:
         """A librdkafka ``stats_cb`` that publishes per-partition consumer lag."""
@@ -126,10 +189,13 @@ def make_sink_consumer(
     client_id: str | None = None,
     metrics: SinkMetrics | None = None,
     stats_interval_ms: int = 5000,
+    group_instance_id: str | None = None,
     **overrides: Any,
 ) -> Any:
-    """A read_committed, manually committing consumer that reports lag to ``metrics``."""
+    """A read_committed, manually committing consumer that reports lag to ``metrics``;
+    a static group member when given a ``group_instance_id``."""
     metrics = metrics or default_metrics()
+    static = {"group.instance.id": group_instance_id} if group_instance_id else {}
     return make_consumer(
         kafka,
         group_id,
@@ -137,12 +203,13 @@ def make_sink_consumer(
         **{
             "statistics.interval.ms": stats_interval_ms,
             "stats_cb": metrics.stats_callback(group_id),
+            **static,
             **overrides,
         },
     )
 
 
-class KafkaPostgresSink:
+class KafkaPostgresSink(Generic[R]):
     """Consumes ``topics`` and applies each batch in one transaction with its offsets."""
 
     def __init__(
@@ -153,11 +220,13 @@ class KafkaPostgresSink:
         db: Database,
         group_id: str,
         topics: Sequence[str],
-        apply: ApplyBatch,
-        after_commit: AfterCommit | None = None,
+        apply: ApplyBatch[R],
+        after_commit: AfterCommit[R] | None = None,
         batch_size: int = 1000,
         poll_timeout: float = 0.1,
         retry_backoff: float = 1.0,
+        settings: SinkSettings | None = None,
+        on_stalled: Callable[[bool], None] | None = None,
         metrics: SinkMetrics | None = None,
     ) -> None:
         self.name = name
@@ -170,12 +239,22 @@ class KafkaPostgresSink:
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
         self.retry_backoff = retry_backoff
+        self.settings = settings or SinkSettings()
+        self.on_stalled = on_stalled
         self.metrics = metrics or default_metrics()
         #: Set once partitions were assigned (readiness).
         self.assigned = threading.Event()
         #: Who this worker is in consumer_offsets.owner, and the epochs it acquired.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._epochs: dict[tuple[str, int], int] = {}
+        #: Monotonic time the batch being retried first failed (None: not failing).
+        self._failing_since: float | None = None
+        self.stalled = False
+        self._closed = False
+        # Every series exists from the start: "none yet" is a 0, not a gap.
+        self.metrics.stalled.labels(name).set(0)
+        for topic in self.topics:
+            self.metrics.quarantined.records.labels(name, topic)
 
     # --- assignment ----------------------------------------------------------------------
 
@@ -199,6 +278,7 @@ class KafkaPostgresSink:
             self._epochs[(tp.topic, tp.partition)] = position.epoch
             tp.offset = position.next_offset
         consumer.assign(partitions)
+        self._failing_since = None  # a new assignment: whatever failed is read afresh
         log.info(
             "partitions assigned",
             extra={
@@ -211,24 +291,30 @@ class KafkaPostgresSink:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
             self._epochs.pop((tp.topic, tp.partition), None)
+        self._failing_since = None
         log.info("partitions revoked", extra={"sink": self.name, "count": len(partitions)})
 
     # --- batches -------------------------------------------------------------------------
 
     def poll_batch(self) -> list[Any]:
-        """Up to ``batch_size`` records (errors logged and dropped)."""
+        """Up to ``batch_size`` records (errors logged and dropped; a fatal one raised)."""
+        from confluent_kafka import KafkaException
+
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
         records = []
         for message in messages:
             error = message.error()
             if error is not None:
+                if error.fatal():  # e.g. another worker took this group.instance.id
+                    raise KafkaException(error)
                 log.warning("consumer error", extra={"sink": self.name, "error": str(error)})
                 continue
             records.append(message)
         return records
 
     def process(self, records: Sequence[Any]) -> int:
-        """Apply ``records`` exactly once; returns how many were applied (not skipped)."""
+        """Apply ``records`` exactly once; returns how many were applied (not skipped,
+        not quarantined)."""
         if not records:
             return 0
         started = time.perf_counter()
@@ -238,6 +324,7 @@ class KafkaPostgresSink:
         fresh: list[Any] = []
         skipped: dict[str, int] = {}
         advanced: dict[str, dict[int, int]] = {}
+        done: Isolation[Any, R] = Isolation()
         try:
             with self.db.connection() as conn:
                 for topic in sorted({t for t, _ in by_partition}):
@@ -260,7 +347,7 @@ class KafkaPostgresSink:
                         if last > floor:
                             advanced.setdefault(topic, {})[partition] = last
                 if fresh:
-                    self.apply(conn, fresh)
+                    done = self._apply_isolating(conn, fresh)
                 for topic, positions in advanced.items():
                     self.offsets.advance(conn, topic, positions)
         except Exception:
@@ -272,15 +359,41 @@ class KafkaPostgresSink:
         for topic, count in skipped.items():
             if count:
                 self.metrics.skipped.labels(self.name, topic).inc(count)
-        for record in fresh:
+        for record in done.applied:
             self.metrics.records.labels(self.name, record.topic()).inc()
         self._commit_kafka(advanced)
-        if self.after_commit is not None and fresh:
+        if self.after_commit is not None and done.applied:
             try:
-                self.after_commit(fresh)
+                self.after_commit(done.applied, done.results)
             except Exception:
                 log.exception("after-commit hook failed", extra={"sink": self.name})
-        return len(fresh)
+        return len(done.applied)
+
+    def _apply_isolating(self, conn: Connection[Any], records: list[Any]) -> Isolation[Any, R]:
+        """``apply`` in savepoints, bisecting around records that make it fail; each one
+        that fails alone is quarantined in this transaction."""
+
+        def attempt(chunk: Sequence[Any]) -> R:
+            with conn.transaction():  # a savepoint: a failed attempt leaves nothing
+                return self.apply(conn, chunk)
+
+        done = apply_isolating(records, attempt)
+        if done.poison:
+            log.warning(
+                "batch isolated around poison records",
+                extra={
+                    "sink": self.name,
+                    "records": len(records),
+                    "poison": len(done.poison),
+                    "attempts": done.attempts,
+                },
+            )
+            store_quarantined(
+                conn,
+                [Quarantined.of(self.name, record, error) for record, error in done.poison],
+                self.metrics.quarantined,
+            )
+        return done
 
     def _rewind(self, by_partition: dict[tuple[str, int], list[Any]]) -> None:
         """After a rollback, read the batch again from its first record."""
@@ -313,21 +426,71 @@ class KafkaPostgresSink:
         except KafkaException:
             log.debug("kafka offset commit failed (positions are in PostgreSQL)", exc_info=True)
 
+    # --- stall ---------------------------------------------------------------------------
+
+    def _failed(self, now: float) -> None:
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since >= self.settings.stall_seconds:
+            self._set_stalled(True)
+
+    def _committed(self) -> None:
+        self._failing_since = None
+        self._set_stalled(False)
+
+    def _set_stalled(self, stalled: bool) -> None:
+        if stalled == self.stalled:
+            return
+        self.stalled = stalled
+        self.metrics.stalled.labels(self.name).set(1 if stalled else 0)
+        if stalled:
+            log.error(
+                "sink stalled: the same batch keeps failing",
+                extra={"sink": self.name, "seconds": self.settings.stall_seconds},
+            )
+        else:
+            log.info("sink advancing again", extra={"sink": self.name})
+        if self.on_stalled is not None:
+            try:
+                self.on_stalled(stalled)
+            except Exception:
+                log.exception("stall listener failed", extra={"sink": self.name})
+
     # --- loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; a failed batch is retried after a back-off."""
-        self.subscribe()
-        while not stop.is_set():
-            records = self.poll_batch()
-            try:
-                self.process(records)
-            except Exception:
-                log.exception("batch failed; retrying", extra={"sink": self.name})
-                stop.wait(self.retry_backoff)
+        """Consume until ``stop`` is set; a failed batch is retried with exponential
+        back-off. The consumer is closed (the group left) however the loop ends."""
+        try:
+            self.subscribe()
+            backoff = self.retry_backoff
+            while not stop.is_set():
+                records = self.poll_batch()
+                try:
+                    self.process(records)
+                except Exception as error:
+                    self._failed(time.monotonic())
+                    log.error(
+                        "batch failed; retrying",
+                        extra={"sink": self.name, "error": describe(error), "retry_in": backoff},
+                        exc_info=not isinstance(error, Fenced),
+                    )
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_backoff_max_seconds)
+                    continue
+                if records:
+                    self._committed()
+                    backoff = self.retry_backoff
+        finally:
+            self.close()
 
     def close(self) -> None:
+        """Close the consumer once: a dynamic member leaves the group, so its partitions
+        are reassigned at once (a static member keeps them until its session times out)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.consumer.close()
         except Exception:
-            log.debug("consumer close failed", exc_info=True)
+            log.warning("consumer close failed", extra={"sink": self.name}, exc_info=True)
