@@ -24,6 +24,7 @@ from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuth
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
+from residuals.platform.quarantine import Pending
 from residuals.platform.service import GrpcApp, Workers, run_service
 from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
 from residuals.platform.topics import ALERTS
@@ -101,7 +102,8 @@ class AlertsApp(GrpcApp):
                 "no licence registry configured (ALERTS_LICENSING_ADDRESS/API_KEY): automatic "
                 "suspensions stay pending"
             )
-        ingest = AlertIngest(metrics=self.metrics, on_raised=self._on_raised)
+        quarantine = Pending()
+        ingest = AlertIngest(metrics=self.metrics, on_raised=self._on_raised, quarantine=quarantine)
         consumer = make_sink_consumer(
             settings.kafka,
             settings.consumer_group,
@@ -120,6 +122,7 @@ class AlertsApp(GrpcApp):
             poll_timeout=0.05,
             settings=settings.sink,
             on_stalled=self._sink_stalled,
+            quarantine=quarantine,
         )
         self._zero_series(topic_name(settings.kafka, ALERTS))
         self.workers.spawn(self._run_sink, "alert-sink")

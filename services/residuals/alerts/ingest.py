@@ -28,8 +28,7 @@ from residuals.alerts.store import Incoming, InvalidAlert, Raised
 from residuals.codecs.timestamps import to_datetime
 from residuals.domain.bounds import printable
 from residuals.platform.pipeline_metrics import pipeline_metrics
-from residuals.platform.quarantine import Quarantined
-from residuals.platform.quarantine import store as store_quarantined
+from residuals.platform.quarantine import Pending, Quarantined
 from residuals.platform.telemetry import extract_kafka_headers, trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2
 
@@ -80,6 +79,8 @@ class Ingested:
 
     raised: list[Raised] = field(default_factory=list)
     spans: dict[str, Span] = field(default_factory=dict)
+    invalid: int = 0
+    duplicates: int = 0
 
 
 class AlertIngest:
@@ -98,6 +99,7 @@ class AlertIngest:
         on_raised: Callable[[list[Raised]], None] | None = None,
         clock: Callable[[], float] | None = None,
         consumer: str = "alerts",
+        quarantine: Pending | None = None,
     ) -> None:
         import time
 
@@ -107,6 +109,8 @@ class AlertIngest:
         self.on_raised = on_raised
         self.clock = clock or time.time
         self.consumer = consumer
+        #: Where set-aside records go until the sink's transaction commits.
+        self.quarantine = quarantine or Pending()
 
     def apply(self, conn: Connection[Any], records: Sequence[Any]) -> Ingested:
         ingested = Ingested()
@@ -153,20 +157,21 @@ class AlertIngest:
             for item, reason in invalid:
                 bad.append(Quarantined.of(self.consumer, item.record, reason))
             if bad:
-                store_quarantined(conn, bad)
+                self.quarantine.store(conn, bad)
         finally:
             for span in spans:
                 span.end()
-        self.metrics.invalid.inc(len(bad))
-        if duplicates:
-            self.metrics.duplicates.inc(duplicates)
-        ingested.raised = raised
+        ingested.raised, ingested.invalid, ingested.duplicates = raised, len(bad), duplicates
         return ingested
 
     def after_commit(self, records: Sequence[Any], results: Sequence[Ingested]) -> None:
         now = self.clock()
         raised: list[Raised] = []
         for ingested in results:
+            if ingested.invalid:
+                self.metrics.invalid.inc(ingested.invalid)
+            if ingested.duplicates:
+                self.metrics.duplicates.inc(ingested.duplicates)
             for item in ingested.raised:
                 self._stored(item, ingested.spans.get(item.alert.alert_id), now)
                 raised.append(item)

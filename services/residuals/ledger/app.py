@@ -25,6 +25,7 @@ from residuals.ledger.store import BatchResult, LedgerStore
 from residuals.platform.kafka import topic_name
 from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
+from residuals.platform.quarantine import Pending
 from residuals.platform.sink import KafkaPostgresSink, make_sink_consumer
 from residuals.platform.topics import QUARANTINE, USAGE, USAGE_DLQ, USAGE_RATED
 
@@ -43,12 +44,15 @@ class LedgerWriter:
         self.rated_topic = topic_name(kafka, USAGE_RATED)
         self.dlq_topic = topic_name(kafka, USAGE_DLQ)
         self.quarantine_topic = topic_name(kafka, QUARANTINE)
+        #: Quarantine rows of the open transaction, shared by the store and the sink.
+        self.quarantine = Pending()
         self.store = LedgerStore(
             usage_topic=topic_name(kafka, USAGE),
             rated_topic=self.rated_topic,
             dlq_topic=self.dlq_topic,
             quarantine_topic=self.quarantine_topic,
             consumer=SINK_NAME,
+            quarantine=self.quarantine,
             # Spans only when exported (as in the meter): none is made for nothing.
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
@@ -100,6 +104,7 @@ class LedgerWriter:
             poll_timeout=self.settings.poll_timeout,
             settings=self.settings.sink,
             on_stalled=self._stalled,
+            quarantine=self.quarantine,
         )
         return self.sink
 

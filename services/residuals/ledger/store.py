@@ -48,8 +48,7 @@ from residuals.ledger.records import (
     decode_quarantined,
     decode_rated,
 )
-from residuals.platform.quarantine import Quarantined
-from residuals.platform.quarantine import store as store_quarantined
+from residuals.platform.quarantine import Pending, Quarantined, insert
 from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import usage_pb2
 
@@ -299,6 +298,7 @@ class LedgerStore:
         dlq_topic: str,
         quarantine_topic: str | None = None,
         consumer: str = "ledger",
+        quarantine: Pending | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.usage_topic = usage_topic
@@ -306,8 +306,10 @@ class LedgerStore:
         self.dlq_topic = dlq_topic
         #: Where other consumers publish what they set aside (stored as received).
         self.quarantine_topic = quarantine_topic
-        #: The ``consumer`` of the quarantine rows this writer makes itself.
+        #: The ``consumer`` of the quarantine rows this writer makes itself, and where they
+        #: go until the transaction commits (the sink's).
         self.consumer = consumer
+        self.quarantine = quarantine or Pending()
         #: None when spans are not exported: no span is made (see :meth:`_spans`).
         self.tracer = tracer
 
@@ -321,21 +323,22 @@ class LedgerStore:
         """
         result = BatchResult()
         items: list[Rated | Dead] = []
-        set_aside: list[Quarantined] = []
+        undecodable: list[Quarantined] = []
+        relayed: list[Quarantined] = []
         for message in messages:
             try:
                 decoded = self.decode(message)
             except UndecodableRecord as error:
-                result.undecodable += 1
-                set_aside.append(Quarantined.of(self.consumer, message, error))
+                undecodable.append(Quarantined.of(self.consumer, message, error))
                 continue
             if isinstance(decoded, Quarantined):
-                result.relayed += 1
-                set_aside.append(decoded)
+                relayed.append(decoded)
             else:
                 items.append(decoded)
-        if set_aside:
-            store_quarantined(conn, set_aside)
+        if undecodable:
+            result.undecodable = self.quarantine.store(conn, undecodable)
+        if relayed:  # counted by the consumer that published them, not again here
+            result.relayed = len(insert(conn, relayed))
         if not items:
             return result
         spans = self._spans(items)

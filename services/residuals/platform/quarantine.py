@@ -20,7 +20,8 @@ operator look at it and produce it back to its topic once the defect is fixed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -134,35 +135,77 @@ ON CONFLICT (consumer, source_topic, source_partition, source_offset) DO NOTHING
 """
 
 
+def insert(conn: Connection[Any], records: Iterable[Quarantined]) -> list[Quarantined]:
+    """Insert ``records`` in the caller's transaction; returns those that were new (a
+    re-delivered record is kept once). Counts and logs nothing: see :func:`report`."""
+    new: list[Quarantined] = []
+    with conn.cursor() as cur:
+        for r in records:
+            cur.execute(
+                _INSERT,
+                (
+                    printable(r.consumer, 128),
+                    printable(r.topic, 256),
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    _headers_blob(r.headers),
+                    describe(r.error),
+                    r.quarantined_at,
+                ),
+            )
+            if cur.rowcount:
+                new.append(r)
+    return new
+
+
 def store(
     conn: Connection[Any], records: Iterable[Quarantined], metrics: QuarantineMetrics | None = None
 ) -> int:
-    """Insert ``records`` (a re-delivered one is kept once); returns how many were new."""
-    records = list(records)
-    rows = [
-        (
-            printable(r.consumer, 128),
-            printable(r.topic, 256),
-            r.partition,
-            r.offset,
-            r.key,
-            r.value,
-            _headers_blob(r.headers),
-            describe(r.error),
-            r.quarantined_at,
-        )
-        for r in records
-    ]
-    if not rows:
-        return 0
-    new = 0
-    with conn.cursor() as cur:
-        for row in rows:
-            cur.execute(_INSERT, row)
-            new += cur.rowcount
-    for record in records:
+    """Insert ``records`` and report the new ones; returns how many were new. For callers
+    whose transaction ends right after; a sink defers the report (:class:`Pending`)."""
+    new = insert(conn, records)
+    for record in new:
         report(record, metrics)
-    return new
+    return len(new)
+
+
+class Pending:
+    """Quarantine rows written in a transaction that has not committed yet.
+
+    A sink applies parts of a batch in savepoints while it isolates a poison record, and
+    retries a batch the database failed: rows are inserted at once, in the transaction,
+    but counted and logged only when it commits (:meth:`committed`), so an attempt that
+    was rolled back counts nothing and a record is counted once.
+    """
+
+    def __init__(self, metrics: QuarantineMetrics | None = None) -> None:
+        self.metrics = metrics
+        self._records: list[Quarantined] = []
+
+    def store(self, conn: Connection[Any], records: Iterable[Quarantined]) -> int:
+        new = insert(conn, records)
+        self._records.extend(new)
+        return len(new)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Forget what is stored inside the block if it raises (its savepoint rolls back)."""
+        mark = len(self._records)
+        try:
+            yield
+        except BaseException:
+            del self._records[mark:]
+            raise
+
+    def committed(self) -> None:
+        records, self._records = self._records, []
+        for record in records:
+            report(record, self.metrics)
+
+    def rolled_back(self) -> None:
+        self._records.clear()
 
 
 def report(record: Quarantined, metrics: QuarantineMetrics | None = None) -> None:

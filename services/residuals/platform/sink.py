@@ -51,12 +51,12 @@ from residuals.platform.offsets import OffsetStore
 from residuals.platform.pipeline_metrics import PipelineMetrics, pipeline_metrics
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import (
+    Pending,
     Quarantined,
     QuarantineMetrics,
     describe,
     quarantine_metrics,
 )
-from residuals.platform.quarantine import store as store_quarantined
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ class KafkaPostgresSink(Generic[R]):
         retry_backoff: float = 1.0,
         settings: SinkSettings | None = None,
         on_stalled: Callable[[bool], None] | None = None,
+        quarantine: Pending | None = None,
         metrics: SinkMetrics | None = None,
     ) -> None:
         self.name = name
@@ -242,14 +243,18 @@ class KafkaPostgresSink(Generic[R]):
         self.settings = settings or SinkSettings()
         self.on_stalled = on_stalled
         self.metrics = metrics or default_metrics()
+        #: Quarantine rows of the open transaction; ``apply`` may store its own there
+        #: (records it cannot decode), reported with the sink's once the batch commits.
+        self.quarantine = quarantine or Pending(self.metrics.quarantined)
         #: Set once partitions were assigned (readiness).
         self.assigned = threading.Event()
         #: Who this worker is in consumer_offsets.owner, and the epochs it acquired.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._epochs: dict[tuple[str, int], int] = {}
-        #: Monotonic time the batch being retried first failed (None: not failing).
-        self._failing_since: float | None = None
+        #: Monotonic time the batch not yet committed was first attempted (None: none).
+        self._pending_since: float | None = None
         self.stalled = False
+        self._stall_lock = threading.Lock()
         self._closed = False
         # Every series exists from the start: "none yet" is a 0, not a gap.
         self.metrics.stalled.labels(name).set(0)
@@ -278,7 +283,7 @@ class KafkaPostgresSink(Generic[R]):
             self._epochs[(tp.topic, tp.partition)] = position.epoch
             tp.offset = position.next_offset
         consumer.assign(partitions)
-        self._failing_since = None  # a new assignment: whatever failed is read afresh
+        self._pending_since = None  # a new assignment: whatever failed is read afresh
         log.info(
             "partitions assigned",
             extra={
@@ -291,7 +296,7 @@ class KafkaPostgresSink(Generic[R]):
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
             self._epochs.pop((tp.topic, tp.partition), None)
-        self._failing_since = None
+        self._pending_since = None
         log.info("partitions revoked", extra={"sink": self.name, "count": len(partitions)})
 
     # --- batches -------------------------------------------------------------------------
@@ -351,9 +356,11 @@ class KafkaPostgresSink(Generic[R]):
                 for topic, positions in advanced.items():
                     self.offsets.advance(conn, topic, positions)
         except Exception:
+            self.quarantine.rolled_back()
             self.metrics.failures.labels(self.name).inc()
             self._rewind(by_partition)
             raise
+        self.quarantine.committed()
         self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
         self.metrics.batches.labels(self.name).inc()
         for topic, count in skipped.items():
@@ -374,7 +381,9 @@ class KafkaPostgresSink(Generic[R]):
         that fails alone is quarantined in this transaction."""
 
         def attempt(chunk: Sequence[Any]) -> R:
-            with conn.transaction():  # a savepoint: a failed attempt leaves nothing
+            # A savepoint (the transaction began with the offset locks): a failed attempt
+            # leaves nothing, not even the quarantine rows ``apply`` stored.
+            with self.quarantine.savepoint(), conn.transaction():
                 return self.apply(conn, chunk)
 
         done = apply_isolating(records, attempt)
@@ -388,10 +397,8 @@ class KafkaPostgresSink(Generic[R]):
                     "attempts": done.attempts,
                 },
             )
-            store_quarantined(
-                conn,
-                [Quarantined.of(self.name, record, error) for record, error in done.poison],
-                self.metrics.quarantined,
+            self.quarantine.store(
+                conn, [Quarantined.of(self.name, record, error) for record, error in done.poison]
             )
         return done
 
@@ -428,20 +435,25 @@ class KafkaPostgresSink(Generic[R]):
 
     # --- stall ---------------------------------------------------------------------------
 
-    def _failed(self, now: float) -> None:
-        if self._failing_since is None:
-            self._failing_since = now
-        if now - self._failing_since >= self.settings.stall_seconds:
-            self._set_stalled(True)
+    def check_stall(self, now: float | None = None) -> bool:
+        """Stalled when the batch not yet committed was first attempted ``stall_seconds``
+        ago: failing and retried, or stuck in a call that does not return (a database that
+        does not answer). Checked after each failure and every second by a watchdog."""
+        since = self._pending_since
+        now = time.monotonic() if now is None else now
+        stalled = since is not None and now - since >= self.settings.stall_seconds
+        self._set_stalled(stalled)
+        return stalled
 
-    def _committed(self) -> None:
-        self._failing_since = None
-        self._set_stalled(False)
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0) and not self._closed:
+            self.check_stall()
 
     def _set_stalled(self, stalled: bool) -> None:
-        if stalled == self.stalled:
-            return
-        self.stalled = stalled
+        with self._stall_lock:
+            if stalled == self.stalled:
+                return
+            self.stalled = stalled
         self.metrics.stalled.labels(self.name).set(1 if stalled else 0)
         if stalled:
             log.error(
@@ -461,15 +473,21 @@ class KafkaPostgresSink(Generic[R]):
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; a failed batch is retried with exponential
         back-off. The consumer is closed (the group left) however the loop ends."""
+        watchdog = threading.Thread(
+            target=self._watch, args=(stop,), name=f"{self.name}-stall-watch", daemon=True
+        )
         try:
             self.subscribe()
+            watchdog.start()
             backoff = self.retry_backoff
             while not stop.is_set():
                 records = self.poll_batch()
+                if records and self._pending_since is None:
+                    self._pending_since = time.monotonic()
                 try:
                     self.process(records)
                 except Exception as error:
-                    self._failed(time.monotonic())
+                    self.check_stall()
                     log.error(
                         "batch failed; retrying",
                         extra={"sink": self.name, "error": describe(error), "retry_in": backoff},
@@ -479,7 +497,8 @@ class KafkaPostgresSink(Generic[R]):
                     backoff = min(backoff * 2, self.settings.retry_backoff_max_seconds)
                     continue
                 if records:
-                    self._committed()
+                    self._pending_since = None
+                    self._set_stalled(False)
                     backoff = self.retry_backoff
         finally:
             self.close()
