@@ -1,11 +1,19 @@
-"""``residuals dlq list|show``: read the dead-letter topic as an operator.
+"""``residuals dlq list|show|redrive`` and ``residuals dlq quarantine``: as an operator.
 
 ``list`` scans ``residuals.usage.dlq.v1`` (from ``--since``, or the beginning) up to its end
 as of the start of the command, filtering by vendor, reason and time; ``show`` prints one
 record with its original decoded as far as it goes (envelope, signed payload as JSON), or
 as hex when it cannot be decoded. Records that are not DeadLetters at all (a poison record
 written by something else) are listed as ``UNDECODABLE`` rather than stopping the scan.
-Reading never commits offsets: it uses no consumer group state.
+Reading never commits offsets: it uses no consumer group state. Everything printed is
+escaped for the terminal (vendor ids and details can carry ANSI escapes, control
+characters and bidi overrides): :func:`residuals.platform.redrive.safe`.
+
+``redrive`` produces the original record of dead letters of reason ``UNPROCESSABLE`` (the
+meter's own defect, not a verdict on the record) back to the usage topic once the defect
+is fixed, waits for Kafka's acknowledgement and marks the ledger's row re-driven; a dead
+letter already re-driven is refused unless ``--force``. ``quarantine`` is
+:mod:`residuals.platform.quarantine_admin`.
 """
 
 from __future__ import annotations
@@ -19,15 +27,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+import psycopg
 from google.protobuf.message import DecodeError
 
 from residuals.codecs.deadletters import reason_from_proto
-from residuals.codecs.timestamps import to_datetime
-from residuals.platform.config import ConfigError, KafkaSettings, load
+from residuals.codecs.inspect import describe_original
+from residuals.codecs.timestamps import bounded_datetime
+from residuals.domain.vocabulary import RejectReason
+from residuals.platform import quarantine_admin
+from residuals.platform.config import ConfigError, KafkaSettings, PostgresSettings, load
 from residuals.platform.kafka import make_consumer, topic_name
-from residuals.platform.topics import USAGE_DLQ
+from residuals.platform.redrive import RedriveError, Redriver, operator, safe, table
+from residuals.platform.topics import USAGE, USAGE_DLQ
 from residuals.v1 import usage_pb2
+
+__all__ = ["describe_original", "read", "register"]
 
 UNDECODABLE = "UNDECODABLE"
 _POLL_SECONDS = 1.0
@@ -57,11 +71,8 @@ class Entry:
 
     @property
     def received_at(self) -> datetime:
-        if self.letter is not None and self.letter.HasField("received_at"):
-            try:
-                return to_datetime(self.letter.received_at)
-            except (ValueError, OverflowError, OSError):
-                pass
+        if self.letter is not None:
+            return bounded_datetime(self.letter, "received_at") or self.timestamp
         return self.timestamp
 
     def summary(self) -> dict[str, Any]:
@@ -75,6 +86,14 @@ class Entry:
             "licence_id": letter.licence_id if letter else "",
             "detail": letter.detail if letter else f"not a DeadLetter ({len(self.raw)} bytes)",
         }
+
+
+def _record_time(message: Any) -> datetime:
+    """The record's timestamp; the epoch when absent or absurd (a producer sets it)."""
+    try:
+        return datetime.fromtimestamp(message.timestamp()[1] / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(0, UTC)
 
 
 def _decode(raw: bytes | None) -> usage_pb2.DeadLetter | None:
@@ -148,11 +167,8 @@ def read(
             if p is None or position is None:
                 continue
             if p in ends and position < ends[p]:
-                _, stamp = message.timestamp()
                 raw = message.value() or b""
-                yield Entry(
-                    p, position, datetime.fromtimestamp(stamp / 1000, UTC), raw, _decode(raw)
-                )
+                yield Entry(p, position, _record_time(message), raw, _decode(raw))
                 produced += 1
                 if limit is not None and produced >= limit:
                     return
@@ -163,38 +179,6 @@ def read(
 
 
 # --- rendering ---------------------------------------------------------------------------
-
-
-def describe_original(original: bytes) -> dict[str, Any]:
-    """The original bytes decoded as far as they go."""
-    from residuals.codecs.signed import decode_envelope, decode_payload
-
-    out: dict[str, Any] = {"bytes": len(original)}
-    try:
-        envelope = decode_envelope(original)
-    except DecodeError as error:
-        out["decoded"] = f"not a SignedUsageEvent: {error}"
-        out["hex"] = original[:512].hex()
-        return out
-    out["key_id"] = envelope.key_id
-    out["signature"] = envelope.signature.hex()
-    if envelope.HasField("batch"):
-        # The signature is over the batch's Merkle root: the proof is half the evidence
-        # (a BAD_SIGNATURE's detail often names the leaf or the path).
-        proof = envelope.batch
-        out["batch"] = {
-            "leaf_index": proof.leaf_index,
-            "leaf_count": proof.leaf_count,
-            "audit_path_length": len(proof.audit_path),
-        }
-    if envelope.trace.traceparent:
-        out["traceparent"] = envelope.trace.traceparent
-    try:
-        out["event"] = MessageToDict(decode_payload(envelope.payload))
-    except DecodeError as error:
-        out["event"] = f"payload is not a UsageEvent: {error}"
-        out["payload_hex"] = envelope.payload[:512].hex()
-    return out
 
 
 def _show(entry: Entry) -> dict[str, Any]:
@@ -211,18 +195,6 @@ def _show(entry: Entry) -> dict[str, Any]:
         shown["traceparent"] = letter.trace.traceparent
     shown["original"] = describe_original(letter.original)
     return shown
-
-
-def _table(entries: list[dict[str, Any]]) -> str:
-    columns = ("position", "received_at", "vendor_id", "reason", "event_id", "detail")
-    rows = [[str(e[c]) for c in columns] for e in entries]
-    for row in rows:
-        if len(row[-1]) > 80:
-            row[-1] = row[-1][:77] + "..."
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 # --- command line ------------------------------------------------------------------------
@@ -248,34 +220,156 @@ def _list(args: argparse.Namespace) -> int:
             break
     if args.json:
         for item in shown:
-            print(json.dumps(item))
+            print(json.dumps(safe(item)))
     elif shown:
-        print(_table(shown))
+        columns = ("position", "received_at", "vendor_id", "reason", "event_id", "detail")
+        print(table(shown, columns, wide="detail"))
     else:
         print("no dead letters match", file=sys.stderr)
     return 0
 
 
+def _position(text: str) -> tuple[int, int] | None:
+    partition, sep, offset = text.partition(":")
+    if not sep or not partition.isdigit() or not offset.isdigit():
+        return None
+    return int(partition), int(offset)
+
+
+def _at(kafka: KafkaSettings, position: tuple[int, int]) -> Entry | None:
+    entries = list(read(kafka, partition=position[0], offset=position[1], limit=1))
+    return entries[0] if entries and entries[0].offset == position[1] else None
+
+
 def _show_command(args: argparse.Namespace) -> int:
     kafka = load(KafkaSettings)
-    partition_text, sep, offset_text = args.position.partition(":")
-    if not sep or not partition_text.isdigit() or not offset_text.isdigit():
+    position = _position(args.position)
+    if position is None:
         print("residuals dlq show: POSITION is PARTITION:OFFSET, e.g. 3:1042", file=sys.stderr)
         return 2
-    entries = list(read(kafka, partition=int(partition_text), offset=int(offset_text), limit=1))
-    if not entries or entries[0].offset != int(offset_text):
+    entry = _at(kafka, position)
+    if entry is None:
         print(f"no dead letter at {args.position}", file=sys.stderr)
         return 1
-    print(json.dumps(_show(entries[0]), indent=2))
+    print(json.dumps(safe(_show(entry)), indent=2))
     return 0
+
+
+# --- redrive ------------------------------------------------------------------------------
+
+REDRIVABLE = RejectReason.UNPROCESSABLE.value
+
+_LOCK_DEAD = (
+    "SELECT redriven_at, redriven_by FROM dead_letters WHERE source_topic = %s "
+    "AND source_partition = %s AND source_offset = %s FOR UPDATE"
+)
+_MARK_DEAD = (
+    "UPDATE dead_letters SET redriven_at = now(), redriven_by = %s WHERE source_topic = %s "
+    "AND source_partition = %s AND source_offset = %s"
+)
+
+
+def redrive_problem(entry: Entry, usage_topic: str) -> str | None:
+    """Why a dead letter cannot be re-driven: only the meter's own defects can (any other
+    reason is a verdict on the vendor's record that a re-drive would only repeat)."""
+    letter = entry.letter
+    if letter is None:
+        return "not a DeadLetter"
+    if entry.reason != REDRIVABLE:
+        return f"reason {entry.reason} is a verdict on the record; only {REDRIVABLE} is re-driven"
+    if letter.source_topic != usage_topic:
+        return f"it was not read from {usage_topic}"
+    if not letter.original:
+        return "it carries no original record"
+    return None
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    if bool(args.positions) == bool(args.all):
+        print("residuals dlq redrive: give POSITION... or --all", file=sys.stderr)
+        return 2
+    kafka = load(KafkaSettings)
+    usage_topic = topic_name(kafka, USAGE)
+    if args.all:
+        entries = [
+            e
+            for e in read(kafka)
+            if e.reason == REDRIVABLE and (not args.vendor or e.vendor_id == args.vendor)
+        ]
+    else:
+        positions = [_position(text) for text in args.positions]
+        if None in positions:
+            print("residuals dlq redrive: POSITION is PARTITION:OFFSET", file=sys.stderr)
+            return 2
+        found = [
+            (text, _at(kafka, p)) for text, p in zip(args.positions, positions, strict=True) if p
+        ]
+        for text, entry in found:
+            if entry is None:
+                print(f"{text}: no dead letter there", file=sys.stderr)
+        if any(entry is None for _, entry in found):
+            return 1
+        entries = [entry for _, entry in found if entry is not None]
+    redriver = None if args.dry_run else Redriver(kafka)
+    who = operator()
+    refused = 0
+    with psycopg.connect(load(PostgresSettings).dsn) as conn:
+        for entry in entries:
+            outcome = _redrive_one(conn, entry, usage_topic, redriver, who, force=args.force)
+            failed = outcome.startswith("refused") or outcome.startswith("failed")
+            refused += failed
+            print(f"{entry.position}: {outcome}", file=sys.stderr if failed else sys.stdout)
+    if not entries:
+        print(f"no {REDRIVABLE} dead letters match", file=sys.stderr)
+    return 1 if refused else 0
+
+
+def _redrive_one(
+    conn: psycopg.Connection[Any],
+    entry: Entry,
+    usage_topic: str,
+    redriver: Redriver | None,
+    who: str,
+    *,
+    force: bool,
+) -> str:
+    """Re-drive one dead letter; returns what happened, for the operator."""
+    problem = redrive_problem(entry, usage_topic)
+    if problem is not None:
+        return f"refused: {problem}"
+    letter = entry.letter
+    assert letter is not None
+    key = (letter.source_topic, letter.source_partition, letter.source_offset)
+    try:
+        with conn.transaction():
+            row = conn.execute(_LOCK_DEAD, key).fetchone()
+            if row is None and not force:
+                return "refused: not in the ledger yet (retry in a moment, or --force)"
+            if row is not None and row[0] is not None and not force:
+                return f"refused: re-driven at {row[0]:%Y-%m-%d %H:%M:%S%z} by {row[1]} (--force)"
+            if redriver is None:
+                return f"would re-drive to {usage_topic}[{letter.source_partition}]"
+            landed = redriver.send(
+                usage_topic,
+                letter.source_partition,
+                letter.licence_id.encode() or None,
+                bytes(letter.original),
+            )
+            conn.execute(_MARK_DEAD, (who, *key))
+            return f"re-driven to {landed}"
+    except RedriveError as error:
+        return f"failed: {error}"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "dlq",
-        help="list and inspect dead-lettered usage events (residuals.usage.dlq.v1)",
-        description="Reads the dead-letter topic of the Kafka cluster in KAFKA_BOOTSTRAP_SERVERS"
-        " (with RESIDUALS_TOPIC_PREFIX). Never commits offsets.",
+        help="list, inspect and re-drive dead letters (residuals.usage.dlq.v1) and "
+        "quarantined records",
+        description="list and show read the dead-letter topic of the Kafka cluster in "
+        "KAFKA_BOOTSTRAP_SERVERS (with RESIDUALS_TOPIC_PREFIX) and never commit offsets; "
+        "redrive and quarantine also use the database in DATABASE_URL. Vendor text is "
+        "printed escaped.",
     )
     sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="one line per dead letter, oldest first")
@@ -293,3 +387,19 @@ def register(subparsers: Any) -> None:
     show = sub.add_parser("show", help="one dead letter with its original decoded")
     show.add_argument("position", metavar="POSITION", help="PARTITION:OFFSET from `dlq list`")
     show.set_defaults(handler=_show_command)
+    redrive = sub.add_parser(
+        "redrive",
+        help=f"produce {REDRIVABLE} dead letters' originals back to the usage topic",
+        description=f"Only dead letters of reason {REDRIVABLE} (the meter's own defect) are "
+        "re-driven, once the defect is fixed: each original record is produced to the "
+        "usage topic partition it was read from, Kafka's acknowledgement awaited, and the "
+        "ledger's dead_letters row marked (DATABASE_URL). A dead letter already re-driven "
+        "is refused unless --force.",
+    )
+    redrive.add_argument("positions", nargs="*", metavar="POSITION", help="PARTITION:OFFSET")
+    redrive.add_argument("--all", action="store_true", help=f"every {REDRIVABLE} dead letter")
+    redrive.add_argument("--vendor", help="with --all: only this vendor's")
+    redrive.add_argument("--force", action="store_true", help="re-drive even if re-driven")
+    redrive.add_argument("--dry-run", action="store_true", help="say what would be re-driven")
+    redrive.set_defaults(handler=_redrive)
+    quarantine_admin.register(sub)
