@@ -211,3 +211,23 @@ class TcpProxy:
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def read_at(kafka: KafkaSettings, topic: str, partition: int, offset: int) -> Any:
+    """The record at ``topic[partition]@offset`` (a confluent-kafka Message)."""
+    from confluent_kafka import TopicPartition
+
+    from residuals.platform.kafka import make_consumer
+
+    consumer = make_consumer(kafka, f"read-at-{uuid.uuid4().hex[:8]}")
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and message.error() is None:
+                assert message.offset() == offset, "the record at that offset is missing"
+                return message
+        raise AssertionError(f"nothing read at {topic}[{partition}]@{offset}")
+    finally:
+        consumer.close()
