@@ -249,6 +249,53 @@ def test_a_redelivered_alert_is_stored_once(env: Env) -> None:
     assert rows == (1,)
 
 
+def test_poison_on_the_alerts_topic_is_quarantined_and_the_line_moves_on(env: Env) -> None:
+    tenant = Tenant()
+    key = env.talent_key(tenant)
+    before, after = tenant.alert(kind=TERRITORY), tenant.alert(kind=TERRITORY)
+    escaped = tenant.alert(kind=TERRITORY)
+    escaped.event_ids[:] = ["evt\x00\x1b[31m\u202e"]  # stored, escaped: a vendor's event id
+    foreign = tenant.alert(kind=TERRITORY)
+    foreign.talent_id = tenant.talent_id + "\x00"  # an id matched by access rules: refused
+    severity = tenant.alert(kind=TERRITORY, severity=42)
+    amount = tenant.alert(kind=TERRITORY, held_amount="9e999999")
+    moment = tenant.alert(kind=TERRITORY)
+    moment.occurred_at.nanos = -1
+    env.producer.send(before)
+    for raw in (None, b"\xff\xffnot an alert"):  # a tombstone, undecodable bytes
+        env.producer.producer.produce(env.producer.topic, value=raw, key=tenant.licence_id)
+    env.producer.send(escaped, foreign, severity, amount, moment, after)
+
+    listed = _wait_listed(env, key, 3)
+    assert {a.alert_id for a in listed} == {before.alert_id, escaped.alert_id, after.alert_id}
+    stored = next(a for a in listed if a.alert_id == escaped.alert_id)
+    assert list(stored.event_ids) == ["evt\\x00\\x1b[31m\\u202e"]
+
+    def quarantined() -> list[tuple[str, str]]:
+        with psycopg.connect(env.dsn) as conn:
+            rows = conn.execute(
+                "SELECT consumer, error FROM quarantine WHERE source_topic = %s ORDER BY id",
+                (env.producer.topic,),
+            ).fetchall()
+        return [(str(c), str(e)) for c, e in rows]
+
+    _wait(lambda: len(quarantined()) == 6)
+    rows = quarantined()
+    assert {consumer for consumer, _ in rows} == {"alerts"}
+    errors = " | ".join(error for _, error in rows)
+    for fragment in (
+        "tombstone",
+        "DecodeError",
+        "talent_id contains the non-printable character U+0000",
+        "unknown severity 42",
+        "held_amount has more than 18 integer digits",
+        "occurred_at is out of bounds",
+    ):
+        assert fragment in errors, errors
+    with psycopg.connect(env.dsn) as conn:
+        conn.execute("DELETE FROM quarantine WHERE source_topic = %s", (env.producer.topic,))
+
+
 def test_list_alerts_pages_newest_first_and_filters(env: Env) -> None:
     tenant = Tenant()
     key = env.talent_key(tenant)
