@@ -62,19 +62,29 @@ def decimal_problem(value: Decimal, *, non_negative: bool = True) -> str | None:
 MAX_AMOUNT_CHARS = 64
 
 
-def amount_text_problem(text: str) -> str | None:
-    """Why a computed amount as carried between services (``"12.3456"``) is not usable:
-    too long, not a number, not finite, or more than 18 integer digits."""
+def amount_from_text(text: str) -> Decimal:
+    """A computed amount as carried between services (``"12.3456"``); ``ValueError``
+    naming the problem when it is too long, not a number, not finite, or has more than
+    18 integer digits."""
     if len(text) > MAX_AMOUNT_CHARS:
-        return f"is {len(text):,} characters, the limit is {MAX_AMOUNT_CHARS}"
+        raise ValueError(f"is {len(text):,} characters, the limit is {MAX_AMOUNT_CHARS}")
     try:
         value = Decimal(text)
     except ArithmeticError:
-        return "is not a decimal number"
+        raise ValueError("is not a decimal number") from None
     if not value.is_finite():
-        return "is not a finite number"
+        raise ValueError("is not a finite number")
     if value and value.adjusted() >= MAX_INTEGER_DIGITS:
-        return f"has more than {MAX_INTEGER_DIGITS} integer digits"
+        raise ValueError(f"has more than {MAX_INTEGER_DIGITS} integer digits")
+    return value
+
+
+def amount_text_problem(text: str) -> str | None:
+    """Why :func:`amount_from_text` refuses ``text`` (None when it is fine)."""
+    try:
+        amount_from_text(text)
+    except ValueError as problem:
+        return str(problem)
     return None
 
 

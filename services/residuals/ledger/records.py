@@ -17,7 +17,7 @@ with :func:`~residuals.domain.bounds.printable` so PostgreSQL never refuses it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,8 +29,10 @@ from residuals.codecs.deadletters import reason_from_proto
 from residuals.codecs.timestamps import bounded_datetime
 from residuals.codecs.usage import to_raw
 from residuals.domain.bounds import (
+    EARLIEST_SECONDS,
+    LATEST_SECONDS,
     MAX_ID_CHARS,
-    amount_text_problem,
+    amount_from_text,
     decimal_problem,
     printable,
     text_problem,
@@ -182,10 +184,9 @@ def _violation_name(value: int) -> str | None:
 
 def _millis(value: int) -> datetime | None:
     """Epoch milliseconds as a datetime, None when outside the event model's era."""
-    seconds, remainder = divmod(value, 1000)
-    if timestamp_problem(seconds, remainder * 1_000_000) is not None:
+    if not EARLIEST_SECONDS * 1000 <= value <= LATEST_SECONDS * 1000:
         return None
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=remainder * 1000)
+    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def published_at(headers: Any, timestamp: Any = None) -> datetime | None:
@@ -205,19 +206,21 @@ def published_at(headers: Any, timestamp: Any = None) -> datetime | None:
 
 
 def _amount(text: str, name: str) -> Decimal:
-    """A meter-computed amount (``amount_text_problem``: its fraction is not bounded,
-    unrounded accruals may carry many digits)."""
-    text = text or "0"
-    if problem := amount_text_problem(text):
-        raise UndecodableRecord(f"{name} {problem}")
-    return Decimal(text)
+    """A meter-computed amount (:func:`~residuals.domain.bounds.amount_from_text`: its
+    fraction is not bounded, unrounded accruals may carry many digits)."""
+    try:
+        return amount_from_text(text or "0")
+    except ValueError as problem:
+        raise UndecodableRecord(f"{name} {problem}") from None
 
 
-def _bounded_text(value: str, name: str) -> str:
-    problem = text_problem(value)
-    if problem is not None:
-        raise UndecodableRecord(f"{name} {problem}")
-    return value
+def _check_ids(owner: object, names: Iterable[str], label: str = "") -> None:
+    """Ids of a use are identities: within the event model's bounds, else undecodable.
+    (Inline and lazy: this runs for every field of every record the ledger stores.)"""
+    for name in names:
+        text = getattr(owner, name)
+        if text and (len(text) > MAX_ID_CHARS or not text.isprintable()):
+            raise UndecodableRecord(f"{label}{name} {text_problem(text)}")
 
 
 @undecodable_on_error
@@ -236,10 +239,10 @@ def decode_rated(
     event = parse_event(to_raw(message.event))
     if not isinstance(event, UsageEvent):
         raise UndecodableRecord(f"rated event does not parse: {printable(event.detail)}")
-    for name in _EVENT_TEXT:
-        text = getattr(event, name)
-        if text:
-            _bounded_text(text, f"rated event {name}")
+    signed = message.signed
+    _check_ids(event, _EVENT_TEXT, "rated event ")
+    _check_ids(message, ("currency_code", "authenticated_vendor_id"))
+    _check_ids(signed, ("key_id",))
     if event.ad_revenue is not None and (problem := decimal_problem(event.ad_revenue)):
         raise UndecodableRecord(f"rated event ad_revenue {problem}")
     received = bounded_datetime(message, "received_at")
@@ -260,18 +263,16 @@ def decode_rated(
         units_held=message.units_held,
         estimated_amount=_amount(message.estimated_amount, "estimated_amount"),
         held_amount=_amount(message.held_amount, "held_amount"),
-        currency=_bounded_text(message.currency_code, "currency_code"),
+        currency=message.currency_code,
         licence_version=message.licence_version,
         tier=message.tier or None,
         payload=bytes(message.signed.payload),
         signature=bytes(message.signed.signature),
-        key_id=_bounded_text(message.signed.key_id, "key_id"),
+        key_id=signed.key_id,
         signature_proof=(
             message.signed.batch.SerializeToString() if message.signed.HasField("batch") else None
         ),
-        authenticated_vendor_id=_bounded_text(
-            message.authenticated_vendor_id, "authenticated_vendor_id"
-        ),
+        authenticated_vendor_id=message.authenticated_vendor_id,
         received_at=received,
         rated_at=bounded_datetime(message, "rated_at"),
         published_at=published_at(headers, timestamp),
