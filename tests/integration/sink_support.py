@@ -45,15 +45,6 @@ def create_topics(kafka: KafkaSettings, topics: Sequence[Topic]) -> None:
         future.result(timeout=60)
 
 
-def delete_topics(kafka: KafkaSettings) -> None:
-    admin = make_admin(kafka)
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            with contextlib.suppress(Exception):
-                future.result(timeout=60)
-
-
 @dataclass(frozen=True)
 class Landed:
     """Where Kafka put a produced record, and what it was."""

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from alerts_support import delete_topics
 from sink_support import (
     LEDGER_TOPICS,
     create_topics,
-    delete_topics,
     isolated_kafka,
     ledger_settings,
     produce,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+from alerts_support import delete_topics
 from ledger_support import Ledger
 from prometheus_client import REGISTRY
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -27,7 +28,6 @@ from sink_support import (
     Landed,
     TcpProxy,
     create_topics,
-    delete_topics,
     isolated_kafka,
     ledger_settings,
     produce,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alerts_support import delete_topics
 from ledger_support import Ledger
 from service_process import ServiceProcess, run_service
 from sink_support import (
     LEDGER_TOPICS,
     create_topics,
-    delete_topics,
     isolated_kafka,
     produce,
     wait_until,

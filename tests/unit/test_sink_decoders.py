@@ -23,7 +23,7 @@ from residuals.ledger.records import (
     published_at,
 )
 from residuals.platform.quarantine import Quarantined
-from residuals.platform.quarantine_admin import Row, decoded
+from residuals.platform.quarantine_admin import decoded
 from residuals.platform.redrive import safe, table
 from residuals.v1 import common_pb2, usage_pb2
 
@@ -174,8 +174,8 @@ def test_tables_and_json_escape_ansi_control_and_bidi() -> None:
 
 
 def test_quarantined_values_are_decoded_by_topic_as_far_as_they_go() -> None:
-    def row(topic: str, value: bytes | None) -> Row:
-        return Row(1, "ledger", topic, 0, 0, None, value, (), "e", RECEIVED, None, None)
+    def row(topic: str, value: bytes | None) -> Quarantined:
+        return Quarantined("ledger", topic, 0, 0, None, value, "e")
 
     rated = usage_pb2.RatedUsage(currency_code="USD")
     rated.received_at.nanos = -1  # JSON cannot say this: shown as protobuf text

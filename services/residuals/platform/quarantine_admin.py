@@ -25,7 +25,7 @@ from residuals.codecs.inspect import describe_message, describe_original
 from residuals.domain.bounds import printable
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings, PostgresSettings, load
-from residuals.platform.quarantine import headers_from_blob
+from residuals.platform.quarantine import Quarantined, headers_from_blob
 from residuals.platform.redrive import RedriveError, Redriver, operator, safe, table
 from residuals.v1 import alerts_pb2, licence_pb2, quarantine_pb2, usage_pb2
 
@@ -48,23 +48,16 @@ STATES = ("open", "redriven", "all")
 
 @dataclass(frozen=True)
 class Row:
+    """A row of the quarantine table: the record set aside, and whether it was re-driven."""
+
     id: int
-    consumer: str
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[bytes, bytes], ...]
-    error: str
-    quarantined_at: datetime
-    redriven_at: datetime | None
-    redriven_by: str | None
+    record: Quarantined
+    redriven_at: datetime | None = None
+    redriven_by: str | None = None
 
     @classmethod
     def of(cls, r: Sequence[Any]) -> Row:
-        return cls(
-            id=int(r[0]),
+        record = Quarantined(
             consumer=str(r[1]),
             topic=str(r[2]),
             partition=int(r[3]),
@@ -74,9 +67,8 @@ class Row:
             headers=headers_from_blob(bytes(r[7] or b"")),
             error=str(r[8]),
             quarantined_at=r[9],
-            redriven_at=r[10],
-            redriven_by=r[11],
         )
+        return cls(int(r[0]), record, r[10], r[11])
 
     @property
     def state(self) -> str:
@@ -85,14 +77,15 @@ class Row:
         return f"redriven {self.redriven_at:%Y-%m-%d %H:%M} by {self.redriven_by}"
 
     def summary(self) -> dict[str, Any]:
+        r = self.record
         return {
             "id": self.id,
-            "quarantined_at": self.quarantined_at.isoformat(),
-            "consumer": self.consumer,
-            "topic": self.topic,
-            "position": f"{self.partition}:{self.offset}",
+            "quarantined_at": r.quarantined_at.isoformat(),
+            "consumer": r.consumer,
+            "topic": r.topic,
+            "position": f"{r.partition}:{r.offset}",
             "state": self.state,
-            "error": self.error,
+            "error": r.error,
         }
 
 
@@ -134,30 +127,31 @@ def select(
     return [Row.of(r) for r in conn.execute(sql, params).fetchall()]
 
 
-def decoded(row: Row, prefix: str) -> dict[str, Any]:
-    """The row's value decoded by its source topic's message type, as far as it goes."""
-    name = row.topic.removeprefix(prefix)
+def decoded(record: Quarantined, prefix: str) -> dict[str, Any]:
+    """The value decoded by its source topic's message type, as far as it goes."""
+    name = record.topic.removeprefix(prefix)
     if name == topics.USAGE.name:
-        if row.value is None:
+        if record.value is None:
             return {"bytes": None, "decoded": "tombstone (null value)"}
-        return describe_original(row.value)
+        return describe_original(record.value)
     message = _MESSAGES.get(name)
     if message is None:
-        shown: dict[str, Any] = {"decoded": f"no known message type for topic {row.topic}"}
-        if row.value is not None:
-            shown.update(bytes=len(row.value), hex=row.value[:512].hex())
+        shown: dict[str, Any] = {"decoded": f"no known message type for topic {record.topic}"}
+        if record.value is not None:
+            shown.update(bytes=len(record.value), hex=record.value[:512].hex())
         return shown
-    return describe_message(message, row.value)
+    return describe_message(message, record.value)
 
 
 def show(row: Row, prefix: str) -> dict[str, Any]:
+    r = row.record
     return {
         **row.summary(),
-        "partition": row.partition,
-        "offset": row.offset,
-        "key": row.key,
-        "headers": [{"key": k, "value": v} for k, v in row.headers],
-        "value": decoded(row, prefix),
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": r.key,
+        "headers": [{"key": k, "value": v} for k, v in r.headers],
+        "value": decoded(r, prefix),
     }
 
 
@@ -185,11 +179,11 @@ def redrive(
                 if not found:
                     outcomes.append((row_id, "refused: no such quarantined record", False))
                     continue
-                row = found[0]
+                row, r = found[0], found[0].record
                 if row.redriven_at is not None and not force:
                     outcomes.append((row_id, f"refused: already {row.state} (--force)", False))
                     continue
-                landed = redriver.send(row.topic, row.partition, row.key, row.value, row.headers)
+                landed = redriver.send(r.topic, r.partition, r.key, r.value, r.headers)
                 conn.execute(
                     "UPDATE quarantine SET redriven_at = now(), redriven_by = %s WHERE id = %s",
                     (who, row_id),
