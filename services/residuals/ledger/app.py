@@ -77,6 +77,8 @@ class LedgerWriter:
                     )
         now = datetime.now(UTC)
         for record in records:
+            if record.topic() == self.quarantine_topic:
+                continue  # set aside elsewhere: not usage reaching the ledger
             published = published_at(record.headers(), record.timestamp())
             if published is not None:
                 self.metrics.observe_latency("ledger", published, now)
