@@ -485,7 +485,7 @@ def list_current(
 
 
 #: Largest sequence (PostgreSQL bigint).
-MAX_SEQUENCE = 2**63 - 1
+MAX_SEQUENCE = MAX_BIGINT
 
 
 def page_token(raised_sequence: int) -> str:
