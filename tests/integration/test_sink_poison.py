@@ -273,7 +273,7 @@ def test_poison_interleaved_with_good_records_is_quarantined_and_the_rest_stored
     expected_errors = {
         "tombstone": "tombstone",
         "undecodable": "not a RatedUsage",
-        "nul id": "non-printable character U+0000",
+        "nul id": "non-printable character",
         "60,000-character id": "60,000 characters",
         "nanos -1": "nanos -1",
         "seconds 2^62": "outside 2000-01-01",

@@ -33,10 +33,8 @@ from residuals.domain.bounds import (
     LATEST_SECONDS,
     MAX_ID_CHARS,
     amount_from_text,
-    decimal_problem,
     printable,
     text_problem,
-    timestamp_problem,
 )
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.period import Period
@@ -134,19 +132,6 @@ class Dead:
 T = TypeVar("T")
 P = ParamSpec("P")
 
-#: Event fields that are identities or labels: bounded like the event model's ids.
-_EVENT_TEXT = (
-    "vendor_id",
-    "event_id",
-    "licence_id",
-    "avatar_id",
-    "render_id",
-    "category",
-    "territory",
-    "channel",
-    "ad_currency",
-    "original_event_id",
-)
 #: Longest dead-letter detail kept (the meter's and gateway's details are one line).
 MAX_DETAIL_CHARS = MAX_ERROR_CHARS
 
@@ -215,8 +200,8 @@ def _amount(text: str, name: str) -> Decimal:
 
 
 def _check_ids(owner: object, names: Iterable[str], label: str = "") -> None:
-    """Ids of a use are identities: within the event model's bounds, else undecodable.
-    (Inline and lazy: this runs for every field of every record the ledger stores.)"""
+    """Ids the meter adds to a use (key, vendor, currency) are bounded like the event's
+    (inline and lazy: this runs for every record the ledger stores)."""
     for name in names:
         text = getattr(owner, name)
         if text and (len(text) > MAX_ID_CHARS or not text.isprintable()):
@@ -232,19 +217,14 @@ def decode_rated(
         message = usage_pb2.RatedUsage.FromString(value)
     except DecodeError as exc:
         raise UndecodableRecord("not a RatedUsage") from exc
-    if message.event.HasField("occurred_at"):
-        occurred = message.event.occurred_at
-        if problem := timestamp_problem(occurred.seconds, occurred.nanos):
-            raise UndecodableRecord(f"rated event occurred_at {problem}")
+    # parse_event bounds the event's ids, decimals and times (to_raw refuses a timestamp
+    # that cannot convert); the meter's own fields are checked here.
     event = parse_event(to_raw(message.event))
     if not isinstance(event, UsageEvent):
         raise UndecodableRecord(f"rated event does not parse: {printable(event.detail)}")
     signed = message.signed
-    _check_ids(event, _EVENT_TEXT, "rated event ")
     _check_ids(message, ("currency_code", "authenticated_vendor_id"))
     _check_ids(signed, ("key_id",))
-    if event.ad_revenue is not None and (problem := decimal_problem(event.ad_revenue)):
-        raise UndecodableRecord(f"rated event ad_revenue {problem}")
     received = bounded_datetime(message, "received_at")
     if received is None:
         raise UndecodableRecord("rated usage without a valid received_at")
