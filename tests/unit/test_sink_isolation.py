@@ -1,10 +1,11 @@
-"""Bisection of a failed batch around its poison records, and which errors a record can
-cause (pure logic: a fake, atomic ``apply`` over integers)."""
+"""Bisection of a failed batch around its poison records, which errors a record can cause
+(pure logic: a fake, atomic ``apply`` over integers), and when a sink is stalled."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import psycopg
 import psycopg.errors as pg
@@ -12,10 +13,11 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from psycopg_pool import PoolTimeout
 
 from residuals.platform.isolation import apply_isolating, is_record_error
-from residuals.platform.sink import Fenced
+from residuals.platform.sink import Fenced, KafkaPostgresSink, SinkMetrics, SinkSettings
 
 pytestmark = pytest.mark.unit
 
@@ -145,3 +147,37 @@ def test_every_record_is_applied_once_or_quarantined(size: int, poison: set[int]
     assert store.rows == done.applied == [r for r in range(size) if r not in poison]
     assert [r for r, _ in done.poison] == sorted(poison)
     assert sum(done.results) == size - len(poison)
+
+
+def test_a_batch_pending_longer_than_the_stall_time_marks_the_sink_stalled() -> None:
+    registry = CollectorRegistry()
+    seen: list[bool] = []
+    sink: KafkaPostgresSink[None] = KafkaPostgresSink(
+        name="t",
+        consumer=object(),
+        db=cast(Any, None),  # never reached: no batch is processed here
+        group_id="g",
+        topics=["x"],
+        apply=lambda _conn, _records: None,
+        settings=SinkSettings(stall_seconds=60),
+        on_stalled=seen.append,
+        metrics=SinkMetrics(registry),
+    )
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("residuals_sink_stalled", {"sink": "t"})
+
+    assert gauge() == 0 and not sink.check_stall(now=100.0)
+    sink._pending_since = 100.0  # a batch first attempted at t=100 is still not committed
+    assert not sink.check_stall(now=159.0) and seen == []
+    assert sink.check_stall(now=160.0) and sink.check_stall(now=170.0)
+    assert seen == [True] and gauge() == 1  # told once
+    sink._pending_since = None  # it committed
+    assert not sink.check_stall(now=171.0)
+    assert seen == [True, False] and gauge() == 0
+    assert (
+        registry.get_sample_value(
+            "residuals_quarantined_records_total", {"consumer": "t", "topic": "x"}
+        )
+        == 0
+    )
