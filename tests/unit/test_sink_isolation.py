@@ -181,3 +181,39 @@ def test_a_batch_pending_longer_than_the_stall_time_marks_the_sink_stalled() -> 
         )
         == 0
     )
+
+
+def test_with_a_probe_the_good_records_are_applied_together_in_one_attempt() -> None:
+    """A retraction and its original (here 10 and 90, which fail when applied apart:
+    ``apart``) stay in one application when poison (55) sits between them."""
+    store = FakeStore(poison={55})
+    probed: list[list[int]] = []
+
+    def probe(chunk: Sequence[int]) -> None:
+        probed.append(list(chunk))
+        if store.poison & set(chunk):
+            raise store.error
+
+    def attempt(chunk: Sequence[int]) -> int:
+        if (10 in chunk) != (90 in chunk):
+            raise AssertionError("the original and its retraction were split apart")
+        return store.attempt(chunk)
+
+    done = apply_isolating(list(range(100)), attempt, probe=probe)
+    assert [r for r, _e in done.poison] == [55]
+    assert store.rows == [r for r in range(100) if r != 55]
+    assert done.results == [99]  # one application of the 99 good records
+    assert probed  # poison found by probing, which applies nothing
+    assert all(55 in chunk for chunk in store.calls[:1])
+
+
+def test_records_failing_only_together_fall_back_to_halves_after_probing() -> None:
+    store = FakeStore(poison={3}, together={frozenset({1, 6})})
+
+    def probe(chunk: Sequence[int]) -> None:
+        if store.poison & set(chunk) or any(p <= set(chunk) for p in store.together):
+            raise store.error
+
+    done = apply_isolating(list(range(8)), store.attempt, probe=probe)
+    assert sorted(r for r, _e in done.poison) == [3]
+    assert sorted(store.rows) == [0, 1, 2, 4, 5, 6, 7]

@@ -13,6 +13,13 @@ the whole batch with back-off, because retrying is what fixes them.
 ``attempt`` must be atomic (a savepoint): a failed attempt leaves nothing behind, so a
 record is applied at most once. Records keep their order: the first half is applied
 before the second.
+
+With a ``probe`` (an attempt that always rolls back), the bisection only *finds* the
+poison, and the other records are then applied together in one attempt, exactly as they
+would have been without it: records that belong together (a retraction and the original
+it withdraws, in one batch) are never split into separate applications. Only if that
+attempt still fails (records that fail together but not alone) does the batch fall back
+to applying its halves.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ def apply_isolating(
     records: Sequence[T],
     attempt: Callable[[Sequence[T]], R],
     *,
+    probe: Callable[[Sequence[T]], object] | None = None,
     record_error: Callable[[BaseException], bool] = is_record_error,
 ) -> Isolation[T, R]:
     """Apply ``records`` with ``attempt``, bisecting around records that make it fail.
@@ -78,6 +86,42 @@ def apply_isolating(
     caused it (nothing of the batch is then to be kept: the caller rolls back).
     """
     out: Isolation[T, R] = Isolation()
+    if records and probe is not None:
+        try:
+            out.attempts += 1
+            out.results.append(attempt(records))
+            out.applied.extend(records)
+            return out
+        except Exception as error:
+            if not record_error(error):
+                raise
+        # Probe by position, so equal records are told apart.
+        batch = list(records)
+        found = apply_isolating(
+            range(len(batch)),
+            lambda positions: probe([batch[i] for i in positions]),
+            record_error=record_error,
+        )
+        out.attempts += found.attempts
+        out.poison = [(batch[i], error) for i, error in found.poison]
+        bad = {i for i, _error in found.poison}
+        records = [record for i, record in enumerate(batch) if i not in bad]
+        if not records:
+            return out
+        try:
+            out.attempts += 1
+            out.results.append(attempt(records))
+            out.applied.extend(records)
+            return out
+        except Exception as error:
+            if not record_error(error):
+                raise
+        # Records that fail together but not alone: apply what can be, half by half.
+        rest = apply_isolating(records, attempt, record_error=record_error)
+        out.attempts += rest.attempts
+        out.applied, out.results = rest.applied, rest.results
+        out.poison.extend(rest.poison)
+        return out
 
     def run(chunk: Sequence[T]) -> None:
         out.attempts += 1

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+class _Probed(Exception):
+    """Ends a probe's savepoint so that what it applied is rolled back."""
+
+
 class Fenced(Retryable):
     """Another worker acquired a partition of the batch: this one must not commit it."""
 
@@ -386,7 +390,16 @@ class KafkaPostgresSink(Generic[R]):
             with self.quarantine.savepoint(), conn.transaction():
                 return self.apply(conn, chunk)
 
-        done = apply_isolating(records, attempt)
+        def probe(chunk: Sequence[Any]) -> None:
+            """Whether ``chunk`` applies, leaving nothing either way."""
+            try:
+                with self.quarantine.savepoint(), conn.transaction():
+                    self.apply(conn, chunk)
+                    raise _Probed
+            except _Probed:
+                pass
+
+        done = apply_isolating(records, attempt, probe=probe)
         if done.poison:
             log.warning(
                 "batch isolated around poison records",
