@@ -422,3 +422,17 @@ def test_the_sdk_refuses_exactly_what_the_platform_would(name: str, value: objec
         platform = parse_event(raw)
         assert isinstance(platform, Rejection)
         assert platform.reason is RejectReason.MALFORMED
+
+
+def test_a_redriven_dead_letter_keeps_its_receipt_time_for_holders_of_the_key() -> None:
+    from residuals.codecs.timestamps import set_timestamp
+    from residuals.ingest.dlq import redrive_headers
+
+    letter = usage_pb2.DeadLetter(vendor_id=WHO.vendor, original=b"the original bytes")
+    set_timestamp(letter.received_at, NOW - timedelta(days=30))
+    key = bytes(range(32))
+    headers = dict(redrive_headers(letter, key))
+    assert headers[b"residuals-vendor"] == WHO.vendor.encode()
+    stamp = headers[receipt.RECEIPT_HEADER.encode()]
+    assert receipt.verify(key, stamp, b"the original bytes") == NOW - timedelta(days=30)
+    assert dict(redrive_headers(letter, None)) == {b"residuals-vendor": WHO.vendor.encode()}

@@ -30,12 +30,19 @@ from typing import Any
 import psycopg
 from google.protobuf.message import DecodeError
 
+from residuals.codecs import receipt
 from residuals.codecs.deadletters import reason_from_proto
 from residuals.codecs.inspect import describe_original
 from residuals.codecs.timestamps import bounded_datetime
 from residuals.domain.vocabulary import RejectReason
 from residuals.platform import quarantine_admin
-from residuals.platform.config import ConfigError, KafkaSettings, PostgresSettings, load
+from residuals.platform.config import (
+    ConfigError,
+    KafkaSettings,
+    PostgresSettings,
+    ReceiptSettings,
+    load,
+)
 from residuals.platform.kafka import make_consumer, topic_name
 from residuals.platform.redrive import RedriveError, Redriver, operator, safe, table
 from residuals.platform.topics import USAGE, USAGE_DLQ
@@ -311,17 +318,36 @@ def _redrive(args: argparse.Namespace) -> int:
             return 1
         entries = [entry for _, entry in found if entry is not None]
     redriver = None if args.dry_run else Redriver(kafka)
+    receipt_key = load(ReceiptSettings).key()
     who = operator()
     refused = 0
     with psycopg.connect(load(PostgresSettings).dsn) as conn:
         for entry in entries:
-            outcome = _redrive_one(conn, entry, usage_topic, redriver, who, force=args.force)
+            outcome = _redrive_one(
+                conn, entry, usage_topic, redriver, who, force=args.force, receipt_key=receipt_key
+            )
             failed = outcome.startswith("refused") or outcome.startswith("failed")
             refused += failed
             print(f"{entry.position}: {outcome}", file=sys.stderr if failed else sys.stdout)
     if not entries:
         print(f"no {REDRIVABLE} dead letters match", file=sys.stderr)
     return 1 if refused else 0
+
+
+def redrive_headers(
+    letter: usage_pb2.DeadLetter, receipt_key: bytes | None
+) -> list[tuple[bytes, bytes]]:
+    """The re-driven record keeps its original receipt time when this operator holds the
+    receipt key (RESIDUALS_RECEIPT_KEY): stamped as the gateway stamps, so an event
+    received 30 days ago is not TOO_LATE because the defect took a week to fix."""
+    headers: list[tuple[bytes, bytes]] = []
+    if letter.vendor_id:
+        headers.append((b"residuals-vendor", letter.vendor_id.encode()))
+    received = bounded_datetime(letter, "received_at")
+    if receipt_key is not None and received is not None:
+        stamp = receipt.stamp(receipt_key, received, bytes(letter.original))
+        headers.append((receipt.RECEIPT_HEADER.encode(), stamp))
+    return headers
 
 
 def _redrive_one(
@@ -332,6 +358,7 @@ def _redrive_one(
     who: str,
     *,
     force: bool,
+    receipt_key: bytes | None = None,
 ) -> str:
     """Re-drive one dead letter; returns what happened, for the operator."""
     problem = redrive_problem(entry, usage_topic)
@@ -354,6 +381,7 @@ def _redrive_one(
                 letter.source_partition,
                 letter.licence_id.encode() or None,
                 bytes(letter.original),
+                redrive_headers(letter, receipt_key),
             )
             conn.execute(_MARK_DEAD, (who, *key))
             return f"re-driven to {landed}"
