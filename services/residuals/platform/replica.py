@@ -31,7 +31,7 @@ from typing import Any
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer
-from residuals.platform.quarantine import Quarantined, report
+from residuals.platform.quarantine import Quarantined, quarantine_metrics, report
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class TopicReplica(Mapping[bytes, bytes]):
         self.on_update = on_update
         self.check = check
         self.quarantine = quarantine
+        # The series exists from the start at 0, so an alert on its first increase fires.
+        quarantine_metrics().records.labels(name, topic)
         self._data: dict[bytes, bytes] = {}
         self._stop = threading.Event()
         self._caught_up = threading.Event()
