@@ -30,12 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from residuals.codecs import licences as licence_codec
 from residuals.codecs.signing import signing_key_record
 from residuals.codecs.timestamps import set_timestamp
+from residuals.demo.hostile import Hostile, Identity, corpus
 from residuals.domain.licence_spec import parse_licence
 from residuals.platform import topics
 from residuals.platform.kafka import make_consumer
 from residuals.stack.settings import StackSettings
 from tests.e2e.month_run import assert_ledger_is_the_replay, prepare_month
-from tests.hostile import Hostile, Identity, corpus
 from tests.integration.metering_support import Pipeline, pipeline
 from tests.unit.builders import licence_spec
 

@@ -37,12 +37,12 @@ from residuals_sdk.transports.grpc import encode_batch
 
 from residuals.codecs import receipt
 from residuals.codecs.receipt import RECEIPT_HEADER
+from residuals.demo.hostile import Identity, corpus
 from residuals.ingest.app import IngestApp
 from residuals.ingest.config import IngestSettings
 from residuals.platform.config import load
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
-from tests.hostile import Identity, corpus
 
 pytestmark = pytest.mark.integration
 

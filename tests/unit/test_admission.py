@@ -15,6 +15,7 @@ from residuals.admission import Admitted, Refused, admit, trusted_trace
 from residuals.codecs import receipt
 from residuals.codecs.signed import SigningKeyRecord
 from residuals.codecs.signing import public_key_bytes, sign_event
+from residuals.demo.hostile import Hostile, Identity, corpus
 from residuals.domain.bounds import decimal_problem, printable, text_problem, timestamp_problem
 from residuals.domain.events import Rejection, parse_event
 from residuals.domain.vocabulary import RejectReason
@@ -23,7 +24,6 @@ from residuals.ingest.dedupe import RecentEvents
 from residuals.ingest.directory import StaticDirectory, identity_licence
 from residuals.meter.core import CREATE_TIME, Meter, Record
 from residuals.v1 import common_pb2, usage_pb2
-from tests.hostile import Hostile, Identity, corpus
 from tests.unit.builders import licence
 
 pytestmark = pytest.mark.unit

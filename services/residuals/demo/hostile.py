@@ -2,13 +2,15 @@
 
 Each :class:`Hostile` is one record's bytes (value, key, headers) with the verdict every
 reader must reach: the reject reason, or None when the record is valid (a hostile header
-around a valid event must change nothing). The unit tier runs the corpus through the
-gateway's and the meter's admission (they must agree on every record); the end-to-end
-poison test publishes it onto the real usage topic between good events.
+around a valid event must change nothing). The demo's hostile vendor writes the refused
+ones straight onto the usage topic; the unit tier runs the corpus through the gateway's
+and the meter's admission (they must agree on every record); the end-to-end poison test
+publishes it between good events on the real stack.
 
 Everything is built for one vendor (``vendor``, signing with ``key``) and its licence
-(``licence_id``, avatar ``avatar_id``, currency USD); ``other_licence`` belongs to
-another vendor, whose key is ``other_key``.
+(``licence_id``, avatar ``avatar_id``, ``currency``); ``other_licence`` belongs to
+another vendor, whose key is ``other_key``. Cases that need a revoked key are left out
+when the identity has none.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class Identity:
     other_key_id: str
     other_key: Ed25519PrivateKey
     other_licence: str
-    revoked_key_id: str
-    revoked_key: Ed25519PrivateKey
+    revoked_key_id: str = ""
+    revoked_key: Ed25519PrivateKey | None = None
+    #: The licence's currency (revenue in another one is CURRENCY_MISMATCH).
+    currency: str = "USD"
     #: Makes every event id of one corpus unique (several runs share a ledger).
     prefix: str = ""
     _n: list[int] = field(default_factory=lambda: [0])
@@ -176,11 +180,6 @@ def corpus(who: Identity, now: datetime) -> list[Hostile]:
         ),
         Hostile("tampered payload", tampered.SerializeToString(), R.BAD_SIGNATURE),
         Hostile("10-byte signature", unsigned_payload, R.BAD_SIGNATURE),
-        Hostile(
-            "revoked signing key",
-            signed(event("revoked"), who.revoked_key_id, who.revoked_key).SerializeToString(),
-            R.BAD_SIGNATURE,
-        ),
         Hostile("batch proof moved to another leaf", moved.SerializeToString(), R.BAD_SIGNATURE),
         Hostile("batch proof with a 31-byte hash", short_path.SerializeToString(), R.BAD_SIGNATURE),
         Hostile("replayed batch member", batch[2].SerializeToString(), None),
@@ -297,7 +296,7 @@ def corpus(who: Identity, now: datetime) -> list[Hostile]:
                     "ccy",
                     common_pb2.USAGE_KIND_AD_IMPRESSION,
                     ad_revenue="1.00",
-                    ad_revenue_currency="JPY",
+                    ad_revenue_currency="JPY" if who.currency != "JPY" else "USD",
                 ),
             ),
             R.CURRENCY_MISMATCH,
@@ -336,4 +335,12 @@ def corpus(who: Identity, now: datetime) -> list[Hostile]:
             kafka_only=True,
         ),
     ]
+    if who.revoked_key is not None:
+        cases.append(
+            Hostile(
+                "revoked signing key",
+                signed(event("revoked"), who.revoked_key_id, who.revoked_key).SerializeToString(),
+                R.BAD_SIGNATURE,
+            )
+        )
     return cases
