@@ -190,6 +190,14 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class PostgresSettings:
+    """Where and as whom to connect.
+
+    ``dsn`` is the effective connection string: ``DATABASE_URL`` with ``DATABASE_USER`` /
+    ``DATABASE_PASSWORD`` applied when set, so every connection a service opens (pools,
+    LISTEN connections) uses its own role (residuals.platform.roles) while the URL itself
+    (host, database, TLS options) is shared by every service and the migrator.
+    """
+
     dsn: str = env(
         "DATABASE_URL",
         "postgresql://residuals@127.0.0.1:15432/residuals",
@@ -197,6 +205,29 @@ class PostgresSettings:
     )
     pool_min: int = env("DATABASE_POOL_MIN", 1, help="minimum pooled connections", minimum=0)
     pool_max: int = env("DATABASE_POOL_MAX", 8, help="maximum pooled connections", minimum=1)
+    user: str | None = env(
+        "DATABASE_USER",
+        None,
+        help="role to connect as, instead of DATABASE_URL's user (each service: its own)",
+    )
+    password: str | None = env(
+        "DATABASE_PASSWORD", None, help="password of DATABASE_USER (from a Secret)"
+    )
+
+    def __post_init__(self) -> None:
+        overrides = {k: v for k, v in (("user", self.user), ("password", self.password)) if v}
+        if overrides:
+            from psycopg.conninfo import make_conninfo
+
+            try:
+                effective = make_conninfo(self.dsn, **overrides)
+            except Exception as exc:  # psycopg.ProgrammingError: an unparsable URL
+                raise ConfigError(f"DATABASE_URL is not a valid connection string: {exc}") from None
+            object.__setattr__(self, "dsn", effective)
+
+    def __repr__(self) -> str:
+        # The effective dsn may carry the password: never print it.
+        return f"PostgresSettings(user={self.user!r}, pool={self.pool_min}..{self.pool_max})"
 
 
 @dataclass(frozen=True)
