@@ -50,6 +50,7 @@ from residuals.platform.auth import Principal, Role, bearer_metadata, generate_a
 from residuals.platform.config import PostgresSettings  # noqa: E402
 from residuals.platform.kafka import make_admin  # noqa: E402
 from residuals.platform.postgres import Database  # noqa: E402
+from residuals.platform.roles import database_role  # noqa: E402
 from residuals.platform.topics import PAYOUTS  # noqa: E402
 from residuals.stack.settings import StackSettings  # noqa: E402
 from residuals.v1 import (  # noqa: E402
@@ -69,7 +70,8 @@ ADMIN = Principal("e2e-admin", Role.ADMIN)
 
 def register(dsn: str, specs: list[dict[str, Any]]) -> None:
     """Parties and licences through the licence registry's own code (stored versions)."""
-    db = Database(PostgresSettings(dsn=dsn, pool_min=0, pool_max=2), application_name="e2e")
+    settings = PostgresSettings(dsn=dsn, pool_min=0, pool_max=2, user=database_role("licensing"))
+    db = Database(settings, application_name="e2e")
     db.open()
     try:
         registry = Registry(db)

@@ -18,6 +18,7 @@ from residuals.codecs.usage import from_domain
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.period import Period
 from residuals.ledger.store import LedgerStore
+from residuals.platform.roles import role_dsn
 from residuals.v1 import common_pb2, usage_pb2
 
 USAGE, RATED, DLQ = "t.usage", "t.rated", "t.dlq"
@@ -61,10 +62,14 @@ class Message:
 
 
 class Ledger:
-    """A unique vendor and period per test, and helpers to build the meter's records."""
+    """A unique vendor and period per test, and helpers to build the meter's records.
 
-    def __init__(self, dsn: str) -> None:
+    ``dsn`` is the tables' owner (set-up, checks, tampering); the store writes as the
+    ledger writer's own role (``service_dsn``, by default ``residuals_ledger``)."""
+
+    def __init__(self, dsn: str, service_dsn: str | None = None) -> None:
         self.dsn = dsn
+        self.service_dsn = service_dsn or role_dsn(dsn, "ledger")
         self.run = uuid.uuid4().hex[:8]
         self.vendor = f"VEN@{self.run}"
         n = int(self.run, 16)
@@ -149,7 +154,7 @@ class Ledger:
         return Message(DLQ, 0, offset, letter.SerializeToString())
 
     def apply(self, *messages: Message) -> Any:
-        with psycopg.connect(self.dsn) as conn:
+        with psycopg.connect(self.service_dsn) as conn:
             return self.store.apply(conn, list(messages))
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -33,6 +33,7 @@ from residuals.licensing.outbox import RELAY_TOPICS, RelayMetrics
 from residuals.platform.auth import Principal, Role, bearer_metadata
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcMetrics, GrpcSettings
+from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2, licence_service_pb2_grpc
 
@@ -96,7 +97,9 @@ def kafka_settings(stack: StackSettings, prefix: str) -> KafkaSettings:
 def make_settings(stack: StackSettings, prefix: str, *, relay: bool) -> LicensingSettings:
     return LicensingSettings(
         grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=8, shutdown_grace_seconds=1),
-        postgres=PostgresSettings(dsn=stack.dsn, pool_min=1, pool_max=4),
+        postgres=PostgresSettings(
+            dsn=stack.dsn, pool_min=1, pool_max=4, user=database_role("licensing")
+        ),
         kafka=kafka_settings(stack, prefix),
         telemetry=TelemetrySettings(service_name="licensing"),
         relay=RelaySettings(enabled=relay, batch_size=50, poll_seconds=0.2),

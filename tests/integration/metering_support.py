@@ -45,6 +45,7 @@ from residuals.domain.licences import Licence
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_consumer, make_producer, topic_name
 from residuals.platform.ports import free_port
+from residuals.platform.roles import role_env
 from residuals.platform.topics import (
     ALERTS,
     LICENCES,
@@ -422,6 +423,7 @@ class Pipeline:
             "RESIDUALS_TOPIC_PREFIX": self.kafka.topic_prefix,
             "RESIDUALS_TOPIC_PARTITIONS": str(self.partitions),
             "DATABASE_URL": self.dsn,
+            **role_env(name),
             "OTEL_SERVICE_NAME": name,
             "METER_DATA_DIR": str(self.work_dir / "meter-data"),
             "LOG_LEVEL": "INFO",

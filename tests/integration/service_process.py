@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from residuals.platform.ports import free_port
+from residuals.platform.roles import role_env
 
 
 @dataclass
@@ -81,10 +82,13 @@ class ServiceProcess:
 def run_service(
     name: str, env: dict[str, str], log_dir: Path, *, module: str | None = None
 ) -> Iterator[ServiceProcess]:
-    """Start ``python -m residuals.<name>`` (or ``module``) with ``env`` on free ports."""
+    """Start ``python -m residuals.<name>`` (or ``module``) with ``env`` on free ports, as
+    the service's own PostgreSQL role unless ``env`` says otherwise."""
     grpc_port, metrics_port = free_port(), free_port()
+    module = module or f"residuals.{name}"
     full_env = {
         **os.environ,
+        **role_env(module.removeprefix("residuals.")),
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": str(grpc_port),
         "METRICS_PORT": str(metrics_port),
@@ -95,7 +99,7 @@ def run_service(
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", module or f"residuals.{name}"],
+            [sys.executable, "-m", module],
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -39,6 +39,7 @@ from residuals.alerts.suspension import GrpcLicenceRegistry
 from residuals.platform.auth import Principal, Role, StaticAuthenticator
 from residuals.platform.config import PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.roles import database_role
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
@@ -85,7 +86,9 @@ def env(stack: StackSettings) -> Iterator[Env]:
     with fake_licence_service() as (licensing, licensing_port):
         settings = AlertsSettings(
             kafka=kafka,
-            postgres=PostgresSettings(dsn=stack.dsn, pool_min=1, pool_max=8),
+            postgres=PostgresSettings(
+                dsn=stack.dsn, pool_min=1, pool_max=8, user=database_role("alerts")
+            ),
             telemetry=TelemetrySettings(service_name="alerts"),
             grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=32),
             licensing=LicensingClientSettings(

@@ -196,9 +196,7 @@ def test_roles_are_created_once_while_databases_migrate_concurrently(
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
-def test_passwords_are_set_from_a_directory_as_scram_verifiers(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_passwords_are_set_from_a_directory_as_scram_verifiers(dsn: str, tmp_path: Path) -> None:
     (tmp_path / "ledger").write_text("correct horse battery staple\n")
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:

@@ -41,6 +41,7 @@ from residuals.demo.hostile import Identity, corpus
 from residuals.ingest.app import IngestApp
 from residuals.ingest.config import IngestSettings
 from residuals.platform.config import load
+from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
 
@@ -80,6 +81,7 @@ def gateway_env(stack: StackSettings, topics: Topics, **extra: str) -> dict[str,
         **topics.env(),
         "DATABASE_URL": stack.dsn,
         "RESIDUALS_RECEIPT_KEY": RECEIPT_KEY.hex(),
+        **role_env("ingest"),
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": "0",
         "INGEST_ACK_TIMEOUT_SECONDS": "10",

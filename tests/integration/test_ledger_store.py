@@ -26,6 +26,7 @@ from residuals.ledger.audit import row_problem, stored_envelope, unverified_rows
 from residuals.ledger.replay import load_adjustments, load_period_events
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
 from residuals.platform.sink import Fenced, KafkaPostgresSink
 from residuals.stack.settings import StackSettings
 from residuals.v1 import usage_pb2
@@ -278,7 +279,8 @@ def test_a_zombie_writer_is_fenced_and_commits_nothing(
     ledger: Ledger, stack: StackSettings
 ) -> None:
     group = f"fence-{ledger.run}"
-    db = Database(PostgresSettings(dsn=stack.dsn, pool_min=0, pool_max=2), application_name="t")
+    settings = PostgresSettings(dsn=stack.dsn, pool_min=0, pool_max=2, user=database_role("ledger"))
+    db = Database(settings, application_name="t")
     db.open()
     try:
         sinks = [

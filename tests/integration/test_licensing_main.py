@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from licensing_support import create_topics, new_prefix
 
 from residuals.platform.ports import free_port
+from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_service_pb2, licence_service_pb2_grpc
 
@@ -30,6 +31,7 @@ def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> N
     env = {
         **os.environ,
         **stack.exports(),
+        **role_env("licensing"),
         "RESIDUALS_TOPIC_PREFIX": prefix,
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": str(grpc_port),

@@ -41,6 +41,7 @@ from residuals.platform import topics
 from residuals.platform.auth import Principal, Role
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2
 
@@ -78,7 +79,10 @@ def prefix(stack: StackSettings) -> str:
 
 @pytest.fixture
 def registry(stack: StackSettings) -> Iterator[Registry]:
-    db = Database(PostgresSettings(dsn=stack.dsn, pool_min=1, pool_max=4), application_name="test")
+    settings = PostgresSettings(
+        dsn=stack.dsn, pool_min=1, pool_max=4, user=database_role("licensing")
+    )
+    db = Database(settings, application_name="test")
     db.open()
     try:
         yield Registry(db)

@@ -25,6 +25,7 @@ from residuals.payouts.reconcile import reconcile
 from residuals.payouts.sources import Sources
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
 
@@ -37,8 +38,11 @@ LATER = datetime(2027, 6, 1, tzinfo=UTC)
 
 
 class World:
-    def __init__(self, db: Database, sources: Sources, events: MemoryEvents) -> None:
-        self.db, self.sources, self.events = db, sources, events
+    """``db`` connects as the payouts service's role; ``owner`` (the tables' owner, for
+    tampering the service itself may not do) is a plain DSN."""
+
+    def __init__(self, db: Database, sources: Sources, events: MemoryEvents, owner: str) -> None:
+        self.db, self.sources, self.events, self.owner = db, sources, events, owner
 
     def close(self, period: Period, **kwargs: Any) -> Any:
         with self.db.connection() as conn:
@@ -58,10 +62,11 @@ def world(stack: StackSettings) -> Iterator[World]:
     for raw in case.raw_events:
         events.extend(expand_repeats(raw, "event"))
     with migrated_database(stack) as dsn:
-        db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=4), application_name="t")
+        settings = PostgresSettings(dsn=dsn, pool_min=1, pool_max=4, user=database_role("payouts"))
+        db = Database(settings, application_name="t")
         db.open()
         try:
-            yield World(db, sources, events)
+            yield World(db, sources, events, dsn)
         finally:
             db.close()
 
@@ -227,16 +232,22 @@ def test_journal_is_append_only_and_every_entry_must_balance(world: World) -> No
         "UPDATE statements SET closed_by = 'x'",
     )
     for sql in refused:
+        # The service's role may not even try; the tables' owner is stopped by the triggers.
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            world.db.connection() as conn,
+        ):
+            conn.execute(sql)
         with (
             pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="append-only"),
-            world.db.connection() as conn,
+            psycopg.connect(world.owner) as conn,
         ):
             conn.execute(sql)
 
 
 def test_reconcile_names_a_corrupted_ledger_row(world: World) -> None:
     world.close(OCT)
-    with world.db.connection() as conn:
+    with psycopg.connect(world.owner) as conn:
         conn.execute("SET LOCAL session_replication_role = replica")  # bypass the triggers
         conn.execute(
             "UPDATE journal_postings SET amount = amount - 1 WHERE entry_id ="

@@ -31,6 +31,7 @@ from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcSettings
 from residuals.platform.kafka import make_admin, make_consumer, topic_name
+from residuals.platform.roles import database_role
 from residuals.platform.topics import PAYOUTS
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
@@ -82,7 +83,9 @@ def env(stack: StackSettings) -> Iterator[Env]:
     with migrated_database(stack) as dsn:
         settings = PayoutsSettings(
             kafka=kafka,
-            postgres=PostgresSettings(dsn=dsn, pool_min=1, pool_max=8),
+            postgres=PostgresSettings(
+                dsn=dsn, pool_min=1, pool_max=8, user=database_role("payouts")
+            ),
             telemetry=TelemetrySettings(service_name="payouts"),
             grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=16),
             thresholds_text="USD=25.00",

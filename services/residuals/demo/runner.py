@@ -55,6 +55,7 @@ from residuals.domain.closing import content_hash
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import topic_name
+from residuals.platform.roles import role_env
 from residuals.platform.topics import LICENCES, SIGNING_KEYS, USAGE
 from residuals.stack.settings import StackSettings
 
@@ -231,6 +232,8 @@ class Demo:
             "RESIDUALS_TOPIC_PREFIX": self.kafka.topic_prefix,
             "RESIDUALS_TOPIC_PARTITIONS": str(self.kafka.topic_partitions),
             "DATABASE_URL": database_url,
+            # Each service connects as its own PostgreSQL role (migration 0010).
+            **role_env(name),
             "DATABASE_POOL_MIN": "1",
             "DATABASE_POOL_MAX": "4",
             "LOG_LEVEL": "INFO",

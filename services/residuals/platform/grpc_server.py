@@ -5,7 +5,9 @@
 * bounded message sizes (4 MiB default): ingest batches are bounded, and an unbounded
   request is a memory exhaustion vector;
 * the standard health service (``grpc.health.v1.Health``) for Kubernetes probes and load
-  balancers, with a status per registered service;
+  balancers, with a status per registered service; with TLS, optionally also on a
+  plaintext port of its own (``GRPC_HEALTH_PORT``) that serves nothing else, because the
+  kubelet's gRPC probe cannot speak TLS;
 * server reflection, so ``grpcurl`` and similar tools work without the .proto files;
 * a Prometheus interceptor: ``grpc_server_handled_total`` by service, method, type and
   status code, plus the ``grpc_server_handling_seconds`` latency histogram (the names of
@@ -88,6 +90,14 @@ class GrpcSettings:
     tls_key: Path | None = env("GRPC_TLS_KEY", None, help="PEM private key for GRPC_TLS_CERT")
     tls_client_ca: Path | None = env(
         "GRPC_TLS_CLIENT_CA", None, help="PEM CA bundle; set = require client certificates (mTLS)"
+    )
+    health_port: int | None = env(
+        "GRPC_HEALTH_PORT",
+        None,
+        help="plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
+        "(the kubelet's); unset = health only on GRPC_PORT",
+        minimum=0,
+        maximum=65535,
     )
     shutdown_grace_seconds: float = env(
         "GRPC_SHUTDOWN_GRACE_SECONDS",
@@ -340,11 +350,15 @@ class GrpcServer:
         health_servicer: health.HealthServicer,
         service_names: Sequence[str],
         grace: float,
+        health_server: tuple[grpc.Server, int] | None = None,
     ) -> None:
         self.server = server
         #: The bound port (the ephemeral one when settings asked for port 0).
         self.port = port
         self.health = health_servicer
+        self._health_server = health_server[0] if health_server else None
+        #: The plaintext health-only port (GRPC_HEALTH_PORT), or None.
+        self.health_port = health_server[1] if health_server else None
         #: Application services registered (without health and reflection).
         self.service_names = tuple(service_names)
         self.grace = grace
@@ -361,13 +375,19 @@ class GrpcServer:
 
     def start(self) -> GrpcServer:
         self.server.start()
-        log.info("gRPC server listening", extra={"port": self.port})
+        if self._health_server is not None:
+            self._health_server.start()
+        log.info(
+            "gRPC server listening", extra={"port": self.port, "health_port": self.health_port}
+        )
         return self
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, then stop, letting in-flight RPCs finish for ``grace`` s."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace if grace is None else grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops (True) or ``timeout`` passes (False)."""
@@ -446,4 +466,29 @@ def make_grpc_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
-    return GrpcServer(server, port, health_servicer, names, settings.shutdown_grace_seconds)
+    health_only = None
+    if settings.health_port is not None:
+        health_only = _health_server(settings.host, settings.health_port, health_servicer)
+    return GrpcServer(
+        server, port, health_servicer, names, settings.shutdown_grace_seconds, health_only
+    )
+
+
+def _health_server(
+    host: str, port: int, servicer: health.HealthServicer
+) -> tuple[grpc.Server, int]:
+    """A plaintext server with nothing but the (shared) health service, on its own threads.
+
+    It reveals only SERVING/NOT_SERVING, so it needs no TLS; it lets the kubelet probe a
+    server whose API port requires TLS (and, with mTLS, a client certificate).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4096)],
+        maximum_concurrent_rpcs=8,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the gRPC health port {host}:{port}")
+    return server, bound
