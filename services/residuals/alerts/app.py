@@ -21,7 +21,12 @@ from residuals.alerts.service import AlertServicer, servicer_descriptor
 from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
 from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
 from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
-from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
+from residuals.platform.grpc_server import (
+    GrpcServer,
+    Servicer,
+    client_credentials,
+    make_grpc_server,
+)
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import Pending
@@ -39,7 +44,8 @@ def licence_registry(settings: AlertsSettings) -> LicenceRegistry | None:
     if not licensing.address or not licensing.api_key:
         return None
     if licensing.tls:
-        channel = grpc.secure_channel(licensing.address, grpc.ssl_channel_credentials())
+        credentials = client_credentials(licensing.tls_ca, licensing.tls_cert, licensing.tls_key)
+        channel = grpc.secure_channel(licensing.address, credentials)
     else:
         channel = grpc.insecure_channel(licensing.address)
     return GrpcLicenceRegistry(channel, licensing.api_key, timeout=licensing.timeout_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from residuals.platform.auth import parse_api_key
 from residuals.platform.config import (
@@ -38,6 +39,27 @@ class LicensingClientSettings:
         "ALERTS_LICENSING_TIMEOUT_SECONDS", 5.0, help="deadline of each registry call", minimum=0.1
     )
     tls: bool = env("ALERTS_LICENSING_TLS", False, help="use TLS to reach LicenceService")
+    tls_ca: Path | None = env(
+        "ALERTS_LICENSING_TLS_CA",
+        None,
+        help="PEM CA bundle LicenceService's certificate is checked against; unset = system CAs",
+    )
+    tls_cert: Path | None = env(
+        "ALERTS_LICENSING_TLS_CERT",
+        None,
+        help="PEM client certificate, for a LicenceService that requires one (mTLS)",
+    )
+    tls_key: Path | None = env(
+        "ALERTS_LICENSING_TLS_KEY", None, help="PEM private key of ALERTS_LICENSING_TLS_CERT"
+    )
+
+    def __post_init__(self) -> None:
+        if (self.tls_ca or self.tls_cert or self.tls_key) and not self.tls:
+            raise ConfigError(
+                "ALERTS_LICENSING_TLS_* files are set but ALERTS_LICENSING_TLS is not"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("ALERTS_LICENSING_TLS_CERT and ALERTS_LICENSING_TLS_KEY go together")
 
     def __post_init__(self) -> None:
         if self.api_key and parse_api_key(self.api_key) is None:

@@ -407,6 +407,18 @@ def _credentials(settings: GrpcSettings) -> grpc.ServerCredentials | None:
     )
 
 
+def client_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a service calling another: ``ca`` (unset = system CAs) checks the
+    server; ``cert``/``key`` answer a server that requires client certificates (mTLS)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+
+
 def make_grpc_server(
     settings: GrpcSettings,
     *,
