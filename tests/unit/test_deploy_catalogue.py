@@ -21,7 +21,7 @@ import yaml
 from residuals.deploy import catalogue, chart, consistency, kafka_admin, lock, services
 from residuals.deploy.catalogue import AclRule, service_acls, strimzi_topic, vendor_acls
 from residuals.deploy.kafka_admin import TopicState, acl_script, plan_topics
-from residuals.platform import topics
+from residuals.platform import roles, topics
 
 pytestmark = pytest.mark.unit
 
@@ -319,8 +319,11 @@ def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"] == ["python", "-m", f"residuals.{name}"]
+        # The APIs serve TLS, which the kubelet's gRPC probe cannot speak: it asks their
+        # plaintext health-only port; the workers serve health on their gRPC port.
+        probed = 50052 if services.by_name(name).kind is services.Kind.GRPC else 50051
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == 50051, (name, probe)
+            assert container[probe]["grpc"]["port"] == probed, (name, probe)
         security = container["securityContext"]
         assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
         assert security["capabilities"]["drop"] == ["ALL"]
@@ -330,6 +333,50 @@ def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
         assert ("DATABASE_URL" in env) == services.by_name(name).database
         if "DATABASE_URL" in env:
             assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "residuals-postgres"
+
+
+def test_the_default_manifests_are_secure() -> None:
+    """Kafka SASL per service, a PostgreSQL role per service, gRPC TLS from a Secret."""
+    docs = [d for path in sorted(K8S.glob("*.yaml")) for d in chart.documents(path.read_text())]
+    assert consistency.security_problems(docs) == []
+    maps = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in of_kind("ConfigMap")}
+    for service in services.SERVICES:
+        data = maps[service.name]["data"]
+        assert data["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert data.get("DATABASE_USER") == (
+            roles.database_role(service.name) if service.database else None
+        )
+        assert ("GRPC_TLS_CERT" in data) == (service.kind is services.Kind.GRPC)
+    alerts = maps["alerts"]["data"]
+    assert alerts["ALERTS_LICENSING_TLS"] == "true"
+    assert alerts["ALERTS_LICENSING_TLS_CA"] == "/etc/residuals/grpc-tls/ca.crt"
+    (job,) = of_kind("Job")
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["DATABASE_ROLE_PASSWORDS_DIR"] == "/etc/residuals/postgres-roles"
+
+
+def test_the_security_check_names_what_is_missing() -> None:
+    docs = [d for path in sorted(K8S.glob("*.yaml")) for d in chart.documents(path.read_text())]
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "residuals-ingest":
+            doc["data"]["KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+            del doc["data"]["DATABASE_USER"]
+            doc["data"]["GRPC_TLS_CERT"] = "/tmp/tls.crt"
+    assert consistency.security_problems(docs) == [
+        "ingest: Kafka without SASL (PLAINTEXT)",
+        "ingest: does not connect as residuals_ingest",
+        "ingest: GRPC_TLS_CERT='/tmp/tls.crt' is not in a mounted Secret",
+    ]
+
+
+def test_every_database_service_has_a_role_in_the_catalogue() -> None:
+    assert set(roles.DATABASE_SERVICES) == {s.name for s in services.SERVICES if s.database}
+    generated = catalogue.catalogue()["services"]
+    for service in services.SERVICES:
+        role = generated[service.name]["databaseRole"]
+        assert role == (roles.database_role(service.name) if service.database else None)
 
 
 def test_pdbs_networkpolicies_and_the_meter_hpa() -> None:
@@ -447,6 +494,9 @@ def test_compose_runs_the_whole_system_with_health_checks() -> None:
         assert spec["command"] == ["python", "-m", s.module]
         assert spec["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert spec["read_only"] is True
+        if s.database:  # least privilege holds locally too: each service its own role
+            role = roles.database_role(s.name)
+            assert spec["environment"]["DATABASE_URL"].startswith(f"postgresql://{role}@")
     assert svc["init"]["command"] == ["residuals", "deploy", "init"]
     assert svc["init"]["build"]["context"] == str(ROOT)
     mounts = {v["target"]: v["source"] for v in svc["prometheus"]["volumes"] if v["type"] == "bind"}

@@ -99,7 +99,62 @@ def test_every_optional_feature_renders_consistently(helm: Path) -> None:
         "name": "residuals-meter",
         "key": "password",
     }
+    # The Job creates the topics as the admin principal, and sets the roles' passwords.
+    job_env = {e["name"]: e for e in container["env"]}
+    assert job_env["KAFKA_SASL_USERNAME"]["value"] == "residuals-admin"
+    assert job_env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "residuals-kafka-admin"
+    )
+    assert job_env["KAFKA_SSL_CA_LOCATION"]["value"] == "/etc/residuals/kafka-ca/ca.crt"
+    # mTLS: the APIs require client certificates; alerts presents the release's own.
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    assert maps["residuals-ingest"]["GRPC_TLS_CLIENT_CA"] == "/etc/residuals/grpc-tls/ca.crt"
+    assert maps["residuals-alerts"]["ALERTS_LICENSING_TLS_CERT"] == (
+        "/etc/residuals/grpc-tls/tls.crt"
+    )
+    assert "GRPC_TLS_CLIENT_CA" not in maps["residuals-meter"]
     assert consistency.strimzi_problems(docs) == []
+    assert consistency.security_problems(docs) == []
+
+
+def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
+    docs = render(
+        helm,
+        **{
+            "kafka.sasl.enabled": "false",
+            "grpcTls.enabled": "false",
+            "postgres.roles.enabled": "false",
+        },
+    )
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    ingest = maps["residuals-ingest"]
+    for var in ("KAFKA_SECURITY_PROTOCOL", "GRPC_TLS_CERT", "GRPC_HEALTH_PORT", "DATABASE_USER"):
+        assert var not in ingest
+    assert maps["residuals-alerts"]["ALERTS_LICENSING_TLS"] == "false"
+    deployment = next(d for d in docs if d["metadata"]["name"] == "residuals-ingest"
+                      and d["kind"] == "Deployment")  # fmt: skip
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["grpc"]["port"] == 50051
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert {e["name"] for e in container["env"]} == {"DATABASE_URL"}
+    service = next(d for d in docs if d["kind"] == "Service"
+                   and d["metadata"]["name"] == "residuals-ingest")  # fmt: skip
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+    # The check of `residuals deploy check` says what the opt-outs gave up.
+    problems = consistency.security_problems(docs)
+    assert "ingest: Kafka without SASL (None)" in problems
+    assert "ingest: does not connect as residuals_ingest" in problems
+    assert any(p.startswith("ingest: GRPC_TLS_CERT") for p in problems)
+
+
+def test_topics_through_the_job_need_an_admin_principal_under_sasl(helm: Path) -> None:
+    with pytest.raises(chart.DeployError, match=r"kafka\.sasl\.admin\.username"):
+        render(helm, **{"kafka.strimzi.topics": "false"})
+    docs = render(helm, **{"kafka.strimzi.topics": "false", "kafka.sasl.enabled": "false"})
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KAFKA_SASL_USERNAME" not in env and "KAFKA_BOOTSTRAP_SERVERS" in env
 
 
 def test_the_chart_refuses_more_processor_replicas_than_partitions(helm: Path) -> None:

@@ -6,6 +6,7 @@ render the chart and compare with residuals.platform.config.describe (`residuals
 */}}
 {{- define "residuals.configData" -}}
 {{- $root := .root -}}
+{{- $secure := include "residuals.security" (dict "root" $root "spec" .spec) | fromYaml -}}
 {{- $data := dict
   "OTEL_SERVICE_NAME" .name
   "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers
@@ -19,10 +20,25 @@ render the chart and compare with residuals.platform.config.describe (`residuals
 {{- with $root.Values.telemetry.otlpEndpoint }}
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- end }}
-{{- if and $root.Values.kafka.sasl.enabled $root.Values.kafka.strimzi.users }}
+{{- if $secure.sasl }}
 {{- $_ := set $data "KAFKA_SECURITY_PROTOCOL" $root.Values.kafka.sasl.securityProtocol -}}
 {{- $_ := set $data "KAFKA_SASL_MECHANISM" $root.Values.kafka.sasl.mechanism -}}
 {{- $_ := set $data "KAFKA_SASL_USERNAME" .spec.principal -}}
+{{- end }}
+{{- if $secure.kafkaCa }}
+{{- $_ := set $data "KAFKA_SSL_CA_LOCATION" (printf "%s/ca.crt" (include "residuals.kafkaCaDir" $root)) -}}
+{{- end }}
+{{- if $secure.grpcTls }}
+{{- $dir := include "residuals.grpcTlsDir" $root -}}
+{{- $_ := set $data "GRPC_TLS_CERT" (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $data "GRPC_TLS_KEY" (printf "%s/tls.key" $dir) -}}
+{{- if $root.Values.grpcTls.clientAuth }}
+{{- $_ := set $data "GRPC_TLS_CLIENT_CA" (printf "%s/ca.crt" $dir) -}}
+{{- end }}
+{{- $_ := set $data "GRPC_HEALTH_PORT" (toString $root.Values.grpcTls.healthPort) -}}
+{{- end }}
+{{- if $secure.dbRole }}
+{{- $_ := set $data "DATABASE_USER" .spec.databaseRole -}}
 {{- end }}
 {{- range $key, $value := .values.env }}
 {{- $_ := set $data $key (tpl (toString $value) $root) -}}

@@ -83,3 +83,22 @@ fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Where secret material is mounted in the containers (read-only Secret volumes). */}}
+{{- define "residuals.grpcTlsDir" -}}/etc/residuals/grpc-tls{{- end -}}
+{{- define "residuals.kafkaCaDir" -}}/etc/residuals/kafka-ca{{- end -}}
+{{- define "residuals.postgresRolesDir" -}}/etc/residuals/postgres-roles{{- end -}}
+
+{{/*
+What a service's pods get for the secure defaults; (dict "root" $ "spec" <catalogue entry>)
+-> YAML {sasl, kafkaCa, grpcTls, dbRole}: booleans the templates share, so the ConfigMap,
+the Deployment's env, volumes and probes cannot disagree.
+*/}}
+{{- define "residuals.security" -}}
+{{- $v := .root.Values -}}
+{{- $sasl := $v.kafka.sasl.enabled -}}
+sasl: {{ $sasl }}
+kafkaCa: {{ and $sasl (hasSuffix "SSL" $v.kafka.sasl.securityProtocol) (ne $v.kafka.tls.caSecret "") }}
+grpcTls: {{ and $v.grpcTls.enabled (eq .spec.kind "grpc") }}
+dbRole: {{ and .spec.database $v.postgres.roles.enabled }}
+{{- end -}}

@@ -21,6 +21,7 @@ from typing import Any
 
 from residuals.deploy.services import SERVICES, VENDOR_WRITES, Service
 from residuals.platform import topics
+from residuals.platform.roles import database_role
 from residuals.platform.topics import Topic
 
 CATALOGUE_PATH = "helm/residuals/files/catalogue.json"
@@ -156,6 +157,7 @@ def catalogue(services: Iterable[Service] = SERVICES) -> dict[str, Any]:
                 "module": s.module,
                 "summary": s.summary,
                 "database": s.database,
+                "databaseRole": database_role(s.name) if s.database else None,
                 "principal": s.principal,
                 "acls": [rule.to_json() for rule in service_acls(s)],
             }

@@ -242,6 +242,10 @@ def _check(args: argparse.Namespace) -> int:
     )
     step("service environment matches each settings dataclass", lambda: _env(default_docs))
     step(
+        "secure by default: Kafka SASL, own database role, gRPC TLS from a Secret",
+        lambda: consistency.security_problems(default_docs),
+    )
+    step(
         "Kafka ACLs cover the topics each service's code uses",
         lambda: consistency.acl_problems(root / "services" / "residuals"),
     )
@@ -373,7 +377,7 @@ def _init(args: argparse.Namespace) -> int:
     if not args.skip_topics:
         run_topics(settings, _log)
     if not args.skip_migrations:
-        run_migrations(settings.postgres, settings.wait_seconds, _log)
+        run_migrations(settings.postgres, settings.wait_seconds, _log, settings.role_passwords_dir)
     return 0
 
 
@@ -381,5 +385,5 @@ def _migrate(args: argparse.Namespace) -> int:
     from residuals.deploy.init import MigrateSettings, run_migrations
 
     settings = load(MigrateSettings)
-    run_migrations(settings.postgres, settings.wait_seconds, _log)
+    run_migrations(settings.postgres, settings.wait_seconds, _log, settings.role_passwords_dir)
     return 0

@@ -7,6 +7,8 @@
 * every catalogue topic a service's code names is covered by its Kafka ACLs;
 * Strimzi ``KafkaTopic`` / ``KafkaUser`` objects use only fields and values the CRDs
   accept (the core objects are validated by ``kubernetes-validate``).
+* with its default values the chart is secure: every service has its own Kafka principal
+  and PostgreSQL role, and the gRPC APIs serve TLS from a mounted Secret.
 
 Each function returns a list of problems (empty = consistent), so tests and
 ``residuals deploy check`` report them all at once.
@@ -215,4 +217,74 @@ def strimzi_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
                 problems.append(f"{name}: quota {key!r}")
             elif not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: quota {key} must be a non-negative integer")
+    return problems
+
+
+# --- secure by default -------------------------------------------------------------------
+
+
+def _config_maps(docs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        component: dict(doc.get("data") or {})
+        for doc in docs
+        if doc.get("kind") == "ConfigMap" and (component := _component(doc)) is not None
+    }
+
+
+def _from_secret(env: Mapping[str, Any], name: str) -> bool:
+    return bool((env.get(name) or {}).get("valueFrom", {}).get("secretKeyRef"))
+
+
+def _secret_mounts(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+    secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+    return [
+        str(m["mountPath"])
+        for m in container.get("volumeMounts", [])
+        if m["name"] in secret_volumes and m.get("readOnly")
+    ]
+
+
+def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What the chart's defaults must give every service: its own SCRAM principal over
+    Kafka, its own PostgreSQL role, and (gRPC APIs) TLS from a mounted Secret, with the
+    kubelet probing a port it can speak to."""
+    from residuals.platform.roles import database_role
+
+    docs = list(docs)
+    config = _config_maps(docs)
+    problems: list[str] = []
+    for doc in docs:
+        name = _component(doc)
+        if doc.get("kind") != "Deployment" or name is None:
+            continue
+        service = next((s for s in SERVICES if s.name == name), None)
+        if service is None:
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        data = config.get(name, {})
+        if not data.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"):
+            problems.append(f"{name}: Kafka without SASL ({data.get('KAFKA_SECURITY_PROTOCOL')})")
+        if data.get("KAFKA_SASL_USERNAME") != service.principal:
+            problems.append(f"{name}: not Kafka principal {service.principal}")
+        if not _from_secret(env, "KAFKA_SASL_PASSWORD"):
+            problems.append(f"{name}: KAFKA_SASL_PASSWORD does not come from a Secret")
+        if service.database:
+            if data.get("DATABASE_USER") != database_role(name):
+                problems.append(f"{name}: does not connect as {database_role(name)}")
+            if not _from_secret(env, "DATABASE_PASSWORD"):
+                problems.append(f"{name}: DATABASE_PASSWORD does not come from a Secret")
+        if service.kind.value != "grpc":
+            continue
+        mounts = _secret_mounts(pod, container)
+        for var in ("GRPC_TLS_CERT", "GRPC_TLS_KEY"):
+            path = data.get(var, "")
+            if not any(path.startswith(f"{m}/") for m in mounts):
+                problems.append(f"{name}: {var}={path!r} is not in a mounted Secret")
+        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = container[probe]["grpc"]["port"]
+            if port == grpc_port or str(port) != data.get("GRPC_HEALTH_PORT"):
+                problems.append(f"{name}: {probe} is not on the plaintext health port")
     return problems

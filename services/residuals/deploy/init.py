@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 
-from residuals.platform import migrations
+from residuals.platform import migrations, roles
 from residuals.platform.config import KafkaSettings, PostgresSettings, env, group
 
 T = TypeVar("T")
@@ -33,6 +34,12 @@ class MigrateSettings:
         120.0,
         help="how long the job waits for Kafka/PostgreSQL to answer before failing",
         minimum=0,
+    )
+    role_passwords_dir: Path | None = env(
+        "DATABASE_ROLE_PASSWORDS_DIR",
+        None,
+        help="directory with one file per service (licensing, ingest, ...) holding its "
+        "PostgreSQL role's password, set after migrating (a mounted Secret); unset = leave them",
     )
 
 
@@ -59,6 +66,12 @@ class InitSettings:
         help="how long the job waits for Kafka/PostgreSQL to answer before failing",
         minimum=0,
     )
+    role_passwords_dir: Path | None = env(
+        "DATABASE_ROLE_PASSWORDS_DIR",
+        None,
+        help="directory with one file per service (licensing, ingest, ...) holding its "
+        "PostgreSQL role's password, set after migrating (a mounted Secret); unset = leave them",
+    )
 
 
 def retry(what: str, attempt: Callable[[], T], wait_seconds: float, log: Log) -> T:
@@ -76,8 +89,15 @@ def retry(what: str, attempt: Callable[[], T], wait_seconds: float, log: Log) ->
             delay = min(delay * 2, 5.0)
 
 
-def run_migrations(postgres: PostgresSettings, wait_seconds: float, log: Log = print) -> int:
-    """Apply pending migrations once PostgreSQL answers; returns how many were applied."""
+def run_migrations(
+    postgres: PostgresSettings,
+    wait_seconds: float,
+    log: Log = print,
+    role_passwords: Path | None = None,
+) -> int:
+    """Apply pending migrations once PostgreSQL answers, then set the service roles'
+    passwords from ``role_passwords`` (see :func:`residuals.platform.roles.set_passwords`);
+    returns how many migrations were applied."""
 
     def reachable() -> None:
         with psycopg.connect(postgres.dsn, connect_timeout=5):
@@ -89,6 +109,10 @@ def run_migrations(postgres: PostgresSettings, wait_seconds: float, log: Log = p
         log(f"applied migration {migration.label}")
     if not applied:
         log("database schema is up to date")
+    if role_passwords is not None:
+        with psycopg.connect(postgres.dsn, autocommit=True, connect_timeout=10) as conn:
+            done = roles.set_passwords(conn, role_passwords)
+        log(f"set the passwords of {', '.join(done) or 'no role'} from {role_passwords}")
     return len(applied)
 
 
