@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,6 +139,34 @@ def test_init_and_migrate_commands_are_idempotent_jobs(
     )
     assert migrate.returncode == 0, migrate.stderr
     assert "database schema is up to date" in migrate.stdout
+
+
+def test_migrate_sets_the_service_roles_passwords_from_a_mounted_secret(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """What the chart's migration Job does with postgres.roles.passwordSecret."""
+    import psycopg
+
+    (tmp_path / "payouts").write_text("s3cret-from-a-secret\n")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DATABASE_URL": stack_env["DATABASE_URL"],
+        "DATABASE_ROLE_PASSWORDS_DIR": str(tmp_path),
+    }
+    try:
+        result = subprocess.run(
+            [*RESIDUALS, "migrate"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"set the passwords of residuals_payouts from {tmp_path}" in result.stdout
+        with psycopg.connect(stack_env["DATABASE_URL"]) as conn:
+            row = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'residuals_payouts'"
+            ).fetchone()
+        assert row is not None and str(row[0]).startswith("SCRAM-SHA-256$")
+    finally:  # roles are cluster-wide: leave the local stack's trust setup as it was
+        with psycopg.connect(stack_env["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("ALTER ROLE residuals_payouts PASSWORD NULL")
 
 
 def test_migrate_fails_readably_when_the_database_never_answers() -> None:
