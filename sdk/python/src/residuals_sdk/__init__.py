@@ -2,10 +2,12 @@
 
 >>> from residuals_sdk import SigningKey, UsageClient
 >>> client = UsageClient.kafka(vendor_id="VEN-PIXEL", signing_key=key,
-...                            bootstrap_servers="kafka:9092", spool_dir="/var/lib/app/spool")
+...                            bootstrap_servers="kafka:9093", spool_dir="/var/lib/app/spool",
+...                            producer_config={"security.protocol": "SASL_SSL", ...})
 >>> client.render(licence_id="LIC-1", avatar_id="AVA-1", render_id="vid-1",
 ...               category="product_demo", territory="GB")
 
+Both transports encrypt unless the peer is on this machine (or ``insecure=True``).
 See sdk/python/README.md. This package never imports the ``residuals`` server package;
 the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
 """
@@ -13,6 +15,7 @@ the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
 from residuals_sdk.client import UsageClient
 from residuals_sdk.errors import (
     ClientClosedError,
+    InsecureTransportError,
     ResidualsError,
     SpoolFullError,
     SpoolLockedError,
@@ -27,6 +30,7 @@ __all__ = [
     "DeliveryCallback",
     "DeliveryReport",
     "DeliveryStatus",
+    "InsecureTransportError",
     "ResidualsError",
     "RetryPolicy",
     "SigningKey",

@@ -125,6 +125,7 @@ class UsageClient:
         spool_dir: str | Path | None,
         topic: str = "residuals.usage.v1",
         producer_config: dict[str, Any] | None = None,
+        insecure: bool = False,
         on_delivery: DeliveryCallback | None = None,
         spool_max_bytes: int = DEFAULT_MAX_BYTES,
         spool_max_events: int = DEFAULT_MAX_EVENTS,
@@ -138,6 +139,8 @@ class UsageClient:
         ``spool_dir`` is where undelivered events are kept across restarts (one directory
         per client); ``None`` keeps them in memory only. ``producer_config`` adds
         librdkafka settings (SASL, TLS, tuning); idempotence and acks cannot be weakened.
+        A broker not on this machine needs ``security.protocol`` ``SASL_SSL`` or ``SSL``
+        there, else this raises ``InsecureTransportError``, unless ``insecure=True``.
         ``signature_batch_size`` caps the events :meth:`publish_many` covers with one
         signature (1: a signature per event).
         """
@@ -151,7 +154,7 @@ class UsageClient:
         )
         try:
             transport = KafkaTransport(
-                bootstrap_servers, vendor_id, topic=topic, config=producer_config
+                bootstrap_servers, vendor_id, topic=topic, config=producer_config, insecure=insecure
             )
         except BaseException:
             spool.close()
@@ -177,6 +180,7 @@ class UsageClient:
         api_key: str,
         spool_dir: str | Path | None,
         credentials: grpc.ChannelCredentials | None = None,
+        insecure: bool = False,
         on_delivery: DeliveryCallback | None = None,
         max_batch_events: int = 500,
         max_batch_bytes: int = 1024 * 1024,
@@ -191,9 +195,12 @@ class UsageClient:
     ) -> UsageClient:
         """A client publishing through the ingest gateway at ``target`` (``host:port``).
 
-        ``credentials`` (``grpc.ssl_channel_credentials()``) selects TLS; without them the
-        channel is plaintext, for local development only. ``signature_batch_size``: as for
-        :meth:`kafka`.
+        The channel is TLS with the system's trust store, or with ``credentials``
+        (``grpc.ssl_channel_credentials(root_certificates=..., private_key=...,
+        certificate_chain=...)`` for a private CA or mTLS). Only a gateway on this machine
+        (``localhost``, ``127.0.0.0/8``, ``::1``) is reached in plaintext by default;
+        ``insecure=True`` forces plaintext anywhere (logged as a warning).
+        ``signature_batch_size``: as for :meth:`kafka`.
         """
         from residuals_sdk.transports.grpc import GrpcTransport
 
@@ -208,6 +215,7 @@ class UsageClient:
                 target,
                 api_key,
                 credentials=credentials,
+                insecure=insecure,
                 max_batch_events=max_batch_events,
                 max_batch_bytes=max_batch_bytes,
                 max_concurrent_calls=max_concurrent_calls,

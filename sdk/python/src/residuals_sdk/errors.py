@@ -23,5 +23,13 @@ class SpoolLockedError(ResidualsError):
     """
 
 
+class InsecureTransportError(ResidualsError, ValueError):
+    """The transport would talk plaintext to a peer that is not on this machine.
+
+    Configure TLS (Kafka: ``security.protocol`` ``SASL_SSL`` or ``SSL``; gRPC: the default,
+    or ``credentials``), or pass ``insecure=True`` for a test system you trust.
+    """
+
+
 class ClientClosedError(ResidualsError):
     """The client was closed; create a new one (its spool keeps undelivered events)."""

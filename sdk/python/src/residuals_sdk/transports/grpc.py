@@ -13,6 +13,9 @@ The request is assembled from the spooled envelope bytes as they are (field 1 of
 ``PublishBatchRequest``, length-delimited), so what was signed is exactly what is sent.
 A RESOURCE_EXHAUSTED answer without a retry delay means the batch exceeded the gateway's
 batch limits: the transport halves its batch size and re-sends.
+
+The channel is TLS (system trust store, or the ``credentials`` given) unless the gateway
+is on this machine or ``insecure=True`` (see :mod:`residuals_sdk.transports.security`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from residuals_sdk._proto import common_pb2, ingest_pb2, usage_pb2
 from residuals_sdk.report import DeliveryStatus
 from residuals_sdk.spool import SpooledEvent
 from residuals_sdk.transports.base import Outcome
+from residuals_sdk.transports.security import grpc_channel_credentials
 
 log = logging.getLogger("residuals_sdk.grpc")
 
@@ -104,6 +108,7 @@ class GrpcTransport:
         api_key: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        insecure: bool = False,
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         max_concurrent_calls: int = 2,
@@ -119,9 +124,12 @@ class GrpcTransport:
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             *channel_options,
         ]
+        chosen = grpc_channel_credentials(target, credentials, insecure=insecure)
+        #: Whether the channel is encrypted (TLS).
+        self.secure = chosen is not None
         self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
+            grpc.secure_channel(target, chosen, options=options)
+            if chosen is not None
             else grpc.insecure_channel(target, options=options)
         )
         self._publish = self._channel.unary_unary(

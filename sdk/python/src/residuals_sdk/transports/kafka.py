@@ -8,6 +8,10 @@ id, else the vendor id), value = ``SignedUsageEvent`` bytes, headers ``tracepare
 the Ed25519 signature with the key registered for that vendor; the receive time is the
 broker timestamp.
 
+A broker that is not on this machine must be reached over TLS (``security.protocol``
+``SASL_SSL`` or ``SSL`` in the config) unless ``insecure=True``; see
+:mod:`residuals_sdk.transports.security`.
+
 When the broker is unreachable librdkafka keeps the records queued until
 ``message.timeout.ms``; then their delivery reports fail and the client re-produces them
 after a backoff. A fatal producer error (the idempotent session cannot continue) makes the
@@ -28,6 +32,7 @@ from residuals_sdk._proto import usage_pb2
 from residuals_sdk.report import DeliveryStatus
 from residuals_sdk.spool import SpooledEvent
 from residuals_sdk.transports.base import Outcome
+from residuals_sdk.transports.security import check_kafka_security
 
 log = logging.getLogger("residuals_sdk.kafka")
 
@@ -71,10 +76,12 @@ class KafkaTransport:
         *,
         topic: str = USAGE_TOPIC,
         config: dict[str, Any] | None = None,
+        insecure: bool = False,
     ) -> None:
         for key, value in REQUIRED.items():
             if config and key in config and config[key] not in (value, str(value).lower()):
                 raise ValueError(f"{key} must stay {value!r} (it is what prevents loss/duplicates)")
+        check_kafka_security(bootstrap_servers, config or {}, insecure=insecure)
         self.topic = topic
         self.vendor_id = vendor_id
         self._config = {"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS}
