@@ -125,7 +125,7 @@ def test_consumers_can_quarantine_but_only_operators_read_it(dsn: str) -> None:
         " VALUES (%s, 't', 0, %s, 'boom')"
         " ON CONFLICT (consumer, source_topic, source_partition, source_offset) DO NOTHING"
     )
-    for offset, service in enumerate(("licensing", "ledger", "alerts")):
+    for offset, service in enumerate(("licensing", "ledger", "payouts", "alerts")):
         with as_role(dsn, service) as conn:
             conn.execute(insert, (service, offset))
         assert refused(dsn, service, "SELECT record_value FROM quarantine"), service
@@ -133,7 +133,7 @@ def test_consumers_can_quarantine_but_only_operators_read_it(dsn: str) -> None:
         assert refused(dsn, service, "UPDATE quarantine SET redriven_at = now()"), service
     assert refused(dsn, "ingest", insert, ("ingest", 9))
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (4,)
         grants = conn.execute(
             "SELECT has_table_privilege(%s, 'quarantine', 'SELECT'),"
             " has_column_privilege(%s, 'quarantine', 'redriven_at', 'UPDATE'),"
@@ -141,6 +141,21 @@ def test_consumers_can_quarantine_but_only_operators_read_it(dsn: str) -> None:
             (roles.OPERATOR_ROLE,) * 3,
         ).fetchone()
     assert grants == (True, True, False)
+
+
+def test_the_audit_log_is_appended_by_the_registry_alone(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        rights = {
+            service: conn.execute(
+                "SELECT has_table_privilege(%s, 'audit_log', 'INSERT'),"
+                " has_table_privilege(%s, 'audit_log', 'SELECT'),"
+                " has_table_privilege(%s, 'audit_log', 'UPDATE')",
+                (roles.database_role(service),) * 3,
+            ).fetchone()
+            for service in roles.DATABASE_SERVICES
+        }
+    assert rights.pop("licensing") == (True, True, False)
+    assert set(rights.values()) == {(False, False, False)}
 
 
 def test_every_table_view_and_sequence_has_its_grants(dsn: str) -> None:

@@ -18,6 +18,7 @@ from tls_support import Pki, make_pki
 from residuals.alerts.app import licence_registry
 from residuals.alerts.config import AlertsSettings
 from residuals.alerts.suspension import Outcome
+from residuals.platform.auth import generate_api_key
 from residuals.platform.config import ConfigError, load
 from residuals.platform.grpc_server import (
     GrpcMetrics,
@@ -85,10 +86,13 @@ def health(channel: grpc.Channel, service: str = "") -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def get_licence(channel: grpc.Channel) -> str:
+def suspend(channel: grpc.Channel) -> str:
+    """An API call (the one the fake registry serves): the licence id it answers for."""
     stub = licence_service_pb2_grpc.LicenceServiceStub(channel)
-    reply = stub.GetLicence(licence_service_pb2.GetLicenceRequest(licence_id="LIC-TLS"), timeout=5)
-    return str(reply.licence.licence_id)
+    request = licence_service_pb2.SuspendLicenceRequest(
+        licence_id="LIC-TLS", reason="tls test", automatic=True, alert_id="ALR-TLS-0"
+    )
+    return str(stub.SuspendLicence(request, timeout=5).licence.licence_id)
 
 
 def test_mtls_serves_only_clients_with_a_certificate_from_the_ca(
@@ -97,7 +101,7 @@ def test_mtls_serves_only_clients_with_a_certificate_from_the_ca(
     address = f"localhost:{mtls_server.port}"
     trusted = client_credentials(pki.ca, pki.client_cert, pki.client_key)
     with grpc.secure_channel(address, trusted) as channel:
-        assert get_licence(channel) == "LIC-TLS"
+        assert suspend(channel) == "LIC-TLS"
         assert health(channel, LICENCE_SERVICE) == "SERVING"
     # TLS without a client certificate, and plaintext, are both turned away.
     for channel in (
@@ -105,7 +109,7 @@ def test_mtls_serves_only_clients_with_a_certificate_from_the_ca(
         grpc.insecure_channel(address),
     ):
         with channel, pytest.raises(grpc.RpcError) as refused:
-            get_licence(channel)
+            suspend(channel)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -118,7 +122,7 @@ def test_a_client_that_does_not_trust_the_ca_is_refused(mtls_server: GrpcServer,
         grpc.secure_channel(f"localhost:{mtls_server.port}", no_ca) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
-        get_licence(channel)
+        suspend(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -132,7 +136,7 @@ def test_the_health_port_answers_plaintext_probes_and_nothing_else(
         mtls_server.set_serving(False, LICENCE_SERVICE)
         assert health(channel, LICENCE_SERVICE) == "NOT_SERVING"
         with pytest.raises(grpc.RpcError) as api:
-            get_licence(channel)
+            suspend(channel)
         assert api.value.code() == grpc.StatusCode.UNIMPLEMENTED
     port = mtls_server.health_port
     mtls_server.stop(grace=0)
@@ -145,7 +149,7 @@ def test_alerts_suspends_through_licensing_over_mtls(
 ) -> None:
     env = {
         "ALERTS_LICENSING_ADDRESS": f"localhost:{mtls_server.port}",
-        "ALERTS_LICENSING_API_KEY": "rsd_0123456789abcdef_secret",
+        "ALERTS_LICENSING_API_KEY": generate_api_key()[1],
         "ALERTS_LICENSING_TLS": "true",
         "ALERTS_LICENSING_TLS_CA": str(pki.ca),
         "ALERTS_LICENSING_TLS_CERT": str(pki.client_cert),

@@ -54,19 +54,17 @@ class LicensingClientSettings:
     )
 
     def __post_init__(self) -> None:
+        if self.api_key and parse_api_key(self.api_key) is None:
+            raise ConfigError(
+                "ALERTS_LICENSING_API_KEY is not an API key (rsd_<id>_<secret>, nothing"
+                " around it: a trailing newline from a Secret file counts)"
+            )
         if (self.tls_ca or self.tls_cert or self.tls_key) and not self.tls:
             raise ConfigError(
                 "ALERTS_LICENSING_TLS_* files are set but ALERTS_LICENSING_TLS is not"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("ALERTS_LICENSING_TLS_CERT and ALERTS_LICENSING_TLS_KEY go together")
-
-    def __post_init__(self) -> None:
-        if self.api_key and parse_api_key(self.api_key) is None:
-            raise ConfigError(
-                "ALERTS_LICENSING_API_KEY is not an API key (rsd_<id>_<secret>, nothing"
-                " around it: a trailing newline from a Secret file counts)"
-            )
 
 
 @dataclass(frozen=True)

@@ -153,23 +153,21 @@ SELECT residuals_grants('held_event_resolutions', alerts => 'SELECT');
 SELECT residuals_grants('alert_suspensions', alerts => 'SELECT, INSERT, UPDATE');
 
 -- --- platform ----------------------------------------------------------------------------
--- Every consumer with a database sets poison records aside (platform/quarantine.py: its
--- ON CONFLICT on the position needs SELECT on those columns, and only those); operators
--- list them and mark them re-driven (`residuals dlq`).
+-- Every consumer with a database sets poison records aside (platform/quarantine.py), as do
+-- the relays (platform/setaside.py) and the period close (payouts/adapters.py); finding
+-- a record already there (ON CONFLICT on the position, or a lookup) needs SELECT on the
+-- position columns, and only those. Operators list them and mark them re-driven
+-- (`residuals dlq`).
 SELECT residuals_grants('quarantine',
     licensing => 'INSERT, SELECT (consumer, source_topic, source_partition, source_offset)',
     ledger    => 'INSERT, SELECT (consumer, source_topic, source_partition, source_offset)',
+    payouts   => 'INSERT, SELECT (consumer, source_topic, source_partition, source_offset)',
     alerts    => 'INSERT, SELECT (consumer, source_topic, source_partition, source_offset)',
     operator  => 'SELECT, UPDATE (redriven_at, redriven_by)');
 -- The migrator owns schema_migrations; operators may read it (the default).
 SELECT residuals_grants('schema_migrations');
 
--- audit_log comes with 0009 (applied before this file wherever both exist): the registry
--- appends, operators read.
-DO $$
-BEGIN
-    IF to_regclass('audit_log') IS NOT NULL THEN
-        PERFORM residuals_grants('audit_log', licensing => 'SELECT, INSERT');
-    END IF;
-END
-$$;
+-- --- audit (0009) -----------------------------------------------------------------------
+-- The registry appends (licensing/audit.py; append-only by trigger) and lists it;
+-- operators read it (`residuals audit` runs as the owner).
+SELECT residuals_grants('audit_log', licensing => 'SELECT, INSERT');
