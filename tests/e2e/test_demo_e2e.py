@@ -128,11 +128,20 @@ def test_statement_equals_the_offline_replay_of_what_was_published(first: Run) -
     assert 0 <= len(scripted) - len(parsed) <= 1
     forged = [json.loads(line) for line in (first.out / "streaming-rejections.jsonl").open()]
     assert [f["reason"] for f in forged] == ["BAD_SIGNATURE"]
+    # The hostile vendor's poison: every record dead-lettered with the reason the rules
+    # give; those counted in this period are dead letters of its statement too.
+    hostile = [json.loads(line) for line in (first.out / "hostile.jsonl").open()]
+    assert len(hostile) >= 40
+    assert [h["reason"] for h in hostile] == [h["expected"] for h in hostile]
+    counted = [
+        Rejection(RejectReason(h["reason"]), h["detail"]) for h in hostile if h["in_statement"]
+    ]
+    assert f"{len(hostile)} of {len(hostile)} dead-lettered with the reason" in first.output
 
     oracle = compute_statement(
         window.period,
         intended,
-        [*parsed, *(Rejection(RejectReason.BAD_SIGNATURE, "forged") for _ in forged)],
+        [*parsed, *(Rejection(RejectReason.BAD_SIGNATURE, "forged") for _ in forged), *counted],
         thresholds={c: Decimal(v) for c, v in scenario.thresholds.items()},
     ).to_document()
     exported = (first.out / "statements" / f"residuals-{m['period']}.json").read_bytes()

@@ -34,10 +34,11 @@ from typing import Any, TextIO
 
 import psycopg
 
-from residuals.demo import environment, report
+from residuals.demo import environment, hostile_vendor, report
 from residuals.demo.environment import Claim, Stack
 from residuals.demo.finance import FinanceClient, FinanceError, MonthEnd
 from residuals.demo.fleet import Fleet, Published, SdkMissing, sdk_module
+from residuals.demo.hostile import Identity
 from residuals.demo.live import AlertLine, AlertWatcher, Frame, LiveView, Probe, scrape
 from residuals.demo.processes import RUN_MARKER, ServiceFailed, ServiceGroup, ServiceProcess
 from residuals.demo.registry import RegistryClient, RegistryError, bootstrap_admin
@@ -54,7 +55,7 @@ from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
 from residuals.domain.closing import content_hash
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
-from residuals.platform.kafka import topic_name
+from residuals.platform.kafka import make_producer, topic_name
 from residuals.platform.roles import role_env
 from residuals.platform.topics import LICENCES, SIGNING_KEYS, USAGE
 from residuals.stack.settings import StackSettings
@@ -115,6 +116,9 @@ class Demo:
         self.probe: Probe | None = None
         self.keys: dict[str, Any] = {}
         self.database_url = ""
+        #: The hostile vendor's records on the usage topic, and its display name.
+        self.hostile_sent: list[hostile_vendor.Sent] = []
+        self.hostile_name = ""
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._rates = _Rates()
@@ -395,6 +399,8 @@ class Demo:
                     f" {scenario.window.canonical_day(change.effective):.0f}"
                     f" ({change.reason}; wind-down {change.wind_down_days} days)"
                 )
+            if not self.hostile_sent and canonical >= CANONICAL_SECONDS / 2:
+                self._hostile_vendor(scenario, keys, canonical / DAY)
             if now >= next_check:
                 self.services.check_running()
                 next_check = now + 2.0
@@ -403,6 +409,37 @@ class Demo:
                 next_frame = now + 0.5
             time.sleep(0.02)
         self._show(scenario, index, canonical / DAY, force=True)
+
+    def _hostile_vendor(self, scenario: Scenario, keys: dict[str, Any], day: float) -> None:
+        """A licensee with Kafka write access writes poison straight onto the usage topic
+        (:mod:`residuals.demo.hostile_vendor`)."""
+        assert self.kafka is not None
+        kafka_vendors = [v for v in scenario.vendors if v.transport != "grpc"]
+        bad, other = kafka_vendors[0], scenario.vendors[-1]
+        mine = next(lic for lic in scenario.licences if lic["vendor_id"] == bad.vendor_id)
+        theirs = next(lic for lic in scenario.licences if lic["vendor_id"] == other.vendor_id)
+        key, other_key = keys["signing"][bad.vendor_id], keys["signing"][other.vendor_id]
+        who = Identity(
+            vendor=bad.vendor_id,
+            key_id=key.key_id,
+            key=key.private_key,
+            licence_id=mine["licence_id"],
+            avatar_id=mine["avatar_id"],
+            other_vendor=other.vendor_id,
+            other_key_id=other_key.key_id,
+            other_key=other_key.private_key,
+            other_licence=theirs["licence_id"],
+            currency=mine["currency"],
+            prefix=f"hostile-{self.run_id}-",
+        )
+        producer = make_producer(self.kafka, client_id=f"demo-hostile-{self.run_id}")
+        cases = hostile_vendor.refused_cases(who, datetime.now(UTC))
+        self.hostile_sent = hostile_vendor.send(producer, topic_name(self.kafka, USAGE), who, cases)
+        self.hostile_name = bad.name
+        self.notes.append(
+            f"day {day:4.1f}: {bad.name} wrote {len(cases)} malformed or forged records straight"
+            " to the usage topic"
+        )
 
     def _show(self, scenario: Scenario, published: int, day: float, force: bool = False) -> None:
         assert self.probe is not None and self.watcher is not None
@@ -506,11 +543,18 @@ class Demo:
 
     def _conclude(self, scenario: Scenario, end: MonthEnd) -> None:
         assert self.fleet is not None and self.registry is not None and self.watcher is not None
+        assert self.kafka is not None
         published = self.fleet.snapshot()
         out = self.out
         self.fleet.write_events(out / "events.jsonl", (p for p in published if p.replayable))
         write_rejections(out / "streaming-rejections.jsonl", published)
         rejections = streaming_rejections(published)
+        period = str(scenario.window.period)
+        hostile = hostile_vendor.landed(
+            self.database_url, topic_name(self.kafka, USAGE), self.hostile_sent
+        )
+        hostile_vendor.write(out / "hostile.jsonl", hostile, period)
+        rejections += hostile_vendor.rejections(hostile, period, self.hostile_name)
         licences = registry_licences(self.registry.licences())
         write_case(
             out / "case.yaml",
@@ -551,6 +595,8 @@ class Demo:
             "",
             "Violations",
             *report.violation_lines(end.document, self.watcher.raised()),
+            "",
+            *hostile_vendor.summary(hostile, self.hostile_name),
             "",
             *rec_lines,
             "",
@@ -599,6 +645,12 @@ class Demo:
             )
         if not end.reconciled:
             raise DemoFailed(f"reconciliation found differences: see {out / 'reconciliation.txt'}")
+        wrong = [o for o in hostile if not o.as_expected]
+        if wrong:
+            raise DemoFailed(
+                f"{len(wrong)} hostile records did not get the expected verdict: see"
+                f" {out / 'hostile.jsonl'}"
+            )
 
     # --- cleanup ---------------------------------------------------------------------------
 
