@@ -35,6 +35,22 @@ StatefulSet's pod name (<release>-<service>-<ordinal>) gives. Deployment otherwi
 {{- end }}
 {{- end -}}
 
+{{/* metadata, and the start of spec, of a service's Deployment or StatefulSet. */}}
+{{- define "residuals.workloadHead" }}
+metadata:
+  name: {{ include "residuals.fullname" .root }}-{{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "residuals.labels" (dict "root" .root "component" .name) | nindent 4 }}
+  annotations:
+    residuals.io/summary: {{ .spec.summary | quote }}
+spec:
+  {{- if not (and .values.autoscaling .values.autoscaling.enabled) }}
+  replicas: {{ .values.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+{{- end -}}
+
 {{/* The pod template (metadata and spec) of one service. */}}
 {{- define "residuals.podTemplate" -}}
 {{- $root := .root -}}

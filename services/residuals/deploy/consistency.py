@@ -290,7 +290,7 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
         name = service.name
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        env = {e["name"]: e for e in container.get("env", [])}
+        env = _container_env(doc)
         data = config.get(name, {})
         if not data.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"):
             problems.append(f"{name}: Kafka without SASL ({data.get('KAFKA_SECURITY_PROTOCOL')})")
