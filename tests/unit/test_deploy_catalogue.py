@@ -41,6 +41,20 @@ def of_kind(kind: str) -> list[dict[str, Any]]:
     return [d for d in k8s_docs() if d["kind"] == kind]
 
 
+def workloads() -> dict[str, dict[str, Any]]:
+    """{service: its Deployment or StatefulSet} in deploy/k8s."""
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in k8s_docs()
+        if d["kind"] in consistency.WORKLOAD_KINDS
+    }
+
+
+def pod_env(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
 # --- catalogue.json and topics -----------------------------------------------------------
 
 
@@ -311,10 +325,9 @@ def test_strimzi_resources_use_only_crd_fields() -> None:
 
 
 def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
-    deployments = {
-        d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in of_kind("Deployment")
-    }
+    deployments = workloads()
     assert set(deployments) == {s.name for s in services.SERVICES}
+    assert len(of_kind("Deployment")) + len(of_kind("StatefulSet")) == len(deployments)
     for name, doc in deployments.items():
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -357,6 +370,116 @@ def test_the_default_manifests_are_secure() -> None:
     assert env["DATABASE_ROLE_PASSWORDS_DIR"] == "/etc/residuals/postgres-roles"
 
 
+def test_ingest_and_the_meter_share_the_receipt_key_from_a_secret() -> None:
+    """Trusted receipt time: the gateway stamps with the key the meter verifies with; it is
+    never in a ConfigMap, and no other service gets it."""
+    for name, workload in workloads().items():
+        env = pod_env(workload)
+        if services.by_name(name).receipt_key:
+            assert env[consistency.RECEIPT_KEY]["valueFrom"] == {
+                "secretKeyRef": {"name": "residuals-receipt-key", "key": "key"}
+            }, name
+        else:
+            assert consistency.RECEIPT_KEY not in env, name
+    assert {s.name for s in services.SERVICES if s.receipt_key} == {"ingest", "meter"}
+    assert not [d for d in of_kind("ConfigMap") if consistency.RECEIPT_KEY in d.get("data", {})]
+    assert VALUES["receiptKey"] == {
+        "enabled": True,
+        "secretName": "residuals-receipt-key",
+        "secretKey": "key",
+    }
+
+
+def test_the_stream_workers_are_static_members_named_after_their_pods() -> None:
+    """meter and ledger: StatefulSets (stable pod names across restarts and rollouts) whose
+    pods take their group.instance.id from metadata.name; alerts stays a Deployment."""
+    found = workloads()
+    assert {n: d["kind"] for n, d in found.items()} == {
+        "licensing": "Deployment",
+        "ingest": "Deployment",
+        "meter": "StatefulSet",
+        "ledger": "StatefulSet",
+        "payouts": "Deployment",
+        "alerts": "Deployment",
+    }
+    headless = {d["metadata"]["name"]: d for d in of_kind("Service")
+                if d["spec"].get("clusterIP") == "None"}  # fmt: skip
+    for name, variable in (("meter", "METER_INSTANCE_ID"), ("ledger", "SINK_GROUP_INSTANCE_ID")):
+        assert services.by_name(name).member_id == variable
+        spec = found[name]["spec"]
+        assert pod_env(found[name])[variable]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }
+        assert spec["podManagementPolicy"] == "Parallel"
+        assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+        assert spec["serviceName"] == f"residuals-{name}-headless"
+        governing = headless[spec["serviceName"]]["spec"]["selector"]
+        assert governing == spec["selector"]["matchLabels"]
+        assert "volumeClaimTemplates" not in spec  # state lives in Kafka and PostgreSQL
+    assert "SINK_GROUP_INSTANCE_ID" not in pod_env(found["alerts"])
+    # PDB, NetworkPolicy and Service still select the StatefulSets' pods.
+    for kind in ("PodDisruptionBudget", "NetworkPolicy", "Service"):
+        for doc in of_kind(kind):
+            name = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+            selector = (
+                doc["spec"]["selector"]
+                if kind == "Service"
+                else doc["spec"].get("selector", doc["spec"].get("podSelector"))["matchLabels"]
+            )
+            labels = found[name]["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items(), (kind, name)
+    assert consistency.workload_problems(k8s_docs()) == []
+
+
+def test_the_workload_check_names_what_is_wrong() -> None:
+    docs = k8s_docs()
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    meter = by_name[("StatefulSet", "residuals-meter")]
+    for item in meter["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if item["name"] == "METER_INSTANCE_ID":
+            item.pop("valueFrom")
+            item["value"] = "meter"  # one id for every replica
+    meter["spec"]["podManagementPolicy"] = "OrderedReady"
+    ledger = by_name[("StatefulSet", "residuals-ledger")]
+    ledger["spec"]["serviceName"] = "residuals-ledger"  # not headless
+    alerts = by_name[("Deployment", "residuals-alerts")]
+    alerts["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "SINK_GROUP_INSTANCE_ID", "value": "alerts"}
+    )
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    hpa["spec"]["scaleTargetRef"]["kind"] = "Deployment"
+    assert consistency.workload_problems(docs) == [
+        "alerts: SINK_GROUP_INSTANCE_ID is set on a Deployment, whose pod names change with "
+        "every rollout (a static id must be one replica's, stable): use a StatefulSet",
+        "ledger: serviceName 'residuals-ledger' is not a headless Service",
+        "meter: METER_INSTANCE_ID does not come from the pod name (metadata.name)",
+        "meter: podManagementPolicy is not Parallel",
+        "HorizontalPodAutoscaler/residuals-meter: targets Deployment/residuals-meter, which is "
+        "not rendered",
+    ]
+
+
+def test_the_catalogue_flags_agree_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """member_id and receipt_key are checked against what each settings dataclass reads."""
+    import dataclasses
+
+    changed = tuple(
+        dataclasses.replace(s, receipt_key=False)
+        if s.name == "ingest"
+        else dataclasses.replace(s, member_id="METER_ID")
+        if s.name == "meter"
+        else s
+        for s in services.SERVICES
+    )
+    monkeypatch.setattr(consistency, "SERVICES", changed)
+    problems = consistency.env_problems(k8s_docs())
+    assert problems == [
+        "ingest: receipt_key=False in residuals.deploy.services but IngestSettings reads "
+        "RESIDUALS_RECEIPT_KEY",
+        "meter: member_id=METER_ID in residuals.deploy.services but MeterSettings does not read it",
+    ]
+
+
 def test_the_security_check_names_what_is_missing() -> None:
     docs = [d for path in sorted(K8S.glob("*.yaml")) for d in chart.documents(path.read_text())]
     for doc in docs:
@@ -385,9 +508,13 @@ def test_pdbs_networkpolicies_and_the_meter_hpa() -> None:
         found = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in of_kind(kind)}
         assert found == names, kind
     (hpa,) = of_kind("HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "residuals-meter"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "residuals-meter",
+    }
     assert hpa["spec"]["maxReplicas"] <= VALUES["kafka"]["partitions"]
-    ledger = next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "residuals-ledger")
+    ledger = workloads()["ledger"]
     assert ledger["spec"]["replicas"] <= VALUES["kafka"]["partitions"]
     (job,) = of_kind("Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["residuals", "migrate"]
@@ -505,6 +632,20 @@ def test_compose_runs_the_whole_system_with_health_checks() -> None:
     assert "/var/lib/grafana/dashboards" in grafana
     assert "/etc/grafana/provisioning/datasources/traces.yml" in grafana
     assert consistency.settings_problems(consistency.compose_env(model), "compose") == []
+
+
+def test_compose_shares_a_development_receipt_key_and_names_static_members() -> None:
+    from residuals.codecs.receipt import parse_key
+
+    svc = compose()["services"]
+    key = svc["ingest"]["environment"]["RESIDUALS_RECEIPT_KEY"]
+    assert svc["meter"]["environment"]["RESIDUALS_RECEIPT_KEY"] == key
+    assert len(key) == 64 and parse_key(key).startswith(b"DEV ONLY")  # marked as such
+    assert svc["meter"]["environment"]["METER_INSTANCE_ID"] == "meter-1"
+    assert svc["ledger"]["environment"]["SINK_GROUP_INSTANCE_ID"] == "ledger-1"
+    assert "SINK_GROUP_INSTANCE_ID" not in svc["alerts"]["environment"]
+    for name in set(svc) - {"ingest", "meter"}:
+        assert "RESIDUALS_RECEIPT_KEY" not in (svc[name].get("environment") or {}), name
 
 
 def test_compose_reads_its_env_file() -> None:

@@ -31,6 +31,20 @@ def render(helm: Path, values: tuple[Path, ...] = (), **sets: str) -> list[dict[
     )
 
 
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{service: its Deployment or StatefulSet}."""
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in docs
+        if d["kind"] in consistency.WORKLOAD_KINDS
+    }
+
+
+def pod_env(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
 def test_deploy_k8s_is_the_chart_rendered_with_default_values(helm: Path) -> None:
     wanted = chart.render_k8s(ROOT, helm=helm)
     drift = chart.compare_dir(ROOT / chart.K8S_DIR, wanted, chart.HAND_WRITTEN)
@@ -93,8 +107,8 @@ def test_every_optional_feature_renders_consistently(helm: Path) -> None:
     assert "ServiceMonitor" in kinds
     components = {d["metadata"]["labels"].get("app.kubernetes.io/component") for d in docs}
     assert "payouts" not in components  # services.payouts.enabled=false
-    meter = next(d for d in docs if d["kind"] == "Deployment" and "meter" in d["metadata"]["name"])
-    env = {e["name"]: e for e in meter["spec"]["template"]["spec"]["containers"][0]["env"]}
+    meter = workloads(docs)["meter"]
+    env = pod_env(meter)
     assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "residuals-meter",
         "key": "password",
@@ -113,8 +127,20 @@ def test_every_optional_feature_renders_consistently(helm: Path) -> None:
         "/etc/residuals/grpc-tls/tls.crt"
     )
     assert "GRPC_TLS_CLIENT_CA" not in maps["residuals-meter"]
+    # alerts opted in to static membership: a StatefulSet of a gRPC API, its headless
+    # Service (serving gRPC) as governing Service, each pod its own sink member id.
+    alerts = workloads(docs)["alerts"]
+    assert alerts["kind"] == "StatefulSet"
+    assert pod_env(alerts)["SINK_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    (headless,) = [d for d in docs if d["metadata"]["name"] == alerts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
     assert consistency.strimzi_problems(docs) == []
     assert consistency.security_problems(docs) == []
+    assert consistency.workload_problems(docs) == []
+    assert consistency.env_problems(docs) == ["payouts: the chart does not run it"]
 
 
 def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
@@ -124,6 +150,7 @@ def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
             "kafka.sasl.enabled": "false",
             "grpcTls.enabled": "false",
             "postgres.roles.enabled": "false",
+            "receiptKey.enabled": "false",
         },
     )
     maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
@@ -138,6 +165,8 @@ def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
     assert container["readinessProbe"]["grpc"]["port"] == 50051
     assert [v["name"] for v in pod["volumes"]] == ["tmp"]
     assert {e["name"] for e in container["env"]} == {"DATABASE_URL"}
+    assert "RESIDUALS_RECEIPT_KEY" not in pod_env(workloads(docs)["meter"])
+    assert "RESIDUALS_RECEIPT_KEY" not in maps["residuals-meter"]
     service = next(d for d in docs if d["kind"] == "Service"
                    and d["metadata"]["name"] == "residuals-ingest")  # fmt: skip
     assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
@@ -146,6 +175,61 @@ def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
     assert "ingest: Kafka without SASL (None)" in problems
     assert "ingest: does not connect as residuals_ingest" in problems
     assert any(p.startswith("ingest: GRPC_TLS_CERT") for p in problems)
+    assert "meter: RESIDUALS_RECEIPT_KEY does not come from a Secret" in problems
+
+
+def test_the_stream_workers_fall_back_to_dynamic_membership(helm: Path) -> None:
+    """staticMembership=false: Deployments (surge rollouts), no membership id at all, the
+    HPA follows the kind, and no governing Service is left behind for the workers."""
+    docs = render(helm, **{"defaults.staticMembership": "false"})
+    kinds = {name: d["kind"] for name, d in workloads(docs).items()}
+    assert kinds == dict.fromkeys(kinds, "Deployment") and set(kinds) == {
+        s.name for s in services.SERVICES
+    }
+    for service in services.SERVICES:
+        if service.member_id is not None:
+            assert service.member_id not in pod_env(workloads(docs)[service.name])
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "residuals-meter",
+    }
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert "residuals-meter-headless" not in names and "residuals-ledger-headless" not in names
+    assert workloads(docs)["ledger"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1
+    assert consistency.workload_problems(docs) == []
+    assert consistency.env_problems(docs) == []
+    # One service at a time: the meter alone back to a Deployment.
+    docs = render(helm, **{"services.meter.staticMembership": "false"})
+    assert {n: d["kind"] for n, d in workloads(docs).items() if n in {"meter", "ledger"}} == {
+        "meter": "Deployment",
+        "ledger": "StatefulSet",
+    }
+
+
+def test_the_chart_refuses_a_hand_set_membership_id_or_a_plain_receipt_key(helm: Path) -> None:
+    """A value in env would be shared by every replica (each fences the others) and, on a
+    Deployment, outlive the pod it was meant for; the key would sit in a ConfigMap."""
+    for static in ("true", "false"):
+        with pytest.raises(chart.DeployError, match="METER_INSTANCE_ID must be unique per"):
+            render(
+                helm,
+                **{
+                    "services.meter.env.METER_INSTANCE_ID": "meter-1",
+                    "services.meter.staticMembership": static,
+                },
+            )
+    with pytest.raises(chart.DeployError, match="SINK_GROUP_INSTANCE_ID must be unique per"):
+        render(
+            helm,
+            **{
+                "services.ledger.secretEnv.SINK_GROUP_INSTANCE_ID.secret": "x",
+                "services.ledger.secretEnv.SINK_GROUP_INSTANCE_ID.key": "id",
+            },
+        )
+    with pytest.raises(chart.DeployError, match="does not belong in a ConfigMap"):
+        render(helm, **{"services.ingest.env.RESIDUALS_RECEIPT_KEY": "00" * 32})
 
 
 def test_topics_through_the_job_need_an_admin_principal_under_sasl(helm: Path) -> None:

@@ -91,8 +91,8 @@ seccompProfile:
 
 {{/*
 What a service's pods get for the secure defaults; (dict "root" $ "spec" <catalogue entry>)
--> YAML {sasl, kafkaCa, grpcTls, dbRole}: booleans the templates share, so the ConfigMap,
-the Deployment's env, volumes and probes cannot disagree.
+-> YAML {sasl, kafkaCa, grpcTls, dbRole, receiptKey}: booleans the templates share, so the
+ConfigMap, the pod template's env, volumes and probes cannot disagree.
 */}}
 {{- define "residuals.security" -}}
 {{- $v := .root.Values -}}
@@ -101,4 +101,5 @@ sasl: {{ $sasl }}
 kafkaCa: {{ and $sasl (hasSuffix "SSL" $v.kafka.sasl.securityProtocol) (ne $v.kafka.tls.caSecret "") }}
 grpcTls: {{ and $v.grpcTls.enabled (eq .spec.kind "grpc") }}
 dbRole: {{ and .spec.database $v.postgres.roles.enabled }}
+receiptKey: {{ and .spec.receiptKey $v.receiptKey.enabled }}
 {{- end -}}

@@ -159,6 +159,8 @@ def catalogue(services: Iterable[Service] = SERVICES) -> dict[str, Any]:
                 "database": s.database,
                 "databaseRole": database_role(s.name) if s.database else None,
                 "principal": s.principal,
+                "memberIdEnv": s.member_id,
+                "receiptKey": s.receipt_key,
                 "acls": [rule.to_json() for rule in service_acls(s)],
             }
             for s in services

@@ -242,8 +242,12 @@ def _check(args: argparse.Namespace) -> int:
     )
     step("service environment matches each settings dataclass", lambda: _env(default_docs))
     step(
-        "secure by default: Kafka SASL, own database role, gRPC TLS from a Secret",
+        "secure by default: Kafka SASL, own database role, gRPC TLS and receipt key from Secrets",
         lambda: consistency.security_problems(default_docs),
+    )
+    step(
+        "static group members are StatefulSets with their pod name as id; HPA targets exist",
+        lambda: consistency.workload_problems(default_docs + full_docs),
     )
     step(
         "Kafka ACLs cover the topics each service's code uses",

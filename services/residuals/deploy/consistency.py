@@ -8,7 +8,11 @@
 * Strimzi ``KafkaTopic`` / ``KafkaUser`` objects use only fields and values the CRDs
   accept (the core objects are validated by ``kubernetes-validate``).
 * with its default values the chart is secure: every service has its own Kafka principal
-  and PostgreSQL role, and the gRPC APIs serve TLS from a mounted Secret.
+  and PostgreSQL role, the gRPC APIs serve TLS from a mounted Secret, and the services that
+  stamp or verify receipt times share the receipt key from a Secret;
+* workloads hang together: a static consumer-group member (StatefulSet) takes its
+  membership id from its stable pod name and names a headless Service, nothing else sets
+  that id, and every HorizontalPodAutoscaler targets a workload of the kind rendered.
 
 Each function returns a list of problems (empty = consistent), so tests and
 ``residuals deploy check`` report them all at once.
@@ -27,12 +31,29 @@ from residuals.platform.config import describe
 
 #: Variables whose defaults point at a developer's local stack: a deployment must set them.
 MUST_SET = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "OTEL_SERVICE_NAME", "METRICS_PORT")
+#: The kinds the chart runs a service's pods as.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+#: The secret ingest and meter share (residuals.platform.config.ReceiptSettings).
+RECEIPT_KEY = "RESIDUALS_RECEIPT_KEY"
 
 
 def _component(doc: Mapping[str, Any]) -> str | None:
     labels = doc.get("metadata", {}).get("labels", {}) or {}
     value = labels.get("app.kubernetes.io/component")
     return str(value) if value is not None else None
+
+
+def _service(doc: Mapping[str, Any]) -> Service | None:
+    """The catalogue service a workload runs (None for any other object)."""
+    if doc.get("kind") not in WORKLOAD_KINDS:
+        return None
+    name = _component(doc)
+    return next((s for s in SERVICES if s.name == name), None)
+
+
+def _container_env(workload: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env", [])}
 
 
 def container_env(docs: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
@@ -45,7 +66,7 @@ def container_env(docs: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
             continue
         if doc.get("kind") == "ConfigMap":
             config_maps[component] = set((doc.get("data") or {}).keys())
-        elif doc.get("kind") == "Deployment":
+        elif doc.get("kind") in WORKLOAD_KINDS:
             names: set[str] = set()
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 names |= {item["name"] for item in container.get("env", [])}
@@ -54,7 +75,7 @@ def container_env(docs: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
 
 
 def env_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Problems of the rendered chart's Deployments (see :func:`settings_problems`)."""
+    """Problems of the rendered chart's workloads (see :func:`settings_problems`)."""
     return settings_problems(container_env(list(docs)), "the chart")
 
 
@@ -88,11 +109,20 @@ def settings_problems(given: Mapping[str, set[str]], where: str) -> list[str]:
             )
         for var in sorted((required | (known & set(MUST_SET))) - names):
             problems.append(f"{service.name}: {cls.__name__} needs {var}; {where} omits it")
-        if ("DATABASE_URL" in known) != service.database:
+        flags = (
+            ("database", service.database, "DATABASE_URL"),
+            ("receipt_key", service.receipt_key, RECEIPT_KEY),
+        )
+        for flag, value, var in flags:
+            if (var in known) != value:
+                problems.append(
+                    f"{service.name}: {flag}={value} in residuals.deploy.services "
+                    f"but {cls.__name__} {'reads' if var in known else 'lacks'} {var}"
+                )
+        if service.member_id is not None and service.member_id not in known:
             problems.append(
-                f"{service.name}: database={service.database} in residuals.deploy.services "
-                f"but {cls.__name__} {'reads' if 'DATABASE_URL' in known else 'lacks'} "
-                "DATABASE_URL"
+                f"{service.name}: member_id={service.member_id} in residuals.deploy.services "
+                f"but {cls.__name__} does not read it"
             )
     return problems
 
@@ -254,15 +284,13 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
     config = _config_maps(docs)
     problems: list[str] = []
     for doc in docs:
-        name = _component(doc)
-        if doc.get("kind") != "Deployment" or name is None:
-            continue
-        service = next((s for s in SERVICES if s.name == name), None)
+        service = _service(doc)
         if service is None:
             continue
+        name = service.name
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        env = {e["name"]: e for e in container.get("env", [])}
+        env = _container_env(doc)
         data = config.get(name, {})
         if not data.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"):
             problems.append(f"{name}: Kafka without SASL ({data.get('KAFKA_SECURITY_PROTOCOL')})")
@@ -275,6 +303,8 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
                 problems.append(f"{name}: does not connect as {database_role(name)}")
             if not _from_secret(env, "DATABASE_PASSWORD"):
                 problems.append(f"{name}: DATABASE_PASSWORD does not come from a Secret")
+        if service.receipt_key and not _from_secret(env, RECEIPT_KEY):
+            problems.append(f"{name}: {RECEIPT_KEY} does not come from a Secret")
         if service.kind.value != "grpc":
             continue
         mounts = _secret_mounts(pod, container)
@@ -287,4 +317,70 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
             port = container[probe]["grpc"]["port"]
             if port == grpc_port or str(port) != data.get("GRPC_HEALTH_PORT"):
                 problems.append(f"{name}: {probe} is not on the plaintext health port")
+    return problems
+
+
+# --- workloads and static group membership ----------------------------------------------
+
+
+def _from_pod_name(env: Mapping[str, Any], name: str) -> bool:
+    ref = (env.get(name) or {}).get("valueFrom", {}).get("fieldRef") or {}
+    return bool(ref.get("fieldPath") == "metadata.name")
+
+
+def workload_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A static consumer-group member must keep its id across restarts and rollouts and
+    no two replicas may share one: only a StatefulSet's pod name gives that, so
+
+    * a StatefulSet runs a service with a membership variable (``member_id``), sets it from
+      ``metadata.name``, names a headless Service selecting its pods, starts its pods in
+      parallel (they are independent group members) and rolls them one by one;
+    * a Deployment leaves the variable unset (dynamic membership), in env and ConfigMap;
+    * every HorizontalPodAutoscaler targets a workload of the kind and name rendered.
+    """
+    docs = list(docs)
+    config = _config_maps(docs)
+    workloads = [(d, s) for d in docs if (s := _service(d)) is not None]
+    rendered = {(d["kind"], d["metadata"]["name"]) for d, _ in workloads}
+    headless = {
+        d["metadata"]["name"]: d
+        for d in docs
+        if d.get("kind") == "Service" and (d.get("spec") or {}).get("clusterIP") == "None"
+    }
+    problems: list[str] = []
+    for doc, service in workloads:
+        name, var = service.name, service.member_id
+        env = _container_env(doc)
+        spec = doc["spec"]
+        if doc["kind"] == "Deployment":
+            if var is not None and (var in env or var in config.get(name, {})):
+                problems.append(
+                    f"{name}: {var} is set on a Deployment, whose pod names change with every "
+                    "rollout (a static id must be one replica's, stable): use a StatefulSet"
+                )
+            continue
+        if var is None:
+            problems.append(f"{name}: a StatefulSet, but it has no membership id to keep stable")
+        elif not _from_pod_name(env, var):
+            problems.append(f"{name}: {var} does not come from the pod name (metadata.name)")
+        service_name = spec.get("serviceName")
+        governing = headless.get(service_name)
+        labels = spec["template"]["metadata"].get("labels") or {}
+        if governing is None:
+            problems.append(f"{name}: serviceName {service_name!r} is not a headless Service")
+        elif not (governing["spec"].get("selector") or {}).items() <= labels.items():
+            problems.append(f"{name}: headless Service {service_name} does not select its pods")
+        if spec.get("podManagementPolicy") != "Parallel":
+            problems.append(f"{name}: podManagementPolicy is not Parallel")
+        if (spec.get("updateStrategy") or {}).get("type") != "RollingUpdate":
+            problems.append(f"{name}: updateStrategy is not RollingUpdate")
+    for doc in docs:
+        if doc.get("kind") != "HorizontalPodAutoscaler":
+            continue
+        ref = doc["spec"]["scaleTargetRef"]
+        if (ref.get("kind"), ref.get("name")) not in rendered:
+            problems.append(
+                f"HorizontalPodAutoscaler/{doc['metadata']['name']}: targets "
+                f"{ref.get('kind')}/{ref.get('name')}, which is not rendered"
+            )
     return problems

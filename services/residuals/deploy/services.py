@@ -1,7 +1,8 @@
 """The services a deployment runs, and what each may do on Kafka.
 
 The names are the same everywhere: package ``residuals.<name>``, compose service,
-Kubernetes Deployment/Service, Helm values key and ``OTEL_SERVICE_NAME``.
+Kubernetes workload (Deployment, or StatefulSet for a static consumer-group member) and
+Service, Helm values key and ``OTEL_SERVICE_NAME``.
 
 Kafka access is least privilege and written once, here: the chart's KafkaUser ACLs and
 the ACL script for clusters without Strimzi are both generated from it, and a unit test
@@ -67,11 +68,20 @@ class KafkaAccess:
 
 @dataclass(frozen=True)
 class Service:
+    """One service. ``member_id``: the variable that makes it a *static* member of its
+    consumer group (``group.instance.id``); each replica needs its own value, stable across
+    its restarts and rollouts, so the chart runs such a service as a StatefulSet and takes
+    the value from the pod name. ``receipt_key``: it stamps or verifies the gateway's
+    receipt times, so it gets the shared ``RESIDUALS_RECEIPT_KEY`` from a Secret.
+    ``residuals deploy check`` compares all three flags with the settings the code reads."""
+
     name: str
     kind: Kind
     summary: str
     kafka: KafkaAccess
     database: bool = True
+    member_id: str | None = None
+    receipt_key: bool = False
 
     @property
     def module(self) -> str:
@@ -102,6 +112,7 @@ SERVICES: tuple[Service, ...] = (
         Kind.GRPC,
         "IngestService: the gRPC gateway for vendors without Kafka",
         KafkaAccess(writes=(topics.USAGE, topics.USAGE_DLQ)),
+        receipt_key=True,
     ),
     Service(
         "meter",
@@ -116,6 +127,8 @@ SERVICES: tuple[Service, ...] = (
             internal="meter",
         ),
         database=False,
+        member_id="METER_INSTANCE_ID",
+        receipt_key=True,
     ),
     Service(
         "ledger",
@@ -127,6 +140,7 @@ SERVICES: tuple[Service, ...] = (
             groups=(Group("ledger-writer"),),
             mentions=(topics.USAGE,),
         ),
+        member_id="SINK_GROUP_INSTANCE_ID",
     ),
     Service(
         "payouts",
@@ -139,6 +153,7 @@ SERVICES: tuple[Service, ...] = (
         Kind.GRPC,
         "AlertService: stores alerts, streams them (WatchAlerts), suspends licences",
         KafkaAccess(reads=(topics.ALERTS,), groups=(Group("residuals-alerts", prefixed=False),)),
+        member_id="SINK_GROUP_INSTANCE_ID",
     ),
 )
 
