@@ -304,3 +304,33 @@ def test_alert_page_tokens_are_strict() -> None:
     ):
         with pytest.raises(ValueError, match="is not a token this service issued"):
             parse_page_token(bad)
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("localhost:50051", True),
+        ("127.0.0.1:50051", True),
+        ("127.8.9.10:1", True),
+        ("[::1]:50051", True),
+        ("dns:///localhost:50051", True),
+        ("licensing.residuals.svc:50051", False),
+        ("10.0.0.5:50051", False),
+        ("[2001:db8::1]:50051", False),
+        ("localhost.evil.example:50051", False),
+    ],
+)
+def test_operator_commands_use_tls_to_anything_but_this_machine(
+    address: str, local: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grpc
+
+    from residuals.platform import grpc_server
+
+    opened: list[str] = []
+    monkeypatch.setattr(grpc, "secure_channel", lambda *a, **k: opened.append("tls"))
+    monkeypatch.setattr(grpc, "insecure_channel", lambda *a, **k: opened.append("plain"))
+    assert grpc_server.is_loopback(address) is local
+    grpc_server.operator_channel(address)
+    grpc_server.operator_channel(address, plaintext=True)
+    assert opened == (["plain", "plain"] if local else ["tls", "plain"])

@@ -53,7 +53,15 @@ def register(subparsers: Any) -> None:
         "licences",
         help="manage licences in the registry (admin)",
         description="Admin commands of the licence registry. Environment: RESIDUALS_API_KEY "
-        f"(required), RESIDUALS_LICENSING_ADDR (default {DEFAULT_ADDR}).",
+        f"(required), RESIDUALS_LICENSING_ADDR (default {DEFAULT_ADDR}); TLS to any address "
+        "but this machine's (system CAs, or RESIDUALS_TLS_CA; RESIDUALS_TLS_CERT and "
+        "RESIDUALS_TLS_KEY for mTLS).",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS even to another machine (a trusted network only: the API key travels "
+        "in the clear)",
     )
     parser.add_argument(
         "--addr", help="LicenceService host:port (default: $RESIDUALS_LICENSING_ADDR)"
@@ -183,9 +191,8 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Client]:
     Deliberately not a generator context manager: contextlib assigns ``__traceback__``
     on exceptions passing through, which the frozen ``SpecError`` dataclass refuses.
     """
-    import grpc
-
     from residuals.platform.auth import bearer_metadata, parse_api_key
+    from residuals.platform.grpc_server import operator_channel
     from residuals.v1 import licence_service_pb2_grpc
 
     key = os.environ.get("RESIDUALS_API_KEY", "").strip()
@@ -194,7 +201,18 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Client]:
     if parse_api_key(key) is None:
         raise CliError(["RESIDUALS_API_KEY: is not an API key (rsd_<id>_<secret>)"], EXIT_INVALID)
     address = args.addr or os.environ.get("RESIDUALS_LICENSING_ADDR") or DEFAULT_ADDR
-    channel = grpc.insecure_channel(address)
+
+    def path(name: str) -> Path | None:
+        value = os.environ.get(name, "").strip()
+        return Path(value) if value else None
+
+    channel = operator_channel(
+        address,
+        ca=path("RESIDUALS_TLS_CA"),
+        cert=path("RESIDUALS_TLS_CERT"),
+        key=path("RESIDUALS_TLS_KEY"),
+        plaintext=args.plaintext,
+    )
     stub = licence_service_pb2_grpc.LicenceServiceStub(channel)
     return channel, Client(stub, bearer_metadata(key), args.timeout)
 

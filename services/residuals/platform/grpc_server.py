@@ -419,6 +419,42 @@ def client_credentials(
     )
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a gRPC target (``host:port``, ``[::1]:port``, ``dns:///host:port``) is on
+    this machine: localhost, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    target = address.removeprefix("dns:///")
+    if target.startswith("["):
+        host = target[1 : target.find("]")]
+    elif target.count(":") == 1:
+        host = target.split(":")[0]
+    else:
+        host = target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def operator_channel(
+    address: str,
+    *,
+    ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    plaintext: bool = False,
+) -> grpc.Channel:
+    """A channel for an operator's command: TLS (system CAs unless ``ca``; mTLS with
+    ``cert``/``key``) to anything but this machine, plaintext to loopback or when asked:
+    an admin key must not cross a network in the clear by default."""
+    if ca or cert or not (plaintext or is_loopback(address)):
+        return grpc.secure_channel(address, client_credentials(ca, cert, key))
+    return grpc.insecure_channel(address)
+
+
 def make_grpc_server(
     settings: GrpcSettings,
     *,
