@@ -45,10 +45,10 @@ from residuals.codecs.signed import (
     signature_problem,
 )
 from residuals.codecs.usage import PayloadError, to_raw
-from residuals.domain.bounds import printable, text_problem
+from residuals.domain.bounds import MAX_ID_CHARS, printable, text_problem
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licences import Licence
-from residuals.domain.validation import check_licence, check_window
+from residuals.domain.validation import check_against, check_window
 from residuals.domain.vocabulary import Kind, RejectReason
 from residuals.v1 import common_pb2, usage_pb2
 
@@ -168,43 +168,28 @@ def admit(
     except DecodeError as error:
         return Refused(RejectReason.MALFORMED, f"not a SignedUsageEvent: {printable(str(error))}")
     trace = trusted_trace(envelope.trace.traceparent, envelope.trace.tracestate)
-    if envelope.key_id and (problem := text_problem(envelope.key_id)) is not None:
-        return Refused(RejectReason.MALFORMED, f"key_id {problem}", trace=trace)
+    key_id = envelope.key_id
+    if key_id and (len(key_id) > MAX_ID_CHARS or not key_id.isprintable()):
+        return Refused(RejectReason.MALFORMED, f"key_id {text_problem(key_id)}", trace=trace)
 
-    key = keys(envelope.key_id) if envelope.key_id else None
+    key = keys(key_id) if key_id else None
     problem = signature_problem(envelope, key, vendor_id=vendor_id, at=received_at)
     if problem is not None or key is None:
         return Refused(RejectReason.BAD_SIGNATURE, printable(problem or ""), trace=trace)
     signer = key.vendor_id
 
-    def refuse(
-        reason: RejectReason, detail: str, message: usage_pb2.UsageEvent | None = None
-    ) -> Refused:
-        if message is None:
-            return Refused(reason, detail, signer, trace=trace)
-        return Refused(
-            reason,
-            detail,
-            signer,
-            _id(message.event_id),
-            _id(message.licence_id),
-            _kind(message),
-            trace,
-        )
-
     try:
         message = decode_payload(envelope.payload)
     except DecodeError as error:
-        return refuse(
-            RejectReason.MALFORMED, f"payload is not a UsageEvent: {printable(str(error))}"
-        )
+        detail = f"payload is not a UsageEvent: {printable(str(error))}"
+        return Refused(RejectReason.MALFORMED, detail, signer, trace=trace)
     try:
         fields = to_raw(message)
     except PayloadError as error:
-        return refuse(RejectReason.MALFORMED, str(error), message)
+        return _refuse(RejectReason.MALFORMED, str(error), signer, message, trace)
     parsed = parse_event(fields)
     if isinstance(parsed, Rejection):
-        return refuse(parsed.reason, parsed.detail, message)
+        return _refuse(parsed.reason, parsed.detail, signer, message, trace)
     event = parsed
     # A retraction's licence (the original's, for routing) is in the payload even though
     # the domain event does not keep it.
@@ -212,30 +197,46 @@ def admit(
 
     window = check_window(event.occurred_at, received_at)
     if window is not None:
-        return refuse(window, _window_detail(window, event.occurred_at, received_at), message)
+        detail = _window_detail(window, event.occurred_at, received_at)
+        return _refuse(window, detail, signer, message, trace)
 
+    licence = None
     if event.kind is not Kind.RETRACTION and licences is not None:
         licence = licences(licence_id)
         if licence is None:
-            return refuse(RejectReason.UNKNOWN_LICENCE, f"no licence {licence_id!r}", message)
-    else:
-        licence = None
+            detail = f"no licence {licence_id!r}"
+            return _refuse(RejectReason.UNKNOWN_LICENCE, detail, signer, message, trace)
     if event.vendor_id != signer:
-        return refuse(
-            RejectReason.VENDOR_MISMATCH,
-            f"payload names vendor {event.vendor_id!r}, the event is signed by {signer!r}",
-            message,
-        )
+        detail = f"payload names vendor {event.vendor_id!r}, the event is signed by {signer!r}"
+        return _refuse(RejectReason.VENDOR_MISMATCH, detail, signer, message, trace)
     if licence is not None:
-        found = check_licence(event, {licence_id: licence})
+        found = check_against(event, licence)
         if found is not None:
-            return refuse(found.reason, found.detail, message)
+            return _refuse(found.reason, found.detail, signer, message, trace)
     if routing_key is not None and event.kind is not Kind.RETRACTION:
         routing = routing_key.decode("utf-8", "replace")
         if routing != licence_id:
-            return refuse(
-                RejectReason.MALFORMED,
-                f"record key {printable(routing, 64)!r} is not the event's licence {licence_id!r}",
-                message,
+            detail = (
+                f"record key {printable(routing, 64)!r} is not the event's licence {licence_id!r}"
             )
+            return _refuse(RejectReason.MALFORMED, detail, signer, message, trace)
     return Admitted(envelope, message, event, signer, licence_id, trace)
+
+
+def _refuse(
+    reason: RejectReason,
+    detail: str,
+    signer: str,
+    message: usage_pb2.UsageEvent,
+    trace: common_pb2.TraceContext | None,
+) -> Refused:
+    """A refusal after the signature proved the vendor: the payload's ids when bounded."""
+    return Refused(
+        reason,
+        detail,
+        signer,
+        _id(message.event_id),
+        _id(message.licence_id),
+        _kind(message),
+        trace,
+    )

@@ -30,9 +30,9 @@ _DOMAIN = b"residuals.receipt.v1\n"
 MIN_KEY_BYTES = 32
 
 
-def _mac(key: bytes, stamp: str, value: bytes) -> str:
-    message = _DOMAIN + stamp.encode("ascii") + b"\n" + hashlib.sha256(value).digest()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+def _mac(key: bytes, stamp: bytes, value: bytes) -> bytes:
+    message = _DOMAIN + stamp + b"\n" + hashlib.sha256(value).digest()
+    return hmac.digest(key, message, "sha256")
 
 
 def format_time(moment: datetime) -> str:
@@ -42,25 +42,34 @@ def format_time(moment: datetime) -> str:
 
 def stamp(key: bytes, received_at: datetime, value: bytes) -> bytes:
     """The header value proving ``value`` was received at ``received_at``."""
-    text = format_time(received_at)
-    return f"{text};{_mac(key, text, value)}".encode("ascii")
+    text = format_time(received_at).encode("ascii")
+    return text + b";" + _mac(key, text, value).hex().encode("ascii")
 
 
 def verify(key: bytes, header: bytes, value: bytes) -> datetime | None:
-    """The receipt time ``header`` proves for ``value``; None when it proves nothing."""
+    """The receipt time ``header`` proves for ``value``; None when it proves nothing.
+
+    On the meter's hot path (every gateway-stamped record): one SHA-256 of the value, one
+    HMAC and a C-level time parse, a few microseconds.
+    """
     if len(header) > 128:
         return None
+    text, sep, mac = header.partition(b";")
+    if not sep:
+        return None
     try:
-        text, mac = header.decode("ascii").split(";", 1)
+        given = bytes.fromhex(mac.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         return None
-    if not hmac.compare_digest(mac, _mac(key, text, value)):
+    if not hmac.compare_digest(given, _mac(key, text, value)):
         return None
     try:
-        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-    except ValueError:
+        moment = datetime.fromisoformat(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
         return None
-    return moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC)
 
 
 def parse_key(text: str) -> bytes:

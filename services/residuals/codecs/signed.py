@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -194,21 +195,32 @@ def decode_payload(payload: bytes) -> usage_pb2.UsageEvent:
 def _reject_mistyped(message: Message, where: str) -> None:
     """Refuse known fields sent with the wrong wire type, here and in set sub-messages
     (protobuf would keep them as unknown fields and hand over the default value)."""
-    fields = message.DESCRIPTOR.fields_by_number
+    descriptor = message.DESCRIPTOR
     found = unknown_fields.UnknownFieldSet(message)
-    for index in range(len(found)):
-        unknown = found[index]
-        field = fields.get(unknown.field_number)
-        if field is not None:
-            raise DecodeError(
-                f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire type"
-                f" {unknown.wire_type}"
-            )
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is None:
-            continue
-        if descriptor.is_repeated:
-            for item in value:
-                _reject_mistyped(item, f"{where}.{descriptor.name}")
-        else:
-            _reject_mistyped(value, f"{where}.{descriptor.name}")
+    if len(found):
+        fields = descriptor.fields_by_number
+        for index in range(len(found)):
+            unknown = found[index]
+            field = fields.get(unknown.field_number)
+            if field is not None:
+                raise DecodeError(
+                    f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire"
+                    f" type {unknown.wire_type}"
+                )
+    for name, repeated in _message_fields(descriptor):
+        if repeated:
+            for item in getattr(message, name):
+                _reject_mistyped(item, f"{where}.{name}")
+        elif message.HasField(name):
+            _reject_mistyped(getattr(message, name), f"{where}.{name}")
+
+
+@functools.cache
+def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
+    """The message-typed fields of a message type (looked up once per type: this runs
+    for every record the gateway and the meter read)."""
+    return tuple(
+        (field.name, field.is_repeated)
+        for field in descriptor.fields
+        if field.message_type is not None
+    )

@@ -17,13 +17,23 @@ def check_licence(event: UsageEvent, licences: Mapping[str, Licence]) -> Rejecti
     """UNKNOWN_LICENCE, VENDOR_MISMATCH, AVATAR_MISMATCH, CURRENCY_MISMATCH, in that order."""
     if event.kind is Kind.RETRACTION:
         return None
+    licence = licences.get(event.licence_id or "")
+    if licence is None:
+        return Rejection(
+            RejectReason.UNKNOWN_LICENCE,
+            f"no licence {event.licence_id!r}",
+            event.vendor_id,
+            event.event_id,
+        )
+    return check_against(event, licence)
+
+
+def check_against(event: UsageEvent, licence: Licence) -> Rejection | None:
+    """VENDOR_MISMATCH, AVATAR_MISMATCH, CURRENCY_MISMATCH against the event's licence."""
 
     def reject(reason: RejectReason, detail: str) -> Rejection:
         return Rejection(reason, detail, event.vendor_id, event.event_id)
 
-    licence = licences.get(event.licence_id or "")
-    if licence is None:
-        return reject(RejectReason.UNKNOWN_LICENCE, f"no licence {event.licence_id!r}")
     if event.vendor_id != licence.vendor_id:
         return reject(
             RejectReason.VENDOR_MISMATCH,
