@@ -4,9 +4,9 @@ Whether an event is TOO_LATE or IN_FUTURE, and whether its signing key was alrea
 depends on when the platform received it, so that time must come from the platform, never
 from the vendor. The meter takes it from, in order:
 
-1. a receipt stamp: the header ``residuals-receipt`` = ``<RFC 3339 time>;<hex HMAC>``, the
-   HMAC-SHA256 under a secret only platform services hold (``RESIDUALS_RECEIPT_KEY``) of
-   the time and the SHA-256 of the record value. The gateway stamps what it accepts, so
+1. a receipt stamp: the header ``residuals-receipt`` = ``<RFC 3339 time>;<hex MAC>``, the
+   keyed BLAKE2b under a secret only platform services hold (``RESIDUALS_RECEIPT_KEY``) of
+   the time and the record value. The gateway stamps what it accepts, so
    the meter judges the window at the very instant the gateway did (same bytes, same
    verdict), and an operator re-driving a record keeps its original receipt. A stamp
    cannot be forged without the key nor moved to another record;
@@ -26,13 +26,15 @@ from datetime import UTC, datetime
 
 RECEIPT_HEADER = "residuals-receipt"
 _DOMAIN = b"residuals.receipt.v1\n"
-#: Shortest acceptable key (bytes): HMAC-SHA256 keys shorter than its output are weak.
+#: Acceptable key lengths (bytes): at least the MAC's output, at most BLAKE2b's key size.
 MIN_KEY_BYTES = 32
+MAX_KEY_BYTES = 64
 
 
 def _mac(key: bytes, stamp: bytes, value: bytes) -> bytes:
-    message = _DOMAIN + stamp + b"\n" + hashlib.sha256(value).digest()
-    return hmac.digest(key, message, "sha256")
+    # Keyed BLAKE2b is a MAC in one pass over the bytes (half HMAC-SHA256's cost here,
+    # where it runs for every stamped record the meter reads).
+    return hashlib.blake2b(_DOMAIN + stamp + b"\n" + value, key=key, digest_size=32).digest()
 
 
 def format_time(moment: datetime) -> str:
@@ -49,8 +51,8 @@ def stamp(key: bytes, received_at: datetime, value: bytes) -> bytes:
 def verify(key: bytes, header: bytes, value: bytes) -> datetime | None:
     """The receipt time ``header`` proves for ``value``; None when it proves nothing.
 
-    On the meter's hot path (every gateway-stamped record): one SHA-256 of the value, one
-    HMAC and a C-level time parse, a few microseconds.
+    On the meter's hot path (every gateway-stamped record): one keyed BLAKE2b over the
+    value and a C-level time parse, about two microseconds.
     """
     if len(header) > 128:
         return None
@@ -78,6 +80,8 @@ def parse_key(text: str) -> bytes:
         key = bytes.fromhex(text.strip())
     except ValueError as error:
         raise ValueError("the receipt key must be hex") from error
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"the receipt key must be at least {MIN_KEY_BYTES} bytes")
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise ValueError(
+            f"the receipt key must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, not {len(key)}"
+        )
     return key

@@ -100,9 +100,12 @@ class Rated:
     def position(self) -> tuple[str, int, int]:
         return (self.source_topic, self.source_partition, self.source_offset)
 
-    @property
-    def period(self) -> str:
-        return str(Period.containing(self.event.occurred_at))
+    #: The period of the use, computed once (the store asks for it several times a row).
+    period: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.period:
+            self.period = str(Period.containing(self.event.occurred_at))
 
 
 @dataclass(slots=True)

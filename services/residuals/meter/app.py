@@ -90,9 +90,6 @@ RETENTION = MAX_PAST + MAX_FUTURE + timedelta(days=1)
 #: Largest record the meter publishes (Kafka's default message.max.bytes is ~1 MB).
 MAX_OUTPUT_BYTES = 900_000
 
-#: topic, key, value, timestamp (ms, 0 = now), headers
-_Output = tuple[str, bytes | None, bytes, int, list[tuple[str, str | bytes | None]] | None]
-
 
 _ABSENT = b""
 
@@ -267,7 +264,7 @@ class BatchRunner:
             mark = state.mark()
             try:
                 decision = self.meter.process(record, state)
-                outputs = self._outputs(record, decision)
+                self._publish(record, decision)
             except Exception as error:  # a defect met by one record must not stop the line
                 state.rollback(mark)
                 log.exception(
@@ -276,10 +273,8 @@ class BatchRunner:
                 )
                 decision = self.meter.unprocessable(record, error)
                 # A dead letter's original is cut to the event size limit: it always fits.
-                outputs = self._outputs(record, decision, check_size=False)
+                self._publish(record, decision, check_size=False)
             decisions.append(decision)
-            for topic, key, value, timestamp, headers in outputs:
-                send(topic, key, value, timestamp=timestamp, headers=headers)
         await self.publisher.barrier()
         acknowledged = datetime.now(UTC)
         for partition, key, value in state.writes:
@@ -305,24 +300,28 @@ class BatchRunner:
             return None
         return min(latest, self.meter.now()) - RETENTION
 
-    def _outputs(
-        self, record: Record, decision: Decision, *, check_size: bool = True
-    ) -> list[_Output]:
-        """The records to publish for ``decision``, serialized and size-checked before any
-        is sent (a record too large for Kafka would fail the whole batch's barrier)."""
+    def _publish(self, record: Record, decision: Decision, *, check_size: bool = True) -> None:
+        """Send the records of ``decision``, all serialized and size-checked before the
+        first is sent (a record too large for Kafka would fail the whole batch's barrier;
+        raising here sends nothing)."""
         if decision.skipped:
-            return []
+            return
+        rated = decision.rated.SerializeToString() if decision.rated is not None else None
+        dead = decision.dead.SerializeToString() if decision.dead is not None else None
+        alerts = [alert.SerializeToString() for alert in decision.alerts]
+        if check_size:
+            for value in (rated, dead, *alerts):
+                if value is not None and len(value) > MAX_OUTPUT_BYTES:
+                    raise OutputTooLarge(f"an output record of {len(value):,} bytes")
+        send = self.publisher.send
         # Rated records and dead letters carry the usage record's own timestamp, so
         # downstream latency is measured from publication (cheaper than a header).
         published = int(record.timestamp.timestamp() * 1000)
-        outputs: list[_Output] = []
-        if decision.rated is not None:
-            rated = decision.rated.SerializeToString()
-            outputs.append((self.rated_topic, record.key, rated, published, None))
-        if decision.dead is not None:
-            dead = decision.dead.SerializeToString()
-            outputs.append((self.dlq_topic, record.key, dead, published, None))
-        for alert in decision.alerts:
+        if rated is not None:
+            send(self.rated_topic, record.key, rated, timestamp=published)
+        if dead is not None:
+            send(self.dlq_topic, record.key, dead, timestamp=published)
+        for alert, value in zip(decision.alerts, alerts, strict=True):
             headers: list[tuple[str, str | bytes | None]] = [
                 (PUBLISHED_AT_HEADER, str(published).encode())
             ]
@@ -331,12 +330,7 @@ class BatchRunner:
                 headers.append((TRACEPARENT_HEADER, alert.trace.traceparent))
                 if alert.trace.tracestate:
                     headers.append((TRACESTATE_HEADER, alert.trace.tracestate))
-            key = alert.licence_id.encode()
-            outputs.append((self.alerts_topic, key, alert.SerializeToString(), 0, headers))
-        for _topic, _key, value, _timestamp, _headers in outputs:
-            if check_size and len(value) > MAX_OUTPUT_BYTES:
-                raise OutputTooLarge(f"an output record of {len(value):,} bytes")
-        return outputs
+            send(self.alerts_topic, alert.licence_id.encode(), value, headers=headers)
 
     async def purge(self, cutoff: datetime) -> int:
         """Delete state no record can need (:func:`~residuals.meter.state.expired`), with

@@ -258,7 +258,7 @@ class ReceiptSettings:
     key_hex: str | None = env(
         "RESIDUALS_RECEIPT_KEY",
         None,
-        help="hex secret (>= 32 bytes) shared by the ingest gateway and the meter: the "
+        help="hex secret (32 to 64 bytes) shared by the ingest gateway and the meter: the "
         "gateway stamps each accepted event's receipt time with it and the meter trusts only "
         "stamps it verifies (unset: the meter judges time by the broker's append time)",
     )
