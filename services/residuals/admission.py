@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -61,9 +62,9 @@ _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _MAX_TRACESTATE = 512
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """A record that passed every check: what later stages may now trust."""
+class Admitted(NamedTuple):
+    """A record that passed every check: what later stages may now trust (a named tuple:
+    one is made for every record the meter rates)."""
 
     envelope: usage_pb2.SignedUsageEvent
     message: usage_pb2.UsageEvent
@@ -167,7 +168,11 @@ def admit(
         envelope = decode_envelope(raw)
     except DecodeError as error:
         return Refused(RejectReason.MALFORMED, f"not a SignedUsageEvent: {printable(str(error))}")
-    trace = trusted_trace(envelope.trace.traceparent, envelope.trace.tracestate)
+    trace = (
+        trusted_trace(envelope.trace.traceparent, envelope.trace.tracestate)
+        if envelope.HasField("trace")
+        else None
+    )
     key_id = envelope.key_id
     if key_id and (len(key_id) > MAX_ID_CHARS or not key_id.isprintable()):
         return Refused(RejectReason.MALFORMED, f"key_id {text_problem(key_id)}", trace=trace)

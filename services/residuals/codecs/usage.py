@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from residuals.codecs.timestamps import set_timestamp, to_datetime
-from residuals.domain.bounds import timestamp_problem
+from residuals.domain.bounds import (
+    EARLIEST_SECONDS,
+    LATEST_SECONDS,
+    NANOS_PER_SECOND,
+    timestamp_problem,
+)
 from residuals.domain.events import UsageEvent
 from residuals.domain.money import fmt
 from residuals.v1 import common_pb2, usage_pb2
@@ -57,9 +62,9 @@ def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
             raw[name] = value
     if message.HasField("occurred_at"):
         stamp = message.occurred_at
-        problem = timestamp_problem(stamp.seconds, stamp.nanos)
-        if problem is not None:
-            raise PayloadError(f"occurred_at {problem}")
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if not (EARLIEST_SECONDS <= seconds <= LATEST_SECONDS and 0 <= nanos < NANOS_PER_SECOND):
+            raise PayloadError(f"occurred_at {timestamp_problem(seconds, nanos)}")
         raw["occurred_at"] = to_datetime(stamp)
     if message.HasField("quantity"):
         raw["quantity"] = message.quantity

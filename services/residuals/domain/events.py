@@ -117,8 +117,8 @@ def _show(value: Any) -> str:
 
 def _text_out_of_bounds(names: tuple[str, ...], values: list[str | None]) -> str | None:
     """The first present text that is not a bounded printable id, as a detail."""
-    present = [v for v in values if v is not None]
-    # The common case in two C calls (this runs twice for every event of every path).
+    present = [*filter(None, values)]
+    # The common case in a few C calls (this runs for every event of every path).
     if max(map(len, present), default=0) <= MAX_ID_CHARS and "".join(present).isprintable():
         return None
     for name, value in zip(names, values, strict=False):

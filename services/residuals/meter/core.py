@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -430,8 +430,7 @@ class Meter:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(NamedTuple):
     record: Record
     envelope: usage_pb2.SignedUsageEvent
     message: usage_pb2.UsageEvent
