@@ -25,15 +25,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from google.protobuf import unknown_fields
-from google.protobuf.message import DecodeError, Message
 
 from residuals.codecs import merkle
 from residuals.codecs.timestamps import optional_datetime
+from residuals.codecs.wire import reject_mistyped
 from residuals.v1 import licence_pb2, usage_pb2
 
 SIGNATURE_BYTES = 64
@@ -176,7 +174,7 @@ def _public_key(raw: bytes) -> Ed25519PublicKey:
 def decode_envelope(raw: bytes) -> usage_pb2.SignedUsageEvent:
     """Parse envelope bytes; raises :class:`DecodeError` with a readable message."""
     envelope = usage_pb2.SignedUsageEvent.FromString(raw)
-    _reject_mistyped(envelope, "envelope")
+    reject_mistyped(envelope, "envelope")
     return envelope
 
 
@@ -188,39 +186,5 @@ def decode_payload(payload: bytes) -> usage_pb2.UsageEvent:
     not know are allowed (a newer SDK may send them).
     """
     event = usage_pb2.UsageEvent.FromString(payload)
-    _reject_mistyped(event, "payload")
+    reject_mistyped(event, "payload")
     return event
-
-
-def _reject_mistyped(message: Message, where: str) -> None:
-    """Refuse known fields sent with the wrong wire type, here and in set sub-messages
-    (protobuf would keep them as unknown fields and hand over the default value)."""
-    descriptor = message.DESCRIPTOR
-    found = unknown_fields.UnknownFieldSet(message)
-    if len(found):
-        fields = descriptor.fields_by_number
-        for index in range(len(found)):
-            unknown = found[index]
-            field = fields.get(unknown.field_number)
-            if field is not None:
-                raise DecodeError(
-                    f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire"
-                    f" type {unknown.wire_type}"
-                )
-    for name, repeated in _message_fields(descriptor):
-        if repeated:
-            for item in getattr(message, name):
-                _reject_mistyped(item, f"{where}.{name}")
-        elif message.HasField(name):
-            _reject_mistyped(getattr(message, name), f"{where}.{name}")
-
-
-@functools.cache
-def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
-    """The message-typed fields of a message type (looked up once per type: this runs
-    for every record the gateway and the meter read)."""
-    return tuple(
-        (field.name, field.is_repeated)
-        for field in descriptor.fields
-        if field.message_type is not None
-    )

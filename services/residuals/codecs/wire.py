@@ -9,8 +9,11 @@ allowed (a newer writer may send them).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from google.protobuf import unknown_fields
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 
 def mistyped_field(message: Message) -> str | None:
@@ -24,3 +27,37 @@ def mistyped_field(message: Message) -> str | None:
         if field is not None:
             return str(field.name)
     return None
+
+
+def reject_mistyped(message: Message, where: str) -> None:
+    """:class:`DecodeError` naming the first field of ``message``, or of a message set
+    inside it, that arrived with a wire type its schema does not allow."""
+    descriptor = message.DESCRIPTOR
+    found = unknown_fields.UnknownFieldSet(message)
+    if len(found):
+        fields = descriptor.fields_by_number
+        for index in range(len(found)):
+            unknown = found[index]
+            field = fields.get(unknown.field_number)
+            if field is not None:
+                raise DecodeError(
+                    f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire"
+                    f" type {unknown.wire_type}"
+                )
+    for name, repeated in _message_fields(descriptor):
+        if repeated:
+            for item in getattr(message, name):
+                reject_mistyped(item, f"{where}.{name}")
+        elif message.HasField(name):
+            reject_mistyped(getattr(message, name), f"{where}.{name}")
+
+
+@functools.cache
+def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
+    """The message-typed fields of a message type (looked up once per type: the gateway
+    and the meter check every record they read)."""
+    return tuple(
+        (field.name, field.is_repeated)
+        for field in descriptor.fields
+        if field.message_type is not None
+    )
