@@ -494,7 +494,8 @@ class Demo:
         pending = [p for p in published if not p.status]
         if pending:
             raise DemoFailed(f"{len(pending)} events without a delivery report")
-        expected = sum(1 for p in published if p.stored)
+        # The hostile vendor's records are dead letters in the ledger too.
+        expected = sum(1 for p in published if p.stored) + len(self.hostile_sent)
         deadline = time.monotonic() + LEDGER_WAIT_SECONDS
         while True:
             stored = self.probe.stored()
