@@ -86,15 +86,23 @@ def apply_isolating(
     caused it (nothing of the batch is then to be kept: the caller rolls back).
     """
     out: Isolation[T, R] = Isolation()
-    if records and probe is not None:
+
+    def whole(chunk: Sequence[T]) -> Exception | None:
+        """Apply ``chunk`` in one attempt: None if it applied, else the error a record
+        may have caused (any other error propagates)."""
+        out.attempts += 1
         try:
-            out.attempts += 1
-            out.results.append(attempt(records))
-            out.applied.extend(records)
-            return out
+            out.results.append(attempt(chunk))
         except Exception as error:
             if not record_error(error):
                 raise
+            return error
+        out.applied.extend(chunk)
+        return None
+
+    if records and probe is not None:
+        if whole(records) is None:
+            return out
         # Probe by position, so equal records are told apart.
         batch = list(records)
         found = apply_isolating(
@@ -106,16 +114,8 @@ def apply_isolating(
         out.poison = [(batch[i], error) for i, error in found.poison]
         bad = {i for i, _error in found.poison}
         records = [record for i, record in enumerate(batch) if i not in bad]
-        if not records:
+        if not records or whole(records) is None:
             return out
-        try:
-            out.attempts += 1
-            out.results.append(attempt(records))
-            out.applied.extend(records)
-            return out
-        except Exception as error:
-            if not record_error(error):
-                raise
         # Records that fail together but not alone: apply what can be, half by half.
         rest = apply_isolating(records, attempt, record_error=record_error)
         out.attempts += rest.attempts
@@ -124,21 +124,15 @@ def apply_isolating(
         return out
 
     def run(chunk: Sequence[T]) -> None:
-        out.attempts += 1
-        try:
-            result = attempt(chunk)
-        except Exception as error:
-            if not record_error(error):
-                raise
-            if len(chunk) == 1:
-                out.poison.append((chunk[0], error))
-                return
-            middle = len(chunk) // 2
-            run(chunk[:middle])
-            run(chunk[middle:])
+        error = whole(chunk)
+        if error is None:
             return
-        out.applied.extend(chunk)
-        out.results.append(result)
+        if len(chunk) == 1:
+            out.poison.append((chunk[0], error))
+            return
+        middle = len(chunk) // 2
+        run(chunk[:middle])
+        run(chunk[middle:])
 
     if records:
         run(list(records))
