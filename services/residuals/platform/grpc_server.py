@@ -420,23 +420,11 @@ def client_credentials(
 
 
 def is_loopback(address: str) -> bool:
-    """Whether a gRPC target (``host:port``, ``[::1]:port``, ``dns:///host:port``) is on
-    this machine: localhost, 127.0.0.0/8 or ::1."""
-    import ipaddress
+    """Whether a gRPC target (``host:port``, ``[::1]:port``, ``dns:///host:port``, a unix
+    socket) is on this machine: the SDK's rule, so operators and vendors agree on it."""
+    from residuals_sdk.transports.security import all_loopback, grpc_target_hosts
 
-    target = address.removeprefix("dns:///")
-    if target.startswith("["):
-        host = target[1 : target.find("]")]
-    elif target.count(":") == 1:
-        host = target.split(":")[0]
-    else:
-        host = target
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return all_loopback(grpc_target_hosts(address))
 
 
 def operator_channel(
