@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,17 @@ CHUNKS = 10
 CATCH_UP_TIMEOUT = 600.0  # each restart after a detected hole waits ~60 s for a session
 
 
+def kill_while_publishing(run: Any, meter: Any, timeout: float = 30.0) -> None:
+    """kill -9 the meter as soon as its outputs grow: in the middle of a batch, whose
+    outputs are out and whose state and offsets are not (a kill at a fixed time after a
+    chunk sometimes fell between batches and proved nothing)."""
+    before = run.records_on(USAGE_RATED, USAGE_DLQ)
+    deadline = time.monotonic() + timeout
+    while run.records_on(USAGE_RATED, USAGE_DLQ) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    meter.kill9()
+
+
 def test_month_survives_kills_and_a_broker_restart(stack: StackSettings, tmp_path: Path) -> None:
     started = time.monotonic()
     with pipeline(stack, tmp_path) as run:
@@ -44,7 +56,7 @@ def test_month_survives_kills_and_a_broker_restart(stack: StackSettings, tmp_pat
                 run.produce(part)
                 time.sleep(1.0)  # let the services get into the chunk, then hit them
                 if i in (1, 6, 8):
-                    meter.kill9()
+                    kill_while_publishing(run, meter)
                     faults.append(f"kill -9 meter after chunk {i}")
                     meter.start()
                 if i in (3, 6):
