@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from mode import Service
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -278,6 +281,109 @@ def test_faust_monitor_is_not_called_per_record() -> None:
     assert list(app.sensors) == []
     assert app.sensors.on_stream_event_in(None, 0, None, None) == {}  # type: ignore[arg-type]
     assert app.monitor is not None  # still there for faust's direct calls (commits)
+
+
+class _Drain(faust_app.PromptDelivery, Service):
+    """faust's consumer as far as prompt delivery needs it: a mode Service with the
+    consumer's ``suspend_flow`` event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+
+
+def test_faust_consumer_delivers_promptly() -> None:
+    app = faust_app.make_faust_app(
+        "meter", KafkaSettings(bootstrap_servers="k:9", topic_prefix="t3."), data_dir="/tmp/x"
+    )
+    assert issubclass(app.transport.Consumer, faust_app.PromptDelivery)
+    faust_app.with_prompt_delivery(app)  # idempotent: not wrapped twice
+    assert app.transport.Consumer.__mro__.count(faust_app.PromptDelivery) == 1
+
+
+def test_prompt_delivery_runs_a_ready_delivery_without_tasks() -> None:
+    async def scenario() -> None:
+        drain = _Drain()
+        delivered: list[int] = []
+
+        async def deliver(n: int) -> int:
+            delivered.append(n)
+            return n * 2
+
+        loop = asyncio.get_running_loop()
+        made = 0
+        create_task = loop.create_task
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal made
+            made += 1
+            return create_task(*args, **kwargs)
+
+        loop.create_task = counting  # type: ignore[method-assign]
+        try:
+            result = await drain.wait_first(deliver(7), drain.suspend_flow.wait())
+        finally:
+            loop.create_task = create_task  # type: ignore[method-assign]
+        assert delivered == [7] and made == 0
+        assert result.results == [14] and not result.stopped
+
+    asyncio.run(scenario())
+
+
+def test_prompt_delivery_that_must_wait_races_the_flow_suspension() -> None:
+    async def scenario() -> None:
+        drain = _Drain()
+        room = asyncio.get_running_loop().create_future()
+        outcome: list[str] = []
+
+        async def deliver() -> str:
+            try:
+                await room  # a full stream buffer
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            outcome.append("delivered")
+            return "ok"
+
+        # Room frees up: the delivery resumes where it stopped and wins.
+        waiting = asyncio.ensure_future(drain.wait_first(deliver(), drain.suspend_flow.wait()))
+        await asyncio.sleep(0)
+        room.set_result(None)
+        result = await waiting
+        assert outcome == ["delivered"] and result.results == ["ok"]
+
+        # The flow is suspended first (a rebalance): the delivery is cancelled, as in faust.
+        room = asyncio.get_running_loop().create_future()
+        outcome.clear()
+        waiting = asyncio.ensure_future(drain.wait_first(deliver(), drain.suspend_flow.wait()))
+        await asyncio.sleep(0)
+        drain.suspend_flow.set()
+        result = await waiting
+        await asyncio.sleep(0)
+        assert outcome == ["cancelled"] and result.results == [True]
+
+    asyncio.run(scenario())
+
+
+def test_prompt_delivery_leaves_other_waits_and_a_suspended_flow_to_faust() -> None:
+    async def scenario() -> None:
+        drain = _Drain()
+        ran: list[str] = []
+
+        async def deliver() -> None:
+            ran.append("delivery")
+
+        # Both finish in faust's race (two winners); the prompt path would report one.
+        drain.suspend_flow.set()  # suspended: faust's race decides, as before
+        result = await drain.wait_first(deliver(), drain.suspend_flow.wait())
+        assert len(result.done) == 2 and not result.stopped
+        other = asyncio.Event()
+        other.set()
+        result = await drain.wait_first(deliver(), other.wait())  # not the drain's call
+        assert len(result.done) == 2
+        assert ran == ["delivery", "delivery"]
+
+    asyncio.run(scenario())
 
 
 # --- postgres -------------------------------------------------------------------------------
