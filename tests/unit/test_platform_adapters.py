@@ -153,6 +153,22 @@ def test_kafka_headers_replace_stale_trace_and_accept_mappings() -> None:
     assert _span_of(telemetry.extract_kafka_headers(dict(headers))).trace_id == TRACE_ID
 
 
+def test_trace_headers_continue_the_trace_a_message_carries() -> None:
+    from residuals.v1 import common_pb2
+
+    parent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    assert kafka.trace_headers(None) == []
+    assert kafka.trace_headers(common_pb2.TraceContext()) == []
+    assert kafka.trace_headers(common_pb2.TraceContext(traceparent=parent)) == [
+        ("traceparent", parent.encode())
+    ]
+    both = kafka.trace_headers(common_pb2.TraceContext(traceparent=parent, tracestate="a=b"))
+    assert both == [("traceparent", parent.encode()), ("tracestate", b"a=b")]
+    # Extracted again, the headers give the same trace.
+    span = trace.get_current_span(telemetry.extract_kafka_headers(both)).get_span_context()
+    assert f"{span.trace_id:032x}" == "1" * 32
+
+
 def test_extract_without_headers_is_invalid_context() -> None:
     for empty in (None, [], {}):
         assert not _span_of(telemetry.extract_kafka_headers(empty)).is_valid

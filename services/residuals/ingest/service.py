@@ -43,6 +43,7 @@ from residuals.ingest.producer import AckingProducer, Record
 from residuals.ingest.ratelimit import Decision, VendorRateLimiter
 from residuals.ingest.wire import SplitRequest, split_events
 from residuals.platform.auth import Role, require_role
+from residuals.platform.kafka import trace_headers
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.v1 import common_pb2, ingest_pb2
 
@@ -410,12 +411,7 @@ class IngestService:
     @staticmethod
     def _trace_headers(trace: common_pb2.TraceContext | None) -> list[tuple[str, bytes]]:
         """The event's own trace (from its envelope) if it has one, else this request's."""
-        if trace is not None and trace.traceparent:
-            headers = [("traceparent", trace.traceparent.encode("ascii", "replace"))]
-            if trace.tracestate:
-                headers.append(("tracestate", trace.tracestate.encode("ascii", "replace")))
-            return headers
-        return inject_kafka_headers()
+        return trace_headers(trace) or inject_kafka_headers()
 
 
 def register(service: IngestService, server: grpc.Server) -> None:

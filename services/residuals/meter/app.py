@@ -42,13 +42,7 @@ from opentelemetry import trace
 
 from residuals.domain.validation import MAX_FUTURE, MAX_PAST
 from residuals.meter.continuity import Stall
-from residuals.meter.core import (
-    TRACEPARENT_HEADER,
-    TRACESTATE_HEADER,
-    Decision,
-    Meter,
-    Record,
-)
+from residuals.meter.core import Decision, Meter, Record
 from residuals.meter.guards import InputGap, InputGuard, StallWatch
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
@@ -57,7 +51,7 @@ from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.heap import freeze_long_lived
-from residuals.platform.kafka import make_producer, topic_name
+from residuals.platform.kafka import make_producer, topic_name, trace_headers
 from residuals.platform.offset_probe import OffsetProbe
 from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
@@ -322,14 +316,11 @@ class BatchRunner:
         if dead is not None:
             send(self.dlq_topic, record.key, dead, timestamp=published)
         for alert, value in zip(decision.alerts, alerts, strict=True):
-            headers: list[tuple[str, str | bytes | None]] = [
-                (PUBLISHED_AT_HEADER, str(published).encode())
-            ]
             # The alerts service continues the trace from the W3C header.
-            if alert.trace.traceparent:
-                headers.append((TRACEPARENT_HEADER, alert.trace.traceparent))
-                if alert.trace.tracestate:
-                    headers.append((TRACESTATE_HEADER, alert.trace.tracestate))
+            headers: list[tuple[str, str | bytes | None]] = [
+                (PUBLISHED_AT_HEADER, str(published).encode()),
+                *trace_headers(alert.trace),
+            ]
             send(self.alerts_topic, alert.licence_id.encode(), value, headers=headers)
 
     async def purge(self, cutoff: datetime) -> int:

@@ -57,13 +57,12 @@ from residuals.meter.state import (
     identity_key,
     suspension_key,
 )
+from residuals.platform.kafka import TRACEPARENT_HEADER, TRACESTATE_HEADER
 from residuals.platform.telemetry import extract_trace_context_message
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
 
 VENDOR_HEADER = "residuals-vendor"
 #: W3C Trace Context headers (lower case: the app lowers header names).
-TRACEPARENT_HEADER = "traceparent"
-TRACESTATE_HEADER = "tracestate"
 DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES
 #: Kafka's record timestamp types (the usage topic is broker-stamped: LogAppendTime).
 CREATE_TIME = 0

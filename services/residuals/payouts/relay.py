@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from residuals.payouts import store
 from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import make_producer, topic_name
+from residuals.platform.kafka import make_producer, topic_name, trace_headers
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import describe
 from residuals.platform.setaside import RecordRefused, is_permanent, publish_in_order, set_aside
@@ -125,10 +125,4 @@ class PayoutRelay:
 
 def _trace_headers(payload: bytes) -> list[tuple[str, str | bytes | None]]:
     """The W3C trace context the event carries; DecodeError if it is not a PayoutEvent."""
-    event = payouts_pb2.PayoutEvent.FromString(payload)
-    headers: list[tuple[str, str | bytes | None]] = []
-    if event.trace.traceparent:
-        headers.append(("traceparent", event.trace.traceparent.encode()))
-        if event.trace.tracestate:
-            headers.append(("tracestate", event.trace.tracestate.encode()))
-    return headers
+    return [*trace_headers(payouts_pb2.PayoutEvent.FromString(payload).trace)]

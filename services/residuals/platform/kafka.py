@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
     from residuals.platform.topics import Topic
+    from residuals.v1.common_pb2 import TraceContext
 
 ConfigValue = str | int | float | bool
 KafkaConfig = dict[str, Any]
@@ -55,6 +56,22 @@ CONSUMER_DEFAULTS: dict[str, ConfigValue] = {
     "max.poll.interval.ms": 300_000,
     "session.timeout.ms": 45_000,
 }
+
+
+#: W3C Trace Context header names on Kafka records (what the consumers extract).
+TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
+
+
+def trace_headers(trace: TraceContext | None) -> list[tuple[str, bytes]]:
+    """The Kafka headers that continue the trace a record's message carries (none when it
+    carries none), so a consumer joins the trace of the request that caused the record."""
+    if trace is None or not trace.traceparent:
+        return []
+    headers = [(TRACEPARENT_HEADER, trace.traceparent.encode("ascii", "replace"))]
+    if trace.tracestate:
+        headers.append((TRACESTATE_HEADER, trace.tracestate.encode("ascii", "replace")))
+    return headers
 
 
 def topic_name(kafka: KafkaSettings, topic: Topic | str) -> str:
