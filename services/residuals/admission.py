@@ -45,7 +45,7 @@ from residuals.codecs.signed import (
     decode_payload,
     signature_problem,
 )
-from residuals.codecs.usage import PayloadError, to_raw
+from residuals.codecs.usage import PayloadError, kind_name, to_raw
 from residuals.domain.bounds import MAX_ID_CHARS, printable, text_problem
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licences import Licence
@@ -123,11 +123,7 @@ def _id(value: str) -> str:
 
 
 def _kind(message: usage_pb2.UsageEvent) -> str:
-    try:
-        name = common_pb2.UsageKind.Name(message.kind)
-    except ValueError:
-        return "UNKNOWN"
-    return name.removeprefix("USAGE_KIND_") if message.kind else "UNKNOWN"
+    return kind_name(message.kind) or "UNKNOWN"
 
 
 def _window_detail(reason: RejectReason, occurred: datetime, received: datetime) -> str:

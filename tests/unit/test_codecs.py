@@ -116,3 +116,14 @@ def test_timestamps_round_trip_exactly_and_match_the_float_free_definition(
     assert stamp.seconds == int(value.replace(microsecond=0).timestamp())
     assert stamp.nanos == value.microsecond * 1000
     assert to_datetime(stamp) == value
+
+
+def test_one_usage_kind_mapping_covers_every_domain_kind() -> None:
+    from residuals.codecs.usage import kind_name, kind_value
+    from residuals.domain.events import Kind
+
+    for kind in Kind:
+        assert kind_name(kind_value(kind.value)) == kind.value
+    assert kind_name(0) == "" and kind_name(99) == ""
+    with pytest.raises(ValueError):
+        kind_value("SUBSCRIPTION")

@@ -40,12 +40,20 @@ class PayloadError(ValueError):
 
 
 def kind_name(value: int) -> str:
-    """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED)."""
+    """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED).
+
+    With :func:`kind_value`, the one mapping between the wire's usage kinds and the
+    domain's names (``Kind`` values), used by every service."""
     try:
         name = common_pb2.UsageKind.Name(common_pb2.UsageKind.ValueType(value))
     except ValueError:
         return ""
     return "" if name.endswith("UNSPECIFIED") else name.removeprefix(_KIND_PREFIX)
+
+
+def kind_value(name: str) -> common_pb2.UsageKind.ValueType:
+    """``VIEW`` → ``USAGE_KIND_VIEW``; ValueError for a name the wire does not know."""
+    return common_pb2.UsageKind.Value(_KIND_PREFIX + name)
 
 
 def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
@@ -82,7 +90,7 @@ def from_domain(event: UsageEvent) -> usage_pb2.UsageEvent:
     message = usage_pb2.UsageEvent(
         event_id=event.event_id,
         vendor_id=event.vendor_id,
-        kind=common_pb2.UsageKind.Value(_KIND_PREFIX + event.kind.value),
+        kind=kind_value(event.kind.value),
         licence_id=event.licence_id or "",
         avatar_id=event.avatar_id or "",
         render_id=event.render_id or "",

@@ -9,6 +9,7 @@ from typing import Any
 
 from residuals.codecs.money import to_money
 from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import kind_value
 from residuals.payouts.store import PayoutRow, StoredStatement
 from residuals.platform.telemetry import trace_context_message
 from residuals.v1 import common_pb2, payouts_pb2
@@ -28,7 +29,7 @@ def _dec(text: Any) -> Decimal:
 
 def _line(line: Mapping[str, Any], currency: str) -> payouts_pb2.StatementLine:
     message = payouts_pb2.StatementLine(
-        kind=common_pb2.UsageKind.Value("USAGE_KIND_" + line["kind"]),
+        kind=kind_value(line["kind"]),
         version=int(line["version"]),
         tier=int(line.get("tier") or 0),
         channel=line.get("channel") or "",
@@ -59,7 +60,7 @@ def licence_to_proto(
         held=[
             payouts_pb2.HeldLine(
                 violation=common_pb2.ViolationKind.Value("VIOLATION_KIND_" + h["violation"]),
-                kind=common_pb2.UsageKind.Value("USAGE_KIND_" + h["kind"]),
+                kind=kind_value(h["kind"]),
                 units=int(h["units"]),
                 amount=to_money(_dec(h["amount"]), cur),
             )
