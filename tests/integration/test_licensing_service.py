@@ -901,7 +901,8 @@ def test_denials_are_counted_by_the_shared_interceptor(world: World) -> None:
 
 def test_postgres_authenticator_sees_revocation_within_its_ttl(world: World) -> None:
     """Another process (e.g. the ingest gateway) caches keys; a revocation shows within TTL."""
-    from residuals.platform.auth import PostgresAuthenticator, parse_api_key
+    from residuals.licensing.directory import PostgresAuthenticator
+    from residuals.platform.auth import parse_api_key
 
     created = world.call(
         "CreateApiKey",

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from residuals.licensing.directory import PostgresAuthenticator
 from residuals.platform import auth
 from residuals.platform.auth import (
     PermissionDenied,
-    PostgresAuthenticator,
     Principal,
     Role,
     StaticAuthenticator,

@@ -568,7 +568,8 @@ def test_the_build_context_builds_the_package_with_its_data(tmp_path: Path) -> N
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "residuals/platform/migrations/0001_foundation.sql" in names
+    assert "residuals/ledger/migrations/0001_foundation.sql" in names
+    assert "residuals/platform/migrations/0010_roles.sql" in names
     assert "residuals/deploy/command.py" in names
     assert (context / lock.LOCK_PATH).is_file()
 

@@ -20,7 +20,8 @@ from residuals.alerts.metrics import AlertMetrics, default_metrics
 from residuals.alerts.service import AlertServicer, servicer_descriptor
 from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
 from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
-from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
+from residuals.licensing.directory import PostgresAuthenticator
+from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import (
     GrpcServer,
     Servicer,

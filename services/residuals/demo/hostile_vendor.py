@@ -29,6 +29,7 @@ import psycopg
 from residuals.demo.hostile import Hostile, Identity, corpus
 from residuals.domain.events import Rejection
 from residuals.domain.vocabulary import RejectReason
+from residuals.ledger import directory as ledger
 
 
 @dataclass(frozen=True)
@@ -89,28 +90,18 @@ def send(
     return sent
 
 
-_LANDED = (
-    "SELECT source_partition, source_offset, reason, period, detail FROM dead_letters "
-    "WHERE source_topic = %s AND (source_partition, source_offset) IN "
-    "(SELECT * FROM unnest(%s::int[], %s::bigint[]))"
-)
-
-
 def landed(
     database_url: str, topic: str, sent: Sequence[Sent], timeout: float = 60.0
 ) -> list[Landed]:
     """Each record's dead letter as the ledger stored it (waits for all of them)."""
-    partitions = [s.partition for s in sent]
-    offsets = [s.offset for s in sent]
+    positions = [(s.partition, s.offset) for s in sent]
     deadline = time.monotonic() + timeout
     rows: dict[tuple[int, int], tuple[str, str, str]] = {}
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
         while True:
             rows = {
-                (int(p), int(o)): (str(reason), str(period), str(detail))
-                for p, o, reason, period, detail in conn.execute(
-                    _LANDED, (topic, partitions, offsets)
-                )
+                at: (row.reason, row.period, row.detail)
+                for at, row in ledger.dead_letters_at(conn, topic, positions).items()
             }
             if len(rows) >= len(sent) or time.monotonic() > deadline:
                 break

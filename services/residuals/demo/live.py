@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import grpc
 import psycopg
 
+from residuals.ledger import directory as ledger
 from residuals.platform.auth import bearer_metadata
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
 
@@ -197,15 +198,7 @@ class Probe:
 
     def stored(self) -> int:
         """Records the ledger writer stored (usage records and dead letters)."""
-        row = (
-            self._connection()
-            .execute(
-                "SELECT (SELECT count(*) FROM usage_events) + (SELECT count(*) FROM usage_repeats)"
-                " + (SELECT count(*) FROM dead_letters)"
-            )
-            .fetchone()
-        )
-        return int(row[0]) if row else 0
+        return ledger.stored_records(self._connection())
 
     def read(self) -> Progress:
         progress = Progress()
@@ -216,13 +209,11 @@ class Probe:
             pass
         try:
             progress.stored = self.stored()
-            for licence, currency, accrued, held in self._connection().execute(
-                "SELECT licence_id, currency, sum(estimated_amount), sum(held_amount)"
-                " FROM ledger_totals WHERE period = %s GROUP BY licence_id, currency",
-                (self.period,),
+            for licence, currency, accrued, held in ledger.licence_totals(
+                self._connection(), self.period
             ):
-                progress.accrued[(licence, currency)] = Decimal(accrued)
-                progress.held[(licence, currency)] = Decimal(held)
+                progress.accrued[(licence, currency)] = accrued
+                progress.held[(licence, currency)] = held
         except psycopg.Error:
             self.close()
         return progress

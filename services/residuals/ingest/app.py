@@ -18,7 +18,8 @@ from residuals.ingest.directory import LicenceIdentities, PostgresDirectory, Sig
 from residuals.ingest.producer import AckingProducer
 from residuals.ingest.ratelimit import VendorRateLimiter
 from residuals.ingest.service import SERVICE, IngestMetrics, IngestService, Limits, register
-from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
+from residuals.licensing.directory import PostgresAuthenticator
+from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.postgres import Database

@@ -1,6 +1,7 @@
 """What the gateway looks up per event: vendor signing keys and licence identities.
 
-Both come from the licensing schema in PostgreSQL (migration 0002), the source of truth:
+Both come from the licensing service's tables in PostgreSQL, the source of truth, read
+through its :mod:`residuals.licensing.directory`:
 a key or licence is committed there before anyone can use it, so a miss is real (not
 replication lag) and is re-checked after a few seconds. Both are cached (LRU with TTL):
 
@@ -40,11 +41,13 @@ from residuals.codecs.timestamps import set_timestamp
 from residuals.domain.bounds import text_problem
 from residuals.domain.licences import Licence
 from residuals.ingest.cache import TtlCache
+from residuals.licensing import directory
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import Quarantined, describe, report
 from residuals.v1 import licence_pb2
 
 T = TypeVar("T")
+R = TypeVar("R")
 #: The consumer name of rows the directory refuses (metric label, logs).
 CONSUMER = "ingest-directory"
 
@@ -70,16 +73,6 @@ def identity_licence(
     fields; never use it for scope or pricing.
     """
     return Licence(licence_id, talent_id, avatar_id, vendor_id, currency, versions=())
-
-
-_KEY_SQL = """
-SELECT key_id, vendor_id, public_key, revoked_at
-FROM vendor_signing_keys WHERE key_id = %s
-"""
-_LICENCE_SQL = """
-SELECT licence_id, talent_id, avatar_id, vendor_id, currency_code
-FROM licences WHERE licence_id = %s
-"""
 
 
 class PostgresDirectory:
@@ -121,13 +114,17 @@ class PostgresDirectory:
         self._licences.invalidate()
 
     def _load_key(self, key_id: str) -> SigningKeyRecord | None:
-        return self._load("vendor_signing_keys", _KEY_SQL, key_id, _key_row)
+        return self._load("vendor_signing_keys", directory.signing_key, key_id, _key_row)
 
     def _load_licence(self, licence_id: str) -> Licence | None:
-        return self._load("licences", _LICENCE_SQL, licence_id, _licence_row)
+        return self._load("licences", directory.licence_identity, licence_id, _licence_row)
 
     def _load(
-        self, table: str, sql: str, ident: str, decode: Callable[[tuple[Any, ...]], T]
+        self,
+        table: str,
+        fetch: Callable[[Any, str], R | None],
+        ident: str,
+        decode: Callable[[R], T],
     ) -> T | None:
         """The decoded row, None when there is none or it is not well-formed (reported).
         Raises only when the database cannot answer (the caller says UNAVAILABLE)."""
@@ -135,7 +132,7 @@ class PostgresDirectory:
             return None  # no stored id is like this (a NUL would not even reach the query)
         try:
             with self.db.connection() as conn:
-                row = conn.execute(sql, (ident,)).fetchone()
+                row = fetch(conn, ident)
             return None if row is None else decode(row)
         except (ValueError, TypeError, psycopg.DataError) as error:
             # InvalidRecord (a ValueError), or a stored value Python cannot hold (DataError:
@@ -154,14 +151,14 @@ class PostgresDirectory:
         report(Quarantined(CONSUMER, table, 0, 0, ident.encode(), None, seen[2]))
 
 
-def _key_row(row: tuple[Any, ...]) -> SigningKeyRecord:
+def _key_row(row: directory.SigningKeyRow) -> SigningKeyRecord:
     message = licence_pb2.VendorSigningKey(key_id=row[0], vendor_id=row[1], public_key=row[2])
     if row[3] is not None:
         set_timestamp(message.revoked_at, row[3])
     return licence_codec.signing_key_from_proto(message)
 
 
-def _licence_row(row: tuple[Any, ...]) -> Licence:
+def _licence_row(row: directory.LicenceIdentityRow) -> Licence:
     return identity_licence(*licence_codec.identity(*row))
 
 

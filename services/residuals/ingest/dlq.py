@@ -35,6 +35,7 @@ from residuals.codecs.deadletters import reason_from_proto
 from residuals.codecs.inspect import describe_original
 from residuals.codecs.timestamps import bounded_datetime
 from residuals.domain.vocabulary import RejectReason
+from residuals.ledger import directory as ledger
 from residuals.platform import quarantine_admin
 from residuals.platform.config import (
     ConfigError,
@@ -266,15 +267,6 @@ def _show_command(args: argparse.Namespace) -> int:
 
 REDRIVABLE = RejectReason.UNPROCESSABLE.value
 
-_LOCK_DEAD = (
-    "SELECT redriven_at, redriven_by FROM dead_letters WHERE source_topic = %s "
-    "AND source_partition = %s AND source_offset = %s FOR UPDATE"
-)
-_MARK_DEAD = (
-    "UPDATE dead_letters SET redriven_at = now(), redriven_by = %s WHERE source_topic = %s "
-    "AND source_partition = %s AND source_offset = %s"
-)
-
 
 def redrive_problem(entry: Entry, usage_topic: str) -> str | None:
     """Why a dead letter cannot be re-driven: only the meter's own defects can (any other
@@ -369,7 +361,7 @@ def _redrive_one(
     key = (letter.source_topic, letter.source_partition, letter.source_offset)
     try:
         with conn.transaction():
-            row = conn.execute(_LOCK_DEAD, key).fetchone()
+            row = ledger.lock_dead_letter(conn, *key)
             if row is None and not force:
                 return "refused: not in the ledger yet (retry in a moment, or --force)"
             if row is not None and row[0] is not None and not force:
@@ -383,7 +375,7 @@ def _redrive_one(
                 bytes(letter.original),
                 redrive_headers(letter, receipt_key),
             )
-            conn.execute(_MARK_DEAD, (who, *key))
+            ledger.mark_redriven(conn, who, *key)
             return f"re-driven to {landed}"
     except RedriveError as error:
         return f"failed: {error}"

@@ -7,7 +7,7 @@ when the vendor signed a batch of events under one signature over their Merkle r
 signature). :func:`stored_envelope` rebuilds the ``SignedUsageEvent`` from those
 columns, and the one verification every reader uses
 (:func:`~residuals.codecs.signed.signature_problem`) decides it again, against the key
-registered in ``vendor_signing_keys``, for the row's vendor, at its receipt (a key
+registered with the licensing service, for the row's vendor, at its receipt (a key
 revoked later does not void what it signed before).
 
 Rows stored before migration 0007 have no proof: a batch-signed one among them fails
@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from residuals.codecs.signed import SigningKeyRecord, signature_problem
 from residuals.domain.period import Period
+from residuals.licensing import directory
 from residuals.v1 import usage_pb2
 
 #: The columns that hold a stored row's signature evidence (both tables).
@@ -52,10 +53,9 @@ SELECT 'usage_repeats', {", ".join(AUDIT_COLUMNS)}
 ORDER BY source_topic, source_partition, source_offset
 """
 
-_PERIOD_KEYS = """
-SELECT key_id, vendor_id, public_key, revoked_at FROM vendor_signing_keys
- WHERE key_id IN (SELECT key_id FROM usage_events WHERE period = %(p)s
-                  UNION SELECT key_id FROM usage_repeats WHERE period = %(p)s)
+_PERIOD_KEY_IDS = """
+SELECT key_id FROM usage_events WHERE period = %(p)s AND key_id IS NOT NULL
+UNION SELECT key_id FROM usage_repeats WHERE period = %(p)s AND key_id IS NOT NULL
 """
 
 
@@ -114,11 +114,14 @@ class Finding:
 
 
 def signing_keys(conn: Connection[Any], period: Period | str) -> dict[str, SigningKeyRecord]:
-    """The registered keys that signed the period's stored rows, by key id."""
-    rows = conn.execute(_PERIOD_KEYS, {"p": str(period)}).fetchall()
+    """The registered keys that signed the period's stored rows, by key id (the keys are
+    the licensing service's: read through its directory)."""
+    used = [str(key_id) for (key_id,) in conn.execute(_PERIOD_KEY_IDS, {"p": str(period)})]
     return {
-        str(key_id): SigningKeyRecord(str(key_id), str(vendor), bytes(public), revoked)
-        for key_id, vendor, public, revoked in rows
+        row.key_id: SigningKeyRecord(
+            str(row.key_id), str(row.vendor_id), bytes(row.public_key), row.revoked_at
+        )
+        for row in directory.signing_keys(conn, used)
     }
 
 

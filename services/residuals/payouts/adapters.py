@@ -5,11 +5,11 @@
   suspension windows.
 * Events: the ledger writer's tables (migration 0003) via :mod:`residuals.ledger.replay`:
   a period's own events in arrival order (``load_period_events``) and the late uses the
-  ledger recorded as adjustments of a later open period (``load_adjustments``). Closing a
-  period inserts it into the ledger's ``closed_periods`` under an EXCLUSIVE table lock:
-  every ledger batch reads that table ``FOR SHARE`` (a ROW SHARE lock held to commit), so
-  the lock waits for in-flight batches and holds new ones until the close commits. After
-  it, no write can still land as the closed period's own, and its statement can be
+  ledger recorded as adjustments of a later open period (``load_adjustments``); counts and
+  the close mark via :mod:`residuals.ledger.directory`. Marking a period closed takes an
+  EXCLUSIVE lock that every ledger batch's ROW SHARE read of the closed periods waits on,
+  so the mark waits for in-flight batches and holds new ones until the close commits.
+  After it, no write can still land as the closed period's own, and its statement can be
   recomputed exactly forever after.
 
 One stored row cannot break the close for everyone. A licence whose rows do not load (a
@@ -33,10 +33,11 @@ from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
 from residuals.domain.vocabulary import Kind
+from residuals.ledger import directory as ledger
 from residuals.ledger.replay import Defect, Loaded, load_adjusting, load_period
 from residuals.licensing import store as licensing_store
 from residuals.payouts.sources import Conn, EventAccounting, Sources
-from residuals.platform.quarantine import Quarantined, describe, store
+from residuals.platform.quarantine import Quarantined, describe, store_once
 from residuals.platform.setaside import NO_PARTITION
 
 PAGE = 1000
@@ -56,23 +57,6 @@ class Unusable:
 
     def __init__(self) -> None:
         self.licences: dict[str, str] = {}
-
-
-def _quarantine(conn: Conn, records: Sequence[Quarantined]) -> None:
-    """Store the records not stored yet (the close, a dry run and every reconciliation
-    meet the same rows; each is one quarantine row, counted and logged once)."""
-    new = [
-        r
-        for r in records
-        if conn.execute(
-            "SELECT 1 FROM quarantine WHERE consumer = %s AND source_topic = %s"
-            " AND source_partition = %s AND source_offset = %s",
-            (r.consumer, r.topic, r.partition, r.offset),
-        ).fetchone()
-        is None
-    ]
-    if new:
-        store(conn, new)
 
 
 def _defect_record(defect: Defect) -> Quarantined:
@@ -111,7 +95,7 @@ class LicensingLicences:
             after = ids[-1]
         self.unusable.licences = refused
         if refused:
-            _quarantine(
+            store_once(
                 conn,
                 [
                     Quarantined(
@@ -160,15 +144,11 @@ class LedgerEvents:
         """``loaded`` with the licences left out excluded, its defects quarantined."""
         loaded.exclude_licences(self.unusable.licences)
         if loaded.defects:
-            _quarantine(conn, [_defect_record(d) for d in loaded.defects])
+            store_once(conn, [_defect_record(d) for d in loaded.defects])
         return loaded
 
     def mark_closed(self, conn: Conn, period: Period) -> None:
-        conn.execute("LOCK TABLE closed_periods IN EXCLUSIVE MODE")
-        conn.execute(
-            "INSERT INTO closed_periods (period) VALUES (%s) ON CONFLICT DO NOTHING",
-            (str(period),),
-        )
+        ledger.mark_closed(conn, period)
 
     def period_events(
         self, conn: Conn, period: Period, through: Period | None = None
@@ -197,27 +177,10 @@ class LedgerEvents:
         return events
 
     def late_periods(self, conn: Conn, period: Period) -> list[str]:
-        rows = conn.execute(
-            "SELECT period FROM usage_events WHERE adjustment_period = %(p)s"
-            " UNION SELECT period FROM usage_repeats WHERE adjustment_period = %(p)s",
-            {"p": str(period)},
-        ).fetchall()
-        return sorted(str(r[0]) for r in rows)
+        return ledger.late_periods(conn, period)
 
     def accounting(self, conn: Conn, period: Period) -> EventAccounting:
-        row = conn.execute(
-            "SELECT"
-            " (SELECT count(*) FROM usage_events WHERE period = %(p)s"
-            "   AND adjustment_period IS NULL AND outcome IS DISTINCT FROM 'HELD'),"
-            " (SELECT count(*) FROM usage_events WHERE period = %(p)s"
-            "   AND adjustment_period IS NULL AND outcome = 'HELD'),"
-            " (SELECT count(*) FROM dead_letters WHERE period = %(p)s),"
-            " (SELECT count(*) FROM usage_repeats WHERE period = %(p)s"
-            "   AND adjustment_period IS NULL)",
-            {"p": str(period)},
-        ).fetchone()
-        assert row is not None
-        ledgered, held, dead, duplicates = (int(x) for x in row)
+        ledgered, held, dead, duplicates = ledger.period_counts(conn, period)
         loaded = self._usable(conn, load_period(conn, period))
         demoted = loaded.demoted
         unusable = sum(demoted.values())

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from residuals.domain.closing import closable_at
 from residuals.domain.period import Period
+from residuals.licensing.directory import PostgresAuthenticator
 from residuals.payouts import store
 from residuals.payouts.close import ClosePolicy, close_period
 from residuals.payouts.config import SERVICE_NAME, PayoutsSettings
@@ -23,7 +24,7 @@ from residuals.payouts.rails import PaymentRail, make_rail
 from residuals.payouts.relay import PayoutRelay
 from residuals.payouts.servicer import PayoutServicer, servicer_descriptor
 from residuals.payouts.sources import Sources
-from residuals.platform.auth import Authenticator, AuthInterceptor, PostgresAuthenticator
+from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
 from residuals.platform.postgres import Database
 from residuals.platform.service import GrpcApp, Workers, load_service_settings, run_service

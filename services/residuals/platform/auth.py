@@ -26,8 +26,6 @@ import logging
 import re
 import secrets
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -42,7 +40,7 @@ from residuals.platform.errors import InvalidArgument
 from residuals.platform.handlers import behavior_of, rewrap_handler
 
 if TYPE_CHECKING:
-    from residuals.platform.postgres import Database
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -218,79 +216,6 @@ class StaticAuthenticator:
         if key is None or key.revoked or not verify_secret(secret, key.secret_hash):
             return None
         return key.principal
-
-
-# Tables from migration 0002_licensing.sql (the licensing service owns them).
-_LOOKUP_SQL = """
-SELECT k.secret_sha256, k.revoked_at IS NOT NULL,
-       p.principal_id, p.role, p.vendor_id, p.talent_id
-FROM api_keys k JOIN principals p ON p.principal_id = k.principal_id
-WHERE k.key_id = %s
-"""
-
-
-class PostgresAuthenticator:
-    """Keys from the licensing schema (``api_keys`` + ``principals``) with a TTL cache.
-
-    The cache holds the *row* (hash, revoked flag, principal), never a verdict on a
-    secret, so every call still verifies the presented secret. Unknown key ids are cached
-    too (a flood of made-up ids costs one query per id per TTL), within ``max_entries``
-    (least recently used evicted). A revocation is visible everywhere within
-    ``ttl_seconds``; :meth:`invalidate` makes it immediate in this process.
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        ttl_seconds: float = 30.0,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.db = db
-        self.ttl_seconds = ttl_seconds
-        self.max_entries = max_entries
-        self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, StoredKey | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def authenticate(self, key_id: str, secret: str) -> Principal | None:
-        key = self._lookup(key_id)
-        if key is None or key.revoked or not verify_secret(secret, key.secret_hash):
-            return None
-        return key.principal
-
-    def invalidate(self, key_id: str | None = None) -> None:
-        """Forget one cached key (or all), so the next call reads the database."""
-        with self._lock:
-            if key_id is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(key_id, None)
-
-    def _lookup(self, key_id: str) -> StoredKey | None:
-        now = self._clock()
-        with self._lock:
-            cached = self._cache.get(key_id)
-            if cached is not None and cached[0] > now:
-                self._cache.move_to_end(key_id)
-                return cached[1]
-        key = self._load(key_id)
-        with self._lock:
-            self._cache[key_id] = (now + self.ttl_seconds, key)
-            self._cache.move_to_end(key_id)
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        return key
-
-    def _load(self, key_id: str) -> StoredKey | None:
-        with self.db.connection() as conn:
-            row = conn.execute(_LOOKUP_SQL, (key_id,)).fetchone()
-        if row is None:
-            return None
-        secret_hash, revoked, principal_id, role, vendor_id, talent_id = row
-        principal = Principal(principal_id, Role(role), vendor_id, talent_id)
-        return StoredKey(key_id, bytes(secret_hash), principal, bool(revoked))
 
 
 # --- the current principal -------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""Forward-only SQL schema migrations.
+"""Forward-only SQL schema migrations, collected from the packages that own the tables.
 
-Migrations are files ``migrations/NNNN_name.sql`` shipped inside this package, applied in
-version order, each in its own transaction together with its ``schema_migrations`` row,
-so a failed file leaves nothing half-applied. A session-level advisory lock serialises
-concurrent runners (two pods starting at once). An applied file whose content changed is
-refused rather than silently ignored: the database would no longer match the code's
-history. The planning step is pure (:func:`plan`) so its rules are unit-tested without
-a database.
+Each service keeps the migrations of its own tables in ``residuals/<service>/migrations/``
+(``NNNN_name.sql``, :data:`OWNERS`); this one runner collects them all and applies them in
+version order (versions are unique across packages), each in its own transaction together
+with its ``schema_migrations`` row, so a failed file leaves nothing half-applied. A
+session-level advisory lock serialises concurrent runners (two pods starting at once). An
+applied file whose content changed is refused rather than silently ignored: the database
+would no longer match the code's history, which is also why files that predate the split
+by owner were moved whole (0001 creates the sink framework's ``consumer_offsets`` next to
+the ledger's ``usage_events``; 0011 alters both relays' outbox tables). The planning step is
+pure (:func:`plan`) so its rules are unit-tested without a database.
 """
 
 from __future__ import annotations
@@ -92,18 +95,37 @@ def from_files(files: Mapping[str, str]) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
-def _default_dir() -> Traversable:
-    return resources.files("residuals.platform").joinpath("migrations")
+#: The packages that own tables, each with a ``migrations/`` folder: the sink framework
+#: and roles (platform), then the services in the order their first tables were made.
+OWNERS = (
+    "residuals.platform",
+    "residuals.ledger",
+    "residuals.licensing",
+    "residuals.payouts",
+    "residuals.alerts",
+)
+
+
+def owned_migrations() -> dict[str, list[Migration]]:
+    """Every package's own migrations, by package (what each service owns)."""
+    return {package: discover(_folder(package)) for package in OWNERS}
+
+
+def _folder(package: str) -> Traversable:
+    return resources.files(package).joinpath("migrations")
 
 
 def discover(directory: Path | Traversable | None = None) -> list[Migration]:
-    """Read every ``*.sql`` file in ``directory`` (default: the packaged migrations)."""
-    root = _default_dir() if directory is None else directory
-    files = {
-        entry.name: entry.read_text(encoding="utf-8")
-        for entry in root.iterdir()
-        if entry.is_file() and entry.name.endswith(".sql")
-    }
+    """Read every ``*.sql`` file in ``directory``; by default every owner's migrations,
+    in one version order (MigrationError when two owners use the same version)."""
+    folders = [_folder(p) for p in OWNERS] if directory is None else [directory]
+    files: dict[str, str] = {}
+    for folder in folders:
+        for entry in folder.iterdir():
+            if entry.is_file() and entry.name.endswith(".sql"):
+                if entry.name in files:
+                    raise MigrationError(f"two packages ship {entry.name}")
+                files[entry.name] = entry.read_text(encoding="utf-8")
     return from_files(files)
 
 

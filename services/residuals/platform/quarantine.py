@@ -171,6 +171,23 @@ def store(
     return len(new)
 
 
+def store_once(conn: Connection[Any], records: Sequence[Quarantined]) -> int:
+    """:func:`store` for records a reader meets again on every pass (the period close, a
+    dry run and every reconciliation read the same rows): those already stored are left
+    alone before anything is written, so each is one row, counted and logged once."""
+    new = [
+        r
+        for r in records
+        if conn.execute(
+            "SELECT 1 FROM quarantine WHERE consumer = %s AND source_topic = %s"
+            " AND source_partition = %s AND source_offset = %s",
+            (r.consumer, r.topic, r.partition, r.offset),
+        ).fetchone()
+        is None
+    ]
+    return store(conn, new) if new else 0
+
+
 class Pending:
     """Quarantine rows written in a transaction that has not committed yet.
 
