@@ -25,7 +25,7 @@ from residuals.codecs.signing import public_key_bytes, signing_key_record
 from residuals.ingest.directory import PostgresDirectory
 from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.platform.config import KafkaSettings, PostgresSettings
-from residuals.platform.kafka import make_consumer, make_producer
+from residuals.platform.kafka import AcknowledgedProducer, make_consumer, make_producer
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
@@ -75,7 +75,7 @@ def test_meter_replicas_quarantine_poison_and_keep_the_last_good_version(
     _, keys_topic = new_topic("keys", 1)
     _, quarantine_topic = new_topic("quarantine", 1)
     publisher = QuarantinePublisher(
-        make_producer(kafka, client_id="meter-quarantine"), quarantine_topic
+        AcknowledgedProducer(kafka, client_id="meter-quarantine"), quarantine_topic
     )
     licences = TopicReplica(
         kafka, licences_topic, name="meter-licences", quarantine=publisher.publish

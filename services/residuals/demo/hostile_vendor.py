@@ -30,6 +30,7 @@ from residuals.demo.hostile import Hostile, Identity, corpus
 from residuals.domain.events import Rejection
 from residuals.domain.vocabulary import RejectReason
 from residuals.ledger import directory as ledger
+from residuals.platform.kafka import AcknowledgedProducer, Outgoing
 
 
 @dataclass(frozen=True)
@@ -61,33 +62,29 @@ def refused_cases(who: Identity, now: Any) -> list[Hostile]:
 
 
 def send(
-    producer: Any, topic: str, who: Identity, cases: Sequence[Hostile], timeout: float = 60.0
+    producer: AcknowledgedProducer,
+    topic: str,
+    who: Identity,
+    cases: Sequence[Hostile],
+    timeout: float = 60.0,
 ) -> list[Sent]:
     """Produce ``cases`` as the vendor would (its vendor claim, the key it chose) and wait
     for Kafka's acknowledgements."""
-    sent: list[Sent] = []
-    failures: list[str] = []
-
-    def delivered(case: Hostile) -> Any:
-        def report(err: Any, msg: Any) -> None:
-            if err is not None:
-                failures.append(f"{case.name}: {err}")
-            else:
-                sent.append(Sent(case, int(msg.partition()), int(msg.offset())))
-
-        return report
-
-    for case in cases:
-        producer.produce(
+    records = [
+        Outgoing(
             topic,
-            key=case.key or who.licence_id.encode(),
-            value=case.value,
-            headers=[("residuals-vendor", who.vendor.encode()), *case.headers],
-            on_delivery=delivered(case),
+            case.key or who.licence_id.encode(),
+            case.value,
+            [("residuals-vendor", who.vendor.encode()), *case.headers],
         )
-    if producer.flush(timeout) or failures:
+        for case in cases
+    ]
+    receipt = producer.send_group(records)
+    producer.acknowledge(timeout)
+    if receipt.errors:
+        failures = [f"{cases[i].name}: {error}" for i, error in receipt.errors]
         raise RuntimeError(f"hostile records not acknowledged: {failures[:3]}")
-    return sent
+    return [Sent(case, receipt.landed[i][1], receipt.landed[i][2]) for i, case in enumerate(cases)]
 
 
 def landed(

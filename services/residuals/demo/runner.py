@@ -55,7 +55,7 @@ from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
 from residuals.domain.closing import content_hash
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
-from residuals.platform.kafka import make_producer, topic_name
+from residuals.platform.kafka import AcknowledgedProducer, topic_name
 from residuals.platform.roles import role_env
 from residuals.platform.topics import LICENCES, SIGNING_KEYS, USAGE
 from residuals.stack.settings import StackSettings
@@ -432,7 +432,9 @@ class Demo:
             currency=mine["currency"],
             prefix=f"hostile-{self.run_id}-",
         )
-        producer = make_producer(self.kafka, client_id=f"demo-hostile-{self.run_id}")
+        producer = AcknowledgedProducer(
+            self.kafka, client_id=f"demo-hostile-{self.run_id}", report_successes=True
+        )
         cases = hostile_vendor.refused_cases(who, datetime.now(UTC))
         self.hostile_sent = hostile_vendor.send(producer, topic_name(self.kafka, USAGE), who, cases)
         self.hostile_name = bad.name

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from residuals.ingest.admission import Admission
 from residuals.ingest.config import SERVICE_NAME, IngestSettings
 from residuals.ingest.dedupe import RecentEvents
 from residuals.ingest.directory import LicenceIdentities, PostgresDirectory, SigningKeys
-from residuals.ingest.producer import AckingProducer
 from residuals.ingest.ratelimit import VendorRateLimiter
 from residuals.ingest.service import SERVICE, IngestMetrics, IngestService, Limits, register
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server
-from residuals.platform.kafka import topic_name
+from residuals.platform.kafka import AcknowledgedProducer, topic_name
 from residuals.platform.postgres import Database
 from residuals.platform.service import GrpcApp, run_service
 from residuals.platform.topics import USAGE, USAGE_DLQ
@@ -52,17 +52,24 @@ class IngestApp(GrpcApp):
             self.licences = licences or directory
         self.authenticator = authenticator
         self.metrics = metrics
-        self.producer: AckingProducer | None = None
+        self.producer: AcknowledgedProducer | None = None
         self.server: GrpcServer | None = None
         self.service: IngestService | None = None
 
     def start(self) -> IngestApp:
         settings = self.settings
         self.db.open()
-        self.producer = AckingProducer(
+        tuning: dict[str, Any] = {
+            # Give up (and answer UNAVAILABLE) instead of holding a request for minutes.
+            "message.timeout.ms": max(1000, int(settings.ack_timeout_seconds * 1000)),
+            "linger.ms": 5,
+        }
+        self.producer = AcknowledgedProducer(
             settings.kafka,
-            ack_timeout=settings.ack_timeout_seconds,
             client_id=settings.telemetry.service_name,
+            report_successes=True,
+            background_poll=True,
+            **tuning,
         )
         admission = Admission(
             self.keys,

@@ -39,11 +39,10 @@ from residuals.codecs.receipt import RECEIPT_HEADER
 from residuals.domain.bounds import printable
 from residuals.domain.vocabulary import RejectReason
 from residuals.ingest.admission import Admission, Status, Verdict
-from residuals.ingest.producer import AckingProducer, Record
 from residuals.ingest.ratelimit import Decision, VendorRateLimiter
 from residuals.ingest.wire import SplitRequest, split_events
 from residuals.platform.auth import Role, require_role
-from residuals.platform.kafka import trace_headers
+from residuals.platform.kafka import AcknowledgedProducer, Outgoing, trace_headers
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.v1 import common_pb2, ingest_pb2
 
@@ -163,7 +162,7 @@ class IngestService:
         self,
         *,
         admission: Admission,
-        producer: AckingProducer,
+        producer: AcknowledgedProducer,
         limiter: VendorRateLimiter,
         limits: Limits,
         usage_topic: str,
@@ -333,7 +332,9 @@ class IngestService:
         records = [self._record(vendor_id, v, received_at) for v in verdicts]
         to_send = [r for r in records if r is not None]
         started = time.perf_counter()
-        receipt = self.producer.send(to_send)
+        receipt = self.producer.send_group(
+            to_send, give_up_at=time.monotonic() + self.limits.ack_timeout_seconds
+        )
         acknowledged = receipt.wait(self.limits.ack_timeout_seconds)
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
         if not acknowledged or receipt.errors:
@@ -366,20 +367,20 @@ class IngestService:
             results.append(result)
         return results
 
-    def _record(self, vendor_id: str, verdict: Verdict, received_at: datetime) -> Record | None:
+    def _record(self, vendor_id: str, verdict: Verdict, received_at: datetime) -> Outgoing | None:
         """The Kafka record for a verdict: usage (accepted), dead letter (rejected), none."""
         stamp = rfc3339(received_at)
-        trace_headers = self._trace_headers(verdict.trace)
+        context_headers = self._trace_headers(verdict.trace)
         if verdict.status is Status.ACCEPTED:
             headers: list[tuple[str, str | bytes | None]] = [
-                *trace_headers,
+                *context_headers,
                 (VENDOR_HEADER, vendor_id.encode("utf-8")),
             ]
             if self.receipt_key is not None:
                 headers.append(
                     (RECEIPT_HEADER, receipt.stamp(self.receipt_key, received_at, verdict.raw))
                 )
-            return Record(
+            return Outgoing(
                 self.usage_topic, verdict.routing_key.encode("utf-8"), verdict.raw, headers
             )
         if verdict.status is Status.DUPLICATE:
@@ -401,11 +402,11 @@ class IngestService:
             licence_id=verdict.licence_id,
             trace=verdict.trace,
         )
-        return Record(
+        return Outgoing(
             self.dlq_topic,
             vendor_id.encode("utf-8"),
             letter.SerializeToString(),
-            [*trace_headers, *record_headers(letter, stamp)],
+            [*context_headers, *record_headers(letter, stamp)],
         )
 
     @staticmethod

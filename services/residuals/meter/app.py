@@ -21,9 +21,10 @@ So do a hole in a partition's offsets before step 1 and a partition that stops m
 with records waiting (:mod:`residuals.meter.guards`): faust would otherwise commit past
 records it never delivered.
 
-Records are published with confluent-kafka (an idempotent producer: per partition, order
-and no duplicates across retries), not faust's producer: it costs a few microseconds per
-record in C instead of tens in Python, at three to four records per usage record.
+Records are published with the platform's :class:`~residuals.platform.kafka.AcknowledgedProducer`
+(confluent-kafka, idempotent: per partition, order and no duplicates across retries), not
+faust's producer: it costs a few microseconds per record in C instead of tens in Python,
+at three to four records per usage record.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
 from residuals.platform.heap import freeze_long_lived
-from residuals.platform.kafka import make_producer, topic_name, trace_headers
+from residuals.platform.kafka import AcknowledgedProducer, topic_name, trace_headers
 from residuals.platform.offset_probe import OffsetProbe
 from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
@@ -132,59 +133,10 @@ class OutputTooLarge(ValueError):
     """A record the meter would publish is larger than Kafka accepts."""
 
 
-class DeliveryFailed(RuntimeError):
-    """Kafka did not acknowledge every record of a batch."""
-
-
-class Publisher:
-    """confluent-kafka producer with a per-batch acknowledgement barrier.
-
-    Delivery failures are collected by one producer-wide callback (a per-record callback
-    costs a Python object per record) and raised at the next :meth:`barrier`.
-    """
-
-    def __init__(self, kafka: KafkaSettings, client_id: str) -> None:
-        self.errors: list[str] = []
-        # Reports of failures only: a Python callback per acknowledged record costs ~1 µs
-        # at three to four records per usage event; flush() still waits for all of them.
-        tuning: dict[str, Any] = {
-            "linger.ms": 5,
-            "on_delivery": self._delivered,
-            "delivery.report.only.error": True,
-        }
-        self.producer = make_producer(kafka, client_id=client_id, **tuning)
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.errors.append(str(err))
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        partition: int = -1,
-        timestamp: int = 0,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
-        produce = self.producer.produce
-        while True:
-            try:
-                if headers:
-                    produce(topic, value, key, partition, timestamp=timestamp, headers=headers)
-                else:
-                    produce(topic, value, key, partition, timestamp=timestamp)
-                return
-            except BufferError:
-                self.producer.poll(0.05)  # local queue full: let deliveries drain
-
-    async def barrier(self, timeout: float = 120.0) -> None:
-        """Wait until every record sent so far is acknowledged; raise if any failed."""
-        remaining = await asyncio.to_thread(self.producer.flush, timeout)
-        if remaining or self.errors:
-            errors, self.errors = self.errors, []
-            raise DeliveryFailed(f"{remaining} records unacknowledged; errors: {errors[:5]}")
+def make_publisher(kafka: KafkaSettings, client_id: str) -> AcknowledgedProducer:
+    """The meter's producer: batches acknowledged together, before the state is written."""
+    tuning: dict[str, Any] = {"linger.ms": 5}
+    return AcknowledgedProducer(kafka, client_id=client_id, **tuning)
 
 
 def _headers(message: Any) -> dict[str, bytes]:
@@ -220,7 +172,7 @@ class BatchRunner:
     def __init__(
         self,
         meter: Meter,
-        publisher: Publisher,
+        publisher: AcknowledgedProducer,
         store: Any,
         *,
         changelog_topic: str,
@@ -435,7 +387,7 @@ class MeterService:
         # Poison on the registries' topics is set aside on residuals.quarantine.v1 (stored by
         # the ledger writer) while the last good version of that licence or key is served.
         quarantine = QuarantinePublisher(
-            make_producer(kafka, client_id=f"{kafka.topic_prefix}meter-quarantine"),
+            AcknowledgedProducer(kafka, client_id=f"{kafka.topic_prefix}meter-quarantine"),
             topic_name(kafka, QUARANTINE),
         )
         self.licences = TopicReplica(
@@ -457,7 +409,7 @@ class MeterService:
             # on unchanged (a span per record is measurable in this CPU-bound loop).
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
         )
-        self.publisher = Publisher(kafka, f"{kafka.topic_prefix}meter")
+        self.publisher = make_publisher(kafka, f"{kafka.topic_prefix}meter")
         # faust's consumer group is the app id.
         self.offsets = OffsetProbe(kafka, str(self.app.conf.id))
         self.usage_topic_name = topic_name(kafka, USAGE)
@@ -597,7 +549,7 @@ class MeterService:
         self.stall_watch.stop()
         self.licences.stop()
         self.keys.stop()
-        self.publisher.producer.flush(10)
+        self.publisher.close(10)
         self.offsets.close()
 
 

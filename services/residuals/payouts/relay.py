@@ -16,17 +16,22 @@ rows after it are published in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from confluent_kafka import KafkaException
 from google.protobuf.message import DecodeError
 
 from residuals.payouts import store
 from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import make_producer, topic_name, trace_headers
+from residuals.platform.kafka import (
+    AcknowledgedProducer,
+    DeliveryFailed,
+    topic_name,
+    trace_headers,
+)
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import describe
 from residuals.platform.setaside import RecordRefused, is_permanent, publish_in_order, set_aside
@@ -42,11 +47,16 @@ Row = tuple[int, str, bytes]  # sequence, payee id, PayoutEvent bytes
 
 class PayoutRelay:
     def __init__(
-        self, db: Database, kafka: KafkaSettings, *, producer: Any = None, batch: int = 500
+        self,
+        db: Database,
+        kafka: KafkaSettings,
+        *,
+        producer: AcknowledgedProducer | None = None,
+        batch: int = 500,
     ) -> None:
         self.db = db
         self.topic = topic_name(kafka, PAYOUTS)
-        self.producer = producer or make_producer(kafka, client_id="payouts-relay")
+        self.producer = producer or AcknowledgedProducer(kafka, client_id="payouts-relay")
         self.batch = batch
 
     def publish_once(self, timeout: float = 30.0) -> int:
@@ -81,34 +91,26 @@ class PayoutRelay:
     def _send(self, rows: Sequence[Row], timeout: float) -> None:
         """Produce ``rows`` and wait for every acknowledgement; :class:`RecordRefused`
         when Kafka refuses them for good, RuntimeError for anything to retry later."""
-        errors: list[Any] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(err)
-
         for index, (_sequence, payee_id, payload) in enumerate(rows):
             try:
-                self.producer.produce(
-                    self.topic,
-                    key=payee_id.encode("utf-8"),
-                    value=payload,
-                    headers=_trace_headers(payload),
-                    on_delivery=delivered,
+                self.producer.send(
+                    self.topic, payee_id.encode("utf-8"), payload, headers=_trace_headers(payload)
                 )
             except (KafkaException, DecodeError, UnicodeEncodeError) as error:
                 if isinstance(error, KafkaException) and not is_permanent(error.args[0]):
                     raise
-                self.producer.flush(timeout)  # those before it go out (at-least-once)
+                with contextlib.suppress(DeliveryFailed):  # the refused record decides
+                    self.producer.acknowledge(timeout)  # those before it go out
                 raise RecordRefused(describe(error), culprit=index) from None
-        remaining = self.producer.flush(timeout)
-        if not remaining and errors and all(is_permanent(e) for e in errors):
-            raise RecordRefused(describe(str(errors[0])))
-        if remaining or errors:
-            raise RuntimeError(
-                f"payout events not acknowledged by Kafka: {remaining} pending, "
-                f"errors {[str(e) for e in errors[:3]]}"
-            )
+        self._acknowledged(timeout)
+
+    def _acknowledged(self, timeout: float) -> None:
+        try:
+            self.producer.acknowledge(timeout)
+        except DeliveryFailed as failed:
+            if not failed.unacknowledged and all(is_permanent(e) for e in failed.errors):
+                raise RecordRefused(describe(str(failed.errors[0]))) from None
+            raise RuntimeError(f"payout events not acknowledged by Kafka: {failed}") from None
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         while not stop.is_set():
@@ -120,7 +122,7 @@ class PayoutRelay:
                 stop.wait(max(poll_seconds, 1.0))
             if not published:
                 stop.wait(poll_seconds)
-        self.producer.flush(5.0)
+        self.producer.close(5.0)
 
 
 def _trace_headers(payload: bytes) -> list[tuple[str, str | bytes | None]]:

@@ -31,6 +31,7 @@ from psycopg import Connection
 
 from residuals.codecs.timestamps import bounded_datetime, set_timestamp
 from residuals.domain.bounds import printable
+from residuals.platform.kafka import AcknowledgedProducer, DeliveryFailed
 from residuals.v1 import quarantine_pb2
 
 log = logging.getLogger(__name__)
@@ -271,28 +272,24 @@ class QuarantinePublisher:
     """For consumers without a database: publish to ``residuals.quarantine.v1`` and wait
     for the acknowledgement (a quarantined record is not lost if the process dies next)."""
 
-    def __init__(self, producer: Any, topic: str, metrics: QuarantineMetrics | None = None) -> None:
+    def __init__(
+        self, producer: AcknowledgedProducer, topic: str, metrics: QuarantineMetrics | None = None
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.metrics = metrics or quarantine_metrics()
 
     def publish(self, record: Quarantined, timeout: float = 30.0) -> None:
-        errors: list[str] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        self.producer.produce(
-            self.topic,
-            record.to_proto().SerializeToString(),
-            record.consumer.encode(),
-            on_delivery=delivered,
-        )
-        remaining = self.producer.flush(timeout)
+        value = record.to_proto().SerializeToString()
+        self.producer.send(self.topic, record.consumer.encode(), value)
+        try:
+            self.producer.acknowledge(timeout)
+            failed = None
+        except DeliveryFailed as error:
+            failed = error
         report(record, self.metrics)
-        if remaining or errors:
+        if failed is not None:
             log.error(
                 "quarantine record not acknowledged by Kafka",
-                extra={"consumer": record.consumer, "errors": errors[:3]},
+                extra={"consumer": record.consumer, "errors": [str(e) for e in failed.errors[:3]]},
             )

@@ -21,7 +21,7 @@ from typing import Any
 
 from residuals.domain.bounds import printable
 from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import make_producer
+from residuals.platform.kafka import AcknowledgedProducer, DeliveryFailed, Outgoing
 
 #: Longest vendor string printed in full (``show`` prints every field).
 SHOW_LIMIT = 2000
@@ -46,7 +46,9 @@ class Redriver:
 
     def __init__(self, kafka: KafkaSettings, timeout: float = 30.0) -> None:
         overrides: dict[str, Any] = {"linger.ms": 0}
-        self.producer = make_producer(kafka, client_id="residuals-redrive", **overrides)
+        self.producer = AcknowledgedProducer(
+            kafka, client_id="residuals-redrive", report_successes=True, **overrides
+        )
         self.timeout = timeout
 
     def send(
@@ -58,26 +60,21 @@ class Redriver:
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> Landed:
         """Produce and wait for the acknowledgement; raises :class:`RedriveError`."""
-        outcome: list[Any] = []
-
-        def delivered(err: Any, msg: Any) -> None:
-            outcome.append(err if err is not None else msg)
-
-        self.producer.produce(
+        record = Outgoing(
             topic,
-            value=value,
-            key=key,
-            partition=partition,
-            headers=[(k.decode("utf-8", "backslashreplace"), v) for k, v in headers],
-            on_delivery=delivered,
+            key,
+            value,
+            [(k.decode("utf-8", "backslashreplace"), v) for k, v in headers],
+            partition,
         )
-        remaining = self.producer.flush(self.timeout)
-        if remaining or not outcome:
-            raise RedriveError(f"no acknowledgement from Kafka within {self.timeout} s")
-        result = outcome[0]
-        if not hasattr(result, "offset"):
-            raise RedriveError(f"Kafka refused the record: {result}")
-        return Landed(str(result.topic()), int(result.partition()), int(result.offset()))
+        receipt = self.producer.send_group([record])
+        try:
+            self.producer.acknowledge(self.timeout)
+        except DeliveryFailed:
+            raise RedriveError(f"no acknowledgement from Kafka within {self.timeout} s") from None
+        if receipt.errors:
+            raise RedriveError(f"Kafka refused the record: {receipt.errors[0][1]}")
+        return Landed(*receipt.landed[0])
 
 
 def operator() -> str:
