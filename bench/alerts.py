@@ -10,12 +10,12 @@ for ``--seconds``. The meter is simulated at the alerts topic: every event picks
 ``--licences`` licences; a share ``--political-share`` are renders in the forbidden
 political category and raise a CRITICAL FORBIDDEN_CATEGORY alert, which (with
 ``--auto-suspend``) suspends the licence so every later event of it raises a
-LICENCE_SUSPENDED alert, as ROYALTY-RULES §5 says the meter does. Alerts carry the
+LICENCE_SUSPENDED alert, as docs/ROYALTY-RULES.md §5 says the meter does. Alerts carry the
 publish time in ``residuals-published-at`` like the meter's, so the service's own latency
 metrics see it too.
 
 Reports events and alerts published, alerts delivered (each exactly once, checked), and
-p50/p90/p99/max from publish to the subscriber receiving it. Target (ARCHITECTURE.md):
+p50/p90/p99/max from publish to the subscriber receiving it. Target (docs/ARCHITECTURE.md):
 p99 <= 1 s at 5,000 events/s.
 """
 

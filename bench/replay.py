@@ -4,7 +4,7 @@
 
 Writes the month once (bench/.data/, reused while the parameters match), then runs the
 project's own replay command in a fresh process and reports its wall time, events/s and
-peak RSS. Target (ARCHITECTURE.md): 1,000,000 events in <= 30 s and <= 1 GiB.
+peak RSS. Target (docs/ARCHITECTURE.md): 1,000,000 events in <= 30 s and <= 1 GiB.
 """
 
 from __future__ import annotations

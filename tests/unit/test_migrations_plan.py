@@ -92,7 +92,7 @@ def test_packaged_migrations_start_at_foundation_and_ascend() -> None:
     packaged = migrations.discover()
     assert packaged[0].label == "0001_foundation"
     versions = [m.version for m in packaged]
-    # Numbers are reserved per service (TEAM.md: 0004 ingestion only if needed), so a
+    # Numbers are reserved per service (0004 for ingestion tables, which it never needed), so a
     # reserved number may be unused; versions must still be unique and ascending.
     assert versions == sorted(set(versions))
     foundation = packaged[0].sql

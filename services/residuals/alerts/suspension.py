@@ -1,6 +1,6 @@
 """Automatic suspension of a licence on critical misuse, carried out in the licence registry.
 
-ROYALTY-RULES §5: unless the licence sets ``auto_suspend_on_critical: false``, the first
+docs/ROYALTY-RULES.md §5: unless the licence sets ``auto_suspend_on_critical: false``, the first
 FORBIDDEN_CATEGORY or USE_AFTER_REVOCATION suspends the licence until a person reinstates
 it. The meter applies that to money at once; this module makes it *take effect in the
 registry* (``LicenceService.SuspendLicence`` with ``automatic`` and the alert's id), so

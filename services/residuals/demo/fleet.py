@@ -32,7 +32,7 @@ from residuals.codecs.usage import to_raw
 from residuals.demo.scenario import ATTACKER, GRPC, PlannedEvent, Scenario
 from residuals.v1 import usage_pb2
 
-#: Rejections only the streaming path can decide (ROYALTY-RULES.md §2): a replay of the
+#: Rejections only the streaming path can decide (docs/ROYALTY-RULES.md §2): a replay of the
 #: payloads cannot reproduce them, so they are listed apart from the replayable events.
 STREAMING_ONLY = frozenset({"BAD_SIGNATURE", "TOO_LATE", "IN_FUTURE", "OVERSIZED"})
 

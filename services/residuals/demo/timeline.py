@@ -2,7 +2,7 @@
 
 The pipeline judges every event against real receive times: over Kafka the receive time is
 the broker's timestamp, and an event that occurred more than 35 days before it is
-``TOO_LATE`` (ROYALTY-RULES.md §2). So the demo cannot replay a fixed calendar month; it
+``TOO_LATE`` (docs/ROYALTY-RULES.md §2). So the demo cannot replay a fixed calendar month; it
 replays a *window* of the recent past that lies inside one statement period:
 
 * the current month so far, or the part of last month still inside the replay window,

@@ -6,7 +6,7 @@ events) arrive, the closed period is computed again with them included, by the s
 by item, as signed adjustment lines in the next open period. Each line names the period
 and the line it corrects (:attr:`AdjustmentLine.ref`), so talent can audit it.
 
-Everything here works on statement documents (the ROYALTY-RULES.md §10 shape) so that the
+Everything here works on statement documents (the docs/ROYALTY-RULES.md §10 shape) so that the
 stored statement (JSON in PostgreSQL) and a fresh computation are compared in one form:
 
 * :func:`statement_items` flattens a document into keyed items (priced lines, held lines,
@@ -30,7 +30,7 @@ from residuals.domain.money import ZERO, fmt
 #: Item sections in statement order.
 SECTIONS: tuple[str, ...] = ("line", "held", "settlement", "allocation")
 
-#: Settlement totals of one licence that adjustments carry (ROYALTY-RULES.md §8).
+#: Settlement totals of one licence that adjustments carry (docs/ROYALTY-RULES.md §8).
 SETTLEMENT_FIELDS: tuple[str, ...] = (
     "earned",
     "minimum_guarantee_topup",

@@ -1,4 +1,4 @@
-"""Usage events and their structural validation (ROYALTY-RULES.md §2, checks 1-2).
+"""Usage events and their structural validation (docs/ROYALTY-RULES.md §2, checks 1-2).
 
 Adapters (YAML cases, protobuf, the SDK) turn their input into a plain mapping and call
 :func:`parse_event`; everything after that works on the normalised, immutable

@@ -1,4 +1,4 @@
-"""De-duplication by ``(vendor_id, event_id)`` and retractions (ROYALTY-RULES.md §3).
+"""De-duplication by ``(vendor_id, event_id)`` and retractions (docs/ROYALTY-RULES.md §3).
 
 The index itself is the caller's (a dict for a replay, a changelogged table in the meter);
 these functions hold the rules so both decide alike.

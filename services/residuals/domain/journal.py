@@ -4,7 +4,7 @@ Each entry is in one currency and balances (debits = credits); amounts are signe
 debit positive and a credit negative, so "balances" means the postings sum to zero and an
 account's balance is the sum of its postings. Accounts are strings ``kind:owner``.
 
-Per licence and statement (ROYALTY-RULES.md §8 identities make it balance exactly:
+Per licence and statement (docs/ROYALTY-RULES.md §8 identities make it balance exactly:
 ``vendor_invoice + advance_recouped = gross = platform_fee + Σ allocations + advance_recouped``):
 
 ======================================  ======================  ======================

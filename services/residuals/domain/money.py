@@ -1,7 +1,7 @@
 """Exact money: currencies, minor units, half-even rounding and largest-remainder splits.
 
 Amounts accrue as unrounded :class:`~decimal.Decimal` and are rounded only when a statement
-line is formed (ROYALTY-RULES.md §1). A context wide enough for the worst bounded case
+line is formed (docs/ROYALTY-RULES.md §1). A context wide enough for the worst bounded case
 (:data:`MONEY_CONTEXT`) keeps every sum and product exact and pro-rata divisions (the only
 non-terminating operation) far below a minor unit.
 """
@@ -20,7 +20,7 @@ MONEY_PRECISION = 120
 #: (:mod:`residuals.domain.bounds`): amounts, rates, prices and multipliers below 10^18
 #: with at most 9 fraction digits; shares and fees at most 1; quantities at most 10^6.
 #:
-#: * One event's amount (ROYALTY-RULES.md §7, :mod:`residuals.domain.pricing`) is at most
+#: * One event's amount (docs/ROYALTY-RULES.md §7, :mod:`residuals.domain.pricing`) is at most
 #:   four such factors and a division by 1,000: a view is units x CPM x channel multiplier
 #:   / 1000 (x the unlicensed-use multiplier when held) < 10^6 x 10^18 x 10^18 / 10^3 x
 #:   10^18 = 10^57; an ad impression max(revenue x share, units x floor / 1000) x
@@ -100,7 +100,7 @@ def split_largest_remainder(
     """Split a rounded amount by shares so the parts sum exactly to it.
 
     Each payee gets the floor of its exact share in minor units; the leftover minor units go
-    one each to the largest remainders, ties to the lower payee id (ROYALTY-RULES.md §8).
+    one each to the largest remainders, ties to the lower payee id (docs/ROYALTY-RULES.md §8).
     """
     q = quantum(currency)
     total_minor = int(amount.scaleb(minor_digits(currency)).to_integral_value())

@@ -1,7 +1,7 @@
 """Payout planning and the payout state machine (pure).
 
 A payout is owed per (payee, currency, period) when the statement makes the payee's total
-``payable`` (ROYALTY-RULES.md §8). Its idempotency key is derived from exactly that triple,
+``payable`` (docs/ROYALTY-RULES.md §8). Its idempotency key is derived from exactly that triple,
 so scheduling twice, retrying, or a payment rail seeing the same instruction again can
 never pay twice: the rail de-duplicates on the key and the store keeps one row per key.
 

@@ -1,4 +1,4 @@
-"""Prices of in-scope and held units (ROYALTY-RULES.md §5 held pricing, §7).
+"""Prices of in-scope and held units (docs/ROYALTY-RULES.md §5 held pricing, §7).
 
 Every function returns an exact, unrounded amount; rounding happens once per statement line.
 """

@@ -1,4 +1,4 @@
-"""Scope: is this use inside what the person agreed to? (ROYALTY-RULES.md §4-5)."""
+"""Scope: is this use inside what the person agreed to? (docs/ROYALTY-RULES.md §4-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""From earned to payees: guarantee, fee, advance, splits, thresholds (ROYALTY-RULES.md §8)."""
+"""From earned to payees: guarantee, fee, advance, splits, thresholds (docs/ROYALTY-RULES.md §8)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ class PeriodStatement:
     outcomes: Mapping[str, int] = field(default_factory=dict)
 
     def to_document(self) -> dict[str, Any]:
-        """The statement in the shape of ROYALTY-RULES.md §10 (amounts as decimal strings)."""
+        """The statement in the shape of docs/ROYALTY-RULES.md §10 (amounts as decimal strings)."""
         return {
             "period": str(self.period),
             "licences": [_licence_document(s) for s in self.licences],
@@ -281,7 +281,7 @@ def compute_statement(
     thresholds: Mapping[str, Decimal] | None = None,
     carried_in: Mapping[tuple[str, str], Decimal] | None = None,
 ) -> PeriodStatement:
-    """The period statement by ROYALTY-RULES.md, from events in arrival order."""
+    """The period statement by docs/ROYALTY-RULES.md, from events in arrival order."""
     with localcontext(MONEY_CONTEXT):
         return _compute(period, licences, events, thresholds, carried_in)
 

@@ -16,7 +16,7 @@ class Kind(StrEnum):
     RETRACTION = "RETRACTION"
 
 
-#: Usage kinds in statement order (ROYALTY-RULES.md §10).
+#: Usage kinds in statement order (docs/ROYALTY-RULES.md §10).
 USAGE_KINDS: tuple[Kind, ...] = (Kind.RENDER, Kind.VIEW, Kind.AD_IMPRESSION)
 KIND_ORDER: dict[str, int] = {k.value: i for i, k in enumerate(USAGE_KINDS)}
 

@@ -1,6 +1,6 @@
 """Wiring of the meter: faust consumes and keeps the state table, confluent-kafka publishes.
 
-faust (at least once, never ``exactly_once``: ARCHITECTURE.md) owns the consumer group,
+faust (at least once, never ``exactly_once``: docs/ARCHITECTURE.md) owns the consumer group,
 partition assignment, offset commits and the changelogged state table, which it restores
 on start and on rebalance. The agent rates records in batches (``take_events``), which
 amortises what costs per batch rather than per record (two producer flushes, metrics).

@@ -1,7 +1,7 @@
 """Reconciliation: prove events = ledger = statements = payouts for a closed period.
 
 Every check recomputes one side independently of how it was written and compares it with
-what is stored; a difference names the item. Checks (ARCHITECTURE.md invariants):
+what is stored; a difference names the item. Checks (docs/ARCHITECTURE.md invariants):
 
 1. accepted = ledgered + held + dead + duplicates (the ledger writer's tables);
 2. every journal entry balances (two or more postings summing to zero);

@@ -73,7 +73,7 @@ _SECRET = re.compile(r"[A-Za-z0-9_-]{43,256}")
 
 
 class Role(StrEnum):
-    """What a caller may do (ARCHITECTURE.md: vendor, talent, finance, admin; plus the
+    """What a caller may do (docs/ARCHITECTURE.md: vendor, talent, finance, admin; plus the
     narrow service role below)."""
 
     VENDOR = "vendor"

@@ -2,7 +2,7 @@
 
 Processing is **at least once**, never faust's ``exactly_once``: that mode has open
 issues (rebalance crashes, duplicates), so every sink downstream of a faust agent is
-idempotent instead (ARCHITECTURE.md, "Money must be exactly right").
+idempotent instead (docs/ARCHITECTURE.md, "Nothing lost, nothing counted twice").
 
 The app is configured only from our typed settings: faust otherwise reads dozens of
 environment variables (``BROKER_URL``, ``WEB_PORT``, ``STORE``, ``DATADIR``...) that would

@@ -4,7 +4,7 @@ Producers are idempotent with ``acks=all``: a retried send can neither be lost n
 duplicated inside a partition, which is what lets every sink de-duplicate by
 ``(vendor_id, event_id)`` alone. Consumers never auto-commit and read only committed
 records: sinks store their offsets in PostgreSQL in the same transaction as their rows
-(ARCHITECTURE.md), and must never see records of an aborted transaction.
+(docs/ARCHITECTURE.md), and must never see records of an aborted transaction.
 
 The ``*_config`` functions are pure (tested without a broker); ``make_*`` build clients;
 :class:`AcknowledgedProducer` is how every service produces and waits for Kafka's

@@ -1,7 +1,7 @@
 """`residuals replay CASE.yaml`: the offline statement of a royalty case.
 
 The output is the statement exactly as the period close computes it, in the shape of
-ROYALTY-RULES.md §10, so finance can restate any period from stored events.
+docs/ROYALTY-RULES.md §10, so finance can restate any period from stored events.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "replay",
         help="compute the period statement of royalty case files offline",
-        description="Print each case's period statement (ROYALTY-RULES.md §10).",
+        description="Print each case's period statement (docs/ROYALTY-RULES.md §10).",
     )
     parser.add_argument("cases", nargs="+", type=Path, metavar="CASE.yaml")
     parser.add_argument("--format", choices=("json", "table"), default="json")

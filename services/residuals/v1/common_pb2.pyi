@@ -99,7 +99,7 @@ class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.Val
     SEVERITY_CRITICAL: _Severity.ValueType  # 4
 
 class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper):
-    """Severity of a scope violation (ROYALTY-RULES.md section 9 fixes it per kind)."""
+    """Severity of a scope violation (docs/ROYALTY-RULES.md §9 fixes it per kind)."""
 
 SEVERITY_UNSPECIFIED: Severity.ValueType  # 0
 SEVERITY_LOW: Severity.ValueType  # 1
@@ -207,7 +207,7 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why an event was rejected to the dead-letter topic (never into money).
-    The first five are checked in this order (ROYALTY-RULES.md section 2).
+    The first five are checked in this order (docs/ROYALTY-RULES.md §2).
     """
 
 REJECT_REASON_UNSPECIFIED: RejectReason.ValueType  # 0

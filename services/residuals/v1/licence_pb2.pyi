@@ -446,7 +446,7 @@ Global___RenderTier: _TypeAlias = RenderTier  # noqa: Y015
 
 @_typing.final
 class RateCard(_message.Message):
-    """How in-scope use is priced (ROYALTY-RULES.md section 7). All values decimal strings."""
+    """How in-scope use is priced (docs/ROYALTY-RULES.md §7). All values decimal strings."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

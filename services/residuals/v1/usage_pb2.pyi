@@ -241,7 +241,7 @@ class RatedUsage(_message.Message):
     """The meter's classification of one usage event, on residuals.usage.rated.v1.
 
     Amounts here are real-time estimates: statements are recomputed from stored events by
-    ROYALTY-RULES.md, never summed from these.
+    docs/ROYALTY-RULES.md, never summed from these.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

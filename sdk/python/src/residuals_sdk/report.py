@@ -27,7 +27,7 @@ class DeliveryReport:
     #: The usage topic key: the licence id (for a retraction, the original's licence id).
     routing_key: str
     status: DeliveryStatus
-    #: For REJECTED: a ROYALTY-RULES.md §2 reason name (e.g. ``BAD_SIGNATURE``) or a Kafka
+    #: For REJECTED: a docs/ROYALTY-RULES.md §2 reason name (e.g. ``BAD_SIGNATURE``) or a Kafka
     #: error name.
     reason: str = ""
     detail: str = ""
