@@ -56,7 +56,7 @@ def test_request_terms_validate_to_the_same_licence(name: str, spec: dict[str, A
     versions: list[tuple[datetime | None, terms.Spec]] = []
     for version in message.versions:
         base = versions[-1][1] if versions else terms.blank_spec()
-        update = terms.version_spec_from_proto(version)
+        update = licence_codec.request_spec(version)
         versions.append(
             (optional_datetime(version, "effective_from"), terms.apply_mask(base, update, []))
         )
@@ -94,7 +94,7 @@ def test_a_masked_term_absent_from_the_update_is_reset() -> None:
 
 def test_empty_mask_replaces_everything_but_keeps_a_revocation() -> None:
     revoked = {**BASE_SPEC, "revoked_at": "2026-05-01T00:00:00+00:00", "wind_down_days": 4}
-    update = terms.version_spec_from_proto(licence_codec.to_proto(BASE).versions[0])
+    update = licence_codec.request_spec(licence_codec.to_proto(BASE).versions[0])
     merged = terms.apply_mask(revoked, update, [])
     assert (merged["revoked_at"], merged["wind_down_days"]) == ("2026-05-01T00:00:00+00:00", 4)
     merged = terms.apply_mask(revoked, {**update, "revoked_at": None}, [])
@@ -130,7 +130,7 @@ def test_proto_splits_are_checked_for_presence_and_duplicates() -> None:
     message = licence_codec.to_proto(BASE).versions[0]
     message.splits.add(payee_id="TAL-ANA", share="0")
     with pytest.raises(SpecError) as error:
-        terms.version_spec_from_proto(message)
+        licence_codec.request_spec(message)
     assert (error.value.path, error.value.message) == (
         "splits[2].payee_id",
         "'TAL-ANA' appears twice",
@@ -138,7 +138,43 @@ def test_proto_splits_are_checked_for_presence_and_duplicates() -> None:
     del message.splits[2]
     message.splits[0].share = ""
     with pytest.raises(SpecError, match="is required"):
-        terms.version_spec_from_proto(message)
+        licence_codec.request_spec(message)
+
+
+def test_a_request_with_an_unknown_quota_enum_is_refused_naming_the_field() -> None:
+    message = licence_codec.to_proto(BASE).versions[0]
+    message.quotas.add(metric=42, limit=5)  # type: ignore[arg-type]
+    with pytest.raises(SpecError) as error:
+        licence_codec.request_spec(message)
+    assert error.value.path == "quotas[0].metric"
+    del message.quotas[0]
+    message.quotas.add(metric=1, limit=5, on_exceed=9)  # type: ignore[arg-type]
+    with pytest.raises(SpecError) as error:
+        licence_codec.request_spec(message)
+    assert error.value.path == "quotas[0].on_exceed"
+
+
+def test_unset_terms_mean_the_same_in_a_request_and_in_a_record() -> None:
+    """The domain's defaults are stated once: a request leaving a term unset and a record
+    carrying the same proto read to the same version."""
+    from residuals.domain.licence_spec import parse_licence
+
+    message = licence_codec.to_proto(BASE)
+    version = message.versions[0]
+    version.rates.unlicensed_use_multiplier = ""
+    version.ClearField("auto_suspend_on_critical")
+    version.quotas.add(metric=1, limit=5)  # type: ignore[arg-type]
+    from_record = licence_codec.from_proto(message).versions[0]
+    identity = terms.Identity(
+        BASE.licence_id, BASE.talent_id, BASE.avatar_id, BASE.vendor_id, BASE.currency
+    )
+    spec = terms.licence_spec(identity, [(None, licence_codec.request_spec(version))])
+    from_request = parse_licence(spec, path="").versions[0]
+    assert from_request.rates.unlicensed_use_multiplier == 2
+    assert from_request.auto_suspend_on_critical is True
+    assert from_request.quotas == from_record.quotas
+    assert from_request.rates == from_record.rates
+    assert from_request.auto_suspend_on_critical == from_record.auto_suspend_on_critical
 
 
 def _scoped(**scope: Any) -> Any:

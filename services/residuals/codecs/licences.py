@@ -1,5 +1,7 @@
 """Licences: domain :class:`~residuals.domain.licences.Licence` ↔ protobuf ``Licence``,
-and the registry's records as readers decode them (licences and vendor signing keys).
+the registry's records as readers decode them (licences and vendor signing keys), and a
+request's terms as the registry reads them (:func:`request_spec`): the one module that
+reads licence protobufs, with one mapping of their enums and the domain's defaults.
 
 The compacted ``residuals.licences.v1`` topic carries each licence's full state (all
 versions and suspension windows) in this form, so a consumer rebuilds the domain licence
@@ -38,7 +40,12 @@ from residuals.domain.bounds import (
     text_problem,
     timestamp_problem,
 )
+from residuals.domain.licence_spec import SpecError
 from residuals.domain.licences import (
+    DEFAULT_AUTO_SUSPEND_ON_CRITICAL,
+    DEFAULT_ON_EXCEED,
+    DEFAULT_UNLICENSED_USE_MULTIPLIER,
+    SCOPE_FIELDS,
     Licence,
     LicenceVersion,
     Quota,
@@ -163,7 +170,7 @@ _METRICS = {
     common_pb2.METRIC_AD_IMPRESSION: Metric.AD_IMPRESSION,
 }
 _ON_EXCEED = {
-    licence_pb2.ON_EXCEED_UNSPECIFIED: OnExceed.BLOCK,  # documented: treated as BLOCK
+    licence_pb2.ON_EXCEED_UNSPECIFIED: DEFAULT_ON_EXCEED,  # documented: the default
     licence_pb2.ON_EXCEED_BLOCK: OnExceed.BLOCK,
     licence_pb2.ON_EXCEED_ALERT: OnExceed.ALERT,
 }
@@ -296,7 +303,9 @@ def _rates_from_proto(rates: licence_pb2.RateCard, path: str) -> RateCard:
             for k, v in sorted(rates.channel_multipliers.items())
         },
         unlicensed_use_multiplier=_dec(
-            rates.unlicensed_use_multiplier, _at(path, "unlicensed_use_multiplier"), "2"
+            rates.unlicensed_use_multiplier,
+            _at(path, "unlicensed_use_multiplier"),
+            str(DEFAULT_UNLICENSED_USE_MULTIPLIER),
         ),
     )
 
@@ -340,6 +349,70 @@ def _wind_down(m: licence_pb2.LicenceVersion, revoked_at: datetime | None, path:
     return days
 
 
+def request_spec(terms: licence_pb2.LicenceVersion) -> dict[str, Any]:
+    """The licence-spec keys a request's ``LicenceVersion`` actually sets (what the
+    registry validates with the domain's parser; :class:`SpecError` with a spec path).
+
+    A request, unlike a record, is partial: unset optional fields are left out so the
+    parser applies the domain's defaults (or says the field is required). ``version``,
+    ``effective_from`` and ``recorded_*`` are the server's to assign and are ignored.
+    """
+    spec: dict[str, Any] = {}
+    for key in ("starts_at", "ends_at", "revoked_at"):
+        if terms.HasField(key):
+            stamp = getattr(terms, key)
+            problem = timestamp_problem(stamp.seconds, stamp.nanos)
+            if problem is not None:
+                raise SpecError(key, problem)
+            spec[key] = to_datetime(stamp)
+    spec["wind_down_days"] = terms.wind_down_days
+    if terms.HasField("auto_suspend_on_critical"):
+        spec["auto_suspend_on_critical"] = terms.auto_suspend_on_critical
+    spec["scope"] = {f: list(getattr(terms.scope, f)) for f in SCOPE_FIELDS}
+    rates: dict[str, Any] = {
+        "render_tiers": [
+            {
+                "up_to": tier.up_to if tier.HasField("up_to") else None,
+                **({"unit_price": tier.unit_price} if tier.unit_price else {}),
+            }
+            for tier in terms.rates.render_tiers
+        ],
+        "channel_multipliers": dict(terms.rates.channel_multipliers),
+    }
+    for key in ("view_cpm", "ad_revenue_share", "ad_floor_cpm", "unlicensed_use_multiplier"):
+        if getattr(terms.rates, key):  # proto3 strings: empty is "not given"
+            rates[key] = getattr(terms.rates, key)
+    spec["rates"] = rates
+    quotas = []
+    for i, quota in enumerate(terms.quotas):
+        entry: dict[str, Any] = {"limit": quota.limit}
+        if quota.metric != common_pb2.METRIC_UNSPECIFIED:
+            metric = _METRICS.get(quota.metric)
+            if metric is None:
+                raise SpecError(f"quotas[{i}].metric", f"{quota.metric} is not a known metric")
+            entry["metric"] = metric.value
+        on_exceed = _ON_EXCEED.get(quota.on_exceed)
+        if on_exceed is None:
+            raise SpecError(f"quotas[{i}].on_exceed", f"{quota.on_exceed} is not a known value")
+        entry["on_exceed"] = on_exceed.value
+        quotas.append(entry)
+    spec["quotas"] = quotas
+    for key in ("minimum_guarantee", "advance_outstanding", "platform_fee"):
+        if getattr(terms, key):
+            spec[key] = getattr(terms, key)
+    splits: dict[str, str] = {}
+    for i, split in enumerate(terms.splits):
+        if not split.payee_id.strip():
+            raise SpecError(f"splits[{i}].payee_id", "is required")
+        if split.payee_id in splits:
+            raise SpecError(f"splits[{i}].payee_id", f"{split.payee_id!r} appears twice")
+        if not split.share:
+            raise SpecError(f"splits[{i}].share", "is required")
+        splits[split.payee_id] = split.share
+    spec["splits"] = splits
+    return spec
+
+
 def _version_from_proto(m: licence_pb2.LicenceVersion, path: str) -> LicenceVersion:
     _typed(m, path)
     starts_at = _time(m, "starts_at", path, required=True)
@@ -360,7 +433,9 @@ def _version_from_proto(m: licence_pb2.LicenceVersion, path: str) -> LicenceVers
         revoked_at=revoked_at,
         wind_down_days=_wind_down(m, revoked_at, path),
         auto_suspend_on_critical=(
-            m.auto_suspend_on_critical if m.HasField("auto_suspend_on_critical") else True
+            m.auto_suspend_on_critical
+            if m.HasField("auto_suspend_on_critical")
+            else DEFAULT_AUTO_SUSPEND_ON_CRITICAL
         ),
     )
 

@@ -18,6 +18,9 @@ from typing import Any
 from residuals.domain.bounds import LATEST, decimal_problem, time_problem
 from residuals.domain.events import parse_timestamp
 from residuals.domain.licences import (
+    DEFAULT_AUTO_SUSPEND_ON_CRITICAL,
+    DEFAULT_ON_EXCEED,
+    DEFAULT_UNLICENSED_USE_MULTIPLIER,
     Licence,
     LicenceVersion,
     Quota,
@@ -185,7 +188,9 @@ def _rates(r: _Reader) -> RateCard:
         channel_multipliers={
             str(k): to_decimal(v, multipliers.at(str(k))) for k, v in multipliers.data.items()
         },
-        unlicensed_use_multiplier=r.decimal("unlicensed_use_multiplier", Decimal(2)),
+        unlicensed_use_multiplier=r.decimal(
+            "unlicensed_use_multiplier", DEFAULT_UNLICENSED_USE_MULTIPLIER
+        ),
     )
 
 
@@ -210,7 +215,7 @@ def _quotas(r: _Reader) -> tuple[Quota, ...]:
         metric = q.text("metric").upper()
         if metric not in Metric.__members__:
             raise SpecError(q.at("metric"), f"must be one of {', '.join(Metric)}")
-        on_exceed = q.text("on_exceed", "block").lower()
+        on_exceed = q.text("on_exceed", DEFAULT_ON_EXCEED.value).lower()
         if on_exceed not in {o.value for o in OnExceed}:
             raise SpecError(q.at("on_exceed"), "must be block or alert")
         if any(existing.metric is Metric(metric) for existing in quotas):
@@ -258,7 +263,9 @@ def _version(r: _Reader, number: int, effective_from: datetime | None) -> Licenc
         splits=_splits(r),
         revoked_at=revoked_at,
         wind_down_days=wind_down_days,
-        auto_suspend_on_critical=r.boolean("auto_suspend_on_critical", True),
+        auto_suspend_on_critical=r.boolean(
+            "auto_suspend_on_critical", DEFAULT_AUTO_SUSPEND_ON_CRITICAL
+        ),
     )
 
 

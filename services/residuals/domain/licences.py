@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -24,6 +24,13 @@ class RenderTier:
     unit_price: Decimal
 
 
+#: What a licence's terms mean when they leave a term unset: stated once, here, for the
+#: dataclasses, the licence-spec parser and the protobuf codecs.
+DEFAULT_UNLICENSED_USE_MULTIPLIER = Decimal(2)
+DEFAULT_ON_EXCEED = OnExceed.BLOCK
+DEFAULT_AUTO_SUSPEND_ON_CRITICAL = True
+
+
 @dataclass(frozen=True, slots=True)
 class RateCard:
     render_tiers: tuple[RenderTier, ...]
@@ -31,7 +38,7 @@ class RateCard:
     ad_revenue_share: Decimal = Decimal(0)
     ad_floor_cpm: Decimal = Decimal(0)
     channel_multipliers: Mapping[str, Decimal] = field(default_factory=dict)
-    unlicensed_use_multiplier: Decimal = Decimal(2)
+    unlicensed_use_multiplier: Decimal = DEFAULT_UNLICENSED_USE_MULTIPLIER
 
     def multiplier(self, channel: str | None) -> Decimal:
         if channel is None:
@@ -48,11 +55,15 @@ class Scope:
     channels_allowed: frozenset[str] = frozenset()
 
 
+#: A scope's terms by name, in the order the spec and the wire list them.
+SCOPE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Scope))
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     metric: Metric
     limit: int
-    on_exceed: OnExceed = OnExceed.BLOCK
+    on_exceed: OnExceed = DEFAULT_ON_EXCEED
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +99,7 @@ class LicenceVersion:
     splits: tuple[tuple[str, Decimal], ...] = ()
     revoked_at: datetime | None = None
     wind_down_days: int = 0
-    auto_suspend_on_critical: bool = True
+    auto_suspend_on_critical: bool = DEFAULT_AUTO_SUSPEND_ON_CRITICAL
 
     def quota(self, metric: Metric) -> Quota | None:
         for quota in self.quotas:

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.rows import dict_row
 
+from residuals.codecs import licences as licence_codec
 from residuals.domain.bounds import text_problem
 from residuals.domain.licence_spec import SpecError
 from residuals.domain.licences import Licence
@@ -77,7 +78,7 @@ def _spec_error(
 
 def _request_terms(message: licence_pb2.LicenceVersion) -> terms.Spec:
     try:
-        return terms.version_spec_from_proto(message)
+        return licence_codec.request_spec(message)
     except SpecError as error:
         raise InvalidArgument.field(f"terms.{error.path}", error.message) from None
 

@@ -26,23 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from residuals.codecs.timestamps import to_datetime
-from residuals.domain.bounds import timestamp_problem
 from residuals.domain.licence_spec import SpecError, parse_licence
-from residuals.domain.licences import Licence, LicenceVersion
+from residuals.domain.licences import SCOPE_FIELDS, Licence, LicenceVersion
 from residuals.domain.money import fmt
 from residuals.licensing import rules
-from residuals.v1 import common_pb2, licence_pb2
 
 Spec = dict[str, Any]
 
-SCOPE_FIELDS = (
-    "categories_allowed",
-    "categories_forbidden",
-    "territories_allowed",
-    "territories_forbidden",
-    "channels_allowed",
-)
 RATE_FIELDS = (
     "render_tiers",
     "view_cpm",
@@ -81,70 +71,6 @@ IDENTITY_TO_REQUEST = {
     "vendor_id": "vendor_id",
     "currency": "currency_code",
 }
-
-
-# --- protobuf -> spec ----------------------------------------------------------------------
-
-
-def _set_if(spec: Spec, key: str, text: str) -> None:
-    """Proto3 strings have no presence: empty means "not given" (the spec default applies)."""
-    if text:
-        spec[key] = text
-
-
-def version_spec_from_proto(terms: licence_pb2.LicenceVersion) -> Spec:
-    """The spec keys a request's ``LicenceVersion`` actually sets.
-
-    Unset optional fields are left out so the parser applies its documented defaults (or
-    says the field is required). ``version``, ``effective_from`` and ``recorded_*`` are the
-    server's to assign and are ignored here.
-    """
-    spec: Spec = {}
-    for key in ("starts_at", "ends_at", "revoked_at"):
-        if terms.HasField(key):
-            stamp = getattr(terms, key)
-            problem = timestamp_problem(stamp.seconds, stamp.nanos)
-            if problem is not None:
-                raise SpecError(key, problem)
-            spec[key] = to_datetime(stamp)
-    spec["wind_down_days"] = terms.wind_down_days
-    if terms.HasField("auto_suspend_on_critical"):
-        spec["auto_suspend_on_critical"] = terms.auto_suspend_on_critical
-    spec["scope"] = {f: list(getattr(terms.scope, f)) for f in SCOPE_FIELDS}
-    rates: Spec = {
-        "render_tiers": [
-            {
-                "up_to": tier.up_to if tier.HasField("up_to") else None,
-                **({"unit_price": tier.unit_price} if tier.unit_price else {}),
-            }
-            for tier in terms.rates.render_tiers
-        ],
-        "channel_multipliers": dict(terms.rates.channel_multipliers),
-    }
-    for key in ("view_cpm", "ad_revenue_share", "ad_floor_cpm", "unlicensed_use_multiplier"):
-        _set_if(rates, key, getattr(terms.rates, key))
-    spec["rates"] = rates
-    quotas = []
-    for quota in terms.quotas:
-        entry: Spec = {"limit": quota.limit}
-        if quota.metric != common_pb2.METRIC_UNSPECIFIED:
-            entry["metric"] = common_pb2.Metric.Name(quota.metric).removeprefix("METRIC_")
-        entry["on_exceed"] = "alert" if quota.on_exceed == licence_pb2.ON_EXCEED_ALERT else "block"
-        quotas.append(entry)
-    spec["quotas"] = quotas
-    for key in ("minimum_guarantee", "advance_outstanding", "platform_fee"):
-        _set_if(spec, key, getattr(terms, key))
-    splits: dict[str, str] = {}
-    for i, split in enumerate(terms.splits):
-        if not split.payee_id.strip():
-            raise SpecError(f"splits[{i}].payee_id", "is required")
-        if split.payee_id in splits:
-            raise SpecError(f"splits[{i}].payee_id", f"{split.payee_id!r} appears twice")
-        if not split.share:
-            raise SpecError(f"splits[{i}].share", "is required")
-        splits[split.payee_id] = split.share
-    spec["splits"] = splits
-    return spec
 
 
 # --- domain -> complete spec (storage) -------------------------------------------------------
