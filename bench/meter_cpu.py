@@ -39,8 +39,8 @@ from residuals.codecs.signing import sign_batch, signing_key_record  # noqa: E40
 from residuals.domain.licence_spec import parse_licence  # noqa: E402
 from residuals.meter.app import BatchRunner  # noqa: E402
 from residuals.meter.core import VENDOR_HEADER, Meter, Record  # noqa: E402
+from residuals.meter.lookups import KeyRegistry, LicenceRegistry  # noqa: E402
 from residuals.meter.metrics import MeterMetrics  # noqa: E402
-from residuals.meter.registry import KeyRegistry, LicenceRegistry  # noqa: E402
 from residuals.v1 import usage_pb2  # noqa: E402
 from tests.integration.metering_support import raw_to_proto  # noqa: E402
 

@@ -46,7 +46,7 @@ from month import make_events, make_licences  # noqa: E402
 from residuals.domain.events import parse_event  # noqa: E402
 from residuals.domain.period import Period  # noqa: E402
 from residuals.domain.statement import compute_statement  # noqa: E402
-from residuals.ledger.replay import load_period_events  # noqa: E402
+from residuals.ledger.history import load_period_events  # noqa: E402
 from residuals.platform.config import load  # noqa: E402
 from residuals.platform.kafka import make_consumer  # noqa: E402
 from residuals.platform.topics import USAGE  # noqa: E402

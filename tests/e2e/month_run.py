@@ -14,7 +14,7 @@ from typing import Any
 from residuals.domain.events import parse_event
 from residuals.domain.period import Period
 from residuals.domain.statement import PeriodStatement, compute_statement
-from residuals.ledger.replay import load_period_events
+from residuals.ledger.history import load_period_events
 from tests.integration.metering_support import Pipeline, UsageRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

@@ -34,7 +34,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from residuals.alerts.app import AlertsApp
-from residuals.alerts.config import AlertsSettings, LicensingClientSettings
+from residuals.alerts.settings import AlertsSettings, LicensingClientSettings
 from residuals.alerts.suspension import GrpcLicenceRegistry
 from residuals.platform.auth import Principal, Role, StaticAuthenticator
 from residuals.platform.config import PostgresSettings, TelemetrySettings

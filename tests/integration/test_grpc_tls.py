@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from tls_support import Pki, make_pki
 
 from residuals.alerts.app import licence_registry
-from residuals.alerts.config import AlertsSettings
+from residuals.alerts.settings import AlertsSettings
 from residuals.alerts.suspension import Outcome
 from residuals.platform.auth import generate_api_key
 from residuals.platform.config import ConfigError, load

@@ -39,7 +39,7 @@ from residuals.codecs import receipt
 from residuals.codecs.receipt import RECEIPT_HEADER
 from residuals.demo.hostile import Identity, corpus
 from residuals.ingest.app import IngestApp
-from residuals.ingest.config import IngestSettings
+from residuals.ingest.settings import IngestSettings
 from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings

@@ -23,7 +23,7 @@ from residuals.codecs.signing import public_key_bytes, sign_batch
 from residuals.codecs.usage import from_domain, payload_bytes
 from residuals.domain.events import Rejection, UsageEvent
 from residuals.ledger.audit import row_problem, stored_envelope, unverified_rows
-from residuals.ledger.replay import load_adjustments, load_period_events
+from residuals.ledger.history import load_adjustments, load_period_events
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role

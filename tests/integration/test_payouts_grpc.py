@@ -24,9 +24,9 @@ from payouts_support import MemoryEvents, memory_sources, migrated_database
 
 from residuals.domain.closing import content_hash
 from residuals.payouts.app import PayoutsApp
-from residuals.payouts.config import PayoutsSettings
 from residuals.payouts.metrics import PayoutMetrics
 from residuals.payouts.rails import TestRail
+from residuals.payouts.settings import PayoutsSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcSettings

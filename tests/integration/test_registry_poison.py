@@ -23,7 +23,7 @@ from test_licensing_outbox import wait_until
 from residuals.codecs import licences as codec
 from residuals.codecs.signing import public_key_bytes, signing_key_record
 from residuals.ingest.directory import PostgresDirectory
-from residuals.meter.registry import KeyRegistry, LicenceRegistry
+from residuals.meter.lookups import KeyRegistry, LicenceRegistry
 from residuals.platform.config import KafkaSettings, PostgresSettings
 from residuals.platform.kafka import AcknowledgedProducer, make_consumer, make_producer
 from residuals.platform.postgres import Database

@@ -15,7 +15,7 @@ from residuals_sdk import DeliveryReport, DeliveryStatus, UsageClient
 from tls_support import Pki, make_pki
 
 from residuals.ingest.app import IngestApp
-from residuals.ingest.config import IngestSettings
+from residuals.ingest.settings import IngestSettings
 from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from residuals.alerts.ingest import published_at
+from residuals.alerts.consumer import published_at
 from residuals.alerts.query import AlertQuery, ChangeKey, scoped_query
 from residuals.alerts.store import page_token, parse_page_token
 from residuals.platform.auth import PermissionDenied, Principal, Role

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from residuals.alerts.store import MAX_SEQUENCE, page_token, parse_page_token
 from residuals.licensing import access, backdating
-from residuals.licensing.config import LicensingSettings
+from residuals.licensing.settings import LicensingSettings
 from residuals.platform.auth import (
     ROLE_METHODS,
     PermissionDenied,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from residuals.codecs import licences as codec
-from residuals.meter.registry import LicenceRegistry
+from residuals.meter.lookups import LicenceRegistry
 from tests.unit.builders import licence
 
 pytestmark = pytest.mark.unit

@@ -15,7 +15,7 @@ from residuals.domain.adjustments import AdjustmentLine
 from residuals.domain.closing import canonical_json, content_hash
 from residuals.domain.statement import compute_statement
 from residuals.payouts import access, export
-from residuals.payouts.config import PayoutsSettings, parse_thresholds
+from residuals.payouts.settings import PayoutsSettings, parse_thresholds
 from residuals.payouts.store import LicenceMeta, StoredStatement
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.platform.config import ConfigError, load

@@ -18,7 +18,7 @@ from residuals.codecs import licences as codec
 from residuals.codecs.licences import InvalidRecord
 from residuals.codecs.signing import signing_key_record
 from residuals.codecs.timestamps import set_timestamp
-from residuals.meter.registry import KeyRegistry, LicenceRegistry
+from residuals.meter.lookups import KeyRegistry, LicenceRegistry
 from residuals.platform.config import KafkaSettings
 from residuals.platform.quarantine import Quarantined
 from residuals.platform.replica import TopicReplica

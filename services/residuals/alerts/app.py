@@ -13,11 +13,11 @@ import threading
 
 import grpc
 
-from residuals.alerts.config import SERVICE_NAME, AlertsSettings
+from residuals.alerts.consumer import AlertIngest, Ingested
 from residuals.alerts.feed import ChangeFeed
-from residuals.alerts.ingest import AlertIngest, Ingested
 from residuals.alerts.metrics import AlertMetrics, default_metrics
-from residuals.alerts.service import AlertServicer, servicer_descriptor
+from residuals.alerts.servicer import AlertServicer, servicer_descriptor
+from residuals.alerts.settings import SERVICE_NAME, AlertsSettings
 from residuals.alerts.store import RESOLUTION_NAMES, Change, Raised
 from residuals.alerts.suspension import GrpcLicenceRegistry, LicenceRegistry, Suspender
 from residuals.licensing.directory import PostgresAuthenticator

@@ -9,7 +9,7 @@ from residuals.platform.service import add_service_command
 
 def register(subparsers: Any) -> None:
     from residuals.alerts.app import main
-    from residuals.alerts.config import AlertsSettings
+    from residuals.alerts.settings import AlertsSettings
 
     add_service_command(
         subparsers,

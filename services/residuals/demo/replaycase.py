@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from residuals.codecs import licences as licence_codec
+from residuals.demo.administration import dump_yaml, plain
 from residuals.demo.fleet import Published
-from residuals.demo.registry import dump_yaml, plain
 from residuals.domain.events import Rejection
 from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence

@@ -35,13 +35,13 @@ from typing import Any, TextIO
 import psycopg
 
 from residuals.demo import environment, hostile_vendor, report
+from residuals.demo.administration import RegistryClient, RegistryError, bootstrap_admin
 from residuals.demo.environment import Claim, Stack
 from residuals.demo.finance import FinanceClient, FinanceError, MonthEnd
 from residuals.demo.fleet import Fleet, Published, SdkMissing, sdk_module
 from residuals.demo.hostile import Identity
 from residuals.demo.live import AlertLine, AlertWatcher, Frame, LiveView, Probe, scrape
 from residuals.demo.processes import RUN_MARKER, ServiceFailed, ServiceGroup, ServiceProcess
-from residuals.demo.registry import RegistryClient, RegistryError, bootstrap_admin
 from residuals.demo.replaycase import (
     registry_licences,
     replay,

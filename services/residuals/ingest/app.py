@@ -13,11 +13,11 @@ import logging
 from typing import Any
 
 from residuals.ingest.admission import Admission
-from residuals.ingest.config import SERVICE_NAME, IngestSettings
 from residuals.ingest.dedupe import RecentEvents
 from residuals.ingest.directory import LicenceIdentities, PostgresDirectory, SigningKeys
 from residuals.ingest.ratelimit import VendorRateLimiter
-from residuals.ingest.service import SERVICE, IngestMetrics, IngestService, Limits, register
+from residuals.ingest.servicer import SERVICE, IngestMetrics, IngestService, Limits, register
+from residuals.ingest.settings import SERVICE_NAME, IngestSettings
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server

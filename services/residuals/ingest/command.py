@@ -9,7 +9,7 @@ from residuals.platform.service import add_service_command
 
 def register(subparsers: Any) -> None:
     from residuals.ingest.app import main
-    from residuals.ingest.config import IngestSettings
+    from residuals.ingest.settings import IngestSettings
 
     add_service_command(
         subparsers,

@@ -5,7 +5,7 @@ The ledger writer owns the stored uses, re-sends, dead letters, totals and close
 re-drive and the demo read them, and mark a period closed or a dead letter re-driven,
 only through these functions, never by naming the tables
 (``tests/unit/test_table_owners.py``). Whole periods of events are read with
-:func:`residuals.ledger.replay.load_period_events` and :mod:`residuals.ledger.records`.
+:func:`residuals.ledger.history.load_period_events` and :mod:`residuals.ledger.records`.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from datetime import timedelta
 
 from opentelemetry import trace
 
-from residuals.licensing.config import SERVICE_NAME, LicensingSettings
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.licensing.outbox import OutboxRelay, RelayMetrics
 from residuals.licensing.registry import Registry
-from residuals.licensing.service import SERVICE_NAME as GRPC_SERVICE
-from residuals.licensing.service import servicer
+from residuals.licensing.servicer import SERVICE_NAME as GRPC_SERVICE
+from residuals.licensing.servicer import servicer
+from residuals.licensing.settings import SERVICE_NAME, LicensingSettings
 from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcMetrics, GrpcServer, make_grpc_server
 from residuals.platform.postgres import Database

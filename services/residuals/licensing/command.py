@@ -9,7 +9,7 @@ from residuals.platform.service import add_service_command
 
 def register(subparsers: Any) -> None:
     from residuals.licensing.app import main, relay_main
-    from residuals.licensing.config import LicensingSettings
+    from residuals.licensing.settings import LicensingSettings
 
     add_service_command(
         subparsers,

@@ -45,8 +45,8 @@ from residuals.domain.validation import MAX_FUTURE, MAX_PAST
 from residuals.meter.continuity import Stall
 from residuals.meter.core import Decision, Meter, Record
 from residuals.meter.guards import InputGap, InputGuard, StallWatch
+from residuals.meter.lookups import KeyRegistry, LicenceRegistry
 from residuals.meter.metrics import MeterMetrics
-from residuals.meter.registry import KeyRegistry, LicenceRegistry
 from residuals.meter.settings import MeterSettings
 from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings

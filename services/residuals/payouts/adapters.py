@@ -3,7 +3,7 @@
 * Licences: the licensing service's tables via :func:`residuals.licensing.store.load_licences`
   (``LicenceRecord.to_domain``), so statements price with exactly the stored versions and
   suspension windows.
-* Events: the ledger writer's tables (migration 0003) via :mod:`residuals.ledger.replay`:
+* Events: the ledger writer's tables (migration 0003) via :mod:`residuals.ledger.history`:
   a period's own events in arrival order (``load_period_events``) and the late uses the
   ledger recorded as adjustments of a later open period (``load_adjustments``); counts and
   the close mark via :mod:`residuals.ledger.directory`. Marking a period closed takes an
@@ -14,7 +14,7 @@
 
 One stored row cannot break the close for everyone. A licence whose rows do not load (a
 value Python cannot hold, terms out of bounds) is left out; a usage row that does not load
-(:mod:`residuals.ledger.replay`) is a dead letter naming the row. Either way the row goes to
+(:mod:`residuals.ledger.history`) is a dead letter naming the row. Either way the row goes to
 the quarantine table for an operator (consumer ``payouts-close``; usage rows by table and
 arrival sequence, licences by table and a stable number derived from the licence id), the
 events of a licence left out become ``UNPROCESSABLE`` dead letters naming it, and the
@@ -34,7 +34,7 @@ from residuals.domain.licences import Licence
 from residuals.domain.period import Period
 from residuals.domain.vocabulary import Kind
 from residuals.ledger import directory as ledger
-from residuals.ledger.replay import Defect, Loaded, load_adjusting, load_period
+from residuals.ledger.history import Defect, Loaded, load_adjusting, load_period
 from residuals.licensing import store as licensing_store
 from residuals.payouts.sources import Conn, EventAccounting, Sources
 from residuals.platform.quarantine import Quarantined, describe, store_once

@@ -17,12 +17,12 @@ from residuals.domain.period import Period
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.payouts import store
 from residuals.payouts.close import ClosePolicy, close_period
-from residuals.payouts.config import SERVICE_NAME, PayoutsSettings
 from residuals.payouts.metrics import PayoutMetrics, default_metrics
 from residuals.payouts.paying import pay_payouts
 from residuals.payouts.rails import PaymentRail, make_rail
 from residuals.payouts.relay import PayoutRelay
 from residuals.payouts.servicer import PayoutServicer, servicer_descriptor
+from residuals.payouts.settings import SERVICE_NAME, PayoutsSettings
 from residuals.payouts.sources import Sources
 from residuals.platform.auth import Authenticator, AuthInterceptor
 from residuals.platform.grpc_server import GrpcServer, Servicer, make_grpc_server

@@ -21,7 +21,7 @@ from residuals.platform.service import add_service_command
 
 def register(subparsers: Any) -> None:
     from residuals.payouts.app import main
-    from residuals.payouts.config import PayoutsSettings
+    from residuals.payouts.settings import PayoutsSettings
 
     add_service_command(
         subparsers,

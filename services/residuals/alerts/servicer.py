@@ -27,8 +27,8 @@ from typing import Any, NoReturn
 import grpc
 
 from residuals.alerts import store
+from residuals.alerts.consumer import latency_origin
 from residuals.alerts.feed import ChangeFeed
-from residuals.alerts.ingest import latency_origin
 from residuals.alerts.metrics import AlertMetrics
 from residuals.alerts.query import may_see, scoped_query
 from residuals.alerts.store import AlertNotFound, Change, InvalidTransition
