@@ -28,7 +28,8 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.licensing import registry
 from residuals.licensing.app import LicensingApp
-from residuals.licensing.outbox import RELAY_TOPICS, RelayMetrics
+from residuals.licensing.metrics import RelayMetrics
+from residuals.licensing.outbox import RELAY_TOPICS
 from residuals.licensing.settings import LicensingSettings, RelaySettings
 from residuals.platform.auth import Principal, Role, bearer_metadata
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings

@@ -35,7 +35,8 @@ from prometheus_client import CollectorRegistry
 from residuals.codecs import licences as licence_codec
 from residuals.codecs.timestamps import set_timestamp
 from residuals.domain.licence_spec import parse_licence
-from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay, RelayMetrics
+from residuals.licensing.metrics import RelayMetrics
+from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay
 from residuals.licensing.registry import Registry
 from residuals.platform import topics
 from residuals.platform.auth import Principal, Role

@@ -18,7 +18,8 @@ from psycopg.types.json import Jsonb
 from test_licensing_outbox import ADMIN, licence_with_id, outbox_counts, parties
 from test_payouts_close import OCT, World, world  # noqa: F401 (the fixture)
 
-from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay, RelayMetrics
+from residuals.licensing.metrics import RelayMetrics
+from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay
 from residuals.licensing.registry import Registry
 from residuals.payouts.relay import PayoutRelay
 from residuals.platform import topics

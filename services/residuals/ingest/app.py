@@ -15,8 +15,9 @@ from typing import Any
 from residuals.ingest.admission import Admission
 from residuals.ingest.dedupe import RecentEvents
 from residuals.ingest.directory import LicenceIdentities, PostgresDirectory, SigningKeys
+from residuals.ingest.metrics import IngestMetrics
 from residuals.ingest.ratelimit import VendorRateLimiter
-from residuals.ingest.servicer import SERVICE, IngestMetrics, IngestService, Limits, register
+from residuals.ingest.servicer import SERVICE, IngestService, Limits, register
 from residuals.ingest.settings import SERVICE_NAME, IngestSettings
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.platform.auth import Authenticator, AuthInterceptor

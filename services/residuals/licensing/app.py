@@ -16,7 +16,8 @@ from datetime import timedelta
 from opentelemetry import trace
 
 from residuals.licensing.directory import PostgresAuthenticator
-from residuals.licensing.outbox import OutboxRelay, RelayMetrics
+from residuals.licensing.metrics import RelayMetrics
+from residuals.licensing.outbox import OutboxRelay
 from residuals.licensing.registry import Registry
 from residuals.licensing.servicer import SERVICE_NAME as GRPC_SERVICE
 from residuals.licensing.servicer import servicer

@@ -43,8 +43,8 @@ from typing import Any
 
 import psycopg
 from opentelemetry import trace
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from residuals.licensing.metrics import RelayMetrics, default_metrics
 from residuals.licensing.store import OUTBOX_CHANNEL
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings
@@ -82,46 +82,6 @@ class OutboxRow:
         headers = [(k, v.encode("utf-8")) for k, v in self.headers.items()]
         headers.append((OUTBOX_ID_HEADER, str(self.id).encode("ascii")))
         return headers
-
-
-class RelayMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.pending = Gauge(
-            "residuals_outbox_pending",
-            "Outbox rows committed but not yet published to Kafka.",
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "residuals_outbox_lag_seconds",
-            "Age of the oldest unpublished outbox row (0 when none).",
-            registry=registry,
-        )
-        self.published = Counter(
-            "residuals_outbox_published_total",
-            "Outbox rows published to Kafka, by topic.",
-            ("topic",),
-            registry=registry,
-        )
-        self.recovered = Counter(
-            "residuals_outbox_recovered_total",
-            "Rows found already in Kafka at start-up (published before a crash, unmarked).",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "residuals_outbox_failures_total",
-            "Batches that failed and were retried.",
-            registry=registry,
-        )
-
-
-_default_metrics: RelayMetrics | None = None
-
-
-def default_metrics() -> RelayMetrics:
-    global _default_metrics
-    if _default_metrics is None:
-        _default_metrics = RelayMetrics()
-    return _default_metrics
 
 
 def transactional_id(kafka: KafkaSettings) -> str:

@@ -1,0 +1,45 @@
+"""The licensing service's Prometheus series: the outbox relay's publishing and backlog."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+
+class RelayMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.pending = Gauge(
+            "residuals_outbox_pending",
+            "Outbox rows committed but not yet published to Kafka.",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "residuals_outbox_lag_seconds",
+            "Age of the oldest unpublished outbox row (0 when none).",
+            registry=registry,
+        )
+        self.published = Counter(
+            "residuals_outbox_published_total",
+            "Outbox rows published to Kafka, by topic.",
+            ("topic",),
+            registry=registry,
+        )
+        self.recovered = Counter(
+            "residuals_outbox_recovered_total",
+            "Rows found already in Kafka at start-up (published before a crash, unmarked).",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "residuals_outbox_failures_total",
+            "Batches that failed and were retried.",
+            registry=registry,
+        )
+
+
+_default_metrics: RelayMetrics | None = None
+
+
+def default_metrics() -> RelayMetrics:
+    global _default_metrics
+    if _default_metrics is None:
+        _default_metrics = RelayMetrics()
+    return _default_metrics
