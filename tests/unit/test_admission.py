@@ -425,8 +425,8 @@ def test_the_sdk_refuses_exactly_what_the_platform_would(name: str, value: objec
 
 
 def test_a_redriven_dead_letter_keeps_its_receipt_time_for_holders_of_the_key() -> None:
+    from residuals.cli.dlq import redrive_headers
     from residuals.codecs.timestamps import set_timestamp
-    from residuals.ingest.dlq import redrive_headers
 
     letter = usage_pb2.DeadLetter(vendor_id=WHO.vendor, original=b"the original bytes")
     set_timestamp(letter.received_at, NOW - timedelta(days=30))

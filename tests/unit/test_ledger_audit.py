@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from residuals.cli.dlq import describe_original
 from residuals.codecs.signed import SigningKeyRecord
 from residuals.codecs.signing import public_key_bytes, sign_batch, sign_event
 from residuals.codecs.timestamps import set_timestamp
 from residuals.codecs.usage import from_domain
-from residuals.ingest.dlq import describe_original
 from residuals.ledger.audit import row_problem, signed_envelope, stored_envelope
 from residuals.ledger.records import decode_rated
 from residuals.v1 import usage_pb2

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from residuals.cli.dlq import Entry, redrive_problem
+from residuals.cli.quarantine import decoded
 from residuals.codecs.inspect import describe_message
 from residuals.codecs.timestamps import set_timestamp
-from residuals.ingest.dlq import Entry, redrive_problem
 from residuals.ledger.records import (
     UndecodableRecord,
     decode_dead,
@@ -23,7 +24,6 @@ from residuals.ledger.records import (
     published_at,
 )
 from residuals.platform.quarantine import Quarantined
-from residuals.platform.quarantine_admin import decoded
 from residuals.platform.redrive import safe, table
 from residuals.v1 import common_pb2, usage_pb2
 

@@ -293,3 +293,100 @@ class QuarantinePublisher:
                 "quarantine record not acknowledged by Kafka",
                 extra={"consumer": record.consumer, "errors": [str(e) for e in failed.errors[:3]]},
             )
+
+
+# --- reading and marking stored rows (operators: residuals dlq quarantine) ---------------
+
+_COLUMNS = (
+    "id, consumer, source_topic, source_partition, source_offset, record_key, record_value, "
+    "record_headers, error, quarantined_at, redriven_at, redriven_by"
+)
+STATES = ("open", "redriven", "all")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the quarantine table: the record set aside, and whether it was re-driven."""
+
+    id: int
+    record: Quarantined
+    redriven_at: datetime | None = None
+    redriven_by: str | None = None
+
+    @classmethod
+    def of(cls, r: Sequence[Any]) -> Row:
+        record = Quarantined(
+            consumer=str(r[1]),
+            topic=str(r[2]),
+            partition=int(r[3]),
+            offset=int(r[4]),
+            key=bytes(r[5]) if r[5] is not None else None,
+            value=bytes(r[6]) if r[6] is not None else None,
+            headers=headers_from_blob(bytes(r[7] or b"")),
+            error=str(r[8]),
+            quarantined_at=r[9],
+        )
+        return cls(int(r[0]), record, r[10], r[11])
+
+    @property
+    def state(self) -> str:
+        if self.redriven_at is None:
+            return "open"
+        return f"redriven {self.redriven_at:%Y-%m-%d %H:%M} by {self.redriven_by}"
+
+    def summary(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "id": self.id,
+            "quarantined_at": r.quarantined_at.isoformat(),
+            "consumer": r.consumer,
+            "topic": r.topic,
+            "position": f"{r.partition}:{r.offset}",
+            "state": self.state,
+            "error": r.error,
+        }
+
+
+def select(
+    conn: Connection[Any],
+    *,
+    ids: Sequence[int] = (),
+    consumer: str | None = None,
+    topic: str | None = None,
+    state: str = "open",
+    limit: int = 0,
+    lock: bool = False,
+) -> list[Row]:
+    """Rows matching the filters, oldest first (``lock``: FOR UPDATE, to re-drive)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if ids:
+        where.append("id = ANY(%s)")
+        params.append(list(ids))
+    if consumer:
+        where.append("consumer = %s")
+        params.append(consumer)
+    if topic:
+        where.append("source_topic = %s")
+        params.append(topic)
+    if state == "open":
+        where.append("redriven_at IS NULL")
+    elif state == "redriven":
+        where.append("redriven_at IS NOT NULL")
+    sql = f"SELECT {_COLUMNS} FROM quarantine"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id"
+    if limit:
+        sql += " LIMIT %s"
+        params.append(limit)
+    if lock:
+        sql += " FOR UPDATE"
+    return [Row.of(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def mark_redriven(conn: Connection[Any], row_id: int, who: str) -> None:
+    """Record that ``who`` produced quarantined row ``row_id`` back to its source topic."""
+    conn.execute(
+        "UPDATE quarantine SET redriven_at = now(), redriven_by = %s WHERE id = %s", (who, row_id)
+    )

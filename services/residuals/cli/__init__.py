@@ -1,8 +1,11 @@
-"""The `residuals` console script.
+"""The `residuals` console script, and the operators' commands in this package.
 
-Each command group lives with the code it drives and exposes ``register(subparsers)``;
-this module only lists them, so adding a command never means editing another's code.
-Groups are imported lazily by name so `residuals replay` does not pay for Kafka imports.
+The operators' tools (licences, finance, dead letters and quarantine, audit) live here in
+``residuals.cli``; running a service (``residuals meter run``...) and the developer tools
+(stack, replay, protos, deploy, demo) live with the code they drive. Each group exposes
+``register(subparsers)`` (or the function named after a colon); this module only lists
+them, so adding a command never means editing another's code. Groups are imported lazily
+by name so `residuals replay` does not pay for Kafka imports.
 """
 
 from __future__ import annotations
@@ -12,21 +15,21 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command name -> module that defines ``register(subparsers)``
+# command name -> module that defines ``register(subparsers)`` (or module:function)
 COMMAND_MODULES: dict[str, str] = {
     "replay": "residuals.replay.command",
     "stack": "residuals.stack.command",
     "protos": "residuals.platform.protogen",
     "alerts": "residuals.alerts.command",
     "ingest": "residuals.ingest.command",
-    "dlq": "residuals.ingest.dlq",
+    "dlq": "residuals.cli.dlq",
     "licensing": "residuals.licensing.command",
-    "licences": "residuals.licensing.admin",
-    "audit": "residuals.licensing.audit_command",
+    "licences": "residuals.cli.licences",
+    "audit": "residuals.cli.audit",
     "payouts": "residuals.payouts.command",
-    "finance": "residuals.payouts.finance_command",
+    "finance": "residuals.cli.finance",
     "deploy": "residuals.deploy.command",
-    "migrate": "residuals.deploy.migrate",
+    "migrate": "residuals.deploy.command:register_migrate",
     "probe": "residuals.deploy.probe",
     "meter": "residuals.meter.command",
     "ledger": "residuals.ledger.command",
@@ -41,7 +44,8 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in commands or COMMAND_MODULES:
-        importlib.import_module(COMMAND_MODULES[name]).register(sub)
+        module, _, function = COMMAND_MODULES[name].partition(":")
+        getattr(importlib.import_module(module), function or "register")(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ characters and bidi overrides): :func:`residuals.platform.redrive.safe`.
 meter's own defect, not a verdict on the record) back to the usage topic once the defect
 is fixed, waits for Kafka's acknowledgement and marks the ledger's row re-driven; a dead
 letter already re-driven is refused unless ``--force``. ``quarantine`` is
-:mod:`residuals.platform.quarantine_admin`.
+:mod:`residuals.cli.quarantine`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 import psycopg
 from google.protobuf.message import DecodeError
 
+from residuals.cli import quarantine as quarantine_admin
 from residuals.codecs import receipt
 from residuals.codecs.deadletters import reason_from_proto
 from residuals.codecs.inspect import describe_original
 from residuals.codecs.timestamps import bounded_datetime
 from residuals.domain.vocabulary import RejectReason
 from residuals.ledger import directory as ledger
-from residuals.platform import quarantine_admin
 from residuals.platform.config import (
     ConfigError,
     KafkaSettings,

@@ -15,8 +15,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -25,7 +23,7 @@ from residuals.codecs.inspect import describe_message, describe_original
 from residuals.domain.bounds import printable
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings, PostgresSettings, load
-from residuals.platform.quarantine import Quarantined, headers_from_blob
+from residuals.platform.quarantine import STATES, Quarantined, Row, mark_redriven, select
 from residuals.platform.redrive import RedriveError, Redriver, operator, safe, table
 from residuals.v1 import alerts_pb2, licence_pb2, quarantine_pb2, usage_pb2
 
@@ -38,93 +36,6 @@ _MESSAGES = {
     topics.SIGNING_KEYS.name: licence_pb2.VendorSigningKey,
     topics.QUARANTINE.name: quarantine_pb2.QuarantinedRecord,
 }
-
-_COLUMNS = (
-    "id, consumer, source_topic, source_partition, source_offset, record_key, record_value, "
-    "record_headers, error, quarantined_at, redriven_at, redriven_by"
-)
-STATES = ("open", "redriven", "all")
-
-
-@dataclass(frozen=True)
-class Row:
-    """A row of the quarantine table: the record set aside, and whether it was re-driven."""
-
-    id: int
-    record: Quarantined
-    redriven_at: datetime | None = None
-    redriven_by: str | None = None
-
-    @classmethod
-    def of(cls, r: Sequence[Any]) -> Row:
-        record = Quarantined(
-            consumer=str(r[1]),
-            topic=str(r[2]),
-            partition=int(r[3]),
-            offset=int(r[4]),
-            key=bytes(r[5]) if r[5] is not None else None,
-            value=bytes(r[6]) if r[6] is not None else None,
-            headers=headers_from_blob(bytes(r[7] or b"")),
-            error=str(r[8]),
-            quarantined_at=r[9],
-        )
-        return cls(int(r[0]), record, r[10], r[11])
-
-    @property
-    def state(self) -> str:
-        if self.redriven_at is None:
-            return "open"
-        return f"redriven {self.redriven_at:%Y-%m-%d %H:%M} by {self.redriven_by}"
-
-    def summary(self) -> dict[str, Any]:
-        r = self.record
-        return {
-            "id": self.id,
-            "quarantined_at": r.quarantined_at.isoformat(),
-            "consumer": r.consumer,
-            "topic": r.topic,
-            "position": f"{r.partition}:{r.offset}",
-            "state": self.state,
-            "error": r.error,
-        }
-
-
-def select(
-    conn: psycopg.Connection[Any],
-    *,
-    ids: Sequence[int] = (),
-    consumer: str | None = None,
-    topic: str | None = None,
-    state: str = "open",
-    limit: int = 0,
-    lock: bool = False,
-) -> list[Row]:
-    """Rows matching the filters, oldest first (``lock``: FOR UPDATE, to re-drive)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if ids:
-        where.append("id = ANY(%s)")
-        params.append(list(ids))
-    if consumer:
-        where.append("consumer = %s")
-        params.append(consumer)
-    if topic:
-        where.append("source_topic = %s")
-        params.append(topic)
-    if state == "open":
-        where.append("redriven_at IS NULL")
-    elif state == "redriven":
-        where.append("redriven_at IS NOT NULL")
-    sql = f"SELECT {_COLUMNS} FROM quarantine"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id"
-    if limit:
-        sql += " LIMIT %s"
-        params.append(limit)
-    if lock:
-        sql += " FOR UPDATE"
-    return [Row.of(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def decoded(record: Quarantined, prefix: str) -> dict[str, Any]:
@@ -184,10 +95,7 @@ def redrive(
                     outcomes.append((row_id, f"refused: already {row.state} (--force)", False))
                     continue
                 landed = redriver.send(r.topic, r.partition, r.key, r.value, r.headers)
-                conn.execute(
-                    "UPDATE quarantine SET redriven_at = now(), redriven_by = %s WHERE id = %s",
-                    (who, row_id),
-                )
+                mark_redriven(conn, row_id, who)
                 outcomes.append((row_id, f"re-driven to {landed}", True))
         except RedriveError as error:
             outcomes.append((row_id, f"failed: {error}", False))

@@ -1,0 +1,227 @@
+"""``residuals finance …``: close periods, statements, exports, payouts, reconciliation.
+
+The finance commands work directly on the database (``DATABASE_URL``) through the same
+functions PayoutService calls, so the CLI and gRPC can never disagree. ``reconcile``
+exits 1 when any check finds a difference (and names it), so it can gate a pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "finance",
+        help="close periods, list and export statements, pay out, reconcile",
+        description="Finance operations on the statements database (DATABASE_URL).",
+    )
+    sub = parser.add_subparsers(dest="finance_command", metavar="ACTION", required=True)
+
+    close = sub.add_parser("close", help="close a period: statement, journal, payouts")
+    close.add_argument("--period", required=True, help="YYYY-MM")
+    close.add_argument("--force", action="store_true", help="close before the grace period ends")
+    close.add_argument("--dry-run", action="store_true", help="compute and show, record nothing")
+    close.add_argument("--by", default=os.environ.get("USER", "cli"), help="who closes (audit)")
+    close.set_defaults(handler=_close)
+
+    statements = sub.add_parser("statements", help="list statements, or show one")
+    statements.add_argument("--period", help="YYYY-MM: show this statement")
+    statements.set_defaults(handler=_statements)
+
+    exp = sub.add_parser("export", help="write a statement as CSV and JSON files")
+    exp.add_argument("--period", required=True, help="YYYY-MM")
+    exp.add_argument("--out", required=True, type=Path, help="folder to write into")
+    exp.add_argument("--format", choices=("csv", "json", "both"), default="both")
+    exp.set_defaults(handler=_export)
+
+    payouts = sub.add_parser("payouts", help="list payouts, or pay them (--pay)")
+    payouts.add_argument("--period", default="", help="YYYY-MM")
+    payouts.add_argument("--payee", default="", help="payee id")
+    payouts.add_argument("--pay", action="store_true", help="send unpaid payouts via the rail")
+    payouts.add_argument("--id", action="append", default=[], help="only this payout (repeat)")
+    payouts.set_defaults(handler=_payouts)
+
+    rec = sub.add_parser("reconcile", help="prove events = ledger = statements = payouts")
+    rec.add_argument("--period", default="", help="YYYY-MM (default: every closed period)")
+    rec.set_defaults(handler=_reconcile)
+
+
+@contextmanager
+def _context() -> Iterator[Any]:
+    """Settings, an open database and the stored-data sources."""
+    from residuals.payouts.app import default_sources, settings_from_env
+    from residuals.platform.logs import configure_logging
+    from residuals.platform.postgres import Database
+
+    settings = settings_from_env()
+    configure_logging("residuals-finance", level="WARNING", log_format="text")
+    db = Database(settings.postgres, application_name="residuals-finance")
+    db.open()
+    try:
+        yield settings, db, default_sources()
+    finally:
+        db.close()
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"residuals finance: {message}", file=sys.stderr)
+    return code
+
+
+def _period_arg(text: str) -> Any:
+    from residuals.domain.period import Period
+
+    return Period.parse(text)
+
+
+def _close(args: argparse.Namespace) -> int:
+    from residuals.payouts.app import policy_of
+    from residuals.payouts.close import CloseRefused, close_period
+
+    try:
+        period = _period_arg(args.period)
+    except ValueError as exc:
+        return _fail(str(exc))
+    with _context() as (settings, db, sources):
+        try:
+            with db.connection() as conn:
+                result = close_period(
+                    conn,
+                    sources,
+                    period,
+                    policy=policy_of(settings),
+                    closed_by=args.by,
+                    force=args.force,
+                    dry_run=args.dry_run,
+                )
+        except CloseRefused as refused:
+            return _fail(str(refused), 1)
+    st = result.statement
+    state = (
+        "already closed"
+        if result.already_closed
+        else ("dry run (nothing recorded)" if result.dry_run else "closed")
+    )
+    print(f"{st.period}: {state}")
+    print(f"  statement     {st.statement_id}  sha256 {st.content_hash}")
+    print(f"  closed        {st.closed_at.isoformat()} by {st.closed_by}")
+    print(f"  events        {st.event_count}")
+    print(f"  adjustments   {len(st.adjustments)} line(s)")
+    _print_statement(st.document)
+    return 0
+
+
+def _print_statement(doc: dict[str, Any]) -> None:
+    print(f"  {'licence':<24} {'cur':<4} {'earned':>12} {'gross':>12} {'fee':>10} {'invoice':>12}")
+    for lic in doc["licences"]:
+        print(
+            f"  {lic['licence_id']:<24} {lic['currency']:<4} {lic['earned']:>12} "
+            f"{lic['gross']:>12} {lic['platform_fee']:>10} {lic['vendor_invoice']:>12}"
+        )
+    print(f"  {'payee':<24} {'cur':<4} {'earned':>12} {'payable':>12} {'carried fwd':>12}")
+    for p in doc["payees"]:
+        print(
+            f"  {p['payee_id']:<24} {p['currency']:<4} {p['earned']:>12} "
+            f"{p['payable']:>12} {p['carried_forward']:>12}"
+        )
+
+
+def _statements(args: argparse.Namespace) -> int:
+    from residuals.payouts import store
+
+    with _context() as (_settings, db, _sources), db.connection() as conn:
+        if args.period:
+            st = store.get_statement(conn, str(_period_arg(args.period)))
+            if st is None:
+                return _fail(f"{args.period} has no statement (not closed)", 1)
+            print(f"{st.period}  {st.statement_id}  sha256 {st.content_hash}")
+            _print_statement(st.document)
+            for a in st.adjustments:
+                print(
+                    f"  adjusts {a.adjusts_period} {a.licence_id} {a.section} {a.ref}: "
+                    f"{a.units:+d} units {a.amount:+} {a.currency}"
+                )
+            return 0
+        rows = store.list_statements(conn, limit=1000)
+    print(f"{'period':<8} {'statement':<12} {'licences':>8}  closed at                  sha256")
+    for statement_id, period, digest, closed_at, count in rows:
+        print(f"{period:<8} {statement_id:<12} {count:>8}  {closed_at.isoformat():<26} {digest}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from residuals.payouts import export, store
+
+    with _context() as (_settings, db, _sources), db.connection() as conn:
+        st = store.get_statement(conn, str(_period_arg(args.period)))
+    if st is None:
+        return _fail(f"{args.period} has no statement (not closed)", 1)
+    files = []
+    if args.format in ("json", "both"):
+        files.append(export.json_export(st.document, st.period))
+        if st.adjustments:
+            files.append(export.adjustments_json(st.adjustments, st.period))
+    if args.format in ("csv", "both"):
+        files.append(export.csv_export(st.document, st.adjustments))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        path = args.out / f.filename
+        path.write_bytes(f.content)
+        print(f"{path}  sha256 {f.sha256}")
+    return 0
+
+
+def _payouts(args: argparse.Namespace) -> int:
+    from residuals.payouts import store
+    from residuals.payouts.paying import pay_payouts
+
+    with _context() as (settings, db, _sources):
+        if args.pay:
+            from residuals.payouts.rails import make_rail
+
+            rail = make_rail(settings.rail, settings.rail_dir)
+            report = pay_payouts(db, rail, period=args.period, payout_ids=args.id)
+            rows = list(report.payouts)
+            print(f"paid {report.paid}, failed {report.failed} (rail {rail.name})")
+        else:
+            with db.connection() as conn:
+                rows = store.list_payouts(
+                    conn, period=args.period, payee_id=args.payee, limit=100_000
+                )
+    total: dict[tuple[str, str], Decimal] = {}
+    print(f"{'payout':<20} {'period':<8} {'payee':<20} {'amount':>12} cur {'state':<8} tries")
+    for p in rows:
+        print(
+            f"{p.payout_id:<20} {p.period:<8} {p.payee_id:<20} {p.amount:>12} {p.currency} "
+            f"{p.state:<8} {p.attempts}" + (f"  ({p.failure_reason})" if p.failure_reason else "")
+        )
+        total[(p.currency, p.state)] = total.get((p.currency, p.state), Decimal(0)) + p.amount
+    for (currency, state), amount in sorted(total.items()):
+        print(f"  total {state:<8} {amount} {currency}")
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from residuals.domain.period import Period
+    from residuals.payouts import store
+    from residuals.payouts.reconcile import reconcile
+
+    with _context() as (_settings, db, sources), db.connection() as conn:
+        if args.period:
+            periods = [_period_arg(args.period)]
+        else:
+            periods = [Period.parse(p) for p in store.closed_periods(conn)]
+        if not periods:
+            return _fail("no closed period to reconcile", 1)
+        reports = [reconcile(conn, sources, p) for p in periods]
+    for report in reports:
+        print(report.render())
+    return 0 if all(r.ok for r in reports) else 1
