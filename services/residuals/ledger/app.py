@@ -11,9 +11,11 @@ records other consumers publish to ``residuals.quarantine.v1``.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 from opentelemetry import trace
@@ -22,6 +24,7 @@ from psycopg import Connection
 from residuals.ledger.records import published_at
 from residuals.ledger.settings import LedgerSettings
 from residuals.ledger.store import BatchResult, LedgerStore
+from residuals.platform.grpc_server import GrpcServer, make_grpc_server
 from residuals.platform.kafka import topic_name
 from residuals.platform.pipeline_metrics import pipeline_metrics
 from residuals.platform.postgres import Database
@@ -58,6 +61,7 @@ class LedgerWriter:
         )
         self.metrics = pipeline_metrics()
         self.sink: KafkaPostgresSink[BatchResult] | None = None
+        self.health: GrpcServer | None = None
         self.stop_event = threading.Event()
         #: Told when the sink stalls (True) or advances again (False): the health.
         self.on_stalled: Callable[[bool], None] | None = None
@@ -109,6 +113,36 @@ class LedgerWriter:
             quarantine=self.quarantine,
         )
         return self.sink
+
+    def start(self) -> LedgerWriter:
+        """Health (SERVING once partitions are assigned and while the sink is not stalled)
+        and SIGTERM/SIGINT handlers that end :meth:`run` after the batch in hand."""
+        self.health = make_grpc_server(self.settings.grpc).start()
+        self.health.set_serving(False)
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping", extra={"signal": signum})
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        sink = self.build()
+        self.on_stalled = self._serving
+        threading.Thread(target=self._ready, args=(sink,), name="ledger-ready", daemon=True).start()
+        return self
+
+    def _serving(self, _stalled: bool = False) -> None:
+        if self.health is not None and self.sink is not None:
+            self.health.set_serving(self.sink.assigned.is_set() and not self.sink.stalled)
+
+    def _ready(self, sink: KafkaPostgresSink[BatchResult]) -> None:
+        if sink.assigned.wait(timeout=None) and not self.stop_event.is_set():
+            self._serving()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.health is not None:
+            self.health.stop(1.0)
 
     def run(self) -> None:
         """Open the pool, then write batches until :attr:`stop_event` is set. However it

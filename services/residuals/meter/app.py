@@ -51,6 +51,7 @@ from residuals.meter.settings import MeterSettings
 from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
+from residuals.platform.grpc_server import GrpcServer, make_grpc_server
 from residuals.platform.heap import freeze_long_lived
 from residuals.platform.kafka import AcknowledgedProducer, topic_name, trace_headers
 from residuals.platform.offset_probe import OffsetProbe
@@ -422,6 +423,7 @@ class MeterService:
             interval=min(10.0, settings.stall_seconds / 4),
         )
         self.runner: BatchRunner | None = None
+        self.health: GrpcServer | None = None
         #: Called once the agent starts consuming (health: SERVING).
         self.on_ready: Callable[[], None] | None = None
         self._register_agent()
@@ -545,7 +547,28 @@ class MeterService:
         )
         self.metrics.licences.set_function(lambda: len(self.licences))
 
+    def start(self) -> MeterService:
+        """Health (NOT_SERVING until the agent consumes), then every licence and key loaded
+        and the group's offsets prepared; faust's worker then runs the agent
+        (:func:`residuals.platform.faust_app.run_worker`)."""
+        self.health = make_grpc_server(self.settings.grpc).start()
+        self.health.set_serving(False)
+        self.on_ready = self._serving
+        try:
+            self.start_registries()
+            self.prepare_offsets()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _serving(self) -> None:
+        if self.health is not None:
+            self.health.set_serving(True)
+
     def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop(1.0)
         self.stall_watch.stop()
         self.licences.stop()
         self.keys.stop()

@@ -23,6 +23,7 @@ from residuals.platform.telemetry import init_telemetry
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+A = TypeVar("A", bound="Stoppable")
 
 
 class Stoppable(Protocol):
@@ -53,20 +54,34 @@ def wait_for_signal() -> None:
 def run_service(
     service_name: str,
     settings_cls: type[S],
-    start: Callable[[S], Stoppable],
+    start: Callable[[S], A],
     *,
-    describe_running: Callable[[Any], Mapping[str, Any]] | None = None,
+    describe_running: Callable[[A], Mapping[str, Any]] | None = None,
+    run: Callable[[A], object] | None = None,
 ) -> int:
-    """Load settings, start telemetry and the app, run until signalled, stop in order."""
+    """Load settings, start telemetry and the app, run it, stop in order.
+
+    ``run`` is what holds the main thread while the service works: by default waiting for
+    SIGTERM/SIGINT (the gRPC services, whose work is in server and worker threads); the
+    meter hands it to faust's worker and the ledger writer to its sink loop, which both
+    end on a signal themselves. However it ends, the app is stopped and spans flushed.
+    """
     settings = load_service_settings(settings_cls, service_name)
     telemetry = init_telemetry(settings.telemetry)  # type: ignore[attr-defined]
-    app = start(settings)
-    extra = dict(describe_running(app)) if describe_running else {}
-    log.info("%s service running", service_name, extra=extra)
-    wait_for_signal()
-    log.info("%s service stopping", service_name)
-    app.stop()
-    telemetry.shutdown()
+    try:
+        app = start(settings)
+        try:
+            extra = dict(describe_running(app)) if describe_running else {}
+            log.info("%s service running", service_name, extra=extra)
+            if run is None:
+                wait_for_signal()
+            else:
+                run(app)
+            log.info("%s service stopping", service_name)
+        finally:
+            app.stop()
+    finally:
+        telemetry.shutdown()
     return 0
 
 
