@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
@@ -79,11 +81,7 @@ class AlertMetrics:
         )
 
 
-_default: AlertMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> AlertMetrics:
-    global _default
-    if _default is None:
-        _default = AlertMetrics()
-    return _default
+    """The series on the global registry, created once per process."""
+    return AlertMetrics()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 
@@ -35,11 +37,7 @@ class IngestMetrics:
         )
 
 
-_default_metrics: IngestMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> IngestMetrics:
-    global _default_metrics
-    if _default_metrics is None:
-        _default_metrics = IngestMetrics()
-    return _default_metrics
+    """The series on the global registry, created once per process."""
+    return IngestMetrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -52,11 +53,7 @@ class PayoutMetrics:
             self.payouts.labels(str(state)).set(int(counts.get(str(state), 0)))
 
 
-_default: PayoutMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> PayoutMetrics:
-    global _default
-    if _default is None:
-        _default = PayoutMetrics()
-    return _default
+    """The series on the global registry, created once per process."""
+    return PayoutMetrics()

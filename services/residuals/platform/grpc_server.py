@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -253,15 +254,10 @@ class GrpcMetrics:
         )
 
 
-_default_metrics: GrpcMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> GrpcMetrics:
     """The series on the global registry, created once per process."""
-    global _default_metrics
-    if _default_metrics is None:
-        _default_metrics = GrpcMetrics()
-    return _default_metrics
+    return GrpcMetrics()
 
 
 class _ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

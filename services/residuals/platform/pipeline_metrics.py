@@ -21,6 +21,7 @@ the tens of thousands.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -71,12 +72,7 @@ class PipelineMetrics:
             child.inc(float(amount))
 
 
-_default: PipelineMetrics | None = None
-
-
+@functools.cache
 def pipeline_metrics() -> PipelineMetrics:
     """The process's instance on the global registry."""
-    global _default
-    if _default is None:
-        _default = PipelineMetrics()
-    return _default
+    return PipelineMetrics()

@@ -19,6 +19,7 @@ operator look at it and produce it back to its topic once the defect is fixed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -257,15 +258,10 @@ class QuarantineMetrics:
         self.records.labels(printable(record.consumer, 64), printable(record.topic, 128)).inc()
 
 
-_metrics: QuarantineMetrics | None = None
-
-
+@functools.cache
 def quarantine_metrics() -> QuarantineMetrics:
     """The series on the global registry, created once per process."""
-    global _metrics
-    if _metrics is None:
-        _metrics = QuarantineMetrics()
-    return _metrics
+    return QuarantineMetrics()
 
 
 class QuarantinePublisher:

@@ -30,6 +30,7 @@ quarantined records are ``residuals_quarantined_records_total{consumer, topic}``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -176,15 +177,10 @@ class SinkMetrics:
         return on_stats
 
 
-_default_metrics: SinkMetrics | None = None
-
-
+@functools.cache
 def default_metrics() -> SinkMetrics:
     """The sink series on the global registry, created once per process."""
-    global _default_metrics
-    if _default_metrics is None:
-        _default_metrics = SinkMetrics()
-    return _default_metrics
+    return SinkMetrics()
 
 
 def make_sink_consumer(
