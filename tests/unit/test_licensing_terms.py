@@ -324,3 +324,15 @@ def test_future_times_compare_in_utc() -> None:
     spec = {**BASE_SPEC, "ends_at": later.astimezone().isoformat()}
     licence = terms.validate(identity_of(BASE), [(None, spec)])
     assert licence.versions[0].ends_at == later
+
+
+def test_a_stored_licence_stays_readable_under_tighter_rules() -> None:
+    """Reads parse only; the registry's write-time rules (vocabulary, identifier formats)
+    judge new licences and versions, never one already recorded."""
+    licence = parse_licence(SPECS[0][1])
+    stored = terms.complete_spec(licence.versions[0])
+    stored["scope"]["categories_allowed"] = ["a-category-since-retired"]
+    with pytest.raises(SpecError, match="categories_allowed"):
+        terms.validate(identity_of(licence), [(None, stored)])
+    read = terms.read(identity_of(licence), [(None, stored)])
+    assert read.versions[0].scope.categories_allowed == {"a-category-since-retired"}
