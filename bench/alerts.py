@@ -1,6 +1,6 @@
 """Alert latency benchmark: publish -> delivery on a WatchAlerts subscriber.
 
-    python bench/alerts.py --rate 5000 --seconds 30 --political-share 0.05
+    python -m bench.alerts --rate 5000 --seconds 30 --political-share 0.05
 
 Runs the real alerts service (``python -m residuals.alerts``, its own process) against the
 local stack (``residuals stack up``; export RESIDUALS_* to pick yours), subscribes with

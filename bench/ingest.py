@@ -1,7 +1,7 @@
 """Ingestion benchmark on the local stack: SDK → Kafka and the gRPC gateway, events/s.
 
     residuals stack up            # (with your RESIDUALS_* env) once
-    python bench/ingest.py --events 50000 --gateway-events 50000
+    python -m bench.ingest --events 50000 --gateway-events 50000
 
 Measured, each into fresh topics, counting only events Kafka acknowledged:
 
@@ -21,7 +21,7 @@ Pre-signed envelopes are signed as ``publish_many`` signs them: ``--signature-ba
 per-event signatures ``render()`` makes. The usage topic's record count must equal the
 events sent (printed as ``on_topic``). Reports
 CPU load too: on 2 shared cores, client and server compete. Vendors and keys are inserted
-with the test helpers' SQL (tests/integration/ingest_support.py).
+with the test helpers' SQL (tests/support/ingest.py).
 """
 
 from __future__ import annotations
@@ -39,23 +39,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
+from confluent_kafka import TopicPartition
+from residuals_sdk import UsageClient, uuid7
+from residuals_sdk import events as build
+from residuals_sdk.signing import sign_batch
+from residuals_sdk.transports.grpc import encode_batch
+
+from residuals.platform.config import load
+from residuals.platform.kafka import make_consumer, make_producer
+from residuals.platform.ports import free_port
+from residuals.stack import lifecycle
+from residuals.stack.settings import StackSettings
+from residuals.v1 import ingest_pb2
+from tests.support.ingest import Registry, Tenant, Topics
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-import grpc  # noqa: E402
-from confluent_kafka import TopicPartition  # noqa: E402
-from ingest_support import Registry, Tenant, Topics  # noqa: E402
-from residuals_sdk import UsageClient, uuid7  # noqa: E402
-from residuals_sdk import events as build  # noqa: E402
-from residuals_sdk.signing import sign_batch  # noqa: E402
-from residuals_sdk.transports.grpc import encode_batch  # noqa: E402
-
-from residuals.platform.config import load  # noqa: E402
-from residuals.platform.kafka import make_consumer, make_producer  # noqa: E402
-from residuals.platform.ports import free_port  # noqa: E402
-from residuals.stack import lifecycle  # noqa: E402
-from residuals.stack.settings import StackSettings  # noqa: E402
-from residuals.v1 import ingest_pb2  # noqa: E402
 
 
 def events(tenant: Tenant, count: int) -> list[Any]:

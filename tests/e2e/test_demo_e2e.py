@@ -43,8 +43,6 @@ from residuals.platform.kafka import make_admin
 from residuals.replay.casefile import load_case, read_event_lines
 from residuals.stack.settings import StackSettings
 
-pytestmark = pytest.mark.e2e
-
 SEED = 11
 EVENTS = 3000
 

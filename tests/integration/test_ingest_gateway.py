@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from ingest_support import Registry, Tenant, Topics, headers_of, read_topic
 from residuals_sdk import (
     DeliveryReport,
     DeliveryStatus,
@@ -44,8 +43,7 @@ from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.ingest import Registry, Tenant, Topics, headers_of, read_topic
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = "/residuals.v1.IngestService/PublishBatch"

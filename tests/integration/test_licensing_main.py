@@ -14,14 +14,12 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from licensing_support import create_topics, new_prefix
 
 from residuals.platform.ports import free_port
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_service_pb2, licence_service_pb2_grpc
-
-pytestmark = pytest.mark.integration
+from tests.support.licensing import create_topics, new_prefix
 
 
 def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> None:

@@ -19,17 +19,6 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from licensing_support import (
-    consume_all,
-    create_request,
-    create_topics,
-    ensure_parties,
-    header,
-    kafka_settings,
-    new_prefix,
-    reset_registry,
-    start_service,
-)
 from prometheus_client import CollectorRegistry
 
 from residuals.codecs import licences as licence_codec
@@ -44,8 +33,17 @@ from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.licensing import (
+    consume_all,
+    create_request,
+    create_topics,
+    ensure_parties,
+    header,
+    kafka_settings,
+    new_prefix,
+    reset_registry,
+    start_service,
+)
 
 ADMIN = Principal("p-admin", Role.ADMIN)
 CASE = {
@@ -176,7 +174,7 @@ def test_changes_arrive_in_order_with_full_state(stack: StackSettings, prefix: s
     started = start_service(stack, prefix, relay=True)
     service = started.service
     try:
-        from licensing_support import api_key
+        from tests.support.licensing import api_key
 
         admin = api_key(stack.dsn, ADMIN)
         licence = licence_with_id("LIC-OUT")

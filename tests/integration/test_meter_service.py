@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -19,10 +18,8 @@ from residuals.platform.kafka import make_consumer
 from residuals.platform.topics import ALERTS, USAGE_DLQ, USAGE_RATED
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
-from tests.integration.metering_support import Pipeline, Service, pipeline
-from tests.unit.builders import ev, licence_spec
-
-pytestmark = pytest.mark.integration
+from tests.support.builders import ev, licence_spec
+from tests.support.metering import Pipeline, Service, pipeline
 
 
 def read_topic(run: Pipeline, topic: Any, count: int, timeout: float = 60.0) -> list[Any]:

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from payouts_support import MemoryEvents, memory_sources, migrated_database
 
 from residuals.domain import journal
 from residuals.domain.closing import content_hash, with_advance_outstanding
@@ -28,8 +27,7 @@ from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
+from tests.support.payouts import MemoryEvents, memory_sources, migrated_database
 
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
 OCT, NOV, DEC = Period(2026, 10), Period(2026, 11), Period(2026, 12)

@@ -36,8 +36,6 @@ from residuals.platform.topics import USAGE
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 ROW_TIMEOUT = 120.0
 
@@ -122,7 +120,7 @@ class Worker:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.smoke_worker"],
+            [sys.executable, "-m", "tests.support.smoke_worker"],
             cwd=REPO,
             env=env,
             stdout=self._log,

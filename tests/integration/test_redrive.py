@@ -17,8 +17,15 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from alerts_support import delete_topics
-from sink_support import (
+
+from residuals.codecs.timestamps import set_timestamp
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import topic_name
+from residuals.platform.topics import USAGE, USAGE_DLQ, USAGE_RATED
+from residuals.stack.settings import StackSettings
+from residuals.v1 import common_pb2, usage_pb2
+from tests.support.alerts import delete_topics
+from tests.support.sink import (
     LEDGER_TOPICS,
     create_topics,
     isolated_kafka,
@@ -28,15 +35,6 @@ from sink_support import (
     running_writer,
     wait_until,
 )
-
-from residuals.codecs.timestamps import set_timestamp
-from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import topic_name
-from residuals.platform.topics import USAGE, USAGE_DLQ, USAGE_RATED
-from residuals.stack.settings import StackSettings
-from residuals.v1 import common_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
 
 ESC = "\x1b"
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\u202egnp.exe"

@@ -12,11 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
-from licensing_support import consume_all, create_request, header, kafka_settings, reset_registry
 from prometheus_client import CollectorRegistry
 from psycopg.types.json import Jsonb
-from test_licensing_outbox import ADMIN, licence_with_id, outbox_counts, parties
-from test_payouts_close import OCT, World, world  # noqa: F401 (the fixture)
 
 from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay, RelayMetrics
 from residuals.licensing.registry import Registry
@@ -27,8 +24,15 @@ from residuals.platform.kafka import make_admin
 from residuals.platform.postgres import Database
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payouts_pb2
-
-pytestmark = pytest.mark.integration
+from tests.integration.test_licensing_outbox import ADMIN, licence_with_id, outbox_counts, parties
+from tests.integration.test_payouts_close import OCT, World, world  # noqa: F401 (the fixture)
+from tests.support.licensing import (
+    consume_all,
+    create_request,
+    header,
+    kafka_settings,
+    reset_registry,
+)
 
 #: Small enough that a padded record is refused, large enough for every real record.
 MAX_MESSAGE_BYTES = 4096

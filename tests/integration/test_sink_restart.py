@@ -17,23 +17,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_support import delete_topics
-from ledger_support import Ledger
-from service_process import ServiceProcess, run_service
-from sink_support import (
+
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import topic_name
+from residuals.platform.topics import USAGE_RATED
+from residuals.stack.settings import StackSettings
+from tests.support.alerts import delete_topics
+from tests.support.ledger import Ledger
+from tests.support.service_process import ServiceProcess, run_service
+from tests.support.sink import (
     LEDGER_TOPICS,
     create_topics,
     isolated_kafka,
     produce,
     wait_until,
 )
-
-from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import topic_name
-from residuals.platform.topics import USAGE_RATED
-from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
 
 #: librdkafka's default session timeout is 45 s; a restart must take a fraction of it.
 FAST = 20.0

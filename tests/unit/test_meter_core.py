@@ -21,9 +21,7 @@ from residuals.meter import messages
 from residuals.meter.core import Meter, Record
 from residuals.meter.state import PeriodCounters, counters_key, identity_key, suspension_key
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
-from tests.unit.builders import ev, licence, parsed
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import ev, licence, parsed
 
 Outcome = usage_pb2.RatedUsage.Outcome
 KEY = Ed25519PrivateKey.generate()

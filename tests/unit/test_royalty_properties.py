@@ -6,8 +6,6 @@ import copy
 from decimal import Decimal
 from typing import Any
 
-import pytest
-from builders import licence_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +14,7 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.money import minor_digits, split_largest_remainder
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence_spec
 
 PERIOD = Period.parse("2026-10")
 CURRENCIES = ("USD", "JPY", "KWD")
