@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
+from residuals.demo import RUN_MARKER
 from residuals.demo.environment import DATABASE, database_url
-from residuals.demo.processes import RUN_MARKER
 from residuals.demo.scenario import ATTACKER, build_scenario
 from residuals.demo.timeline import Window
 from residuals.domain.closing import content_hash

@@ -4,15 +4,12 @@ between the Kafka commit and the PostgreSQL mark, and a standby relay taking ove
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,6 +27,7 @@ from residuals.platform import topics
 from residuals.platform.auth import Principal, Role
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
+from residuals.platform.processes import ServiceProcess
 from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2
@@ -261,25 +259,22 @@ def test_changes_arrive_in_order_with_full_state(stack: StackSettings, prefix: s
         started.close()
 
 
-def _relay_process(stack: StackSettings, prefix: str) -> subprocess.Popen[bytes]:
+def _relay_process(stack: StackSettings, prefix: str, log_dir: Path) -> ServiceProcess:
+    """``residuals licensing relay``: each start logs to its own ``relay-<n>.log``."""
     env = {
-        **os.environ,
         **stack.exports(),
         "RESIDUALS_TOPIC_PREFIX": prefix,
         "LICENSING_OUTBOX_BATCH_SIZE": "4",
         "LICENSING_OUTBOX_POLL_SECONDS": "0.1",
         "LOG_LEVEL": "WARNING",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "residuals", "licensing", "relay"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return ServiceProcess(
+        "relay", "residuals", env, log_dir, args=("licensing", "relay"), log_per_start=True
     )
 
 
 def test_relay_killed_mid_stream_resumes_exactly_once(
-    stack: StackSettings, prefix: str, registry: Registry
+    stack: StackSettings, prefix: str, registry: Registry, tmp_path: Path
 ) -> None:
     parties(registry)
     licences = [f"LIC-K{n:03d}" for n in range(60)]
@@ -288,24 +283,21 @@ def test_relay_killed_mid_stream_resumes_exactly_once(
     total, published = outbox_counts(stack.dsn)
     assert (total, published) == (4 * len(licences), 0)
 
-    first = _relay_process(stack, prefix)
+    relay = _relay_process(stack, prefix, tmp_path).start()
     try:
         wait_until(lambda: outbox_counts(stack.dsn)[1] >= 20, 60, "the relay to start publishing")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
     finally:
-        if first.poll() is None:
-            first.kill()
+        relay.kill(timeout=10)
     at_kill = outbox_counts(stack.dsn)[1]
     assert 0 < at_kill < total, f"kill was not mid-stream ({at_kill}/{total} published)"
     print(f"killed the relay with {at_kill}/{total} rows marked published")
 
-    second = _relay_process(stack, prefix)
+    relay.start()  # the second run
     try:
         wait_until(lambda: outbox_counts(stack.dsn)[1] == total, 90, "every row published")
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(20) == 0, (second.stderr.read() if second.stderr else b"").decode()
+        relay.terminate()
+        assert relay.wait(20) == 0, relay.log_text()
 
     records = consume_all(stack, topics.LICENCES.qualified(prefix), expect=total)
     assert len(records) == total

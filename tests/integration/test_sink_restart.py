@@ -96,8 +96,7 @@ def test_a_killed_static_member_is_replaced_at_once(
     env = _env(stack_env, kafka, SINK_GROUP_INSTANCE_ID="ledger-0")
     with run_service("ledger", env, _logs(tmp_path, "first")) as first:
         _ready_in(first)
-        first.process.kill()  # no clean leave: SIGKILL
-        first.process.wait(10)
+        first.kill(timeout=10)  # no clean leave: SIGKILL
     with run_service("ledger", env, _logs(tmp_path, "second")) as second:
         seconds = _ready_in(second)
         assert seconds < FAST, f"the replacement waited {seconds:.1f} s for its partitions"
