@@ -1,6 +1,7 @@
 """Test-suite wiring: the shared fixtures and each test's tier marker.
 
-Fixtures and helpers live in :mod:`tests.support` (fixtures in ``tests/support/fixtures.py``).
+Fixtures and helpers live in :mod:`tests.support`; the modules in ``pytest_plugins`` hold
+the fixtures every test can ask for (the stack's, and the payouts close tests' ``world``).
 A test's tier is its directory: everything under ``tests/unit`` is marked ``unit``, under
 ``tests/integration`` ``integration`` and under ``tests/e2e`` ``e2e``, so ``-m integration``
 selects a tier without each module repeating ``pytestmark``.
@@ -12,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fixtures import new_topic, stack, stack_env
-
-__all__ = ["new_topic", "stack", "stack_env"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.payouts"]
 
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")

@@ -27,9 +27,8 @@ from residuals.v1 import (
     common_pb2,
     ingest_pb2,
 )
-from tests.integration.test_ingest_gateway import Gateway, envelope, render
 from tests.support.alerts import StreamReader
-from tests.support.ingest import Registry
+from tests.support.ingest import Gateway, Registry, envelope, render
 from tests.support.metering import pipeline
 from tests.support.month import make_events, make_licences
 from tests.support.observability_catalogue import SYNTHETIC, referenced_metrics, sample_names

@@ -31,7 +31,7 @@ from residuals_sdk import (
     uuid7,
 )
 from residuals_sdk import events as build
-from residuals_sdk.signing import sign_event, verify_signature
+from residuals_sdk.signing import verify_signature
 from residuals_sdk.transports.grpc import encode_batch
 
 from residuals.codecs import receipt
@@ -43,11 +43,21 @@ from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
-from tests.support.ingest import Registry, Tenant, Topics, headers_of, read_topic
+from tests.support.ingest import (
+    Gateway,
+    Registry,
+    Tenant,
+    Topics,
+    auth,
+    envelope,
+    headers_of,
+    mutate,
+    read_topic,
+    render,
+    signed_payload,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-BATCH = "/residuals.v1.IngestService/PublishBatch"
-STREAM = "/residuals.v1.IngestService/PublishStream"
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -117,71 +127,11 @@ def orbit(registry: Registry) -> Tenant:
     return registry.vendor("ORBIT")
 
 
-class Gateway:
-    """Raw calls with exact bytes (what a broken or malicious client could send)."""
-
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.batch = self.channel.unary_unary(
-            BATCH,
-            request_serializer=lambda b: b,
-            response_deserializer=ingest_pb2.PublishBatchResponse.FromString,
-        )
-        self.stream = self.channel.stream_unary(
-            STREAM,
-            request_serializer=lambda b: b,
-            response_deserializer=ingest_pb2.PublishStreamResponse.FromString,
-        )
-
-    def publish(self, api_key: str, envelopes: list[bytes]) -> list[ingest_pb2.PublishResult]:
-        return self.publish_raw(api_key, encode_batch(envelopes))
-
-    def publish_raw(self, api_key: str, request: bytes) -> list[ingest_pb2.PublishResult]:
-        response = self.batch(request, metadata=auth(api_key), timeout=30)
-        return list(response.results)
-
-
-def auth(api_key: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {api_key}")]
-
-
 @pytest.fixture(scope="module")
 def raw(gateway: IngestApp) -> Iterator[Gateway]:
     client = Gateway(gateway.port)
     yield client
     client.channel.close()
-
-
-def render(tenant: Tenant, **overrides: Any) -> usage_pb2.UsageEvent:
-    fields: dict[str, Any] = {
-        "event_id": uuid7(),
-        "vendor_id": tenant.vendor_id,
-        "licence_id": tenant.licence_id,
-        "avatar_id": tenant.avatar_id,
-        "render_id": f"vid-{uuid.uuid4().hex[:6]}",
-        "category": "product_demo",
-        "territory": "GB",
-    }
-    fields.update(overrides)
-    return build.render(**fields)
-
-
-def mutate(event: usage_pb2.UsageEvent, **fields: Any) -> usage_pb2.UsageEvent:
-    """The event with fields set directly (bypassing the SDK's call-site checks)."""
-    for name, value in fields.items():
-        setattr(event, name, value)
-    return event
-
-
-def envelope(event: usage_pb2.UsageEvent, key: SigningKey) -> bytes:
-    return sign_event(event, key).SerializeToString()
-
-
-def signed_payload(payload: bytes, key: SigningKey) -> bytes:
-    """An envelope around arbitrary payload bytes, validly signed."""
-    return usage_pb2.SignedUsageEvent(
-        payload=payload, signature=key.sign(payload), key_id=key.key_id
-    ).SerializeToString()
 
 
 def reason(result: ingest_pb2.PublishResult) -> str:

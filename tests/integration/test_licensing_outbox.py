@@ -5,7 +5,6 @@ between the Kafka commit and the PostgreSQL mark, and a standby relay taking ove
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,11 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from residuals.codecs import licences as licence_codec
 from residuals.codecs.timestamps import set_timestamp
-from residuals.domain.licence_spec import parse_licence
 from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay, RelayMetrics
 from residuals.licensing.registry import Registry
 from residuals.platform import topics
-from residuals.platform.auth import Principal, Role
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
 from residuals.platform.processes import ServiceProcess
@@ -32,37 +29,21 @@ from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, licence_service_pb2
 from tests.support.licensing import (
+    ADMIN,
     consume_all,
     create_request,
     create_topics,
     ensure_parties,
     header,
     kafka_settings,
+    licence_with_id,
     new_prefix,
+    outbox_counts,
+    parties,
     reset_registry,
     start_service,
+    wait_until,
 )
-
-ADMIN = Principal("p-admin", Role.ADMIN)
-CASE = {
-    "licence_id": "LIC-OUT",
-    "talent_id": "TAL-OUT",
-    "avatar_id": "AVA-OUT",
-    "vendor_id": "VEN-OUT",
-    "currency": "USD",
-    "starts_at": "2026-01-01T00:00:00Z",
-    "scope": {
-        "categories_allowed": ["product_demo"],
-        "territories_allowed": ["*"],
-        "channels_allowed": ["web"],
-    },
-    "rates": {"render_tiers": [{"up_to": None, "unit_price": "0.50"}], "view_cpm": "4.00"},
-    "splits": {"TAL-OUT": "1"},
-}
-
-
-def licence_with_id(licence_id: str) -> Any:
-    return parse_licence({**CASE, "licence_id": licence_id})
 
 
 @pytest.fixture
@@ -117,32 +98,6 @@ def lifecycle(registry: Registry, licence_id: str) -> None:
             licence_id=licence_id, wind_down_days=3, reason="withdrawn"
         ),
     )
-
-
-def parties(registry: Registry) -> None:
-    licence = licence_with_id("LIC-OUT")
-    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id=licence.talent_id))
-    registry.create_avatar(
-        ADMIN, licence_pb2.Avatar(avatar_id=licence.avatar_id, talent_id=licence.talent_id)
-    )
-    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id=licence.vendor_id))
-    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-OUT"))
-
-
-def outbox_counts(dsn: str) -> tuple[int, int]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*), count(published_at) FROM outbox").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def check_exactly_once_in_order(records: list[Any], dsn: str) -> None:

@@ -29,9 +29,9 @@ from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
 from residuals.stack.settings import StackSettings
 from residuals.v1 import quarantine_pb2
-from tests.integration.test_licensing_outbox import wait_until
 from tests.support.builders import licence
 from tests.support.ingest import Registry as Rows
+from tests.support.licensing import wait_until
 
 NewTopic = Callable[[str, int], tuple[KafkaSettings, str]]
 

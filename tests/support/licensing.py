@@ -8,6 +8,7 @@ records. API keys are written straight into PostgreSQL, as `bootstrap-admin` doe
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from residuals.licensing import registry
 from residuals.licensing.app import LicensingApp
 from residuals.licensing.config import LicensingSettings, RelaySettings
 from residuals.licensing.outbox import RELAY_TOPICS, RelayMetrics
+from residuals.licensing.registry import Registry
 from residuals.platform.auth import Principal, Role, bearer_metadata
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcMetrics, GrpcSettings
@@ -292,3 +294,53 @@ def keys_for_roles(dsn: str, *, vendor: str, talent: str) -> dict[str, str]:
         "talent": api_key(dsn, Principal(f"p-{talent}", Role.TALENT, talent_id=talent)),
         "suspender": api_key(dsn, Principal("p-suspender", Role.SUSPENDER)),
     }
+
+
+# --- the outbox tests' licence, parties and polling -------------------------------------
+
+ADMIN = Principal("p-admin", Role.ADMIN)
+CASE = {
+    "licence_id": "LIC-OUT",
+    "talent_id": "TAL-OUT",
+    "avatar_id": "AVA-OUT",
+    "vendor_id": "VEN-OUT",
+    "currency": "USD",
+    "starts_at": "2026-01-01T00:00:00Z",
+    "scope": {
+        "categories_allowed": ["product_demo"],
+        "territories_allowed": ["*"],
+        "channels_allowed": ["web"],
+    },
+    "rates": {"render_tiers": [{"up_to": None, "unit_price": "0.50"}], "view_cpm": "4.00"},
+    "splits": {"TAL-OUT": "1"},
+}
+
+
+def licence_with_id(licence_id: str) -> Any:
+    return parse_licence({**CASE, "licence_id": licence_id})
+
+
+def parties(registry: Registry) -> None:
+    licence = licence_with_id("LIC-OUT")
+    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id=licence.talent_id))
+    registry.create_avatar(
+        ADMIN, licence_pb2.Avatar(avatar_id=licence.avatar_id, talent_id=licence.talent_id)
+    )
+    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id=licence.vendor_id))
+    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-OUT"))
+
+
+def outbox_counts(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*), count(published_at) FROM outbox").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -41,6 +42,7 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_consumer, make_producer, topic_name
+from residuals.platform.processes import ServiceFailed
 from residuals.platform.processes import ServiceProcess as Service
 from residuals.platform.roles import role_env
 from residuals.platform.topics import (
@@ -461,3 +463,31 @@ def pipeline(stack: StackSettings, work_dir: Path, partitions: int = 6) -> Itera
         yield run
     finally:
         run.delete_topics()
+
+
+# --- reading a run's topics, waiting for its services ----------------------------------------
+
+
+def read_topic(run: Pipeline, topic: Any, count: int, timeout: float = 60.0) -> list[Any]:
+    """Up to ``count`` records of the run's ``topic`` from the beginning (waits ``timeout``)."""
+    consumer = make_consumer(run.kafka, f"{run.kafka.topic_prefix}reader-{topic.name}")
+    consumer.assign(
+        [TopicPartition(run.topic(topic), p, OFFSET_BEGINNING) for p in range(run.partitions)]
+    )
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            found.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return found
+
+
+def wait_serving(service: Service, timeout: float = 90.0) -> None:
+    """Wait until ``service`` reports SERVING; fail the test (with its log's tail) if it
+    exits or does not in ``timeout`` seconds."""
+    try:
+        service.wait_healthy(timeout)
+    except ServiceFailed as failed:
+        raise AssertionError(f"meter not SERVING: {failed}") from None

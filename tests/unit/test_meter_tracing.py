@@ -20,7 +20,7 @@ from residuals.codecs.usage import from_domain
 from residuals.meter.core import Meter, Record
 from residuals.v1 import common_pb2
 from tests.support.builders import ev, licence, parsed
-from tests.unit.test_meter_core import KEY, Keys, State, record
+from tests.support.meter_core import KEY, Keys, State, record
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

@@ -39,7 +39,7 @@ from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
 from residuals.replay.casefile import load_case
 from tests.support.builders import licence, licence_spec
-from tests.unit.test_royalty_properties import months
+from tests.support.strategies import months
 
 CASES = sorted((Path(__file__).parents[1] / "data" / "royalty-cases").glob("*.yaml"))
 PERIOD = Period.parse("2026-10")
