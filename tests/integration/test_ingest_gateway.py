@@ -779,23 +779,18 @@ def event_of_kind(record: Any) -> str:
 def test_service_process_serves_health_metrics_and_stops_cleanly(
     stack: StackSettings, topics: Topics, pixel: Tenant, tmp_path: Path
 ) -> None:
-    import signal
     import urllib.request
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from residuals.platform.ports import free_port
+    from residuals.platform.processes import ServiceProcess
 
-    grpc_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **gateway_env(stack, topics, GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port)),
-    }
-    env.pop("OTEL_SERVICE_NAME", None)
-    log = (tmp_path / "ingest.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "residuals", "ingest", "run"], env=env, stdout=log, stderr=log
-    )
+    # The launcher picks the gRPC and metrics ports (gateway_env's GRPC_PORT=0 would not do).
+    env = {k: v for k, v in gateway_env(stack, topics).items() if k != "GRPC_PORT"}
+    service = ServiceProcess(
+        "ingest", "residuals", env, tmp_path, args=("ingest", "run"), unset=("OTEL_SERVICE_NAME",)
+    ).start()
+    grpc_port, metrics_port = service.grpc_port, service.metrics_port
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         grpc.channel_ready_future(channel).result(timeout=60)
@@ -813,8 +808,7 @@ def test_service_process_serves_health_metrics_and_stops_cleanly(
         channel.close()
         client.channel.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
+        code = service.stop(grace=60)
     logged = (tmp_path / "ingest.log").read_text()
     assert code == 0, logged
     lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]

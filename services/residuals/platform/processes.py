@@ -2,17 +2,17 @@
 and the benchmarks' services all start, watch and stop through :class:`ServiceProcess`.
 
 A process is ``python -m <module> [args]`` with the caller's environment on top of
-``os.environ`` and a few defaults (``GRPC_HOST``/``GRPC_PORT``/``METRICS_PORT`` on free
-ports unless given, ``LOG_FORMAT=json``, ``PYTHONUNBUFFERED=1``); its stdout and stderr go
-to a log file under ``log_dir``. It runs in its own session, so a Ctrl-C in the terminal
-reaches only the parent, and stopping signals its whole process group: SIGTERM, then
-SIGKILL after a grace period. ``kill()`` is the ``kill -9`` of fault tests; ``start()``
-again (or ``restart()``, which records the exit status) starts a new run, each with its own
-log file when ``log_per_start`` is set. With ``die_with_parent`` the kernel sends the
-process SIGTERM when its parent dies, so even ``kill -9`` of the demo leaves no service
-behind. Readiness is the process's gRPC health status (every service serves one; the meter
-and the ledger writer report SERVING only once they can work), a listening gRPC port, or a
-line in its log.
+``os.environ`` (less any ``unset`` names) and a few defaults (``GRPC_HOST``/``GRPC_PORT``/
+``METRICS_PORT`` on free ports unless given, ``LOG_FORMAT=json``, ``PYTHONUNBUFFERED=1``);
+its stdout and stderr go to a log file under ``log_dir``. It runs in its own session, so a
+Ctrl-C in the terminal reaches only the parent, and stopping signals its whole process
+group: SIGTERM, then SIGKILL after a grace period. ``kill()`` is the ``kill -9`` of fault
+tests; ``start()`` again (or ``restart()``, which records the exit status) starts a new
+run, each with its own log file when ``log_per_start`` is set. With ``die_with_parent`` the
+kernel sends the process SIGTERM when its parent dies, so even ``kill -9`` of the demo
+leaves no service behind. Readiness is the process's gRPC health status (every service
+serves one; the meter and the ledger writer report SERVING only once they can work), a
+listening gRPC port, or a line in its log.
 
 (Detached servers that outlive the command starting them, the local Kafka and PostgreSQL,
 are :mod:`residuals.stack.processes`' business.)
@@ -96,6 +96,8 @@ class ServiceProcess:
     append_log: bool = False
     die_with_parent: bool = False
     cwd: Path | None = None
+    #: Variables of ``os.environ`` the process must not inherit (a service's own defaults).
+    unset: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     #: How many times the process was started.
     starts: int = field(default=0, init=False)
@@ -126,7 +128,7 @@ class ServiceProcess:
         self.grpc_port = fixed_grpc or free_port()
         self.metrics_port = fixed_metrics or free_port()
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in self.unset},
             "GRPC_HOST": "127.0.0.1",
             "GRPC_PORT": str(self.grpc_port),
             "METRICS_PORT": str(self.metrics_port),
