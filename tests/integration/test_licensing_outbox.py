@@ -42,8 +42,8 @@ from tests.support.licensing import (
     parties,
     reset_registry,
     start_service,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -240,7 +240,12 @@ def test_relay_killed_mid_stream_resumes_exactly_once(
 
     relay = _relay_process(stack, prefix, tmp_path).start()
     try:
-        wait_until(lambda: outbox_counts(stack.dsn)[1] >= 20, 60, "the relay to start publishing")
+        wait_until(
+            lambda: outbox_counts(stack.dsn)[1] >= 20,
+            60,
+            "the relay to start publishing",
+            every=0.05,
+        )
     finally:
         relay.kill(timeout=10)
     at_kill = outbox_counts(stack.dsn)[1]

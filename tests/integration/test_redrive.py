@@ -33,8 +33,8 @@ from tests.support.sink import (
     produce,
     read_at,
     running_writer,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 ESC = "\x1b"
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\u202egnp.exe"

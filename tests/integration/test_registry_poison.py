@@ -31,7 +31,7 @@ from residuals.stack.settings import StackSettings
 from residuals.v1 import quarantine_pb2
 from tests.support.builders import licence
 from tests.support.ingest import Registry as Rows
-from tests.support.licensing import wait_until
+from tests.support.waiting import wait_until
 
 NewTopic = Callable[[str, int], tuple[KafkaSettings, str]]
 

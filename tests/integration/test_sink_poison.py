@@ -41,8 +41,8 @@ from tests.support.sink import (
     produce,
     running_writer,
     stored_positions,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 Outcome = usage_pb2.RatedUsage.Outcome
 

@@ -30,8 +30,8 @@ from tests.support.sink import (
     create_topics,
     isolated_kafka,
     produce,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 #: librdkafka's default session timeout is 45 s; a restart must take a fraction of it.
 FAST = 20.0

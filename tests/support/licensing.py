@@ -242,7 +242,6 @@ def consume_all(
     stack: StackSettings, topic: str, *, expect: int, timeout: float = 60.0
 ) -> list[Any]:
     """Every committed record of ``topic`` (from the beginning) once ``expect`` arrived."""
-    import time
 
     consumer = Consumer(
         {
@@ -296,7 +295,7 @@ def keys_for_roles(dsn: str, *, vendor: str, talent: str) -> dict[str, str]:
     }
 
 
-# --- the outbox tests' licence, parties and polling -------------------------------------
+# --- the outbox tests' licence and parties -------------------------------------
 
 ADMIN = Principal("p-admin", Role.ADMIN)
 CASE = {
@@ -335,12 +334,3 @@ def outbox_counts(dsn: str) -> tuple[int, int]:
         row = conn.execute("SELECT count(*), count(published_at) FROM outbox").fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
