@@ -1,6 +1,6 @@
 """Alert latency benchmark: publish -> delivery on a WatchAlerts subscriber.
 
-    python bench/alerts.py --rate 5000 --seconds 30 --political-share 0.05
+    python -m bench.alerts --rate 5000 --seconds 30 --political-share 0.05
 
 Runs the real alerts service (``python -m residuals.alerts``, its own process) against the
 local stack (``residuals stack up``; export RESIDUALS_* to pick yours), subscribes with
@@ -25,10 +25,7 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +36,6 @@ from pathlib import Path
 
 import grpc
 from confluent_kafka.admin import NewTopic
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from residuals.codecs.timestamps import set_timestamp
 from residuals.licensing import registry
@@ -47,7 +43,7 @@ from residuals.platform.auth import Principal, Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import make_admin, make_producer, topic_name
 from residuals.platform.migrations import migrate
-from residuals.platform.ports import free_port
+from residuals.platform.processes import ServiceFailed, ServiceProcess
 from residuals.platform.topics import ALERTS
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
@@ -152,22 +148,6 @@ def forget(dsn: str, run: str) -> None:
         conn.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (f"bench-{run}",))
 
 
-def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit("alerts service exited during start-up")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit("alerts service did not become healthy")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,30 +177,22 @@ def main() -> int:
     admin.create_topics([NewTopic(topic, num_partitions=6)], operation_timeout=30)[topic].result(60)
     key = finance_key(stack.dsn, run)
 
-    grpc_port, metrics_port = free_port(), free_port()
-    log_path = Path(tempfile.gettempdir()) / f"bench-alerts-{run}.log"
     env = {
-        **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
         "RESIDUALS_TOPIC_PREFIX": kafka.topic_prefix,
         "DATABASE_URL": stack.dsn,
         "ALERTS_CONSUMER_GROUP": f"bench-{run}",
-        "GRPC_HOST": "127.0.0.1",
-        "GRPC_PORT": str(grpc_port),
-        "METRICS_PORT": str(metrics_port),
         "LOG_LEVEL": "WARNING",
     }
-    with log_path.open("wb") as log_file:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "residuals.alerts"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    log_dir = Path(tempfile.gettempdir())
+    service = ServiceProcess(f"bench-alerts-{run}", "residuals.alerts", env, log_dir).start()
     subscriber: Subscriber | None = None
     try:
-        wait_healthy(grpc_port, service)
-        subscriber = Subscriber(grpc_port, key)
+        try:
+            service.wait_healthy(60)
+        except ServiceFailed as failed:
+            raise SystemExit(f"alerts service did not become healthy: {failed}") from None
+        subscriber = Subscriber(service.grpc_port, key)
         if not subscriber.ready.wait(15):
             raise SystemExit("subscriber got no heartbeat")
         producer = make_producer(kafka, **{"linger.ms": 5})
@@ -290,11 +262,7 @@ def main() -> int:
     finally:
         if subscriber is not None:
             subscriber.close()
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        service.stop(grace=20)
         forget(stack.dsn, run)
         for future in make_admin(kafka).delete_topics([topic], operation_timeout=30).values():
             with contextlib.suppress(Exception):

@@ -2,7 +2,7 @@
 
     export RESIDUALS_STACK_DIR=... RESIDUALS_KAFKA_PORT=...   # your stack
     residuals stack up
-    python bench/faust_floor.py --records 200000
+    python -m bench.faust_floor --records 200000
 
 Fills a fresh 6-partition topic with ``--records`` records of 300 bytes, then
 
@@ -29,12 +29,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "services"))
+from residuals.platform.config import KafkaSettings, load
+from residuals.platform.kafka import make_admin, make_consumer, make_producer
+from residuals.stack.settings import StackSettings
 
-from residuals.platform.config import KafkaSettings, load  # noqa: E402
-from residuals.platform.kafka import make_admin, make_consumer, make_producer  # noqa: E402
-from residuals.stack.settings import StackSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The local stack's addresses (RESIDUALS_* variables), unless set explicitly.
 for _name, _value in load(StackSettings).exports().items():
@@ -135,7 +134,8 @@ def main() -> int:
     (data_dir / "report.json").unlink(missing_ok=True)
     worker = ["--worker", topic, str(data_dir)]
     out = subprocess.run(
-        [sys.executable, __file__, "--records", str(args.records), *worker],
+        [sys.executable, "-m", "bench.faust_floor", "--records", str(args.records), *worker],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,

@@ -1,7 +1,7 @@
 """Ingestion benchmark on the local stack: SDK → Kafka and the gRPC gateway, events/s.
 
     residuals stack up            # (with your RESIDUALS_* env) once
-    python bench/ingest.py --events 50000 --gateway-events 50000
+    python -m bench.ingest --events 50000 --gateway-events 50000
 
 Measured, each into fresh topics, counting only events Kafka acknowledged:
 
@@ -21,7 +21,7 @@ Pre-signed envelopes are signed as ``publish_many`` signs them: ``--signature-ba
 per-event signatures ``render()`` makes. The usage topic's record count must equal the
 events sent (printed as ``on_topic``). Reports
 CPU load too: on 2 shared cores, client and server compete. Vendors and keys are inserted
-with the test helpers' SQL (tests/integration/ingest_support.py).
+with the test helpers' SQL (tests/support/ingest.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,23 +38,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
+from confluent_kafka import TopicPartition
+from residuals_sdk import UsageClient, uuid7
+from residuals_sdk import events as build
+from residuals_sdk.signing import sign_batch
+from residuals_sdk.transports.grpc import encode_batch
+
+from residuals.platform.config import load
+from residuals.platform.kafka import make_consumer, make_producer
+from residuals.platform.ports import free_port
+from residuals.platform.processes import ServiceProcess, cpu_seconds
+from residuals.stack import lifecycle
+from residuals.stack.settings import StackSettings
+from residuals.v1 import ingest_pb2
+from tests.support.ingest import Registry, Tenant, Topics
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-import grpc  # noqa: E402
-from confluent_kafka import TopicPartition  # noqa: E402
-from ingest_support import Registry, Tenant, Topics  # noqa: E402
-from residuals_sdk import UsageClient, uuid7  # noqa: E402
-from residuals_sdk import events as build  # noqa: E402
-from residuals_sdk.signing import sign_batch  # noqa: E402
-from residuals_sdk.transports.grpc import encode_batch  # noqa: E402
-
-from residuals.platform.config import load  # noqa: E402
-from residuals.platform.kafka import make_consumer, make_producer  # noqa: E402
-from residuals.platform.ports import free_port  # noqa: E402
-from residuals.stack import lifecycle  # noqa: E402
-from residuals.stack.settings import StackSettings  # noqa: E402
-from residuals.v1 import ingest_pb2  # noqa: E402
 
 
 def events(tenant: Tenant, count: int) -> list[Any]:
@@ -95,16 +94,10 @@ def on_topic(topics: Topics) -> int:
         consumer.close()
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def timed(run: Callable[[], int], server_pid: int | None = None) -> dict[str, Any]:
     """Wall time and CPU seconds; on shared cores, events per CPU second is the steadier
     figure (what one dedicated core would sustain), wall events/s what this run got."""
-    server0 = process_cpu(server_pid) if server_pid else 0.0
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     count = run()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -115,7 +108,7 @@ def timed(run: Callable[[], int], server_pid: int | None = None) -> dict[str, An
         "client_cpu_s": round(cpu, 2),
     }
     if server_pid:
-        server = process_cpu(server_pid) - server0
+        server = cpu_seconds(server_pid) - server0
         result["gateway_cpu_s"] = round(server, 2)
         result["events_per_gateway_cpu_s"] = round(count / server) if server else None
     else:
@@ -178,24 +171,19 @@ def publish_many(client: UsageClient, tenant: Tenant, count: int, batch: int) ->
     return count
 
 
-def start_gateway(stack: StackSettings, topics: Topics, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(stack: StackSettings, topics: Topics, port: int, log_dir: Path) -> ServiceProcess:
+    """``python -m residuals.ingest`` on ``port``, once it accepts connections; its output goes
+    to ``log_dir/gateway.log``."""
     env = {
-        **os.environ,
         **topics.env(),
         "DATABASE_URL": stack.dsn,
-        "GRPC_HOST": "127.0.0.1",
-        "GRPC_PORT": str(port),
         "LOG_LEVEL": "WARNING",
         "INGEST_VENDOR_RATE": "1000000",
         "INGEST_VENDOR_BURST": "1000000",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "residuals.ingest"], env=env)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=60)
-    finally:
-        channel.close()
-    return proc
+    gateway = ServiceProcess("gateway", "residuals.ingest", env, log_dir, grpc_port=port).start()
+    gateway.wait_listening(60)
+    return gateway
 
 
 def bench_gateway(
@@ -268,7 +256,7 @@ def main() -> int:
         "load_average_1m_before": round(os.getloadavg()[0], 2),
         "signature_batch": args.signature_batch,
     }
-    gateway: subprocess.Popen[bytes] | None = None
+    gateway: ServiceProcess | None = None
     all_topics: list[Topics] = []
 
     def fresh(name: str) -> Topics:
@@ -300,7 +288,9 @@ def main() -> int:
 
             topics = fresh("gw")
             port = free_port()
-            gateway = start_gateway(stack, topics, port)
+            gateway = start_gateway(
+                stack, topics, port, Path(tempfile.gettempdir()) / f"bench-ingest-{run_id}"
+            )
             bench_gateway(
                 port,
                 gateway.pid,
@@ -329,8 +319,7 @@ def main() -> int:
             report["sdk_grpc_per_call"]["on_topic"] = on_topic(topics) - before
     finally:
         if gateway is not None:
-            gateway.terminate()
-            gateway.wait(30)
+            gateway.stop(grace=30)
         for topics in all_topics:
             topics.delete()
     report["load_average_1m_after"] = round(os.getloadavg()[0], 2)

@@ -1,9 +1,9 @@
 """The meter's CPU per event without Kafka: where the time goes, quickly.
 
-    python bench/meter_cpu.py --events 50000 --licences 100000 [--profile]
+    python -m bench.meter_cpu --events 50000 --licences 100000 [--profile]
 
 Runs the meter's real batch path (``BatchRunner.run``: signature check, rules, records and
-state writes, metrics) over a month of signed records (bench/month.py) held in memory,
+state writes, metrics) over a month of signed records (tests/support/month.py) held in memory,
 with a publisher that only counts what it is given and a dict as the state store. What it
 leaves out is what the pipeline benchmark (bench/pipeline.py) adds: faust's consumer, the
 broker and the producer's I/O. Licences are decoded before the clock starts (the steady
@@ -23,26 +23,21 @@ import pstats
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-from month import make_events, make_licences  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from residuals.codecs import licences as licence_codec  # noqa: E402
-from residuals.codecs.signing import sign_batch, signing_key_record  # noqa: E402
-from residuals.domain.licence_spec import parse_licence  # noqa: E402
-from residuals.meter.app import BatchRunner  # noqa: E402
-from residuals.meter.core import VENDOR_HEADER, Meter, Record  # noqa: E402
-from residuals.meter.lookups import KeyRegistry, LicenceRegistry  # noqa: E402
-from residuals.meter.metrics import MeterMetrics  # noqa: E402
-from residuals.v1 import usage_pb2  # noqa: E402
-from tests.integration.metering_support import raw_to_proto  # noqa: E402
+from residuals.codecs import licences as licence_codec
+from residuals.codecs.signing import sign_batch, signing_key_record
+from residuals.domain.licence_spec import parse_licence
+from residuals.meter.app import BatchRunner
+from residuals.meter.core import VENDOR_HEADER, Meter, Record
+from residuals.meter.lookups import KeyRegistry, LicenceRegistry
+from residuals.meter.metrics import MeterMetrics
+from residuals.v1 import usage_pb2
+from tests.support.metering import raw_to_proto
+from tests.support.month import make_events, make_licences
 
 
 class CountingPublisher:

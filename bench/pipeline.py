@@ -3,12 +3,12 @@
 
     export RESIDUALS_STACK_DIR=... RESIDUALS_KAFKA_PORT=... RESIDUALS_POSTGRES_PORT=...
     residuals stack up
-    python bench/pipeline.py --events 200000 --licences 100000 [--profile]
+    python -m bench.pipeline --events 200000 --licences 100000 [--profile]
 
 Phases, all in one run on one isolated topic prefix:
 
 1. setup: 100,000 licences and the vendors' signing keys on the compacted topics; the
-   month's events generated (bench/month.py), signed with Ed25519 and published as a
+   month's events generated (tests/support/month.py), signed with Ed25519 and published as a
    backlog (not timed);
 2. throughput: the meter and the ledger writer start and drain the backlog; the
    sustained rate is records / (last ledger commit - first ledger commit), and every
@@ -37,21 +37,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from residuals.domain.events import parse_event
+from residuals.domain.period import Period
+from residuals.domain.statement import compute_statement
+from residuals.ledger.history import load_period_events
+from residuals.platform.config import load
+from residuals.platform.kafka import make_consumer
+from residuals.platform.topics import USAGE
+from residuals.stack.settings import StackSettings
+from tests.support.metering import Pipeline, pipeline
+from tests.support.month import make_events, make_licences
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from month import make_events, make_licences  # noqa: E402
-
-from residuals.domain.events import parse_event  # noqa: E402
-from residuals.domain.period import Period  # noqa: E402
-from residuals.domain.statement import compute_statement  # noqa: E402
-from residuals.ledger.history import load_period_events  # noqa: E402
-from residuals.platform.config import load  # noqa: E402
-from residuals.platform.kafka import make_consumer  # noqa: E402
-from residuals.platform.topics import USAGE  # noqa: E402
-from residuals.stack.settings import StackSettings  # noqa: E402
-from tests.integration.metering_support import Pipeline, pipeline  # noqa: E402
 
 
 def raw_consume_rate(run: Pipeline, count: int) -> float:

@@ -1,6 +1,6 @@
 """Offline replay benchmark: `residuals replay` over a generated month of stored events.
 
-    python bench/replay.py --events 1000000 --licences 5000
+    python -m bench.replay --events 1000000 --licences 5000
 
 Writes the month once (bench/.data/, reused while the parameters match), then runs the
 project's own replay command in a fresh process and reports its wall time, events/s and
@@ -20,9 +20,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from month import make_events, make_licences
+from tests.support.month import make_events, make_licences
 
 DATA = Path(__file__).resolve().parent / ".data"
 

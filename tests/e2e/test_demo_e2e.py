@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
+from residuals.demo import RUN_MARKER
 from residuals.demo.environment import DATABASE, database_url
-from residuals.demo.processes import RUN_MARKER
 from residuals.demo.scenario import ATTACKER, build_scenario
 from residuals.demo.timeline import Window
 from residuals.domain.closing import content_hash
@@ -42,8 +42,6 @@ from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin
 from residuals.replay.casefile import load_case, read_event_lines
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.e2e
 
 SEED = 11
 EVENTS = 3000

@@ -14,15 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from residuals.platform.topics import USAGE_DLQ, USAGE_RATED
 from residuals.stack import kafka as stack_kafka
 from residuals.stack.settings import StackSettings
-from tests.e2e.month_run import assert_ledger_is_the_replay, prepare_month
-from tests.integration.metering_support import pipeline
-
-pytestmark = pytest.mark.e2e
+from tests.support.metering import pipeline
+from tests.support.month_run import assert_ledger_is_the_replay, prepare_month
 
 EVENTS = 100_000
 LICENCES = 2_000

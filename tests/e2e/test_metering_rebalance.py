@@ -13,13 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from residuals.stack.settings import StackSettings
-from tests.e2e.month_run import assert_ledger_is_the_replay, prepare_month
-from tests.integration.metering_support import Service, pipeline
-
-pytestmark = pytest.mark.e2e
+from tests.support.metering import Service, pipeline
+from tests.support.month_run import assert_ledger_is_the_replay, prepare_month
 
 EVENTS = 48_000
 LICENCES = 1_000

@@ -9,18 +9,12 @@ rules must all appear as samples (not just HELP lines) in some service's exposit
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import psycopg
-import pytest
-from observability_catalogue import SYNTHETIC, referenced_metrics, sample_names
-
-# The gateway tests' helpers import their support module by its bare name.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from residuals.domain.period import Period
 from residuals.licensing import registry
@@ -33,16 +27,12 @@ from residuals.v1 import (
     common_pb2,
     ingest_pb2,
 )
-from tests.integration.alerts_support import StreamReader
-from tests.integration.ingest_support import Registry
-from tests.integration.metering_support import pipeline
-from tests.integration.service_process import run_service
-from tests.integration.test_ingest_gateway import Gateway, envelope, render
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from month import make_events, make_licences
-
-pytestmark = pytest.mark.e2e
+from tests.support.alerts import StreamReader
+from tests.support.ingest import Gateway, Registry, envelope, render
+from tests.support.metering import pipeline
+from tests.support.month import make_events, make_licences
+from tests.support.observability_catalogue import SYNTHETIC, referenced_metrics, sample_names
+from tests.support.service_process import run_service
 
 POLITICAL = 5
 

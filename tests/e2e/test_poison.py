@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,11 +34,9 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.platform import topics
 from residuals.platform.kafka import make_consumer
 from residuals.stack.settings import StackSettings
-from tests.e2e.month_run import assert_ledger_is_the_replay, prepare_month
-from tests.integration.metering_support import Pipeline, pipeline
-from tests.unit.builders import licence_spec
-
-pytestmark = pytest.mark.e2e
+from tests.support.builders import licence_spec
+from tests.support.metering import Pipeline, pipeline
+from tests.support.month_run import assert_ledger_is_the_replay, prepare_month
 
 EVENTS = 6_000
 MONTH_LICENCES = 300

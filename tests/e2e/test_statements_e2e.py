@@ -30,37 +30,33 @@ import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-sys.path.insert(0, str(REPO / "bench"))
-
-from metering_support import Pipeline, Service, pipeline  # noqa: E402
-from month import make_events, make_licences  # noqa: E402
-from payouts_support import migrated_database  # noqa: E402
-
-from residuals.codecs import licences as licence_codec  # noqa: E402
-from residuals.domain.closing import content_hash, licences_for_period  # noqa: E402
-from residuals.domain.events import parse_event, parse_timestamp  # noqa: E402
-from residuals.domain.licence_spec import parse_licence  # noqa: E402
-from residuals.domain.licences import Licence  # noqa: E402
-from residuals.domain.period import Period  # noqa: E402
-from residuals.domain.statement import compute_statement  # noqa: E402
-from residuals.licensing.registry import Registry  # noqa: E402
-from residuals.platform.auth import Principal, Role, bearer_metadata, generate_api_key  # noqa: E402
-from residuals.platform.config import PostgresSettings  # noqa: E402
-from residuals.platform.kafka import make_admin  # noqa: E402
-from residuals.platform.postgres import Database  # noqa: E402
-from residuals.platform.roles import database_role  # noqa: E402
-from residuals.platform.topics import PAYOUTS  # noqa: E402
-from residuals.stack.settings import StackSettings  # noqa: E402
-from residuals.v1 import (  # noqa: E402
+from residuals.codecs import licences as licence_codec
+from residuals.domain.closing import content_hash, licences_for_period
+from residuals.domain.events import parse_event, parse_timestamp
+from residuals.domain.licence_spec import parse_licence
+from residuals.domain.licences import Licence
+from residuals.domain.period import Period
+from residuals.domain.statement import compute_statement
+from residuals.licensing.registry import Registry
+from residuals.platform.auth import Principal, Role, bearer_metadata, generate_api_key
+from residuals.platform.config import PostgresSettings
+from residuals.platform.kafka import make_admin
+from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
+from residuals.platform.topics import PAYOUTS
+from residuals.stack.settings import StackSettings
+from residuals.v1 import (
     licence_pb2,
     licence_service_pb2,
     payout_service_pb2_grpc,
 )
-from residuals.v1 import payout_service_pb2 as ps  # noqa: E402
+from residuals.v1 import payout_service_pb2 as ps
+from tests.support.metering import Pipeline, Service, pipeline
+from tests.support.month import make_events, make_licences
+from tests.support.payouts import migrated_database
 
-pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
 
 OCT, NOV = Period(2026, 10), Period(2026, 11)
 LICENCES = 12

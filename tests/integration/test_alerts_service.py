@@ -18,17 +18,6 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from alerts_support import (
-    AlertProducer,
-    FakeLicenceService,
-    StreamReader,
-    Tenant,
-    bearer,
-    delete_topics,
-    fake_licence_service,
-    isolated_kafka,
-)
-from bad_request_support import INJECTIONS, UNSTORABLE, bad_field, rpc_error
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -43,8 +32,17 @@ from residuals.platform.roles import database_role
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, alerts_pb2, common_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import (
+    AlertProducer,
+    FakeLicenceService,
+    StreamReader,
+    Tenant,
+    bearer,
+    delete_topics,
+    fake_licence_service,
+    isolated_kafka,
+)
+from tests.support.bad_request import INJECTIONS, UNSTORABLE, bad_field, rpc_error
 
 CRITICAL = common_pb2.SEVERITY_CRITICAL
 FORBIDDEN = common_pb2.VIOLATION_KIND_FORBIDDEN_CATEGORY

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from alerts_support import AlertProducer, Tenant, delete_topics, isolated_kafka
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from service_process import otlp_collector, run_service
 
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import AlertProducer, Tenant, delete_topics, isolated_kafka
+from tests.support.service_process import otlp_collector, run_service
 
 TRACE_ID = 0x5B8EFFF798038103D269B633813FC60C
 METER_SPAN_ID = 0xEEE19B7EC3C1B174

@@ -35,8 +35,6 @@ from residuals.v1 import (
     ingest_pb2_grpc,
 )
 
-pytestmark = pytest.mark.integration
-
 ADMIN = Principal("p-admin", Role.ADMIN)
 VENDOR = Principal("p-acme", Role.VENDOR, vendor_id="acme")
 INGEST = "residuals.v1.IngestService"

@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from payouts_support import migrated_database
 
 from residuals.codecs.usage import from_domain, payload_bytes
 from residuals.domain.events import Rejection, UsageEvent, parse_event
@@ -30,10 +29,9 @@ from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_pb2, usage_pb2
-from tests.integration.licensing_support import create_request
-from tests.unit.builders import ev, licence
-
-pytestmark = pytest.mark.integration
+from tests.support.builders import ev, licence
+from tests.support.licensing import create_request
+from tests.support.payouts import migrated_database
 
 OCT = Period(2026, 10)
 LATER = datetime(2027, 6, 1, tzinfo=UTC)

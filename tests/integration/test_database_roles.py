@@ -4,7 +4,7 @@ Each service connects as its own role; these tests prove the boundaries (the gat
 cannot write the ledger, the ledger cannot write licences, alerts cannot read
 statements, no service can change the schema) and that every table has its grants.
 That each role can do what its service does is proven by the services' own integration
-tests, which connect as the service's role (licensing_support, ingest gateway, ledger
+tests, which connect as the service's role (tests.support.licensing, ingest gateway, ledger
 store, payouts, alerts).
 """
 
@@ -17,14 +17,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from payouts_support import migrated_database
 from psycopg import errors
 
 from residuals.platform import migrations, roles
 from residuals.stack import postgres
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
+from tests.support.payouts import migrated_database
 
 
 @pytest.fixture(scope="module")

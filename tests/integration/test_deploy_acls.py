@@ -30,8 +30,6 @@ from residuals.platform.ports import free_port
 from residuals.stack import kafka as stack_kafka
 from residuals.stack.settings import StackSettings
 
-pytestmark = pytest.mark.integration
-
 ADMIN_PASSWORD = "admin-secret"
 PRINCIPALS = ("residuals-meter", "residuals-ledger", "residuals-ingest", "vendor-acme")
 

@@ -26,8 +26,6 @@ from residuals.platform.grpc_server import GrpcMetrics, GrpcSettings, make_grpc_
 from residuals.platform.kafka import make_admin
 from residuals.stack.settings import StackSettings
 
-pytestmark = pytest.mark.integration
-
 RESIDUALS = [sys.executable, "-m", "residuals"]
 
 

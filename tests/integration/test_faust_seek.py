@@ -12,8 +12,6 @@ from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import seek_committed_zero_too
 from residuals.platform.kafka import make_producer
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def topic(new_topic: Callable[[str, int], tuple[KafkaSettings, str]]) -> tuple[KafkaSettings, str]:

@@ -33,8 +33,6 @@ from residuals.v1 import (
     ingest_pb2_grpc,
 )
 
-pytestmark = pytest.mark.integration
-
 INGEST = "residuals.v1.IngestService"
 ALERTS = "residuals.v1.AlertService"
 PARENT_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736

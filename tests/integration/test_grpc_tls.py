@@ -10,10 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from alerts_support import FakeLicenceService
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
-from tls_support import Pki, make_pki
 
 from residuals.alerts.app import licence_registry
 from residuals.alerts.settings import AlertsSettings
@@ -29,8 +27,8 @@ from residuals.platform.grpc_server import (
     make_grpc_server,
 )
 from residuals.v1 import alerts_pb2, licence_pb2, licence_service_pb2, licence_service_pb2_grpc
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import FakeLicenceService
+from tests.support.tls import Pki, make_pki
 
 LICENCE_SERVICE = "residuals.v1.LicenceService"
 

@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from ingest_support import Registry, Tenant, Topics, headers_of, read_topic
 from residuals_sdk import (
     DeliveryReport,
     DeliveryStatus,
@@ -32,7 +31,7 @@ from residuals_sdk import (
     uuid7,
 )
 from residuals_sdk import events as build
-from residuals_sdk.signing import sign_event, verify_signature
+from residuals_sdk.signing import verify_signature
 from residuals_sdk.transports.grpc import encode_batch
 
 from residuals.codecs import receipt
@@ -44,12 +43,21 @@ from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.ingest import (
+    Gateway,
+    Registry,
+    Tenant,
+    Topics,
+    auth,
+    envelope,
+    headers_of,
+    mutate,
+    read_topic,
+    render,
+    signed_payload,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-BATCH = "/residuals.v1.IngestService/PublishBatch"
-STREAM = "/residuals.v1.IngestService/PublishStream"
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -119,71 +127,11 @@ def orbit(registry: Registry) -> Tenant:
     return registry.vendor("ORBIT")
 
 
-class Gateway:
-    """Raw calls with exact bytes (what a broken or malicious client could send)."""
-
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.batch = self.channel.unary_unary(
-            BATCH,
-            request_serializer=lambda b: b,
-            response_deserializer=ingest_pb2.PublishBatchResponse.FromString,
-        )
-        self.stream = self.channel.stream_unary(
-            STREAM,
-            request_serializer=lambda b: b,
-            response_deserializer=ingest_pb2.PublishStreamResponse.FromString,
-        )
-
-    def publish(self, api_key: str, envelopes: list[bytes]) -> list[ingest_pb2.PublishResult]:
-        return self.publish_raw(api_key, encode_batch(envelopes))
-
-    def publish_raw(self, api_key: str, request: bytes) -> list[ingest_pb2.PublishResult]:
-        response = self.batch(request, metadata=auth(api_key), timeout=30)
-        return list(response.results)
-
-
-def auth(api_key: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {api_key}")]
-
-
 @pytest.fixture(scope="module")
 def raw(gateway: IngestApp) -> Iterator[Gateway]:
     client = Gateway(gateway.port)
     yield client
     client.channel.close()
-
-
-def render(tenant: Tenant, **overrides: Any) -> usage_pb2.UsageEvent:
-    fields: dict[str, Any] = {
-        "event_id": uuid7(),
-        "vendor_id": tenant.vendor_id,
-        "licence_id": tenant.licence_id,
-        "avatar_id": tenant.avatar_id,
-        "render_id": f"vid-{uuid.uuid4().hex[:6]}",
-        "category": "product_demo",
-        "territory": "GB",
-    }
-    fields.update(overrides)
-    return build.render(**fields)
-
-
-def mutate(event: usage_pb2.UsageEvent, **fields: Any) -> usage_pb2.UsageEvent:
-    """The event with fields set directly (bypassing the SDK's call-site checks)."""
-    for name, value in fields.items():
-        setattr(event, name, value)
-    return event
-
-
-def envelope(event: usage_pb2.UsageEvent, key: SigningKey) -> bytes:
-    return sign_event(event, key).SerializeToString()
-
-
-def signed_payload(payload: bytes, key: SigningKey) -> bytes:
-    """An envelope around arbitrary payload bytes, validly signed."""
-    return usage_pb2.SignedUsageEvent(
-        payload=payload, signature=key.sign(payload), key_id=key.key_id
-    ).SerializeToString()
 
 
 def reason(result: ingest_pb2.PublishResult) -> str:
@@ -831,23 +779,18 @@ def event_of_kind(record: Any) -> str:
 def test_service_process_serves_health_metrics_and_stops_cleanly(
     stack: StackSettings, topics: Topics, pixel: Tenant, tmp_path: Path
 ) -> None:
-    import signal
     import urllib.request
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from residuals.platform.ports import free_port
+    from residuals.platform.processes import ServiceProcess
 
-    grpc_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **gateway_env(stack, topics, GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port)),
-    }
-    env.pop("OTEL_SERVICE_NAME", None)
-    log = (tmp_path / "ingest.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "residuals", "ingest", "run"], env=env, stdout=log, stderr=log
-    )
+    # The launcher picks the gRPC and metrics ports (gateway_env's GRPC_PORT=0 would not do).
+    env = {k: v for k, v in gateway_env(stack, topics).items() if k != "GRPC_PORT"}
+    service = ServiceProcess(
+        "ingest", "residuals", env, tmp_path, args=("ingest", "run"), unset=("OTEL_SERVICE_NAME",)
+    ).start()
+    grpc_port, metrics_port = service.grpc_port, service.metrics_port
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         grpc.channel_ready_future(channel).result(timeout=60)
@@ -865,8 +808,7 @@ def test_service_process_serves_health_metrics_and_stops_cleanly(
         channel.close()
         client.channel.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
+        code = service.stop(grace=60)
     logged = (tmp_path / "ingest.log").read_text()
     assert code == 0, logged
     lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]

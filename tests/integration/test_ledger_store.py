@@ -15,7 +15,6 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ledger_support import RATED, Ledger, Outcome
 from psycopg.rows import dict_row
 
 from residuals.codecs.signed import SigningKeyRecord
@@ -30,8 +29,7 @@ from residuals.platform.roles import database_role
 from residuals.platform.sink import Fenced, KafkaPostgresSink
 from residuals.stack.settings import StackSettings
 from residuals.v1 import usage_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.ledger import RATED, Ledger, Outcome
 
 
 @pytest.fixture

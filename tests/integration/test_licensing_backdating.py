@@ -19,11 +19,18 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from bad_request_support import bad_field, rpc_error, ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf.timestamp_pb2 import Timestamp
-from licensing_support import (
+
+from residuals.alerts.suspension import GrpcLicenceRegistry, Outcome
+from residuals.cli import main as residuals_main
+from residuals.licensing import audit
+from residuals.platform.auth import Principal, Role
+from residuals.stack.settings import StackSettings
+from residuals.v1 import alerts_pb2, common_pb2, licence_service_pb2
+from tests.support.bad_request import bad_field, rpc_error, ts
+from tests.support.licensing import (
     Service,
     api_key,
     create_request,
@@ -34,15 +41,6 @@ from licensing_support import (
     start_service,
     variant,
 )
-
-from residuals.alerts.suspension import GrpcLicenceRegistry, Outcome
-from residuals.cli import main as residuals_main
-from residuals.licensing import audit
-from residuals.platform.auth import Principal, Role
-from residuals.stack.settings import StackSettings
-from residuals.v1 import alerts_pb2, common_pb2, licence_service_pb2
-
-pytestmark = pytest.mark.integration
 
 METHODS = list(licence_service_pb2.DESCRIPTOR.services_by_name["LicenceService"].methods)
 

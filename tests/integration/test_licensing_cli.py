@@ -16,12 +16,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from licensing_support import new_prefix, reset_registry, start_service
 
 from residuals.domain.licence_spec import parse_licence
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
+from tests.support.licensing import new_prefix, reset_registry, start_service
 
 CASES = Path(__file__).parents[1] / "data" / "royalty-cases"
 

@@ -4,46 +4,31 @@ cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from licensing_support import create_topics, new_prefix
 
-from residuals.platform.ports import free_port
+from residuals.platform.processes import ServiceProcess
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_service_pb2, licence_service_pb2_grpc
+from tests.support.licensing import create_topics, new_prefix
 
-pytestmark = pytest.mark.integration
 
-
-def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> None:
+def test_service_main_serves_health_metrics_and_stops(stack: StackSettings, tmp_path: Path) -> None:
     prefix = new_prefix()
     create_topics(stack, prefix)
-    grpc_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **stack.exports(),
-        **role_env("licensing"),
-        "RESIDUALS_TOPIC_PREFIX": prefix,
-        "GRPC_HOST": "127.0.0.1",
-        "GRPC_PORT": str(grpc_port),
-        "METRICS_PORT": str(metrics_port),
-    }
-    env.pop("OTEL_SERVICE_NAME", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "residuals.licensing"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    env = {**stack.exports(), **role_env("licensing"), "RESIDUALS_TOPIC_PREFIX": prefix}
+    service = ServiceProcess(
+        "licensing", "residuals.licensing", env, tmp_path, unset=("OTEL_SERVICE_NAME",)
+    ).start()
+    grpc_port, metrics_port = service.grpc_port, service.metrics_port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
@@ -70,9 +55,9 @@ def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> N
             'grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="ListLicences",'
             'grpc_service="residuals.v1.LicenceService",grpc_type="unary"} 1.0'
         ) in text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-        output = (process.stdout.read() if process.stdout else b"").decode()
+        service.terminate()
+        assert service.wait(30) == 0
+        output = service.log_text()
         assert (
             '"service": "licensing"' in output
             or '"service.name": "licensing"' in output
@@ -80,9 +65,7 @@ def test_service_main_serves_health_metrics_and_stops(stack: StackSettings) -> N
         )
         assert "Traceback" not in output
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        service.kill(timeout=10)
 
 
 def test_cli_lists_the_service_settings() -> None:

@@ -4,70 +4,47 @@ between the Kafka commit and the PostgreSQL mark, and a standby relay taking ove
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from licensing_support import (
+from prometheus_client import CollectorRegistry
+
+from residuals.codecs import licences as licence_codec
+from residuals.codecs.timestamps import set_timestamp
+from residuals.licensing.metrics import RelayMetrics
+from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay
+from residuals.licensing.registry import Registry
+from residuals.platform import topics
+from residuals.platform.config import PostgresSettings
+from residuals.platform.postgres import Database
+from residuals.platform.processes import ServiceProcess
+from residuals.platform.roles import database_role
+from residuals.stack.settings import StackSettings
+from residuals.v1 import licence_pb2, licence_service_pb2
+from tests.support.licensing import (
+    ADMIN,
     consume_all,
     create_request,
     create_topics,
     ensure_parties,
     header,
     kafka_settings,
+    licence_with_id,
     new_prefix,
+    outbox_counts,
+    parties,
     reset_registry,
     start_service,
 )
-from prometheus_client import CollectorRegistry
-
-from residuals.codecs import licences as licence_codec
-from residuals.codecs.timestamps import set_timestamp
-from residuals.domain.licence_spec import parse_licence
-from residuals.licensing.metrics import RelayMetrics
-from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay
-from residuals.licensing.registry import Registry
-from residuals.platform import topics
-from residuals.platform.auth import Principal, Role
-from residuals.platform.config import PostgresSettings
-from residuals.platform.postgres import Database
-from residuals.platform.roles import database_role
-from residuals.stack.settings import StackSettings
-from residuals.v1 import licence_pb2, licence_service_pb2
-
-pytestmark = pytest.mark.integration
-
-ADMIN = Principal("p-admin", Role.ADMIN)
-CASE = {
-    "licence_id": "LIC-OUT",
-    "talent_id": "TAL-OUT",
-    "avatar_id": "AVA-OUT",
-    "vendor_id": "VEN-OUT",
-    "currency": "USD",
-    "starts_at": "2026-01-01T00:00:00Z",
-    "scope": {
-        "categories_allowed": ["product_demo"],
-        "territories_allowed": ["*"],
-        "channels_allowed": ["web"],
-    },
-    "rates": {"render_tiers": [{"up_to": None, "unit_price": "0.50"}], "view_cpm": "4.00"},
-    "splits": {"TAL-OUT": "1"},
-}
-
-
-def licence_with_id(licence_id: str) -> Any:
-    return parse_licence({**CASE, "licence_id": licence_id})
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -124,32 +101,6 @@ def lifecycle(registry: Registry, licence_id: str) -> None:
     )
 
 
-def parties(registry: Registry) -> None:
-    licence = licence_with_id("LIC-OUT")
-    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id=licence.talent_id))
-    registry.create_avatar(
-        ADMIN, licence_pb2.Avatar(avatar_id=licence.avatar_id, talent_id=licence.talent_id)
-    )
-    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id=licence.vendor_id))
-    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-OUT"))
-
-
-def outbox_counts(dsn: str) -> tuple[int, int]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*), count(published_at) FROM outbox").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def check_exactly_once_in_order(records: list[Any], dsn: str) -> None:
     """Each outbox row once; per licence, revisions strictly ascending; last = database."""
     ids = [int(header(r, OUTBOX_ID_HEADER) or 0) for r in records]
@@ -177,7 +128,7 @@ def test_changes_arrive_in_order_with_full_state(stack: StackSettings, prefix: s
     started = start_service(stack, prefix, relay=True)
     service = started.service
     try:
-        from licensing_support import api_key
+        from tests.support.licensing import api_key
 
         admin = api_key(stack.dsn, ADMIN)
         licence = licence_with_id("LIC-OUT")
@@ -264,25 +215,22 @@ def test_changes_arrive_in_order_with_full_state(stack: StackSettings, prefix: s
         started.close()
 
 
-def _relay_process(stack: StackSettings, prefix: str) -> subprocess.Popen[bytes]:
+def _relay_process(stack: StackSettings, prefix: str, log_dir: Path) -> ServiceProcess:
+    """``residuals licensing relay``: each start logs to its own ``relay-<n>.log``."""
     env = {
-        **os.environ,
         **stack.exports(),
         "RESIDUALS_TOPIC_PREFIX": prefix,
         "LICENSING_OUTBOX_BATCH_SIZE": "4",
         "LICENSING_OUTBOX_POLL_SECONDS": "0.1",
         "LOG_LEVEL": "WARNING",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "residuals", "licensing", "relay"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return ServiceProcess(
+        "relay", "residuals", env, log_dir, args=("licensing", "relay"), log_per_start=True
     )
 
 
 def test_relay_killed_mid_stream_resumes_exactly_once(
-    stack: StackSettings, prefix: str, registry: Registry
+    stack: StackSettings, prefix: str, registry: Registry, tmp_path: Path
 ) -> None:
     parties(registry)
     licences = [f"LIC-K{n:03d}" for n in range(60)]
@@ -291,24 +239,26 @@ def test_relay_killed_mid_stream_resumes_exactly_once(
     total, published = outbox_counts(stack.dsn)
     assert (total, published) == (4 * len(licences), 0)
 
-    first = _relay_process(stack, prefix)
+    relay = _relay_process(stack, prefix, tmp_path).start()
     try:
-        wait_until(lambda: outbox_counts(stack.dsn)[1] >= 20, 60, "the relay to start publishing")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        wait_until(
+            lambda: outbox_counts(stack.dsn)[1] >= 20,
+            60,
+            "the relay to start publishing",
+            every=0.05,
+        )
     finally:
-        if first.poll() is None:
-            first.kill()
+        relay.kill(timeout=10)
     at_kill = outbox_counts(stack.dsn)[1]
     assert 0 < at_kill < total, f"kill was not mid-stream ({at_kill}/{total} published)"
     print(f"killed the relay with {at_kill}/{total} rows marked published")
 
-    second = _relay_process(stack, prefix)
+    relay.start()  # the second run
     try:
         wait_until(lambda: outbox_counts(stack.dsn)[1] == total, 90, "every row published")
     finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(20) == 0, (second.stderr.read() if second.stderr else b"").decode()
+        relay.terminate()
+        assert relay.wait(20) == 0, relay.log_text()
 
     records = consume_all(stack, topics.LICENCES.qualified(prefix), expect=total)
     assert len(records) == total

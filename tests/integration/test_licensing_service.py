@@ -16,12 +16,18 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from bad_request_support import INJECTIONS, UNSTORABLE, bad_field, rpc_error, ts, violations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from licensing_support import (
+
+from residuals.codecs import licences as licence_codec
+from residuals.domain.licence_spec import parse_licence
+from residuals.platform.auth import MISSING_KEY_MESSAGE, REJECTED_KEY_MESSAGE
+from residuals.stack.settings import StackSettings
+from residuals.v1 import licence_pb2, licence_service_pb2
+from tests.support.bad_request import INJECTIONS, UNSTORABLE, bad_field, rpc_error, ts, violations
+from tests.support.licensing import (
     CASES,
     Service,
     create_request,
@@ -32,14 +38,6 @@ from licensing_support import (
     start_service,
     variant,
 )
-
-from residuals.codecs import licences as licence_codec
-from residuals.domain.licence_spec import parse_licence
-from residuals.platform.auth import MISSING_KEY_MESSAGE, REJECTED_KEY_MESSAGE
-from residuals.stack.settings import StackSettings
-from residuals.v1 import licence_pb2, licence_service_pb2
-
-pytestmark = pytest.mark.integration
 
 ROLES = ("admin", "finance", "vendor", "talent", "suspender")
 READERS = {"admin", "finance", "vendor", "talent"}  # not the suspender: it reads nothing
@@ -84,9 +82,8 @@ def world(stack: StackSettings) -> Iterator[World]:
     started = start_service(stack, new_prefix(), relay=False)
     service = started.service
     try:
-        from licensing_support import api_key
-
         from residuals.platform.auth import Principal, Role
+        from tests.support.licensing import api_key
 
         bootstrap = api_key(stack.dsn, Principal("p-root", Role.ADMIN))
         for tenant in ("A", "B"):

@@ -10,16 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from residuals.platform.topics import USAGE_DLQ, USAGE_RATED
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
-from tests.integration.metering_support import pipeline
-from tests.integration.test_meter_service import read_topic, wait_serving
-from tests.unit.builders import ev, licence_spec
-
-pytestmark = pytest.mark.integration
+from tests.support.builders import ev, licence_spec
+from tests.support.metering import pipeline, read_topic, wait_serving
 
 
 def test_meter_rates_batch_signed_records_across_partitions(

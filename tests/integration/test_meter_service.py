@@ -8,52 +8,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
-import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from residuals.domain.vocabulary import Violation
 from residuals.meter.messages import event_alert_id
-from residuals.platform.kafka import make_consumer
 from residuals.platform.topics import ALERTS, USAGE_DLQ, USAGE_RATED
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
-from tests.integration.metering_support import Pipeline, Service, pipeline
-from tests.unit.builders import ev, licence_spec
-
-pytestmark = pytest.mark.integration
-
-
-def read_topic(run: Pipeline, topic: Any, count: int, timeout: float = 60.0) -> list[Any]:
-    consumer = make_consumer(run.kafka, f"{run.kafka.topic_prefix}reader-{topic.name}")
-    consumer.assign(
-        [TopicPartition(run.topic(topic), p, OFFSET_BEGINNING) for p in range(run.partitions)]
-    )
-    found: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < count and time.monotonic() < deadline:
-            found.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
-    finally:
-        consumer.close()
-    return found
-
-
-def wait_serving(service: Service, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert service.alive(), service.log_tail()
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise AssertionError(f"meter not SERVING:\n{service.log_tail()}")
+from tests.support.builders import ev, licence_spec
+from tests.support.metering import pipeline, read_topic, wait_serving
 
 
 def test_meter_rates_rejects_alerts_and_follows_new_licences(

@@ -14,8 +14,6 @@ from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_consumer, make_producer
 from residuals.platform.offset_probe import OffsetProbe
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def topic(new_topic: Callable[[str, int], tuple[KafkaSettings, str]]) -> tuple[KafkaSettings, str]:

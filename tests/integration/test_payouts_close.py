@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from payouts_support import MemoryEvents, memory_sources, migrated_database
 
 from residuals.domain import journal
 from residuals.domain.closing import content_hash, with_advance_outstanding
@@ -18,57 +15,11 @@ from residuals.domain.payouts import PayoutState
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
 from residuals.payouts import store
-from residuals.payouts.close import ClosePolicy, CloseRefused, close_period
+from residuals.payouts.close import CloseRefused, close_period
 from residuals.payouts.paying import pay_payouts
 from residuals.payouts.rails import FileRail, TestRail
-from residuals.payouts.reconcile import reconcile
-from residuals.payouts.sources import Sources
-from residuals.platform.config import PostgresSettings
-from residuals.platform.postgres import Database
-from residuals.platform.roles import database_role
-from residuals.replay.casefile import expand_repeats, load_case
-from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
-
-CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
-OCT, NOV, DEC = Period(2026, 10), Period(2026, 11), Period(2026, 12)
-POLICY = ClosePolicy(thresholds={"USD": Decimal("25.00")})
-LATER = datetime(2027, 6, 1, tzinfo=UTC)
-
-
-class World:
-    """``db`` connects as the payouts service's role; ``owner`` (the tables' owner, for
-    tampering the service itself may not do) is a plain DSN."""
-
-    def __init__(self, db: Database, sources: Sources, events: MemoryEvents, owner: str) -> None:
-        self.db, self.sources, self.events, self.owner = db, sources, events, owner
-
-    def close(self, period: Period, **kwargs: Any) -> Any:
-        with self.db.connection() as conn:
-            return close_period(
-                conn, self.sources, period, policy=POLICY, closed_by="test", now=LATER, **kwargs
-            )
-
-    def reconcile(self, period: Period) -> Any:
-        with self.db.connection() as conn:
-            return reconcile(conn, self.sources, period)
-
-
-@pytest.fixture
-def world(stack: StackSettings) -> Iterator[World]:
-    case = load_case(CASE)
-    sources, events, _ = memory_sources(case.licences)
-    for raw in case.raw_events:
-        events.extend(expand_repeats(raw, "event"))
-    with migrated_database(stack) as dsn:
-        settings = PostgresSettings(dsn=dsn, pool_min=1, pool_max=4, user=database_role("payouts"))
-        db = Database(settings, application_name="t")
-        db.open()
-        try:
-            yield World(db, sources, events, dsn)
-        finally:
-            db.close()
+from residuals.replay.casefile import load_case
+from tests.support.payouts import CASE, DEC, NOV, OCT, POLICY, MemoryEvents, World
 
 
 def _november(events: MemoryEvents, renders: int) -> None:

@@ -17,10 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from alerts_support import delete_topics, unique
-from bad_request_support import INJECTIONS, UNSTORABLE, bad_field
 from confluent_kafka.admin import NewTopic
-from payouts_support import MemoryEvents, memory_sources, migrated_database
 
 from residuals.domain.closing import content_hash
 from residuals.payouts.app import PayoutsApp
@@ -37,8 +34,9 @@ from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payout_service_pb2 as ps
 from residuals.v1 import payout_service_pb2_grpc, payouts_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import delete_topics, unique
+from tests.support.bad_request import INJECTIONS, UNSTORABLE, bad_field
+from tests.support.payouts import MemoryEvents, memory_sources, migrated_database
 
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,12 +28,11 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_producer, topic_name
+from residuals.platform.processes import ServiceProcess
 from residuals.platform.telemetry import inject_kafka_headers
 from residuals.platform.topics import USAGE
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 ROW_TIMEOUT = 120.0
@@ -115,35 +111,9 @@ def run(stack: StackSettings) -> Iterator[Run]:
         r.delete_kafka_state()
 
 
-class Worker:
-    """The smoke worker subprocess; its combined output goes to a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.smoke_worker"],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self) -> str:
-        return self.output()[-6000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+def start_worker(env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """The smoke worker subprocess; its combined output goes to ``log_dir/worker.log``."""
+    return ServiceProcess("worker", "tests.support.smoke_worker", env, log_dir, cwd=REPO).start()
 
 
 def _event(run: Run, event_id: str) -> bytes:
@@ -208,17 +178,19 @@ def test_usage_event_flows_from_kafka_through_faust_into_postgres(
     records = [(licence, p) for p in payloads.values()] + [(licence, payloads["e1"])]
     _produce(run, records, parent)
 
-    worker = Worker(run.worker_env(stack_env, tmp_path / "faust"), tmp_path / "worker.log")
+    worker = start_worker(run.worker_env(stack_env, tmp_path / "faust"), tmp_path)
     try:
         deadline = time.monotonic() + ROW_TIMEOUT
         rows: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:
-            assert worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
+            assert worker.alive(), f"worker exited:\n{worker.log_tail(6000)}"
             rows = run.rows()
             if len(rows) == len(payloads):
                 break
             time.sleep(0.5)
-        assert len(rows) == len(payloads), f"rows {rows!r} after {ROW_TIMEOUT}s:\n{worker.tail()}"
+        assert len(rows) == len(payloads), (
+            f"rows {rows!r} after {ROW_TIMEOUT}s:\n{worker.log_tail(6000)}"
+        )
     finally:
         worker.stop()
 
@@ -228,10 +200,10 @@ def test_usage_event_flows_from_kafka_through_faust_into_postgres(
         assert occurred_at.isoformat() == "2026-10-04T10:00:00+00:00"
     # The producer's trace continued across the Kafka hop into the faust agent's span.
     trace_id = format(trace.get_current_span(parent).get_span_context().trace_id, "032x")
-    stored = [json.loads(line) for line in worker.output().splitlines() if '"stored"' in line]
+    stored = [json.loads(line) for line in worker.log_text().splitlines() if '"stored"' in line]
     assert len(stored) == len(records)
     assert {line["trace_id"] for line in stored} == {trace_id}
-    assert all(line.startswith("{") for line in worker.output().splitlines()), "non-JSON output"
+    assert all(line.startswith("{") for line in worker.log_text().splitlines()), "non-JSON output"
 
 
 def test_worker_fails_when_database_is_unreachable(
@@ -239,11 +211,11 @@ def test_worker_fails_when_database_is_unreachable(
 ) -> None:
     env = run.worker_env(stack_env, tmp_path / "faust")
     env["DATABASE_URL"] = "postgresql://residuals@127.0.0.1:1/residuals"
-    worker = Worker(env, tmp_path / "worker.log")
+    worker = start_worker(env, tmp_path)
     try:
-        code = worker.proc.wait(timeout=60)
+        code = worker.wait(timeout=60)
     finally:
         worker.stop()
     assert code != 0
-    assert "PoolTimeout" in worker.output() or "connection" in worker.output().lower()
+    assert "PoolTimeout" in worker.log_text() or "connection" in worker.log_text().lower()
     assert os.path.exists(tmp_path / "worker.log")

@@ -14,14 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from residuals.stack.settings import StackSettings
-from tests.integration.metering_support import pipeline
-from tests.integration.service_process import ExportedSpan, otlp_collector, run_service
-from tests.unit.builders import ev, licence_spec
-
-pytestmark = pytest.mark.integration
+from tests.support.builders import ev, licence_spec
+from tests.support.metering import pipeline
+from tests.support.service_process import ExportedSpan, otlp_collector, run_service
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SDK_SPAN_ID = "00f067aa0ba902b7"

@@ -17,17 +17,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from alerts_support import delete_topics
-from sink_support import (
-    LEDGER_TOPICS,
-    create_topics,
-    isolated_kafka,
-    ledger_settings,
-    produce,
-    read_at,
-    running_writer,
-    wait_until,
-)
 
 from residuals.codecs.timestamps import set_timestamp
 from residuals.platform.config import KafkaSettings
@@ -35,8 +24,17 @@ from residuals.platform.kafka import topic_name
 from residuals.platform.topics import USAGE, USAGE_DLQ, USAGE_RATED
 from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import delete_topics
+from tests.support.sink import (
+    LEDGER_TOPICS,
+    create_topics,
+    isolated_kafka,
+    ledger_settings,
+    produce,
+    read_at,
+    running_writer,
+)
+from tests.support.waiting import wait_until
 
 ESC = "\x1b"
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\u202egnp.exe"

@@ -16,9 +16,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ingest_support import Registry as Rows
 from prometheus_client import REGISTRY
-from test_licensing_outbox import wait_until
 
 from residuals.codecs import licences as codec
 from residuals.codecs.signing import public_key_bytes, signing_key_record
@@ -31,9 +29,9 @@ from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
 from residuals.stack.settings import StackSettings
 from residuals.v1 import quarantine_pb2
-from tests.unit.builders import licence
-
-pytestmark = pytest.mark.integration
+from tests.support.builders import licence
+from tests.support.ingest import Registry as Rows
+from tests.support.waiting import wait_until
 
 NewTopic = Callable[[str, int], tuple[KafkaSettings, str]]
 

@@ -12,11 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka.admin import NewTopic
-from licensing_support import consume_all, create_request, header, kafka_settings, reset_registry
 from prometheus_client import CollectorRegistry
 from psycopg.types.json import Jsonb
-from test_licensing_outbox import ADMIN, licence_with_id, outbox_counts, parties
-from test_payouts_close import OCT, World, world  # noqa: F401 (the fixture)
 
 from residuals.licensing.metrics import RelayMetrics
 from residuals.licensing.outbox import OUTBOX_ID_HEADER, OutboxRelay
@@ -28,8 +25,18 @@ from residuals.platform.kafka import make_admin
 from residuals.platform.postgres import Database
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payouts_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.licensing import (
+    ADMIN,
+    consume_all,
+    create_request,
+    header,
+    kafka_settings,
+    licence_with_id,
+    outbox_counts,
+    parties,
+    reset_registry,
+)
+from tests.support.payouts import OCT, World
 
 #: Small enough that a padded record is refused, large enough for every real record.
 MAX_MESSAGE_BYTES = 4096
@@ -159,7 +166,7 @@ def test_the_outbox_sets_aside_rows_kafka_refuses_and_publishes_the_rest_exactly
 
 def test_the_payout_relay_sets_aside_an_event_kafka_refuses(
     stack: StackSettings,
-    world: World,  # noqa: F811 (the fixture imported above)
+    world: World,
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}."
     create_small_topics(stack, prefix, topics.PAYOUTS)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from ingest_support import Topics, headers_of, read_topic
 from opentelemetry.sdk.trace import TracerProvider
 from residuals_sdk import (
     DeliveryReport,
@@ -33,10 +32,9 @@ from residuals.stack import kafka as stack_kafka
 from residuals.stack import lifecycle
 from residuals.stack.settings import StackSettings
 from residuals.v1 import usage_pb2
+from tests.support.ingest import Topics, headers_of, read_topic
 
-pytestmark = pytest.mark.integration
-
-WORKER = Path(__file__).with_name("sdk_outage_worker.py")
+WORKER = Path(__file__).parents[1] / "support" / "sdk_outage_worker.py"
 
 
 @pytest.fixture

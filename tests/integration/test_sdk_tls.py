@@ -10,17 +10,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ingest_support import Registry, Tenant, Topics
 from residuals_sdk import DeliveryReport, DeliveryStatus, UsageClient
-from tls_support import Pki, make_pki
 
 from residuals.ingest.app import IngestApp
 from residuals.ingest.settings import IngestSettings
 from residuals.platform.config import load
 from residuals.platform.roles import role_env
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
+from tests.support.ingest import Registry, Tenant, Topics
+from tests.support.tls import Pki, make_pki
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,19 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from alerts_support import delete_topics
-from ledger_support import Ledger
 from prometheus_client import REGISTRY
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sink_support import (
+
+from residuals.codecs.timestamps import set_timestamp
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import topic_name
+from residuals.platform.quarantine import Quarantined, headers_from_blob
+from residuals.platform.topics import QUARANTINE, USAGE_DLQ, USAGE_RATED
+from residuals.stack.settings import StackSettings
+from residuals.v1 import common_pb2, usage_pb2
+from tests.support.alerts import delete_topics
+from tests.support.ledger import Ledger
+from tests.support.sink import (
     LEDGER_TOPICS,
     Landed,
     TcpProxy,
@@ -33,18 +41,8 @@ from sink_support import (
     produce,
     running_writer,
     stored_positions,
-    wait_until,
 )
-
-from residuals.codecs.timestamps import set_timestamp
-from residuals.platform.config import KafkaSettings
-from residuals.platform.kafka import topic_name
-from residuals.platform.quarantine import Quarantined, headers_from_blob
-from residuals.platform.topics import QUARANTINE, USAGE_DLQ, USAGE_RATED
-from residuals.stack.settings import StackSettings
-from residuals.v1 import common_pb2, usage_pb2
-
-pytestmark = pytest.mark.integration
+from tests.support.waiting import wait_until
 
 Outcome = usage_pb2.RatedUsage.Outcome
 

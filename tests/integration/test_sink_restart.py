@@ -17,23 +17,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerts_support import delete_topics
-from ledger_support import Ledger
-from service_process import ServiceProcess, run_service
-from sink_support import (
-    LEDGER_TOPICS,
-    create_topics,
-    isolated_kafka,
-    produce,
-    wait_until,
-)
 
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import topic_name
 from residuals.platform.topics import USAGE_RATED
 from residuals.stack.settings import StackSettings
-
-pytestmark = pytest.mark.integration
+from tests.support.alerts import delete_topics
+from tests.support.ledger import Ledger
+from tests.support.service_process import ServiceProcess, run_service
+from tests.support.sink import (
+    LEDGER_TOPICS,
+    create_topics,
+    isolated_kafka,
+    produce,
+)
+from tests.support.waiting import wait_until
 
 #: librdkafka's default session timeout is 45 s; a restart must take a fraction of it.
 FAST = 20.0
@@ -98,8 +96,7 @@ def test_a_killed_static_member_is_replaced_at_once(
     env = _env(stack_env, kafka, SINK_GROUP_INSTANCE_ID="ledger-0")
     with run_service("ledger", env, _logs(tmp_path, "first")) as first:
         _ready_in(first)
-        first.process.kill()  # no clean leave: SIGKILL
-        first.process.wait(10)
+        first.kill(timeout=10)  # no clean leave: SIGKILL
     with run_service("ledger", env, _logs(tmp_path, "second")) as second:
         seconds = _ready_in(second)
         assert seconds < FAST, f"the replacement waited {seconds:.1f} s for its partitions"

@@ -20,8 +20,6 @@ from residuals.platform import migrations, topics
 from residuals.stack import kafka, postgres
 from residuals.stack.settings import StackSettings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def admin(stack: StackSettings) -> AdminClient:

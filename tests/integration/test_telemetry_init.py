@@ -12,11 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from residuals.platform.ports import free_port
-
-pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """

@@ -24,9 +24,7 @@ from residuals.ingest.dedupe import RecentEvents
 from residuals.ingest.directory import StaticDirectory, identity_licence
 from residuals.meter.core import CREATE_TIME, Meter, Record
 from residuals.v1 import common_pb2, usage_pb2
-from tests.unit.builders import licence
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence
 
 NOW = datetime(2026, 10, 7, 12, 0, tzinfo=UTC)
 WHO = Identity(

@@ -12,8 +12,6 @@ from residuals.alerts.store import page_token, parse_page_token
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.v1 import alerts_pb2, common_pb2
 
-pytestmark = pytest.mark.unit
-
 KEY = ChangeKey("FORBIDDEN_CATEGORY", 4, "open", "LIC-1", "TAL-1", "VEN-1", "AVA-1", "2026-10")
 
 

@@ -24,8 +24,6 @@ from residuals.platform.auth import (
     verify_secret,
 )
 
-pytestmark = pytest.mark.unit
-
 ADMIN = Principal("p-admin", Role.ADMIN)
 VENDOR = Principal("p-acme", Role.VENDOR, vendor_id="acme")
 

@@ -37,8 +37,6 @@ from residuals.platform.grpc_server import GrpcSettings
 from residuals.platform.limits import StreamSlots
 from residuals.v1 import licence_service_pb2
 
-pytestmark = pytest.mark.unit
-
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
 PRINCIPALS = {

@@ -28,9 +28,7 @@ from residuals.codecs.signing import VerifyingKey, sign_batch, sign_event, signi
 from residuals.codecs.usage import from_domain
 from residuals.meter.core import Meter, Record
 from residuals.v1 import common_pb2, usage_pb2
-from tests.unit.builders import ev, licence, parsed
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import ev, licence, parsed
 
 NOW = datetime(2026, 10, 7, 12, 0, tzinfo=UTC)
 SDK_KEY = SigningKey.from_private_bytes("k1", bytes(range(32)))

@@ -12,8 +12,6 @@ import yaml
 
 from residuals.replay.casefile import CaseError, load_case
 
-pytestmark = pytest.mark.unit
-
 GOOD = Path(__file__).parents[1] / "data" / "royalty-cases" / "01-render-tiers.yaml"
 
 

@@ -16,8 +16,6 @@ from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licence_spec import parse_licence
 from residuals.v1 import common_pb2, licence_pb2, usage_pb2
 
-pytestmark = pytest.mark.unit
-
 CASES = sorted((Path(__file__).parents[1] / "data" / "royalty-cases").glob("*.yaml"))
 
 

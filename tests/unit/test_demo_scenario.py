@@ -31,8 +31,6 @@ from residuals.domain.statement import compute_statement
 from residuals.licensing import rules
 from residuals.v1 import usage_pb2
 
-pytestmark = pytest.mark.unit
-
 NOW = datetime(2026, 11, 25, 17, 30, tzinfo=UTC)
 
 

@@ -23,8 +23,6 @@ from residuals.deploy.catalogue import AclRule, service_acls, strimzi_topic, ven
 from residuals.deploy.kafka_admin import TopicState, acl_script, plan_topics
 from residuals.platform import roles, topics
 
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / chart.K8S_DIR
 VALUES = yaml.safe_load((ROOT / chart.CHART_DIR / "values.yaml").read_text())

@@ -14,8 +14,6 @@ import pytest
 
 from residuals.deploy import chart, consistency, services
 
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).parents[2]
 CI_VALUES = ROOT / chart.CHART_DIR / "ci" / "full-values.yaml"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
-from observability_catalogue import (
+
+from tests.support.observability_catalogue import (
     DASHBOARDS,
     GRAFANA,
     PROMETHEUS,
@@ -23,8 +23,6 @@ from observability_catalogue import (
     sample_names,
     scrape_jobs,
 )
-
-pytestmark = pytest.mark.unit
 
 
 def test_metric_names_are_parsed_out_of_promql() -> None:

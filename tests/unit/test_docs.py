@@ -12,8 +12,6 @@ from residuals.platform.config import KafkaSettings, PostgresSettings, Telemetry
 from residuals.platform.grpc_server import GrpcSettings
 from residuals.stack.settings import StackSettings
 
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
 

@@ -24,8 +24,6 @@ from residuals.ingest.ratelimit import VendorRateLimiter
 from residuals.ingest.wire import split_events
 from residuals.v1 import common_pb2, usage_pb2
 
-pytestmark = pytest.mark.unit
-
 NOW = datetime(2026, 10, 7, 12, 0, tzinfo=UTC)
 VENDOR = "VEN-PIXEL"
 KEY = SigningKey.from_private_bytes("k-pixel", bytes(range(32)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from residuals.cli.dlq import describe_original
@@ -21,9 +20,7 @@ from residuals.codecs.usage import from_domain
 from residuals.ledger.audit import row_problem, signed_envelope, stored_envelope
 from residuals.ledger.records import decode_rated
 from residuals.v1 import usage_pb2
-from tests.unit.builders import ev, parsed
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import ev, parsed
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 RECORD = SigningKeyRecord("k1", "VEN-1", public_key_bytes(KEY))

@@ -28,8 +28,6 @@ from residuals.licensing.snapshot import (
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.v1 import licence_pb2
 
-pytestmark = pytest.mark.unit
-
 CASES = sorted((Path(__file__).parents[1] / "data" / "royalty-cases").glob("*.yaml"))
 SPECS = [
     (f"{case.stem}[{i}]", spec)

@@ -12,8 +12,6 @@ from residuals.meter.continuity import Gap, OffsetContinuity, Stall, StallDetect
 from residuals.meter.core import Record
 from residuals.meter.guards import InputGap, InputGuard, StallWatch
 
-pytestmark = pytest.mark.unit
-
 
 def continuity(generation: int = 1, **committed: int | None) -> OffsetContinuity:
     c = OffsetContinuity()

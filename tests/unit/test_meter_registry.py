@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from residuals.codecs import licences as codec
 from residuals.meter.lookups import LicenceRegistry
-from tests.unit.builders import licence
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence
 
 
 def raw(**overrides: object) -> bytes:

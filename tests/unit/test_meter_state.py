@@ -8,8 +8,6 @@ import pytest
 
 from residuals.meter.state import PeriodCounters, counters_key, expired
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     "counters",

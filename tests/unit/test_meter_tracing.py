@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,10 +19,8 @@ from residuals.codecs.signing import sign_event
 from residuals.codecs.usage import from_domain
 from residuals.meter.core import Meter, Record
 from residuals.v1 import common_pb2
-from tests.unit.builders import ev, licence, parsed
-from tests.unit.test_meter_core import KEY, Keys, State, record
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import ev, licence, parsed
+from tests.support.meter_core import KEY, Keys, State, record
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

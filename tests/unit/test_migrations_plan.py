@@ -7,8 +7,6 @@ import pytest
 from residuals.platform import migrations
 from residuals.platform.migrations import Applied, Migration, MigrationError
 
-pytestmark = pytest.mark.unit
-
 
 def _m(version: int, sql: str = "SELECT 1;") -> Migration:
     return Migration(version, f"m{version}", sql, migrations.checksum(sql))

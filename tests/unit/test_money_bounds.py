@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from decimal import Context, Decimal, localcontext
 
-import pytest
-from builders import PERIOD, ev, licence
-
 from residuals.domain.events import MAX_QUANTITY, parse_event
 from residuals.domain.money import MONEY_CONTEXT, round_money
 from residuals.domain.statement import compute_statement
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import PERIOD, ev, licence
 
 #: The largest amount the bounds allow: 18 integer and 9 fraction digits.
 MAX = "999999999999999999.999999999"

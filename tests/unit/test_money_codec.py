@@ -8,8 +8,6 @@ from hypothesis import strategies as st
 
 from residuals.codecs.money import from_money, to_money
 
-pytestmark = pytest.mark.unit
-
 
 @given(st.integers(-(10**15), 10**15), st.sampled_from([0, 2, 3, 4]))
 def test_round_trip_is_exact(minor: int, digits: int) -> None:

@@ -21,8 +21,6 @@ from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.platform.config import ConfigError, load
 from residuals.replay.casefile import load_case
 
-pytestmark = pytest.mark.unit
-
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
 
 

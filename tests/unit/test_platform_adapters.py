@@ -20,8 +20,6 @@ from residuals.platform import faust_app, kafka, logs, postgres, telemetry
 from residuals.platform.config import KafkaSettings, PostgresSettings, load
 from residuals.platform.topics import USAGE
 
-pytestmark = pytest.mark.unit
-
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 SPAN_ID = 0x00F067AA0BA902B7
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -10,8 +10,6 @@ import pytest
 
 from residuals.platform import ports
 
-pytestmark = pytest.mark.unit
-
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

@@ -17,8 +17,6 @@ from residuals.cli import main
 from residuals.platform import protogen
 from residuals.v1 import common_pb2, usage_pb2
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[2]
 
 

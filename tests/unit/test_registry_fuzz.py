@@ -13,8 +13,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import pytest
-from builders import licence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -28,8 +26,7 @@ from residuals.codecs.signing import signing_key_record
 from residuals.domain.bounds import decimal_problem, time_problem
 from residuals.domain.licences import Licence
 from residuals.v1 import licence_pb2
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

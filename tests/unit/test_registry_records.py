@@ -10,7 +10,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from builders import licence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
@@ -23,8 +22,7 @@ from residuals.platform.config import KafkaSettings
 from residuals.platform.quarantine import Quarantined
 from residuals.platform.replica import TopicReplica
 from residuals.v1 import licence_pb2
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence
 
 Mutation = Callable[[licence_pb2.Licence], None]
 

@@ -13,8 +13,6 @@ import yaml
 from residuals.cli import main
 from residuals.replay.compare import differences
 
-pytestmark = pytest.mark.unit
-
 CASES = sorted((Path(__file__).parents[1] / "data" / "royalty-cases").glob("*.yaml"))
 
 

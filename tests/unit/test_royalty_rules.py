@@ -6,11 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from builders import dlq, ev, licence, licence_spec, only, statement, violations
 
 from residuals.domain.licence_spec import parse_licence
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import dlq, ev, licence, licence_spec, only, statement, violations
 
 T = "2026-10-20T12:00:00Z"
 

@@ -38,8 +38,6 @@ from residuals.domain.events import UsageEvent, parse_event
 from residuals.platform import protogen
 from residuals.v1 import common_pb2, ingest_pb2, usage_pb2
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -19,8 +19,6 @@ from residuals_sdk.transports.security import (
     kafka_bootstrap_hosts,
 )
 
-pytestmark = pytest.mark.unit
-
 API_KEY = "rsd_0123456789abcdef_secret"
 
 

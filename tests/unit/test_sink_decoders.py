@@ -27,8 +27,6 @@ from residuals.platform.quarantine import Quarantined
 from residuals.platform.redrive import safe, table
 from residuals.v1 import common_pb2, usage_pb2
 
-pytestmark = pytest.mark.unit
-
 RECEIVED = datetime(2026, 10, 3, 12, 0, tzinfo=UTC)
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\u202egnp.exe\x00"
 

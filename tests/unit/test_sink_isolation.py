@@ -19,8 +19,6 @@ from psycopg_pool import PoolTimeout
 from residuals.platform.isolation import apply_isolating, is_record_error
 from residuals.platform.sink import Fenced, KafkaPostgresSink, SinkMetrics, SinkSettings
 
-pytestmark = pytest.mark.unit
-
 
 class FakeStore:
     """Applies chunks atomically (like a savepoint): a chunk holding a poison record, or

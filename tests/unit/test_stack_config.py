@@ -14,8 +14,6 @@ from residuals.platform.config import ConfigError, load
 from residuals.stack import kafka, processes
 from residuals.stack.settings import StackSettings, repo_root
 
-pytestmark = pytest.mark.unit
-
 
 def test_defaults_point_at_the_repo_stack_dir_and_standard_ports() -> None:
     settings = load(StackSettings, environ={})

@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import licence, licence_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_royalty_properties import months
 
 from residuals.domain import journal
 from residuals.domain.adjustments import (
@@ -40,8 +38,8 @@ from residuals.domain.payouts import (
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
 from residuals.replay.casefile import load_case
-
-pytestmark = pytest.mark.unit
+from tests.support.builders import licence, licence_spec
+from tests.support.strategies import months
 
 CASES = sorted((Path(__file__).parents[1] / "data" / "royalty-cases").glob("*.yaml"))
 PERIOD = Period.parse("2026-10")

@@ -7,11 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from residuals.platform import migrations
-
-pytestmark = pytest.mark.unit
 
 SERVICES = Path(__file__).parents[2] / "services" / "residuals"
 _CREATES = re.compile(r"CREATE (?:TABLE|(?:OR REPLACE )?VIEW) (?:IF NOT EXISTS )?([a-z_]+)")

@@ -34,14 +34,13 @@ from typing import Any, TextIO
 
 import psycopg
 
-from residuals.demo import environment, hostile_vendor, report
+from residuals.demo import RUN_MARKER, environment, hostile_vendor, report
 from residuals.demo.administration import RegistryClient, RegistryError, bootstrap_admin
 from residuals.demo.environment import Claim, Stack
 from residuals.demo.finance import FinanceClient, FinanceError, MonthEnd
 from residuals.demo.fleet import Fleet, Published, SdkMissing, sdk_module
 from residuals.demo.hostile import Identity
 from residuals.demo.live import AlertLine, AlertWatcher, Frame, LiveView, Probe, scrape
-from residuals.demo.processes import RUN_MARKER, ServiceFailed, ServiceGroup, ServiceProcess
 from residuals.demo.replaycase import (
     registry_licences,
     replay,
@@ -56,6 +55,7 @@ from residuals.domain.closing import content_hash
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import AcknowledgedProducer, topic_name
+from residuals.platform.processes import ServiceFailed, ServiceGroup, ServiceProcess
 from residuals.platform.roles import role_env
 from residuals.platform.topics import LICENCES, SIGNING_KEYS, USAGE
 from residuals.stack.settings import StackSettings
@@ -241,10 +241,16 @@ class Demo:
             "DATABASE_POOL_MIN": "1",
             "DATABASE_POOL_MAX": "4",
             "LOG_LEVEL": "INFO",
+            "OTEL_SERVICE_NAME": name,
             RUN_MARKER: self.run_id,
             **extra,
         }
-        return self.services.add(ServiceProcess(name, f"residuals.{name}", env, self.out / "logs"))
+        # Ctrl-C reaches only the demo (each service has its own session), which stops them
+        # all; the kernel stops them too if the demo itself is killed.
+        service = ServiceProcess(
+            name, f"residuals.{name}", env, self.out / "logs", append_log=True, die_with_parent=True
+        )
+        return self.services.add(service)
 
     def _wait_healthy(self, *names: str) -> None:
         for name in names:

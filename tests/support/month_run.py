@@ -5,7 +5,6 @@ statement equal to the offline replay of the same events, to the cent."""
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,8 @@ from residuals.domain.events import parse_event
 from residuals.domain.period import Period
 from residuals.domain.statement import PeriodStatement, compute_statement
 from residuals.ledger.history import load_period_events
-from tests.integration.metering_support import Pipeline, UsageRecord
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from month import make_events, make_licences
+from tests.support.metering import Pipeline, UsageRecord
+from tests.support.month import make_events, make_licences
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Helpers for the ingestion tests: isolated topics, registered vendors, reading topics back.
+"""Helpers for the ingestion tests: isolated topics, registered vendors, reading topics back,
+and the gateway's callers (raw gRPC calls with exact bytes, signed SDK events).
 
 Vendors, signing keys, API keys and licence identities are inserted straight into the
 licensing tables of migration 0002 with SQL: the licensing service has no functions for
@@ -15,15 +16,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import psycopg
 from confluent_kafka.admin import NewTopic
-from residuals_sdk import SigningKey
+from residuals_sdk import SigningKey, uuid7
+from residuals_sdk import events as build
+from residuals_sdk.signing import sign_event
+from residuals_sdk.transports.grpc import encode_batch
 
 from residuals.platform.auth import generate_api_key
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_consumer, topic_name
 from residuals.platform.topics import USAGE, USAGE_DLQ
 from residuals.stack.settings import StackSettings
+from residuals.v1 import ingest_pb2, usage_pb2
 
 
 @dataclass
@@ -202,3 +208,69 @@ def read_topic(
 
 def headers_of(message: Any) -> dict[str, bytes]:
     return {k: v for k, v in (message.headers() or [])}
+
+
+# --- the gateway's callers ---------------------------------------------------------------------
+
+BATCH = "/residuals.v1.IngestService/PublishBatch"
+STREAM = "/residuals.v1.IngestService/PublishStream"
+
+
+class Gateway:
+    """Raw calls with exact bytes (what a broken or malicious client could send)."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.batch = self.channel.unary_unary(
+            BATCH,
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.PublishBatchResponse.FromString,
+        )
+        self.stream = self.channel.stream_unary(
+            STREAM,
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.PublishStreamResponse.FromString,
+        )
+
+    def publish(self, api_key: str, envelopes: list[bytes]) -> list[ingest_pb2.PublishResult]:
+        return self.publish_raw(api_key, encode_batch(envelopes))
+
+    def publish_raw(self, api_key: str, request: bytes) -> list[ingest_pb2.PublishResult]:
+        response = self.batch(request, metadata=auth(api_key), timeout=30)
+        return list(response.results)
+
+
+def auth(api_key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {api_key}")]
+
+
+def render(tenant: Tenant, **overrides: Any) -> usage_pb2.UsageEvent:
+    fields: dict[str, Any] = {
+        "event_id": uuid7(),
+        "vendor_id": tenant.vendor_id,
+        "licence_id": tenant.licence_id,
+        "avatar_id": tenant.avatar_id,
+        "render_id": f"vid-{uuid.uuid4().hex[:6]}",
+        "category": "product_demo",
+        "territory": "GB",
+    }
+    fields.update(overrides)
+    return build.render(**fields)
+
+
+def mutate(event: usage_pb2.UsageEvent, **fields: Any) -> usage_pb2.UsageEvent:
+    """The event with fields set directly (bypassing the SDK's call-site checks)."""
+    for name, value in fields.items():
+        setattr(event, name, value)
+    return event
+
+
+def envelope(event: usage_pb2.UsageEvent, key: SigningKey) -> bytes:
+    return sign_event(event, key).SerializeToString()
+
+
+def signed_payload(payload: bytes, key: SigningKey) -> bytes:
+    """An envelope around arbitrary payload bytes, validly signed."""
+    return usage_pb2.SignedUsageEvent(
+        payload=payload, signature=key.sign(payload), key_id=key.key_id
+    ).SerializeToString()

@@ -123,21 +123,6 @@ def stored_positions(dsn: str, group: str) -> dict[tuple[str, int], int]:
     return {(str(t), int(p)): int(o) for t, p, o in rows}
 
 
-def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    what: str,
-    state: Callable[[], object] | None = None,
-) -> None:
-    """Poll ``predicate``; on time-out, fail naming ``what`` (and ``state()``, if given)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            seen = f"; state: {state()}" if state is not None else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
-        time.sleep(0.2)
-
-
 class TcpProxy:
     """A TCP forwarder on 127.0.0.1 that can be cut (every connection dropped, new ones
     refused: the server is unreachable) and restored on the same port."""

@@ -2,7 +2,8 @@
 
 The in-memory sources stand in for the ledger writer's and licensing service's tables in
 tests of the close itself (arrival order, cut-offs and late arrivals are modelled exactly);
-the end-to-end tests use the real stored-data adapters.
+the end-to-end tests use the real stored-data adapters. ``world`` (a fixture: every test
+sees it through tests/conftest.py) is a migrated database with worked case 07's sources.
 """
 
 from __future__ import annotations
@@ -11,15 +12,25 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
+from residuals.payouts.close import ClosePolicy, close_period
+from residuals.payouts.reconcile import reconcile
 from residuals.payouts.sources import EventAccounting, Sources
 from residuals.platform import migrations
+from residuals.platform.config import PostgresSettings
+from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
+from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack import postgres
 from residuals.stack.settings import StackSettings
 
@@ -111,3 +122,45 @@ def memory_sources(
 ) -> tuple[Sources, MemoryEvents, MemoryLicences]:
     events, lics = MemoryEvents(), MemoryLicences(list(licences))
     return Sources(events=events, licences=lics), events, lics
+
+
+# --- the close tests' world ----------------------------------------------------------------
+
+CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
+OCT, NOV, DEC = Period(2026, 10), Period(2026, 11), Period(2026, 12)
+POLICY = ClosePolicy(thresholds={"USD": Decimal("25.00")})
+LATER = datetime(2027, 6, 1, tzinfo=UTC)
+
+
+class World:
+    """``db`` connects as the payouts service's role; ``owner`` (the tables' owner, for
+    tampering the service itself may not do) is a plain DSN."""
+
+    def __init__(self, db: Database, sources: Sources, events: MemoryEvents, owner: str) -> None:
+        self.db, self.sources, self.events, self.owner = db, sources, events, owner
+
+    def close(self, period: Period, **kwargs: Any) -> Any:
+        with self.db.connection() as conn:
+            return close_period(
+                conn, self.sources, period, policy=POLICY, closed_by="test", now=LATER, **kwargs
+            )
+
+    def reconcile(self, period: Period) -> Any:
+        with self.db.connection() as conn:
+            return reconcile(conn, self.sources, period)
+
+
+@pytest.fixture
+def world(stack: StackSettings) -> Iterator[World]:
+    case = load_case(CASE)
+    sources, events, _ = memory_sources(case.licences)
+    for raw in case.raw_events:
+        events.extend(expand_repeats(raw, "event"))
+    with migrated_database(stack) as dsn:
+        settings = PostgresSettings(dsn=dsn, pool_min=1, pool_max=4, user=database_role("payouts"))
+        db = Database(settings, application_name="t")
+        db.open()
+        try:
+            yield World(db, sources, events, dsn)
+        finally:
+            db.close()

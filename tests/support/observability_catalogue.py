@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
 PROMETHEUS = REPO / "deploy" / "prometheus"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))

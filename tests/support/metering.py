@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -44,7 +42,8 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.licences import Licence
 from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_consumer, make_producer, topic_name
-from residuals.platform.ports import free_port
+from residuals.platform.processes import ServiceFailed
+from residuals.platform.processes import ServiceProcess as Service
 from residuals.platform.roles import role_env
 from residuals.platform.topics import (
     ALERTS,
@@ -104,99 +103,6 @@ class UsageRecord:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-@dataclass
-class Service:
-    """A service subprocess that can be killed with SIGKILL and started again."""
-
-    name: str
-    module: str
-    env: dict[str, str]
-    log_dir: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    restarts_after_exit: int = 0
-    #: Exit codes of the runs that ended on their own (restarted by ``supervise``).
-    exit_codes: list[int] = field(default_factory=list)
-    grpc_port: int = 0
-    metrics_port: int = 0
-
-    def start(self) -> Service:
-        self.starts += 1
-        self.grpc_port, self.metrics_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "GRPC_HOST": "127.0.0.1",
-            "GRPC_PORT": str(self.grpc_port),
-            "METRICS_PORT": str(self.metrics_port),
-            "LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-            **self.env,
-        }
-        log = (self.log_dir / f"{self.name}-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        path = self.log_dir / f"{self.name}-{self.starts}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def log_summary(self, lines: int = 40) -> str:
-        """Every start's warnings, errors and partition assignments (the last ``lines``),
-        then the current log's tail: enough to see which run of the service went wrong."""
-        picked = []
-        for start in range(1, self.starts + 1):
-            path = self.log_dir / f"{self.name}-{start}.log"
-            if not path.exists():
-                continue
-            for line in path.read_text(errors="replace").splitlines():
-                if any(k in line for k in ('"WARNING"', '"ERROR"', "assigned", "Traceback")):
-                    picked.append(f"[{start}] {line[:600]}")
-        return "\n".join(picked[-lines:]) + "\n... tail:\n" + self.log_tail(1500)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    def rss_kib(self) -> tuple[int, int]:
-        """(current, peak) resident set size of the process, KiB."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        values = dict(
-            line.split(":", 1)
-            for line in status.splitlines()
-            if line.startswith(("VmRSS", "VmHWM"))
-        )
-        return int(values["VmRSS"].split()[0]), int(values["VmHWM"].split()[0])
 
 
 @dataclass
@@ -434,12 +340,20 @@ class Pipeline:
         """A meter process; ``name`` tells several apart (log files, faust data dir)."""
         own = {"METER_DATA_DIR": str(self.work_dir / f"{name}-data")} if name != "meter" else {}
         return Service(
-            name, "residuals.meter", {**self.service_env("meter"), **own, **env}, self.work_dir
+            name,
+            "residuals.meter",
+            {**self.service_env("meter"), **own, **env},
+            self.work_dir,
+            log_per_start=True,
         )
 
     def ledger(self, **env: str) -> Service:
         return Service(
-            "ledger", "residuals.ledger", {**self.service_env("ledger"), **env}, self.work_dir
+            "ledger",
+            "residuals.ledger",
+            {**self.service_env("ledger"), **env},
+            self.work_dir,
+            log_per_start=True,
         )
 
     # --- ledger ------------------------------------------------------------------------------
@@ -480,9 +394,7 @@ class Pipeline:
             for service in services:
                 if service.process is not None and not service.alive():
                     if supervise:
-                        service.restarts_after_exit += 1
-                        service.exit_codes.append(service.process.returncode)
-                        service.start()
+                        service.restart()
                         continue
                     raise AssertionError(
                         f"{service.name} exited ({service.process.returncode}):\n"
@@ -551,3 +463,31 @@ def pipeline(stack: StackSettings, work_dir: Path, partitions: int = 6) -> Itera
         yield run
     finally:
         run.delete_topics()
+
+
+# --- reading a run's topics, waiting for its services ----------------------------------------
+
+
+def read_topic(run: Pipeline, topic: Any, count: int, timeout: float = 60.0) -> list[Any]:
+    """Up to ``count`` records of the run's ``topic`` from the beginning (waits ``timeout``)."""
+    consumer = make_consumer(run.kafka, f"{run.kafka.topic_prefix}reader-{topic.name}")
+    consumer.assign(
+        [TopicPartition(run.topic(topic), p, OFFSET_BEGINNING) for p in range(run.partitions)]
+    )
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            found.extend(m for m in consumer.consume(100, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return found
+
+
+def wait_serving(service: Service, timeout: float = 90.0) -> None:
+    """Wait until ``service`` reports SERVING; fail the test (with its log's tail) if it
+    exits or does not in ``timeout`` seconds."""
+    try:
+        service.wait_healthy(timeout)
+    except ServiceFailed as failed:
+        raise AssertionError(f"meter not SERVING: {failed}") from None

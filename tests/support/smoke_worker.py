@@ -1,6 +1,6 @@
 """A minimal faust worker for the pipeline smoke test (test code, not product code).
 
-Run as ``python -m tests.integration.smoke_worker`` from the repository root, configured
+Run as ``python -m tests.support.smoke_worker`` from the repository root, configured
 only by environment variables, exactly like a service: KAFKA_BOOTSTRAP_SERVERS,
 RESIDUALS_TOPIC_PREFIX, DATABASE_URL, OTEL_SERVICE_NAME, plus SMOKE_DATA_DIR for faust's
 data directory. It consumes protobuf ``UsageEvent`` records from the (prefixed) usage

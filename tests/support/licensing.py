@@ -8,6 +8,7 @@ records. API keys are written straight into PostgreSQL, as `bootstrap-admin` doe
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from residuals.licensing import registry
 from residuals.licensing.app import LicensingApp
 from residuals.licensing.metrics import RelayMetrics
 from residuals.licensing.outbox import RELAY_TOPICS
+from residuals.licensing.registry import Registry
 from residuals.licensing.settings import LicensingSettings, RelaySettings
 from residuals.platform.auth import Principal, Role, bearer_metadata
 from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
@@ -241,7 +243,6 @@ def consume_all(
     stack: StackSettings, topic: str, *, expect: int, timeout: float = 60.0
 ) -> list[Any]:
     """Every committed record of ``topic`` (from the beginning) once ``expect`` arrived."""
-    import time
 
     consumer = Consumer(
         {
@@ -293,3 +294,44 @@ def keys_for_roles(dsn: str, *, vendor: str, talent: str) -> dict[str, str]:
         "talent": api_key(dsn, Principal(f"p-{talent}", Role.TALENT, talent_id=talent)),
         "suspender": api_key(dsn, Principal("p-suspender", Role.SUSPENDER)),
     }
+
+
+# --- the outbox tests' licence and parties -------------------------------------
+
+ADMIN = Principal("p-admin", Role.ADMIN)
+CASE = {
+    "licence_id": "LIC-OUT",
+    "talent_id": "TAL-OUT",
+    "avatar_id": "AVA-OUT",
+    "vendor_id": "VEN-OUT",
+    "currency": "USD",
+    "starts_at": "2026-01-01T00:00:00Z",
+    "scope": {
+        "categories_allowed": ["product_demo"],
+        "territories_allowed": ["*"],
+        "channels_allowed": ["web"],
+    },
+    "rates": {"render_tiers": [{"up_to": None, "unit_price": "0.50"}], "view_cpm": "4.00"},
+    "splits": {"TAL-OUT": "1"},
+}
+
+
+def licence_with_id(licence_id: str) -> Any:
+    return parse_licence({**CASE, "licence_id": licence_id})
+
+
+def parties(registry: Registry) -> None:
+    licence = licence_with_id("LIC-OUT")
+    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id=licence.talent_id))
+    registry.create_avatar(
+        ADMIN, licence_pb2.Avatar(avatar_id=licence.avatar_id, talent_id=licence.talent_id)
+    )
+    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id=licence.vendor_id))
+    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-OUT"))
+
+
+def outbox_counts(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*), count(published_at) FROM outbox").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
