@@ -98,3 +98,32 @@ def months(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
                 event["ad_revenue"] = str(Decimal(draw(st.integers(0, 10_000))) / 100)
         events.append(event)
     return specs, events
+
+
+@st.composite
+def approved_months(
+    draw: st.DrawFn,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A month where some licences need approval of every product demo (§5a), approvals of
+    several windows and sizes, and events naming them, another licence's, or none."""
+    specs, events = draw(months())
+    for spec in specs:
+        if draw(st.booleans()):
+            spec["scope"]["approval_required"] = ["product_demo"]
+    approvals = []
+    for i in range(draw(st.integers(0, 4))):
+        start = draw(st.integers(1, 25))
+        approval: dict[str, Any] = {
+            "approval_id": f"APR-{i}",
+            "licence_id": draw(st.sampled_from(specs))["licence_id"],
+            "category": draw(st.sampled_from(["product_demo", "product_demo", "political"])),
+            "valid_from": f"2026-10-{start:02d}T00:00:00Z",
+            "max_renders": draw(st.integers(1, 4)),
+        }
+        if draw(st.booleans()):
+            approval["valid_until"] = f"2026-10-{draw(st.integers(start + 1, 31)):02d}T00:00:00Z"
+        approvals.append(approval)
+    for event in events:
+        if event["kind"] != "RETRACTION" and draw(st.booleans()):
+            event["approval_id"] = f"APR-{draw(st.integers(0, 4))}"
+    return specs, events, approvals

@@ -27,6 +27,42 @@ def _write(tmp_path: Path, mutate: Any) -> Path:
     ("mutate", "field", "message"),
     [
         (lambda d: d.update(period="October"), "period", "YYYY-MM"),
+        (lambda d: d.update(approvals={"a": 1}), "approvals", "must be a list"),
+        (
+            lambda d: d.update(approvals=[{"licence_id": "L", "category": "c"}]),
+            "approvals[0].approval_id",
+            "required",
+        ),
+        (
+            lambda d: d.update(
+                approvals=[
+                    {
+                        "approval_id": "A",
+                        "licence_id": "L",
+                        "category": "c",
+                        "valid_from": "2026-10-05T00:00:00Z",
+                        "valid_until": "2026-10-05T00:00:00Z",
+                    }
+                ]
+            ),
+            "approvals[0].valid_until",
+            "after valid_from",
+        ),
+        (
+            lambda d: d.update(
+                approvals=[
+                    {
+                        "approval_id": "A",
+                        "licence_id": "L",
+                        "category": "c",
+                        "valid_from": "2026-10-05T00:00:00Z",
+                        "max_renders": 0,
+                    }
+                ]
+            ),
+            "approvals[0].max_renders",
+            ">= 1",
+        ),
         (
             lambda d: d["licences"][0]["rates"].update(view_cpm="cheap"),
             "licences[0].rates.view_cpm",

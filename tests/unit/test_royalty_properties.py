@@ -14,14 +14,23 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.domain.money import minor_digits, split_largest_remainder
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
-from tests.support.strategies import CURRENCIES, months
+from residuals.replay.casefile import parse_case
+from tests.support.strategies import CURRENCIES, approved_months, months
 
 PERIOD = Period.parse("2026-10")
 
 
-def _statement(specs: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+def _statement(
+    specs: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    approvals: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     lics = [parse_licence(s) for s in specs]
-    return compute_statement(PERIOD, lics, [parse_event(e) for e in events]).to_document()
+    given = parse_case(
+        {"period": str(PERIOD), "licences": specs, "approvals": approvals or []}
+    ).approvals
+    parsed = [parse_event(e) for e in events]
+    return compute_statement(PERIOD, lics, parsed, approvals=given).to_document()
 
 
 def _without_counts(doc: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +63,33 @@ def test_resending_any_event_never_changes_the_statement(month: Any, data: st.Da
     position = data.draw(st.integers(events.index(resent) + 1, len(events)))
     again = [*events[:position], dict(resent), *events[position:]]
     before, after = _statement(specs, events), _statement(specs, again)
+    assert _without_counts(after) == _without_counts(before)
+    assert _counted(after) == _counted(before) + 1
+
+
+@PROPERTY
+@given(approved_months(), st.randoms(use_true_random=False))
+def test_with_approvals_the_order_of_arrival_still_never_matters(month: Any, rnd: Any) -> None:
+    """Which renders used up an approval is decided in scope order (§5a), not arrival."""
+    specs, events, approvals = month
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    assert _statement(specs, shuffled, approvals) == _statement(specs, events, approvals)
+
+
+@PROPERTY
+@given(approved_months(), st.data())
+def test_with_approvals_a_resent_event_still_changes_nothing(
+    month: Any, data: st.DataObject
+) -> None:
+    """A re-sent render is a duplicate: it uses up no approval a second time."""
+    specs, events, approvals = month
+    if not events:
+        return
+    resent = data.draw(st.sampled_from(events))
+    position = data.draw(st.integers(events.index(resent) + 1, len(events)))
+    again = [*events[:position], dict(resent), *events[position:]]
+    before, after = _statement(specs, events, approvals), _statement(specs, again, approvals)
     assert _without_counts(after) == _without_counts(before)
     assert _counted(after) == _counted(before) + 1
 

@@ -470,3 +470,89 @@ def _fields(lic: object) -> dict[str, object]:
     import dataclasses
 
     return {f.name: getattr(lic, f.name) for f in dataclasses.fields(lic) if f.init}  # type: ignore[arg-type]
+
+
+# --- §5a per-use approval ---------------------------------------------------------------
+
+
+def _approval(approval_id: str = "APR-1", **fields: object) -> object:
+    from residuals.domain.approvals import Approval
+    from residuals.domain.events import parse_timestamp
+
+    values: dict[str, object] = {
+        "licence_id": "LIC-1",
+        "category": "product_demo",
+        "valid_from": parse_timestamp("2026-10-01T00:00:00Z"),
+        **fields,
+    }
+    return Approval(approval_id, **values)  # type: ignore[arg-type]
+
+
+def _needs_approval() -> object:
+    return licence(scope={"approval_required": ["product_demo"]})
+
+
+def test_a_multi_unit_render_starting_inside_the_allowance_is_approved_whole() -> None:
+    """§5a counts the renders *before* the event: 1 used of 3, so a render of 5 units is
+    approved whole; the next render finds 6 used and is held."""
+    lic = _needs_approval()
+    doc = statement(
+        [lic],  # type: ignore[list-item]
+        [
+            ev(occurred_at="2026-10-02T00:00:00Z", approval_id="APR-1"),
+            ev(occurred_at="2026-10-03T00:00:00Z", approval_id="APR-1", quantity=5),
+            ev(occurred_at="2026-10-04T00:00:00Z", approval_id="APR-1"),
+        ],
+        approvals=[_approval(max_renders=3)],
+    )
+    block = only(doc)
+    assert block["lines"][0]["units"] == 6
+    assert block["held"] == [
+        {"violation": "UNAPPROVED_USE", "kind": "RENDER", "units": 1, "amount": "2.00"}
+    ]
+    assert violations(doc) == {"UNAPPROVED_USE": 1}
+
+
+def test_uses_outside_an_approval_are_held_and_suspend_nothing() -> None:
+    from residuals.domain.events import parse_timestamp
+
+    lic = _needs_approval()
+    doc = statement(
+        [lic],  # type: ignore[list-item]
+        [
+            ev(occurred_at="2026-10-02T00:00:00Z"),  # names no approval
+            ev(occurred_at="2026-10-02T01:00:00Z", approval_id="APR-NONE"),  # unknown
+            ev(occurred_at="2026-10-02T02:00:00Z", approval_id="APR-OTHER"),  # other category
+            ev(occurred_at="2026-10-01T00:00:00Z", approval_id="APR-1", category="x"),  # other
+            ev(occurred_at="2026-10-02T03:00:00Z", approval_id="APR-LATE"),  # window not open
+            ev(occurred_at="2026-10-03T00:00:00Z", approval_id="APR-1"),  # approved
+        ],
+        approvals=[
+            _approval(),
+            _approval("APR-OTHER", category="insurance"),
+            _approval("APR-LATE", valid_from=parse_timestamp("2026-10-05T00:00:00Z")),
+        ],
+    )
+    block = only(doc)
+    assert block["lines"][0]["units"] == 1
+    # The render of category "x" is CATEGORY_NOT_LICENSED (§5 check 5 comes first).
+    assert [(h["violation"], h["units"]) for h in block["held"]] == [
+        ("CATEGORY_NOT_LICENSED", 1),
+        ("UNAPPROVED_USE", 4),
+    ]
+    assert violations(doc) == {"CATEGORY_NOT_LICENSED": 1, "UNAPPROVED_USE": 4}
+
+
+def test_approval_required_must_name_allowed_categories() -> None:
+    from residuals.domain.licence_spec import SpecError
+
+    with pytest.raises(SpecError, match="approval_required"):
+        licence(scope={"approval_required": ["insurance"]})
+    assert licence(scope={"categories_allowed": ["*"], "approval_required": ["insurance"]})
+
+
+def test_an_approval_id_is_part_of_the_payload() -> None:
+    """The same event id re-sent naming another approval is a conflict, not a duplicate."""
+    first = ev(approval_id="APR-1")
+    doc = statement([licence()], [first, {**first, "approval_id": "APR-2"}])
+    assert violations(doc) == {"DUPLICATE_CONFLICT": 1}

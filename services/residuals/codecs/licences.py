@@ -80,6 +80,7 @@ def _version_to_proto(v: LicenceVersion) -> licence_pb2.LicenceVersion:
             territories_allowed=sorted(v.scope.territories_allowed),
             territories_forbidden=sorted(v.scope.territories_forbidden),
             channels_allowed=sorted(v.scope.channels_allowed),
+            approval_required=sorted(v.scope.approval_required),
         ),
         rates=licence_pb2.RateCard(
             render_tiers=[
@@ -260,6 +261,7 @@ def _scope_from_proto(scope: licence_pb2.Scope, path: str) -> Scope:
             scope.territories_forbidden, _at(path, "territories_forbidden")
         ),
         channels_allowed=_texts(scope.channels_allowed, _at(path, "channels_allowed")),
+        approval_required=_texts(scope.approval_required, _at(path, "approval_required")),
     )
 
 

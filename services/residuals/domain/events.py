@@ -50,6 +50,8 @@ class UsageEvent(NamedTuple):
     ad_revenue: Decimal | None = None
     ad_currency: str | None = None
     original_event_id: str | None = None
+    #: The talent's approval this use relies on (§5a); part of the payload.
+    approval_id: str | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -245,6 +247,11 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
     if viewable.__class__ is not bool or ivt.__class__ is not bool:
         name = "viewable" if viewable.__class__ is not bool else "ivt"
         return reject(RejectReason.MALFORMED, f"{name} must be true or false")
+    (approval_id,) = _texts(raw, ("approval_id",))
+    if approval_id is not None:
+        out_of_bounds = _text_out_of_bounds(("approval_id",), [approval_id])
+        if out_of_bounds is not None:
+            return reject(RejectReason.MALFORMED, out_of_bounds)
     if quantity is None:
         return _bad_quantity(raw, reject)
     return UsageEvent(
@@ -263,6 +270,8 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
         ivt,
         revenue,
         currency,
+        None,
+        approval_id,
     )
 
 

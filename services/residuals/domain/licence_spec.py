@@ -194,17 +194,26 @@ def _rates(r: _Reader) -> RateCard:
     )
 
 
+WILDCARD_CATEGORY = "*"
+
+
 def _scope(r: _Reader) -> Scope:
     for key in ("territories_allowed", "territories_forbidden"):
         for code in r.strings(key):
             if code != "*" and not _TERRITORY.match(code):
                 raise SpecError(r.at(key), f"{code!r} is not an ISO 3166 alpha-2 code or '*'")
+    allowed = r.strings("categories_allowed")
+    approval_required = r.strings("approval_required")
+    if WILDCARD_CATEGORY not in allowed:
+        for category in sorted(approval_required - allowed):
+            raise SpecError(r.at("approval_required"), f"{category!r} is not an allowed category")
     return Scope(
-        categories_allowed=r.strings("categories_allowed"),
+        categories_allowed=allowed,
         categories_forbidden=r.strings("categories_forbidden"),
         territories_allowed=r.strings("territories_allowed"),
         territories_forbidden=r.strings("territories_forbidden"),
         channels_allowed=r.strings("channels_allowed"),
+        approval_required=approval_required,
     )
 
 

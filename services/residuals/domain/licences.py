@@ -53,6 +53,8 @@ class Scope:
     territories_allowed: frozenset[str] = frozenset()
     territories_forbidden: frozenset[str] = frozenset()
     channels_allowed: frozenset[str] = frozenset()
+    #: Allowed categories whose every use needs the talent's approval (§5a, rules v1.1).
+    approval_required: frozenset[str] = frozenset()
 
 
 #: A scope's terms by name, in the order the spec and the wire list them.

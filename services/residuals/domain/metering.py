@@ -11,11 +11,13 @@ runs in the 60-digit money context.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
+from residuals.domain.approvals import Approval, approved
 from residuals.domain.events import UsageEvent
 from residuals.domain.licences import Licence, LicenceVersion
 from residuals.domain.money import MONEY_CONTEXT, ZERO
@@ -44,6 +46,9 @@ class LicenceCounters:
     quota_used: dict[str, int] = field(default_factory=dict)
     quota_near: set[str] = field(default_factory=set)
     auto_suspended_since: datetime | None = None
+    #: Units of approved renders by approval id; an approval spans periods, so this does
+    #: not reset with them (§5a).
+    approval_renders: dict[str, int] = field(default_factory=dict)
 
     def enter_period(self, period: str, start: datetime | None = None) -> None:
         """Start counting ``period``; ``start`` marks where automatic windows stop applying."""
@@ -137,8 +142,19 @@ def _billed(
     return [Portion(units, v.version, None, channel=event.channel, revenue=revenue, amount=amount)]
 
 
-def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -> Rating:
-    """Classify and price one valid, de-duplicated usage event (§4-7); updates ``counters``."""
+_NO_APPROVALS: Mapping[str, Approval] = {}
+
+
+def rate_event(
+    event: UsageEvent,
+    licence: Licence,
+    counters: LicenceCounters,
+    approvals: Mapping[str, Approval] = _NO_APPROVALS,
+) -> Rating:
+    """Classify and price one valid, de-duplicated usage event (§4-7); updates ``counters``.
+
+    ``approvals`` are the talent's approvals by id (§5a): a use in one of the version's
+    approval-required categories needs a live one, else it is held as UNAPPROVED_USE."""
     if event.kind is Kind.RETRACTION:
         raise ValueError("retractions are resolved by identity, not rated")
     version = licence.version_at(event.occurred_at)
@@ -149,6 +165,12 @@ def rate_event(event: UsageEvent, licence: Licence, counters: LicenceCounters) -
     violation = scope_violation(
         event, licence, version, counters.auto_suspended_since, counters.period_start
     )
+    if (
+        violation is None
+        and event.category in version.scope.approval_required
+        and not approved(event, approvals, counters.approval_renders)
+    ):
+        violation = Violation.UNAPPROVED_USE
     if violation is not None:
         suspends = (
             violation.suspends

@@ -15,6 +15,7 @@ from decimal import Decimal, localcontext
 from operator import attrgetter
 from typing import Any
 
+from residuals.domain.approvals import Approval
 from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.licences import Licence
@@ -214,13 +215,17 @@ _SCOPE_ORDER = attrgetter("occurred_at", "event_id")
 
 
 def rate_licence_events(
-    licence: Licence, events: Iterable[UsageEvent], period: Period
+    licence: Licence,
+    events: Iterable[UsageEvent],
+    period: Period,
+    approvals: Mapping[str, Approval] | None = None,
 ) -> list[Rating]:
     """Fold the incremental rules over one licence's uses in scope order."""
     counters = LicenceCounters()
     counters.enter_period(str(period), period.start)
     ordered = sorted(events, key=_SCOPE_ORDER)
-    return [rate_event(e, licence, counters) for e in ordered]
+    given = approvals or {}
+    return [rate_event(e, licence, counters, given) for e in ordered]
 
 
 def _lines(ratings: list[Rating], currency: str) -> tuple[tuple[Line, ...], tuple[HeldLine, ...]]:
@@ -280,10 +285,12 @@ def compute_statement(
     *,
     thresholds: Mapping[str, Decimal] | None = None,
     carried_in: Mapping[tuple[str, str], Decimal] | None = None,
+    approvals: Iterable[Approval] = (),
 ) -> PeriodStatement:
     """The period statement by docs/ROYALTY-RULES.md, from events in arrival order."""
     with localcontext(MONEY_CONTEXT):
-        return _compute(period, licences, events, thresholds, carried_in)
+        by_id = {a.approval_id: a for a in approvals}
+        return _compute(period, licences, events, thresholds, carried_in, by_id)
 
 
 def _compute(
@@ -292,6 +299,7 @@ def _compute(
     events: Iterable[UsageEvent | Rejection],
     thresholds: Mapping[str, Decimal] | None,
     carried_in: Mapping[tuple[str, str], Decimal] | None,
+    approvals: Mapping[str, Approval],
 ) -> PeriodStatement:
     registry = {lic.licence_id: lic for lic in licences}
     tally = _Tally()
@@ -306,7 +314,7 @@ def _compute(
     allocations: list[tuple[str, str, Decimal]] = []
     for licence_id in sorted(registry):
         licence = registry[licence_id]
-        ratings = rate_licence_events(licence, uses.get(licence_id, []), period)
+        ratings = rate_licence_events(licence, uses.get(licence_id, []), period, approvals)
         excluded = tally.excluded[licence_id]
         for rating in ratings:
             if rating.excluded:

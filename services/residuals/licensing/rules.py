@@ -35,6 +35,7 @@ CATEGORIES: frozenset[str] = frozenset(
         "news",
         "political",
         "product_demo",
+        "public_service",
         "religious",
         "sports_betting",
     }

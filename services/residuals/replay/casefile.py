@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from residuals.domain.approvals import DEFAULT_MAX_RENDERS, Approval
 from residuals.domain.events import Rejection, UsageEvent, parse_event, parse_timestamp
 from residuals.domain.licence_spec import SpecError, parse_licence, to_decimal
 from residuals.domain.licences import Licence
@@ -45,6 +46,7 @@ class Case:
     carried_in: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     expected: dict[str, Any] | None = None
     more_events: list[Iterable[Mapping[str, Any]]] = field(default_factory=list)
+    approvals: list[Approval] = field(default_factory=list)
 
     def events(self) -> Iterator[UsageEvent | Rejection]:
         """Parsed events in arrival order (invalid ones as rejections)."""
@@ -146,6 +148,52 @@ def _carried_in(value: Any) -> dict[tuple[str, str], Decimal]:
     return carried
 
 
+def _approvals(value: Any) -> list[Approval]:
+    """``approvals:`` (§5a): ``{approval_id, licence_id, category, valid_from, valid_until?,
+    max_renders?}`` each."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError("approvals", "must be a list")
+    approvals: list[Approval] = []
+    for i, item in enumerate(value):
+        where = f"approvals[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, "must be a mapping")
+        texts: dict[str, str] = {}
+        for key in ("approval_id", "licence_id", "category"):
+            text = str(item.get(key) or "").strip()
+            if not text:
+                raise SpecError(f"{where}.{key}", "is required")
+            texts[key] = text
+        times: dict[str, datetime | None] = {}
+        for key in ("valid_from", "valid_until"):
+            raw = item.get(key)
+            if raw is None:
+                if key == "valid_from":
+                    raise SpecError(f"{where}.{key}", "is required")
+                times[key] = None
+                continue
+            try:
+                times[key] = parse_timestamp(raw)
+            except (ValueError, TypeError):
+                raise SpecError(f"{where}.{key}", f"{raw!r} is not ISO 8601") from None
+        until, start = times["valid_until"], times["valid_from"]
+        if until is not None and start is not None and until <= start:
+            raise SpecError(f"{where}.valid_until", "must be after valid_from")
+        renders = item.get("max_renders", DEFAULT_MAX_RENDERS)
+        if isinstance(renders, bool) or not isinstance(renders, int) or renders < 1:
+            raise SpecError(f"{where}.max_renders", f"must be a whole number >= 1, got {renders!r}")
+        assert start is not None
+        approvals.append(
+            Approval(valid_from=start, valid_until=until, max_renders=renders, **texts)
+        )
+    ids = [a.approval_id for a in approvals]
+    if len(set(ids)) != len(ids):
+        raise SpecError("approvals", "approval ids must be unique")
+    return approvals
+
+
 def parse_case(data: Any, name: str = "case") -> Case:
     """Build a case from already-loaded YAML/JSON data; raises SpecError naming the field."""
     if not isinstance(data, Mapping):
@@ -184,6 +232,7 @@ def parse_case(data: Any, name: str = "case") -> Case:
         thresholds=thresholds,
         carried_in=_carried_in(data.get("carried_in")),
         expected=expected if isinstance(expected, dict) else None,
+        approvals=_approvals(data.get("approvals")),
     )
 
 

@@ -26,6 +26,7 @@ def replay(case: Case) -> PeriodStatement:
         case.events(),
         thresholds=case.thresholds,
         carried_in=case.carried_in,
+        approvals=case.approvals,
     )
 
 

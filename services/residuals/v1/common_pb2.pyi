@@ -139,6 +139,8 @@ class _ViolationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Violati
     """A view/impression names a render no accepted render reported. HIGH."""
     VIOLATION_KIND_DUPLICATE_CONFLICT: _ViolationKind.ValueType  # 12
     """Same (vendor_id, event_id) re-sent with a different payload. LOW."""
+    VIOLATION_KIND_UNAPPROVED_USE: _ViolationKind.ValueType  # 13
+    """A use in an approval-required category without a live approval (rules v1.1). HIGH."""
 
 class ViolationKind(_ViolationKind, metaclass=_ViolationKindEnumTypeWrapper):
     """Why a use is outside the licence, or another condition talent must hear about."""
@@ -168,6 +170,8 @@ VIOLATION_KIND_UNREPORTED_RENDER: ViolationKind.ValueType  # 11
 """A view/impression names a render no accepted render reported. HIGH."""
 VIOLATION_KIND_DUPLICATE_CONFLICT: ViolationKind.ValueType  # 12
 """Same (vendor_id, event_id) re-sent with a different payload. LOW."""
+VIOLATION_KIND_UNAPPROVED_USE: ViolationKind.ValueType  # 13
+"""A use in an approval-required category without a live approval (rules v1.1). HIGH."""
 Global___ViolationKind: _TypeAlias = ViolationKind  # noqa: Y015
 
 class _RejectReason:

@@ -377,6 +377,7 @@ class Scope(_message.Message):
     TERRITORIES_ALLOWED_FIELD_NUMBER: _builtins.int
     TERRITORIES_FORBIDDEN_FIELD_NUMBER: _builtins.int
     CHANNELS_ALLOWED_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUIRED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def categories_allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow-list of content categories (default deny)."""
@@ -397,6 +398,12 @@ class Scope(_message.Message):
     def channels_allowed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allow-list of channels for views and ad impressions."""
 
+    @_builtins.property
+    def approval_required(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allowed categories whose every use needs the talent's approval first (rules v1.1, §5a
+        of docs/ROYALTY-RULES.md): a use without a live approval is UNAPPROVED_USE, held.
+        """
+
     def __init__(
         self,
         *,
@@ -405,10 +412,11 @@ class Scope(_message.Message):
         territories_allowed: _abc.Iterable[_builtins.str] | None = ...,
         territories_forbidden: _abc.Iterable[_builtins.str] | None = ...,
         channels_allowed: _abc.Iterable[_builtins.str] | None = ...,
+        approval_required: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories_allowed", b"categories_allowed", "categories_forbidden", b"categories_forbidden", "channels_allowed", b"channels_allowed", "territories_allowed", b"territories_allowed", "territories_forbidden", b"territories_forbidden"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "categories_allowed", b"categories_allowed", "categories_forbidden", b"categories_forbidden", "channels_allowed", b"channels_allowed", "territories_allowed", b"territories_allowed", "territories_forbidden", b"territories_forbidden"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
