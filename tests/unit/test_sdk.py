@@ -372,3 +372,33 @@ def test_vendoring_refuses_a_contract_the_sdk_does_not_ship(tmp_path: Path) -> N
     (fresh / "usage_pb2.py").write_text("from residuals.v1 import licence_pb2 as x\n")
     with pytest.raises(protogen.ProtogenError, match="licence_pb2"):
         protogen.vendor_sdk(fresh, tmp_path / "out")
+
+
+def test_an_approval_id_travels_from_the_sdk_to_the_rules() -> None:
+    """§5a: the SDK puts the approval on the wire; the codec and the parser keep it, so it
+    is part of the payload the rules de-duplicate and judge by."""
+    from residuals.codecs.usage import to_raw
+    from residuals.domain.events import UsageEvent, parse_event
+    from residuals.v1 import usage_pb2
+
+    fields = {
+        "event_id": "e-1",
+        "vendor_id": "VEN-1",
+        "licence_id": "LIC-1",
+        "avatar_id": "AVA-1",
+        "render_id": "r-1",
+        "category": "insurance",
+        "territory": "GB",
+    }
+    sent = build.render(**fields, approval_id="APR-1")
+    viewed = build.view(**fields, channel="web", approval_id="APR-1")
+    plain = build.render(**fields)
+    assert (sent.approval_id, viewed.approval_id, plain.approval_id) == ("APR-1", "APR-1", "")
+    received = usage_pb2.UsageEvent.FromString(sent.SerializeToString())
+    event = parse_event(to_raw(received))
+    assert isinstance(event, UsageEvent) and event.approval_id == "APR-1"
+    other = parse_event(to_raw(usage_pb2.UsageEvent.FromString(plain.SerializeToString())))
+    assert isinstance(other, UsageEvent) and other.approval_id is None
+    assert event != other  # same id, another payload: a conflict, not a duplicate
+    with pytest.raises(ValueError):
+        build.render(**fields, approval_id="APR\x00")

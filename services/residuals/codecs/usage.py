@@ -32,6 +32,7 @@ _TEXT_FIELDS = (
     "channel",
     "ad_revenue_currency",
     "original_event_id",
+    "approval_id",
 )
 
 
@@ -99,6 +100,7 @@ def from_domain(event: UsageEvent) -> usage_pb2.UsageEvent:
         channel=event.channel or "",
         ad_revenue_currency=event.ad_currency or "",
         original_event_id=event.original_event_id or "",
+        approval_id=event.approval_id or "",
     )
     set_timestamp(message.occurred_at, event.occurred_at)
     if event.quantity != 1:

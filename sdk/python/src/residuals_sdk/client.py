@@ -248,8 +248,10 @@ class UsageClient:
         occurred_at: datetime | None = None,
         quantity: int = 1,
         event_id: str | None = None,
+        approval_id: str | None = None,
     ) -> str:
-        """Report ``quantity`` rendered videos showing the avatar; returns the event id."""
+        """Report ``quantity`` rendered videos showing the avatar; returns the event id.
+        ``approval_id``: the talent's approval, where the licence requires one."""
         return self.publish(
             build.render(
                 event_id=event_id or uuid7(),
@@ -261,6 +263,7 @@ class UsageClient:
                 territory=territory,
                 occurred_at=occurred_at,
                 quantity=quantity,
+                approval_id=approval_id,
             )
         )
 
@@ -278,6 +281,7 @@ class UsageClient:
         viewable: bool = True,
         ivt: bool = False,
         event_id: str | None = None,
+        approval_id: str | None = None,
     ) -> str:
         """Report ``quantity`` views of the video ``render_id``; returns the event id."""
         return self.publish(
@@ -294,6 +298,7 @@ class UsageClient:
                 quantity=quantity,
                 viewable=viewable,
                 ivt=ivt,
+                approval_id=approval_id,
             )
         )
 
@@ -312,6 +317,7 @@ class UsageClient:
         quantity: int = 1,
         ivt: bool = False,
         event_id: str | None = None,
+        approval_id: str | None = None,
     ) -> str:
         """Report ad impressions and the revenue they earned (a decimal, never a float)."""
         return self.publish(
@@ -329,6 +335,7 @@ class UsageClient:
                 occurred_at=occurred_at,
                 quantity=quantity,
                 ivt=ivt,
+                approval_id=approval_id,
             )
         )
 

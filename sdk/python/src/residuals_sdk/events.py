@@ -111,6 +111,7 @@ def _usage(
     category: str,
     territory: str,
     channel: str | None,
+    approval_id: str | None = None,
 ) -> usage_pb2.UsageEvent:
     event.licence_id = _text("licence_id", licence_id)
     event.avatar_id = _text("avatar_id", avatar_id)
@@ -119,6 +120,8 @@ def _usage(
     event.territory = _text("territory", territory)
     if channel is not None:
         event.channel = _text("channel", channel)
+    if approval_id is not None:
+        event.approval_id = _text("approval_id", approval_id)
     return event
 
 
@@ -133,10 +136,12 @@ def render(
     territory: str,
     occurred_at: datetime | None = None,
     quantity: int = 1,
+    approval_id: str | None = None,
 ) -> usage_pb2.UsageEvent:
-    """A RENDER event: the avatar was rendered into ``quantity`` videos."""
+    """A RENDER event: the avatar was rendered into ``quantity`` videos (``approval_id``:
+    the talent's approval, for a category the licence requires one for)."""
     event = _base(common_pb2.USAGE_KIND_RENDER, event_id, vendor_id, occurred_at, quantity)
-    return _usage(event, licence_id, avatar_id, render_id, category, territory, None)
+    return _usage(event, licence_id, avatar_id, render_id, category, territory, None, approval_id)
 
 
 def view(
@@ -153,10 +158,13 @@ def view(
     quantity: int = 1,
     viewable: bool = True,
     ivt: bool = False,
+    approval_id: str | None = None,
 ) -> usage_pb2.UsageEvent:
-    """A VIEW event: ``quantity`` views of the video ``render_id`` on ``channel``."""
+    """A VIEW event: ``quantity`` views of the video ``render_id`` on ``channel`` (naming
+    the render's approval, if it needed one)."""
     event = _base(common_pb2.USAGE_KIND_VIEW, event_id, vendor_id, occurred_at, quantity)
-    _usage(event, licence_id, avatar_id, render_id, category, territory, _text("channel", channel))
+    channel = _text("channel", channel)
+    _usage(event, licence_id, avatar_id, render_id, category, territory, channel, approval_id)
     if not isinstance(viewable, bool) or not isinstance(ivt, bool):
         raise TypeError("viewable and ivt must be bool")
     if not viewable:
@@ -181,10 +189,12 @@ def ad_impression(
     occurred_at: datetime | None = None,
     quantity: int = 1,
     ivt: bool = False,
+    approval_id: str | None = None,
 ) -> usage_pb2.UsageEvent:
     """An AD_IMPRESSION event with the revenue the impressions earned (licence currency)."""
     event = _base(common_pb2.USAGE_KIND_AD_IMPRESSION, event_id, vendor_id, occurred_at, quantity)
-    _usage(event, licence_id, avatar_id, render_id, category, territory, _text("channel", channel))
+    channel = _text("channel", channel)
+    _usage(event, licence_id, avatar_id, render_id, category, territory, channel, approval_id)
     event.ad_revenue = decimal_text("ad_revenue", ad_revenue)
     event.ad_revenue_currency = _text("ad_revenue_currency", ad_revenue_currency, required=False)
     if not isinstance(ivt, bool):

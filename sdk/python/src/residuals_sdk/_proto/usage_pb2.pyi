@@ -51,6 +51,7 @@ class UsageEvent(_message.Message):
     AD_REVENUE_FIELD_NUMBER: _builtins.int
     AD_REVENUE_CURRENCY_FIELD_NUMBER: _builtins.int
     ORIGINAL_EVENT_ID_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Vendor-chosen id, unique per vendor for all time."""
     vendor_id: _builtins.str
@@ -92,6 +93,10 @@ class UsageEvent(_message.Message):
     """
     original_event_id: _builtins.str
     """Retractions only: the event_id (same vendor) this retraction withdraws."""
+    approval_id: _builtins.str
+    """The talent's approval this use relies on (rules v1.1, §5a of docs/ROYALTY-RULES.md):
+    needed for uses in a licence's approval-required categories. Part of the payload.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the use happened (not when it was sent)."""
@@ -115,10 +120,11 @@ class UsageEvent(_message.Message):
         ad_revenue: _builtins.str | None = ...,
         ad_revenue_currency: _builtins.str = ...,
         original_event_id: _builtins.str = ...,
+        approval_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ad_revenue", b"_ad_revenue", "_ivt", b"_ivt", "_quantity", b"_quantity", "_viewable", b"_viewable", "ad_revenue", b"ad_revenue", "ivt", b"ivt", "occurred_at", b"occurred_at", "quantity", b"quantity", "viewable", b"viewable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ad_revenue", b"_ad_revenue", "_ivt", b"_ivt", "_quantity", b"_quantity", "_viewable", b"_viewable", "ad_revenue", b"ad_revenue", "ad_revenue_currency", b"ad_revenue_currency", "avatar_id", b"avatar_id", "category", b"category", "channel", b"channel", "event_id", b"event_id", "ivt", b"ivt", "kind", b"kind", "licence_id", b"licence_id", "occurred_at", b"occurred_at", "original_event_id", b"original_event_id", "quantity", b"quantity", "render_id", b"render_id", "territory", b"territory", "vendor_id", b"vendor_id", "viewable", b"viewable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ad_revenue", b"_ad_revenue", "_ivt", b"_ivt", "_quantity", b"_quantity", "_viewable", b"_viewable", "ad_revenue", b"ad_revenue", "ad_revenue_currency", b"ad_revenue_currency", "approval_id", b"approval_id", "avatar_id", b"avatar_id", "category", b"category", "channel", b"channel", "event_id", b"event_id", "ivt", b"ivt", "kind", b"kind", "licence_id", b"licence_id", "occurred_at", b"occurred_at", "original_event_id", b"original_event_id", "quantity", b"quantity", "render_id", b"render_id", "territory", b"territory", "vendor_id", b"vendor_id", "viewable", b"viewable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ad_revenue: _TypeAlias = _typing.Literal["ad_revenue"]  # noqa: Y015
     _WhichOneofArgType__ad_revenue: _TypeAlias = _typing.Literal["_ad_revenue", b"_ad_revenue"]  # noqa: Y015
