@@ -23,6 +23,11 @@ def _write(tmp_path: Path, mutate: Any) -> Path:
     return path
 
 
+def _approval(**fields: Any) -> dict[str, Any]:
+    base = {"approval_id": "A", "licence_id": "L", "category": "c"}
+    return {**base, "valid_from": "2026-10-05T00:00:00Z", **fields}
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
@@ -34,32 +39,12 @@ def _write(tmp_path: Path, mutate: Any) -> Path:
             "required",
         ),
         (
-            lambda d: d.update(
-                approvals=[
-                    {
-                        "approval_id": "A",
-                        "licence_id": "L",
-                        "category": "c",
-                        "valid_from": "2026-10-05T00:00:00Z",
-                        "valid_until": "2026-10-05T00:00:00Z",
-                    }
-                ]
-            ),
+            lambda d: d.update(approvals=[_approval(valid_until="2026-10-05T00:00:00Z")]),
             "approvals[0].valid_until",
             "after valid_from",
         ),
         (
-            lambda d: d.update(
-                approvals=[
-                    {
-                        "approval_id": "A",
-                        "licence_id": "L",
-                        "category": "c",
-                        "valid_from": "2026-10-05T00:00:00Z",
-                        "max_renders": 0,
-                    }
-                ]
-            ),
+            lambda d: d.update(approvals=[_approval(max_renders=0)]),
             "approvals[0].max_renders",
             ">= 1",
         ),
