@@ -556,3 +556,15 @@ def test_an_approval_id_is_part_of_the_payload() -> None:
     first = ev(approval_id="APR-1")
     doc = statement([licence()], [first, {**first, "approval_id": "APR-2"}])
     assert violations(doc) == {"DUPLICATE_CONFLICT": 1}
+
+
+def test_a_hostile_approval_id_is_malformed_naming_the_field() -> None:
+    from residuals.domain.events import Rejection, parse_event
+    from residuals.domain.vocabulary import RejectReason
+
+    for bad in ("A" * 129, "APR\x1b[2J", "APR\x00"):
+        verdict = parse_event(ev(approval_id=bad))
+        assert isinstance(verdict, Rejection)
+        assert verdict.reason is RejectReason.MALFORMED and "approval_id" in verdict.detail
+    # Blank is "names no approval", not an error.
+    assert not isinstance(parse_event(ev(approval_id="  ")), Rejection)
