@@ -167,6 +167,39 @@ def test_trace_headers_continue_the_trace_a_message_carries() -> None:
     assert f"{span.trace_id:032x}" == "1" * 32
 
 
+class _Landed:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._at = (partition, offset)
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return self._at[0]
+
+    def offset(self) -> int:
+        return self._at[1]
+
+
+def test_a_receipt_completes_when_every_record_is_reported() -> None:
+    receipt = kafka.Receipt(3)
+    assert not receipt.wait(0)
+    receipt.reporter(0)(None, _Landed(2, 40))
+    receipt.report(2, "local producer queue full")
+    assert not receipt.wait(0) and not receipt.ok
+    receipt.reporter(1)(None, _Landed(0, 7))
+    assert receipt.wait(0)
+    assert receipt.landed == {0: ("t", 2, 40), 1: ("t", 0, 7)}
+    assert receipt.errors == [(2, "local producer queue full")] and not receipt.ok
+    assert kafka.Receipt(0).ok  # nothing to wait for
+
+
+def test_delivery_failed_says_what_is_missing() -> None:
+    failed = kafka.DeliveryFailed(2, ["MSG_SIZE_TOO_LARGE", "x", "y", "z", "w", "v"])
+    assert failed.unacknowledged == 2 and len(failed.errors) == 6
+    assert "2 records unacknowledged" in str(failed) and "'v'" not in str(failed)
+
+
 def test_extract_without_headers_is_invalid_context() -> None:
     for empty in (None, [], {}):
         assert not _span_of(telemetry.extract_kafka_headers(empty)).is_valid
