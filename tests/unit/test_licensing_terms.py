@@ -201,6 +201,11 @@ def _scoped(**scope: Any) -> Any:
         ),
         (_scoped(channels_allowed=frozenset({"tv"})), "scope.channels_allowed", "known channel"),
         (
+            _scoped(approval_required=frozenset({"astrology"})),
+            "scope.approval_required",
+            "known category",
+        ),
+        (
             _scoped(categories_forbidden=frozenset({"product_demo"})),
             "scope.categories_forbidden",
             "both allowed and forbidden",
