@@ -614,6 +614,44 @@ def test_bad_licences_are_rejected_naming_the_field(
     assert (error.details() or "").startswith(f"{field}: ")
 
 
+def test_approval_required_is_amendable_by_mask(world: World) -> None:
+    """§5a: which categories need the talent's approval is a term like any other."""
+    licence_id = world.fresh()
+    terms = licence_pb2.LicenceVersion()
+    terms.scope.approval_required.extend(["product_demo"])
+    mask = field_mask_pb2.FieldMask(paths=["scope.approval_required"])
+    amended = world.call(
+        "AmendLicence",
+        licence_service_pb2.AmendLicenceRequest(
+            licence_id=licence_id,
+            terms=terms,
+            update_mask=mask,
+            effective_from=ts(datetime(2026, 6, 1, tzinfo=UTC)),
+        ),
+    ).licence
+    v1, v2 = amended.versions
+    assert (list(v1.scope.approval_required), list(v2.scope.approval_required)) == (
+        [],
+        ["product_demo"],
+    )
+    assert list(v2.scope.categories_allowed) == list(v1.scope.categories_allowed)
+    terms.scope.ClearField("approval_required")
+    terms.scope.approval_required.extend(["news"])  # not an allowed category
+    error = rpc_error(
+        lambda: world.call(
+            "AmendLicence",
+            licence_service_pb2.AmendLicenceRequest(
+                licence_id=licence_id,
+                terms=terms,
+                update_mask=mask,
+                effective_from=ts(datetime(2026, 7, 1, tzinfo=UTC)),
+            ),
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "approval_required" in (error.details() or "")
+
+
 def test_bad_amendments_and_requests_name_the_field(world: World) -> None:
     licence_id = world.fresh()
     cases = [
