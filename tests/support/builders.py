@@ -58,6 +58,15 @@ def licence(**overrides: Any) -> Licence:
 _counter = iter(range(10**9))
 
 
+def restart_numbering() -> None:
+    """Number :func:`ev` events from 0 again. Their times come from the number (day
+    ``1 + n % 28``), so a test whose events straddle the wrap from day 28 to day 1 would
+    see them in another scope order: unit tests restart at 0 each (tests/unit/conftest.py)
+    and so do not depend on which tests ran before them."""
+    global _counter
+    _counter = iter(range(10**9))
+
+
 def ev(kind: str = "RENDER", **fields: Any) -> dict[str, Any]:
     """A valid raw event of ``kind`` for LIC-1, overridable field by field."""
     n = next(_counter)
