@@ -91,9 +91,7 @@ def check_version(version: LicenceVersion, prefix: str = "") -> None:
     _known(
         scope.categories_forbidden, CATEGORIES, f"{prefix}scope.categories_forbidden", "category"
     )
-    _known(
-        scope.approval_required, CATEGORIES, f"{prefix}scope.approval_required", "category"
-    )
+    _known(scope.approval_required, CATEGORIES, f"{prefix}scope.approval_required", "category")
     both = scope.categories_allowed & scope.categories_forbidden
     if both:
         raise SpecError(
