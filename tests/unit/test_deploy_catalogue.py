@@ -123,6 +123,7 @@ def test_each_topic_is_written_only_by_its_producers() -> None:
         topics.USAGE_RATED.name: {"meter"},
         topics.ALERTS.name: {"meter"},
         topics.LICENCES.name: {"licensing"},
+        topics.APPROVALS.name: {"licensing"},
         topics.SIGNING_KEYS.name: {"licensing"},
         topics.PAYOUTS.name: {"payouts"},
         topics.QUARANTINE.name: {"meter"},

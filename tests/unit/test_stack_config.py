@@ -50,11 +50,12 @@ def test_bad_port_names_the_variable() -> None:
 
 def test_topic_catalogue_names_are_unique_versioned_and_only_tables_compact() -> None:
     names = [t.name for t in topics.ALL]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
     assert all(n.startswith("residuals.") and n.endswith(".v1") for n in names)
     assert [t.name for t in topics.ALL if t.compacted] == [
         "residuals.licences.v1",
         "residuals.signing-keys.v1",
+        "residuals.approvals.v1",
     ]
     assert topics.LICENCES.config() == {"cleanup.policy": "compact"}
     assert topics.USAGE.config()["cleanup.policy"] == "delete"

@@ -98,11 +98,12 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "licensing",
         Kind.GRPC,
-        "LicenceService (licence registry) and the outbox relay to the compacted topics",
+        "LicenceService (licence registry), ApprovalService (review before use) and the "
+        "outbox relay to the compacted topics",
         KafkaAccess(
             # The relay reads the topics' tails to recover the last published outbox id.
-            reads=(topics.LICENCES, topics.SIGNING_KEYS),
-            writes=(topics.LICENCES, topics.SIGNING_KEYS),
+            reads=(topics.LICENCES, topics.SIGNING_KEYS, topics.APPROVALS),
+            writes=(topics.LICENCES, topics.SIGNING_KEYS, topics.APPROVALS),
             groups=(Group("residuals-licensing"),),
             transactional="residuals-licensing",
         ),
@@ -119,7 +120,7 @@ SERVICES: tuple[Service, ...] = (
         Kind.WORKER,
         "faust-streaming worker: validate, de-duplicate, scope, quota and price each event",
         KafkaAccess(
-            reads=(topics.USAGE, topics.LICENCES, topics.SIGNING_KEYS),
+            reads=(topics.USAGE, topics.LICENCES, topics.SIGNING_KEYS, topics.APPROVALS),
             writes=(topics.USAGE_RATED, topics.ALERTS, topics.USAGE_DLQ, topics.QUARANTINE),
             # Licence and key replicas assign partitions themselves; their group ids are
             # required by the client but never join or commit.

@@ -58,7 +58,7 @@ tracer = trace.get_tracer(__name__)
 OUTBOX_ID_HEADER = "residuals-outbox-id"
 RELAY_LOCK = 0x6F75_7462_6F78_0001  # "outbox" + 1: one relay at a time
 #: Topics the relay writes (recovery scans them all).
-RELAY_TOPICS: tuple[topics.Topic, ...] = (topics.LICENCES, topics.SIGNING_KEYS)
+RELAY_TOPICS: tuple[topics.Topic, ...] = (topics.LICENCES, topics.SIGNING_KEYS, topics.APPROVALS)
 #: The consumer name of rows the relay sets aside (quarantine table, metric).
 CONSUMER = "licensing-outbox"
 _UNPUBLISHED = "published_at IS NULL AND quarantined_at IS NULL"

@@ -79,6 +79,12 @@ SIGNING_KEYS = Topic(
     description="vendor Ed25519 public keys keyed by key id (compacted table; revoked keys "
     "carry revoked_at)",
 )
+APPROVALS = Topic(
+    "residuals.approvals.v1",
+    compacted=True,
+    description="approval requests and the talent's decisions keyed by approval id "
+    "(compacted table; each record the request's full state)",
+)
 PAYOUTS = Topic(
     "residuals.payouts.v1",
     retention_ms=90 * DAY_MS,
@@ -98,6 +104,7 @@ ALL: tuple[Topic, ...] = (
     USAGE_DLQ,
     LICENCES,
     SIGNING_KEYS,
+    APPROVALS,
     PAYOUTS,
     QUARANTINE,
 )
