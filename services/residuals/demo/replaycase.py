@@ -16,7 +16,7 @@ them and the statement counts them in ``dlq``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ def write_case(
     licences: Sequence[Licence],
     thresholds: dict[str, str],
     expected: dict[str, Any],
+    approvals: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     case = {
         "case": name,
@@ -113,6 +114,12 @@ def write_case(
         "period": period,
         "payout_thresholds": thresholds,
         "licences": [licence_spec(lic) for lic in licences],
+        # None (an open window) is left out, as a case file writes it.
+        **(
+            {"approvals": [{k: v for k, v in a.items() if v is not None} for a in approvals]}
+            if approvals
+            else {}
+        ),
         "expected": expected,
     }
     path.write_text(dump_yaml(case), encoding="utf-8")
@@ -138,7 +145,12 @@ def replay(
     case = load_case(case_path)
     events = [*case.events(), *(r for r in read_event_lines_parsed(events_path)), *rejections]
     return compute_statement(
-        case.period, case.licences, events, thresholds=case.thresholds, carried_in=case.carried_in
+        case.period,
+        case.licences,
+        events,
+        thresholds=case.thresholds,
+        carried_in=case.carried_in,
+        approvals=case.approvals,
     ).to_document()
 
 

@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -49,6 +49,8 @@ from residuals.demo.replaycase import (
     write_case,
     write_rejections,
 )
+from residuals.demo.review import ReviewFailed, ReviewScene
+from residuals.demo.review import licence_specs as review_licences
 from residuals.demo.scenario import ATTACKER, Scenario, build_scenario
 from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
 from residuals.domain.closing import content_hash
@@ -119,6 +121,8 @@ class Demo:
         #: The hostile vendor's records on the usage topic, and its display name.
         self.hostile_sent: list[hostile_vendor.Sent] = []
         self.hostile_name = ""
+        #: Review before use: one talent's approvals, three vendors (demo/review.py).
+        self.review: ReviewScene | None = None
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._rates = _Rates()
@@ -139,7 +143,14 @@ class Demo:
             self.view.finish()
             self.say("interrupted: stopping everything the demo started")
             return 130
-        except (DemoFailed, ServiceFailed, RegistryError, FinanceError, SdkMissing) as failure:
+        except (
+            DemoFailed,
+            ServiceFailed,
+            RegistryError,
+            FinanceError,
+            SdkMissing,
+            ReviewFailed,
+        ) as failure:
             self.view.finish()
             self.say(f"\nresiduals demo FAILED: {failure}")
             return 1
@@ -179,6 +190,9 @@ class Demo:
         t = time.monotonic()
         keys = self._start_services(scenario, database_url)
         self._phase("services and registry", t)
+        t = time.monotonic()
+        self._review_before_use()
+        self._phase("review before use", t)
         t = time.monotonic()
         self._month(scenario, keys, database_url)
         self._phase("the month", t)
@@ -277,7 +291,9 @@ class Demo:
         self._wait_healthy("licensing")
         registry = self.registry = RegistryClient(self.services["licensing"].address, admin_key)
         registry.create_parties(scenario)
-        created = registry.create_licences(self.out / "licences.yaml", scenario.licence_specs())
+        review_starts = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        specs = [*scenario.licence_specs(), *review_licences(review_starts)]
+        created = registry.create_licences(self.out / "licences.yaml", specs)
         self.say(f"`residuals licences create licences.yaml`: {len(created)} licences")
         signing: dict[str, Any] = {}
         for vendor in scenario.vendors:
@@ -297,6 +313,17 @@ class Demo:
                 if v.transport == "grpc"
             },
         }
+        self.review = ReviewScene(
+            licensing_address=self.services["licensing"].address,
+            admin_key=admin_key,
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            usage_topic=topic_name(self.kafka, USAGE),
+            signing=signing,
+            database_url=database_url,
+            say=self.say,
+            run_id=self.run_id,
+        )
+        self.review.parties(registry)
         self._wait_published(scenario, signing)
         self._service(
             "meter",
@@ -326,7 +353,11 @@ class Demo:
 
         assert self.kafka is not None
         wanted = [
-            (LICENCES, {lic["licence_id"].encode() for lic in scenario.licences}),
+            (
+                LICENCES,
+                {lic["licence_id"].encode() for lic in scenario.licences}
+                | {spec["licence_id"].encode() for spec in review_licences(datetime.now(UTC))},
+            ),
             (SIGNING_KEYS, {k.key_id.encode() for k in signing.values()}),
         ]
         for topic, keys in wanted:
@@ -343,6 +374,14 @@ class Demo:
                     time.sleep(0.2)
             finally:
                 replica.stop()
+
+    # --- review before use -----------------------------------------------------------------
+
+    def _review_before_use(self) -> None:
+        """Approvals asked, decided and used while the pipeline runs (demo/review.py)."""
+        assert self.review is not None
+        self.say("review before use: vendors ask, the talent's agent decides (CLI), then render")
+        self.review.run()
 
     # --- the month -------------------------------------------------------------------------
 
@@ -504,6 +543,7 @@ class Demo:
             raise DemoFailed(f"{len(pending)} events without a delivery report")
         # The hostile vendor's records are dead letters in the ledger too.
         expected = sum(1 for p in published if p.stored) + len(self.hostile_sent)
+        expected += len(self.review.published) if self.review is not None else 0
         deadline = time.monotonic() + LEDGER_WAIT_SECONDS
         while True:
             stored = self.probe.stored()
@@ -555,10 +595,16 @@ class Demo:
         assert self.kafka is not None
         published = self.fleet.snapshot()
         out = self.out
+        assert self.review is not None
         self.fleet.write_events(out / "events.jsonl", (p for p in published if p.replayable))
+        period = str(scenario.window.period)
+        # The review scene's uses happen now: part of the statement when now is in its period.
+        review_events = [e for e in self.review.published if e["occurred_at"][:7] == period]
+        with (out / "events.jsonl").open("a", encoding="utf-8") as events_file:
+            for raw in review_events:
+                events_file.write(json.dumps(raw, sort_keys=True) + "\n")
         write_rejections(out / "streaming-rejections.jsonl", published)
         rejections = streaming_rejections(published)
-        period = str(scenario.window.period)
         hostile = hostile_vendor.landed(
             self.database_url, topic_name(self.kafka, USAGE), self.hostile_sent
         )
@@ -578,6 +624,7 @@ class Demo:
             licences=licences,
             thresholds=dict(scenario.thresholds),
             expected=without_streaming_only(end.document, rejections),
+            approvals=self.review.granted,
         )
         offline = replay(out / "case.yaml", out / "events.jsonl", rejections)
         replay_hash = content_hash(offline)
@@ -606,6 +653,8 @@ class Demo:
             *report.violation_lines(end.document, self.watcher.raised()),
             "",
             *hostile_vendor.summary(hostile, self.hostile_name),
+            "",
+            *self.review.summary(self.watcher.raised().get("UNAPPROVED_USE", 0)),
             "",
             *rec_lines,
             "",
@@ -654,6 +703,7 @@ class Demo:
             )
         if not end.reconciled:
             raise DemoFailed(f"reconciliation found differences: see {out / 'reconciliation.txt'}")
+        self.review.check()
         wrong = [o for o in hostile if not o.as_expected]
         if wrong:
             raise DemoFailed(
