@@ -30,6 +30,7 @@ import psycopg
 
 from residuals.demo.administration import RegistryClient
 from residuals.demo.fleet import sdk_module
+from residuals.ledger import directory as ledger
 from residuals.platform.auth import Role
 
 TALENT_ID = "TAL-MAI"
@@ -286,12 +287,7 @@ class ReviewScene:
     def verdicts(self) -> dict[str, tuple[str, str]]:
         """render id -> (outcome, violation) as the ledger stored them."""
         with psycopg.connect(self.database_url, connect_timeout=5) as conn:
-            rows = conn.execute(
-                "SELECT render_id, outcome, coalesce(violation, '') FROM usage_events"
-                " WHERE avatar_id = %s",
-                (AVATAR_ID,),
-            ).fetchall()
-        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+            return ledger.render_verdicts(conn, AVATAR_ID)
 
     def summary(self, unapproved_alerts: int) -> list[str]:
         verdicts = self.verdicts()

@@ -153,3 +153,13 @@ APPROVED_RENDERS_SQL = (
     " AND kind = 'RENDER'"
     " AND (outcome = 'ACCEPTED' OR (outcome = 'HELD' AND violation = 'QUOTA_EXCEEDED')))"
 )
+
+
+def render_verdicts(conn: Conn, avatar_id: str) -> dict[str, tuple[str, str]]:
+    """``render_id -> (outcome, violation or "")`` of an avatar's stored uses (the meter's
+    verdicts as the ledger stored them; the demo reads back what it sent)."""
+    rows = conn.execute(
+        "SELECT render_id, outcome, coalesce(violation, '') FROM usage_events WHERE avatar_id = %s",
+        (avatar_id,),
+    ).fetchall()
+    return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
