@@ -132,3 +132,24 @@ def mark_redriven(conn: Conn, who: str, topic: str, partition: int, offset: int)
         " AND source_partition = %s AND source_offset = %s",
         (who, topic, partition, offset),
     )
+
+
+# --- running totals for the pre-flight check ------------------------------------------------
+# Scalar subqueries, so a caller answering one request reads its whole state in a single
+# round trip (licensing's CheckUse joins them with the licence and the approval). Both are
+# estimates: the meter's verdicts as stored so far, uses in flight not counted yet.
+
+#: Units of ``%(kind)s`` priced for ``%(licence_id)s`` in ``%(period)s``: the quota used.
+#: Units past a blocking limit are held, so once a quota is used up this equals its limit
+#: and the remaining quota is 0, as the rule says.
+QUOTA_USED_SQL = (
+    "(SELECT units_priced FROM ledger_totals WHERE licence_id = %(licence_id)s"
+    " AND period = %(period)s AND kind = %(kind)s)"
+)
+#: Render units that used approval ``%(approval_id)s``: renders the meter found approved
+#: (billed, or held only for a quota), in any period.
+APPROVED_RENDERS_SQL = (
+    "(SELECT coalesce(sum(quantity), 0) FROM usage_events WHERE approval_id = %(approval_id)s"
+    " AND kind = 'RENDER'"
+    " AND (outcome = 'ACCEPTED' OR (outcome = 'HELD' AND violation = 'QUOTA_EXCEEDED')))"
+)

@@ -53,7 +53,7 @@ INIT_TEXT = (
 # The vendor SDK's copy: which contracts it carries, where, and under which package.
 SDK_OUTPUT = Path("sdk") / "python" / "src" / "residuals_sdk" / "_proto"
 SDK_PACKAGE = "residuals_sdk._proto"
-SDK_PROTOS = ("common", "usage", "ingest")
+SDK_PROTOS = ("common", "usage", "ingest", "approvals", "approval_service")
 SDK_INIT_TEXT = (
     '"""Generated protobuf and gRPC code of ``residuals.v1`` for the vendor SDK. Do not edit.\n'
     "\n"

@@ -7,11 +7,14 @@
 >>> client.render(licence_id="LIC-1", avatar_id="AVA-1", render_id="vid-1",
 ...               category="product_demo", territory="GB")
 
-Both transports encrypt unless the peer is on this machine (or ``insecure=True``).
+Ask before rendering where a licence requires the talent's approval: ``ApprovalsClient``
+(``check_use``, ``request_approval``, ``wait_for_approval``). Both transports encrypt
+unless the peer is on this machine (or ``insecure=True``).
 See sdk/python/README.md. This package never imports the ``residuals`` server package;
 the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
 """
 
+from residuals_sdk.approvals import Approval, ApprovalsClient, RequestRefusedError, UseCheck
 from residuals_sdk.client import UsageClient
 from residuals_sdk.errors import (
     ClientClosedError,
@@ -26,17 +29,21 @@ from residuals_sdk.retry import RetryPolicy
 from residuals_sdk.signing import SigningKey, sign_batch, sign_event, verify_signature
 
 __all__ = [
+    "Approval",
+    "ApprovalsClient",
     "ClientClosedError",
     "DeliveryCallback",
     "DeliveryReport",
     "DeliveryStatus",
     "InsecureTransportError",
+    "RequestRefusedError",
     "ResidualsError",
     "RetryPolicy",
     "SigningKey",
     "SpoolFullError",
     "SpoolLockedError",
     "UsageClient",
+    "UseCheck",
     "sign_batch",
     "sign_event",
     "uuid7",

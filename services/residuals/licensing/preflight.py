@@ -1,0 +1,254 @@
+"""Pre-flight ``CheckUse``: the verdict the meter would give a use, asked before rendering.
+
+The answer is :func:`residuals.domain.preflight.check_use`, the meter's own rule run on a
+copy of the state, so it cannot drift from the verdict the use will get. The state is read
+in ONE round trip: the licence's revision and tenants, the named approval, and the
+ledger's running totals (the quota used this period, the renders that used the approval:
+:mod:`residuals.ledger.directory`'s estimates, without uses still in flight). Licences are
+decoded once per revision and kept in a bounded LRU, so a check costs one indexed query
+and the rule; a licence changed in the registry is seen by the next check.
+
+Callers: the licence's vendor (the usual case), its talent, finance and admin. A tenant
+asking about a licence that is not theirs is refused as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from residuals.codecs.usage import kind_name
+from residuals.domain.approvals import Approval
+from residuals.domain.bounds import text_problem
+from residuals.domain.events import UsageEvent, parse_event
+from residuals.domain.licences import Licence
+from residuals.domain.metering import LicenceCounters
+from residuals.domain.period import Period
+from residuals.domain.preflight import Answer, UseVerdict, check_use
+from residuals.domain.validation import check_against
+from residuals.domain.vocabulary import Kind, Violation
+from residuals.ledger.directory import APPROVED_RENDERS_SQL, QUOTA_USED_SQL
+from residuals.licensing import access, store
+from residuals.licensing.errors import InvalidArgument, NotFound
+from residuals.platform.auth import Principal
+from residuals.platform.errors import timestamp_field
+from residuals.platform.postgres import Database
+from residuals.v1 import approval_service_pb2, common_pb2
+
+#: Decoded licences kept (each about a kilobyte).
+DEFAULT_CACHE_SIZE = 20_000
+MAX_QUANTITY = 1_000_000
+_USES = (Kind.RENDER, Kind.VIEW, Kind.AD_IMPRESSION)
+#: Stand-ins for the identity fields a use has only once it is sent (they decide nothing).
+_PREFLIGHT_ID = "preflight"
+
+_STATE_SQL = f"""
+SELECT l.revision, l.talent_id, l.vendor_id,
+       a.licence_id, a.category, a.status, a.valid_from, a.valid_until, a.max_renders,
+       {QUOTA_USED_SQL}, {APPROVED_RENDERS_SQL}
+FROM (SELECT 1) AS one
+LEFT JOIN licences l ON l.licence_id = %(licence_id)s
+LEFT JOIN approvals a ON a.approval_id = %(approval_id)s
+"""
+
+_VERDICTS = {
+    Answer.ALLOW: approval_service_pb2.USE_VERDICT_ALLOW,
+    Answer.DENY: approval_service_pb2.USE_VERDICT_DENY,
+    Answer.NEEDS_APPROVAL: approval_service_pb2.USE_VERDICT_NEEDS_APPROVAL,
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Preflight:
+    """Answers CheckUse over the registry's database (thread-safe)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.cache_size = cache_size
+        self._licences: OrderedDict[str, tuple[int, Licence]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_use(
+        self, principal: Principal, request: approval_service_pb2.CheckUseRequest
+    ) -> approval_service_pb2.CheckUseResponse:
+        access.require_reader(principal)
+        use = _Use.of(request, self.clock())
+        period = str(Period.containing(use.occurred_at))
+        params = {
+            "licence_id": use.licence_id,
+            "approval_id": use.approval_id,
+            "period": period,
+            "kind": use.kind.value,
+        }
+        with self.db.connection() as conn:
+            row = conn.execute(_STATE_SQL, params).fetchone()
+            assert row is not None  # one row: the LEFT JOINs keep it
+            revision, talent_id, vendor_id = row[0], row[1], row[2]
+            if revision is None or not access.sees_licence(
+                principal, vendor_id=vendor_id, talent_id=talent_id
+            ):
+                if access.may_read_everything(principal):
+                    raise NotFound(f"licence {use.licence_id} does not exist")
+                raise access.not_theirs(principal, use.licence_id)
+            licence = self._licence(conn, use.licence_id, int(revision))
+        event = use.event(licence.vendor_id)
+        refused = check_against(event, licence)
+        if refused is not None:
+            raise InvalidArgument.field(_refused_field(refused.detail), refused.detail)
+        counters = LicenceCounters(period=period, quota_used={use.kind.value: int(row[9] or 0)})
+        approvals: dict[str, Approval] = {}
+        if use.approval_id and row[5] == "approved":
+            approvals[use.approval_id] = Approval(
+                use.approval_id, row[3], row[4], row[6], row[7], int(row[8])
+            )
+            counters.approval_renders[use.approval_id] = int(row[10] or 0)
+        verdict = check_use(event, licence, counters, approvals)
+        return _response(verdict, licence, event, approvals)
+
+    def _licence(self, conn: store.Conn, licence_id: str, revision: int) -> Licence:
+        """The licence at ``revision``, decoded once per revision."""
+        cached = self._licences.get(licence_id)
+        if cached is not None and cached[0] == revision:
+            with self._lock:
+                if licence_id in self._licences:
+                    self._licences.move_to_end(licence_id)
+            return cached[1]
+        record = store.load_licence(conn, licence_id)
+        if record is None:  # deleted meanwhile: licensing never deletes, but be exact
+            raise NotFound(f"licence {licence_id} does not exist")
+        licence = record.to_domain()
+        with self._lock:
+            self._licences[licence_id] = (revision, licence)
+            self._licences.move_to_end(licence_id)
+            while len(self._licences) > self.cache_size:
+                self._licences.popitem(last=False)
+        return licence
+
+
+class _Use(NamedTuple):
+    """The request's use, checked field by field (every error names its field)."""
+
+    kind: Kind
+    licence_id: str
+    avatar_id: str
+    category: str
+    territory: str
+    channel: str
+    approval_id: str
+    occurred_at: datetime
+    quantity: int
+
+    @classmethod
+    def of(cls, request: approval_service_pb2.CheckUseRequest, now: datetime) -> _Use:
+        name = kind_name(request.kind)
+        kind = Kind(name) if name else None
+        if kind not in _USES:
+            raise InvalidArgument.field(
+                "kind", "must be USAGE_KIND_RENDER, USAGE_KIND_VIEW or USAGE_KIND_AD_IMPRESSION"
+            )
+        assert kind is not None
+        required = ["licence_id", "avatar_id", "category", "territory"]
+        if kind is not Kind.RENDER:
+            required.append("channel")
+        values = {f: _text(f, getattr(request, f), required=f in required) for f in _TEXTS}
+        quantity = request.quantity or 1
+        if quantity > MAX_QUANTITY:
+            raise InvalidArgument.field("quantity", f"must be at most {MAX_QUANTITY:,}")
+        occurred_at = timestamp_field(request, "occurred_at") or now
+        return cls(kind=kind, occurred_at=occurred_at, quantity=quantity, **values)
+
+    def event(self, vendor_id: str) -> UsageEvent:
+        """The usage event the vendor would send (as the meter parses it)."""
+        raw: dict[str, Any] = {
+            "event_id": _PREFLIGHT_ID,
+            "vendor_id": vendor_id,
+            "kind": self.kind.value,
+            "occurred_at": self.occurred_at.isoformat(),
+            "licence_id": self.licence_id,
+            "avatar_id": self.avatar_id,
+            "render_id": _PREFLIGHT_ID,
+            "category": self.category,
+            "territory": self.territory,
+            "quantity": self.quantity,
+        }
+        if self.kind is not Kind.RENDER:
+            raw["channel"] = self.channel
+        if self.kind is Kind.AD_IMPRESSION:
+            raw["ad_revenue"] = "0"  # the floor prices it; revenue decides no verdict
+        if self.approval_id:
+            raw["approval_id"] = self.approval_id
+        event = parse_event(raw)
+        if not isinstance(event, UsageEvent):
+            raise InvalidArgument.field("(use)", event.detail)
+        return event
+
+
+_TEXTS = ("licence_id", "avatar_id", "category", "territory", "channel", "approval_id")
+
+
+def _text(field: str, value: str, *, required: bool) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument.field(field, "is required")
+        return ""
+    problem = text_problem(value, 128)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return value
+
+
+def _refused_field(detail: str) -> str:
+    """The request field a licence check refers to (vendor mismatches cannot happen: the
+    use is checked as the licence's own vendor's)."""
+    return "avatar_id" if detail.startswith("avatar") else "(use)"
+
+
+def _response(
+    verdict: UseVerdict, licence: Licence, event: UsageEvent, approvals: Mapping[str, Approval]
+) -> approval_service_pb2.CheckUseResponse:
+    response = approval_service_pb2.CheckUseResponse(
+        verdict=_VERDICTS[verdict.answer],
+        licence_version=licence.version_at(event.occurred_at).version,
+        explanation=_explain(verdict, event, approvals),
+    )
+    if verdict.violation is not None:
+        response.violation = common_pb2.ViolationKind.Value(
+            "VIOLATION_KIND_" + verdict.violation.value
+        )
+    if verdict.quota_remaining is not None:
+        response.quota_remaining = verdict.quota_remaining
+    if verdict.approved_renders_remaining is not None:
+        response.approved_renders_remaining = verdict.approved_renders_remaining
+    return response
+
+
+def _explain(verdict: UseVerdict, event: UsageEvent, approvals: Mapping[str, Approval]) -> str:
+    """The verdict in words, for logs and people (clients act on the enums)."""
+    if verdict.answer is Answer.ALLOW:
+        return "billed under the licence"
+    if verdict.answer is Answer.NEEDS_APPROVAL:
+        approval = approvals.get(event.approval_id or "")
+        if not event.approval_id:
+            return f"category {event.category} needs the talent's approval (RequestApproval)"
+        if approval is None:
+            return f"{event.approval_id} is not an approval granted for this licence"
+        if not approval.covers(event):
+            return f"{event.approval_id} does not cover this licence, category and time"
+        return f"{event.approval_id} has no renders left"
+    assert verdict.violation is not None
+    if verdict.violation is Violation.QUOTA_EXCEEDED:
+        return f"{event.kind.value.lower()} quota of the period used up: units past it are held"
+    return f"held as {verdict.violation.value}: outside the licence's scope"
