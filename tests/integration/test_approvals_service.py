@@ -436,3 +436,44 @@ def test_streams_release_their_connections(world: World) -> None:
     assert watchers() >= 1
     stream.cancel()
     wait_until(lambda: watchers() == 0, 10, "watch connection closed")
+
+
+# --- pre-flight ----------------------------------------------------------------------------------
+
+
+def test_check_use_is_wired_to_the_preflight(world: World) -> None:
+    from residuals.v1 import common_pb2
+
+    asked = world.request()
+
+    def check(**fields: Any) -> Any:
+        request = svc.CheckUseRequest(
+            licence_id="LIC-APR-A",
+            avatar_id="AVA-A",
+            kind=common_pb2.USAGE_KIND_RENDER,
+            category="political",
+            territory="US",
+            occurred_at=ts(datetime.now(UTC) + timedelta(hours=2)),
+            **fields,
+        )
+        return world.call("CheckUse", request)
+
+    assert check().verdict == svc.USE_VERDICT_NEEDS_APPROVAL
+    approve(world, asked.approval_id, max_renders=2)
+    allowed = check(approval_id=asked.approval_id)
+    assert allowed.verdict == svc.USE_VERDICT_ALLOW, allowed.explanation
+    assert allowed.approved_renders_remaining == 2
+    other = world.request(tenant="B")
+    refused = rpc_error(
+        lambda: world.call(
+            "CheckUse",
+            svc.CheckUseRequest(
+                licence_id=other.licence_id,
+                avatar_id="AVA-B",
+                kind=common_pb2.USAGE_KIND_RENDER,
+                category="political",
+                territory="US",
+            ),
+        )
+    )
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -21,6 +21,7 @@ from residuals.licensing.approvals import Approvals
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.licensing.metrics import RelayMetrics
 from residuals.licensing.outbox import OutboxRelay
+from residuals.licensing.preflight import Preflight
 from residuals.licensing.registry import Registry
 from residuals.licensing.servicer import SERVICE_NAME as GRPC_SERVICE
 from residuals.licensing.servicer import servicer
@@ -65,6 +66,7 @@ class LicensingApp(GrpcApp):
         self.approvals = Approvals(self.db, backdate_skew=self.registry.backdate_skew)
         # Watch streams end when the service stops (before the server's grace period).
         self.approval_watch = ApprovalWatch(self.approvals, stop=self.workers.stop_event)
+        self.preflight = Preflight(self.db)
         self.server: GrpcServer | None = None
         self.relay: OutboxRelay | None = None
 
@@ -78,7 +80,7 @@ class LicensingApp(GrpcApp):
             self.settings.grpc,
             servicers=[
                 servicer(self.registry),
-                approval_servicer.servicer(self.approvals, self.approval_watch, None),
+                approval_servicer.servicer(self.approvals, self.approval_watch, self.preflight),
             ],
             interceptors=[AuthInterceptor(self.authenticator)],
             metrics=self.grpc_metrics,

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
-from google.rpc import code_pb2
 
 from residuals.licensing.approval_watch import ApprovalWatch, Item, WatchRequest
 from residuals.licensing.approvals import Approvals
-from residuals.licensing.grpc_errors import abort, handle
+from residuals.licensing.grpc_errors import handle
 from residuals.platform.auth import Principal
 from residuals.platform.grpc_server import Servicer
 from residuals.v1 import approval_service_pb2, approval_service_pb2_grpc, approvals_pb2
@@ -34,9 +33,7 @@ class UseChecker(Protocol):
 
 
 class ApprovalService(approval_service_pb2_grpc.ApprovalServiceServicer):
-    def __init__(
-        self, approvals: Approvals, watch: ApprovalWatch, preflight: UseChecker | None
-    ) -> None:
+    def __init__(self, approvals: Approvals, watch: ApprovalWatch, preflight: UseChecker) -> None:
         self.approvals = approvals
         self.watch = watch
         self.preflight = preflight
@@ -90,10 +87,7 @@ class ApprovalService(approval_service_pb2_grpc.ApprovalServiceServicer):
         )
 
     def CheckUse(self, request: Any, context: grpc.ServicerContext) -> Any:
-        checker = self.preflight
-        if checker is None:
-            abort(context, code_pb2.UNIMPLEMENTED, "the pre-flight check is not available")
-        return handle(context, lambda p: checker.check_use(p, request))
+        return handle(context, lambda p: self.preflight.check_use(p, request))
 
 
 def _responses(items: Iterator[Item], wrap: Callable[..., Any]) -> Iterator[Any]:
@@ -104,7 +98,7 @@ def _responses(items: Iterator[Item], wrap: Callable[..., Any]) -> Iterator[Any]
             yield wrap(heartbeat=item)
 
 
-def servicer(approvals: Approvals, watch: ApprovalWatch, preflight: UseChecker | None) -> Servicer:
+def servicer(approvals: Approvals, watch: ApprovalWatch, preflight: UseChecker) -> Servicer:
     """The service ready for :func:`residuals.platform.grpc_server.make_grpc_server`."""
     return Servicer(
         ApprovalService(approvals, watch, preflight),
