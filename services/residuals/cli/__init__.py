@@ -25,6 +25,7 @@ COMMAND_MODULES: dict[str, str] = {
     "dlq": "residuals.cli.dlq",
     "licensing": "residuals.licensing.command",
     "licences": "residuals.cli.licences",
+    "approvals": "residuals.cli.approvals",
     "audit": "residuals.cli.audit",
     "payouts": "residuals.payouts.command",
     "finance": "residuals.cli.finance",

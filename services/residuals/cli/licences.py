@@ -57,16 +57,7 @@ def register(subparsers: Any) -> None:
         "but this machine's (system CAs, or RESIDUALS_TLS_CA; RESIDUALS_TLS_CERT and "
         "RESIDUALS_TLS_KEY for mTLS).",
     )
-    parser.add_argument(
-        "--plaintext",
-        action="store_true",
-        help="no TLS even to another machine (a trusted network only: the API key travels "
-        "in the clear)",
-    )
-    parser.add_argument(
-        "--addr", help="LicenceService host:port (default: $RESIDUALS_LICENSING_ADDR)"
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    add_connection_options(parser)
     sub = parser.add_subparsers(dest="licences_command", metavar="ACTION", required=True)
 
     create = sub.add_parser("create", help="create licences from a YAML file (case or list)")
@@ -172,6 +163,21 @@ def register(subparsers: Any) -> None:
 # --- plumbing ----------------------------------------------------------------------------
 
 
+def add_connection_options(parser: Any) -> None:
+    """--plaintext, --addr, --timeout: how every licensing-service command connects
+    (``residuals licences``, ``residuals approvals``)."""
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS even to another machine (a trusted network only: the API key travels "
+        "in the clear)",
+    )
+    parser.add_argument(
+        "--addr", help="licensing service host:port (default: $RESIDUALS_LICENSING_ADDR)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+
+
 @dataclass
 class Client:
     stub: Any
@@ -185,8 +191,11 @@ class Client:
         return getattr(self.stub, method)(request, metadata=metadata, timeout=self.timeout)
 
 
-def _connect(args: argparse.Namespace) -> tuple[Any, Client]:
-    """The channel (to close) and a client with the key from ``RESIDUALS_API_KEY``.
+def _connect(
+    args: argparse.Namespace, stub_class: Callable[[Any], Any] | None = None
+) -> tuple[Any, Client]:
+    """The channel (to close) and a client with the key from ``RESIDUALS_API_KEY``, for
+    ``stub_class`` (default LicenceService's stub).
 
     Deliberately not a generator context manager: contextlib assigns ``__traceback__``
     on exceptions passing through, which the frozen ``SpecError`` dataclass refuses.
@@ -213,14 +222,20 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Client]:
         key=path("RESIDUALS_TLS_KEY"),
         plaintext=args.plaintext,
     )
-    stub = licence_service_pb2_grpc.LicenceServiceStub(channel)
+    stub = (stub_class or licence_service_pb2_grpc.LicenceServiceStub)(channel)
     return channel, Client(stub, bearer_metadata(key), args.timeout)
 
 
 def _handler(
-    action: Callable[..., int], *, needs_client: bool = True
+    action: Callable[..., int],
+    *,
+    needs_client: bool = True,
+    stub_class: Callable[[], Callable[[Any], Any]] | None = None,
 ) -> Callable[[argparse.Namespace], int]:
-    """Run ``action`` and turn every expected failure into text and an exit code."""
+    """Run ``action`` and turn every expected failure into text and an exit code.
+
+    ``stub_class`` returns the gRPC stub class to call (imported lazily; default
+    LicenceService's)."""
 
     def run(args: argparse.Namespace) -> int:
         import grpc
@@ -230,7 +245,7 @@ def _handler(
         try:
             if not needs_client:
                 return action(args)
-            channel, client = _connect(args)
+            channel, client = _connect(args, stub_class() if stub_class else None)
             try:
                 return action(args, client)
             finally:

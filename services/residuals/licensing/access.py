@@ -10,6 +10,14 @@
   :func:`require_suspend` every manual suspension);
 * only admin creates and amends licences and manages API keys.
 
+Approvals (review before use, docs/ROYALTY-RULES.md §5a; :mod:`residuals.licensing.approvals`):
+
+* a vendor requests approval for uses of its own licences (admin for any licence);
+* the licence's talent (or an agent holding a talent key for them) approves or denies,
+  and so may admin; nobody else decides, not the vendor that asked nor finance;
+* vendors read and watch the requests they made, talent those of their licences, finance
+  and admin all of them; the talent's inbox (WatchApprovalRequests) is not for vendors.
+
 When a change may take effect (no backdating but by admin) is
 :mod:`residuals.licensing.backdating`'s rule.
 
@@ -105,3 +113,58 @@ def require_vendor_or_admin(principal: Principal, vendor_id: str, action: str) -
     raise PermissionDenied(
         f"{principal.describe()} may not {action}: only admin or the vendor itself may"
     )
+
+
+# --- approvals ---------------------------------------------------------------------------
+
+
+def require_requester(principal: Principal) -> None:
+    """Role gate for RequestApproval; the vendor is checked against the licence."""
+    if principal.role not in (Role.ADMIN, Role.VENDOR):
+        raise PermissionDenied(
+            f"{principal.describe()} may not request approvals: only the licence's vendor"
+            " (or admin) may"
+        )
+
+
+def require_decider(principal: Principal, action: str) -> None:
+    """Role gate for ApproveUse/DenyUse; the talent is checked against the approval."""
+    if principal.role not in (Role.ADMIN, Role.TALENT):
+        raise PermissionDenied(
+            f"{principal.describe()} may not {action}: only the licence's talent (or admin)"
+            " may decide a request for approval"
+        )
+
+
+def require_approval_reader(principal: Principal) -> None:
+    """Get/List/WatchApprovals: every tenant role reads its own approvals."""
+    if principal.role not in (Role.ADMIN, Role.FINANCE, Role.VENDOR, Role.TALENT):
+        raise PermissionDenied(f"{principal.describe()} may not read approvals")
+
+
+def require_inbox_reader(principal: Principal) -> None:
+    """WatchApprovalRequests is the talent's inbox: talent, finance and admin only."""
+    if principal.role not in (Role.ADMIN, Role.FINANCE, Role.TALENT):
+        raise PermissionDenied(
+            f"{principal.describe()} may not watch requests for approval: it is the talent's"
+            " inbox (vendors watch their requests' decisions with WatchApprovals)"
+        )
+
+
+def approval_not_theirs(principal: Principal, approval_id: str) -> PermissionDenied:
+    """The refusal for an approval outside the caller's tenant (or one that does not exist)."""
+    tenant = principal.vendor_id or principal.talent_id
+    return PermissionDenied(
+        f"{principal.describe()} may not access approval {approval_id}: "
+        f"it is not an approval of {principal.role} {tenant}"
+    )
+
+
+def approval_scope(principal: Principal) -> tuple[str, str]:
+    """``(vendor_id, talent_id)`` the caller's approval reads are limited to ('' = any)."""
+    require_approval_reader(principal)
+    if principal.role is Role.VENDOR:
+        return principal.vendor_id or "", ""
+    if principal.role is Role.TALENT:
+        return "", principal.talent_id or ""
+    return "", ""

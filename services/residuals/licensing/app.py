@@ -1,10 +1,10 @@
 """Wiring of the licensing service: one settings object in, running components out.
 
-:class:`LicensingApp` owns the database pool, the gRPC server (LicenceService behind the
-shared AuthInterceptor, with health, reflection, metrics and tracing), the outbox relay
-thread (restarted after a failure) and a readiness probe thread that reports NOT_SERVING
-while PostgreSQL is unreachable. Tests build it in-process; ``python -m residuals.licensing``
-builds it from the environment (:func:`main`).
+:class:`LicensingApp` owns the database pool, the gRPC server (LicenceService and
+ApprovalService behind the shared AuthInterceptor, with health, reflection, metrics and
+tracing), the outbox relay thread (restarted after a failure) and a readiness probe thread
+that reports NOT_SERVING while PostgreSQL is unreachable. Tests build it in-process;
+``python -m residuals.licensing`` builds it from the environment (:func:`main`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from datetime import timedelta
 
 from opentelemetry import trace
 
+from residuals.licensing import approval_servicer
+from residuals.licensing.approval_watch import ApprovalWatch
+from residuals.licensing.approvals import Approvals
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.licensing.metrics import RelayMetrics
 from residuals.licensing.outbox import OutboxRelay
+from residuals.licensing.preflight import Preflight
 from residuals.licensing.registry import Registry
 from residuals.licensing.servicer import SERVICE_NAME as GRPC_SERVICE
 from residuals.licensing.servicer import servicer
@@ -59,6 +63,10 @@ class LicensingApp(GrpcApp):
         self.relay_metrics = relay_metrics
         self.tracer = tracer
         self.workers = Workers()
+        self.approvals = Approvals(self.db, backdate_skew=self.registry.backdate_skew)
+        # Watch streams end when the service stops (before the server's grace period).
+        self.approval_watch = ApprovalWatch(self.approvals, stop=self.workers.stop_event)
+        self.preflight = Preflight(self.db)
         self.server: GrpcServer | None = None
         self.relay: OutboxRelay | None = None
 
@@ -70,7 +78,10 @@ class LicensingApp(GrpcApp):
         self.db.open()
         self.server = make_grpc_server(
             self.settings.grpc,
-            servicers=[servicer(self.registry)],
+            servicers=[
+                servicer(self.registry),
+                approval_servicer.servicer(self.approvals, self.approval_watch, self.preflight),
+            ],
             interceptors=[AuthInterceptor(self.authenticator)],
             metrics=self.grpc_metrics,
             tracer=self.tracer,

@@ -1,4 +1,5 @@
-"""The audit log of backdated and admin changes (table ``audit_log``, migration 0009).
+"""The audit log of backdated and admin changes (table ``audit_log``, migration 0009), and
+of every request for approval and its decision (migration 0013).
 
 :func:`record` runs inside the registry's transaction, so an audited change and its row
 commit together or not at all; :func:`entries` reads them back for ``residuals audit``.
@@ -28,6 +29,9 @@ class Action(StrEnum):
     REINSTATE_LICENCE = "reinstate_licence"
     REVOKE_LICENCE = "revoke_licence"
     REVOKE_SIGNING_KEY = "revoke_signing_key"
+    REQUEST_APPROVAL = "request_approval"
+    APPROVE_USE = "approve_use"
+    DENY_USE = "deny_use"
 
 
 @dataclass(frozen=True)
