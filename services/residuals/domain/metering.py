@@ -12,7 +12,7 @@ runs in the 60-digit money context.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
@@ -49,6 +49,15 @@ class LicenceCounters:
     #: Units of approved renders by approval id; an approval spans periods, so this does
     #: not reset with them (§5a).
     approval_renders: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> LicenceCounters:
+        """An independent copy (what-if rating: the pre-flight check)."""
+        return replace(
+            self,
+            quota_used=dict(self.quota_used),
+            quota_near=set(self.quota_near),
+            approval_renders=dict(self.approval_renders),
+        )
 
     def enter_period(self, period: str, start: datetime | None = None) -> None:
         """Start counting ``period``; ``start`` marks where automatic windows stop applying."""

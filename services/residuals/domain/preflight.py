@@ -9,7 +9,6 @@ totals as last stored, so the remaining quota is an estimate while uses are in f
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,7 +44,7 @@ def check_use(
     approvals: Mapping[str, Approval],
 ) -> UseVerdict:
     """The verdict ``use`` would get now; ``counters`` are left as they are."""
-    rating = rate_event(use, licence, copy.deepcopy(counters), approvals)
+    rating = rate_event(use, licence, counters.copy(), approvals)
     held = next((p.violation for p in rating.portions if p.held), None)
     if held is Violation.UNAPPROVED_USE:
         answer = Answer.NEEDS_APPROVAL

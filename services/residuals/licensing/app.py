@@ -126,6 +126,7 @@ class LicensingApp(GrpcApp):
         if self.server is not None:
             self.server.stop()
         self.workers.stop()
+        self.preflight.close()
         self.db.close()
 
 

@@ -8,6 +8,12 @@ ledger's running totals (the quota used this period, the renders that used the a
 decoded once per revision and kept in a bounded LRU, so a check costs one indexed query
 and the rule; a licence changed in the registry is seen by the next check.
 
+The query runs on a connection of the serving thread's own, in autocommit (a single
+statement is its own snapshot): borrowing from the pool costs a liveness round trip and
+a transaction two more, which at a thousand checks a second is most of the budget
+(BENCHMARKS.md, "Pre-flight CheckUse"). A connection that fails is dropped and the call
+answered UNAVAILABLE; the next call on that thread connects again.
+
 Callers: the licence's vendor (the usual case), its talent, finance and admin. A tenant
 asking about a licence that is not theirs is refused as if it did not exist.
 """
@@ -16,9 +22,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+import psycopg
 
 from residuals.codecs.usage import kind_name
 from residuals.domain.approvals import Approval
@@ -80,6 +89,9 @@ class Preflight:
         self.cache_size = cache_size
         self._licences: OrderedDict[str, tuple[int, Licence]] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection[Any]] = []
+        self._closed = False
 
     def check_use(
         self, principal: Principal, request: approval_service_pb2.CheckUseRequest
@@ -93,7 +105,7 @@ class Preflight:
             "period": period,
             "kind": use.kind.value,
         }
-        with self.db.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(_STATE_SQL, params).fetchone()
             assert row is not None  # one row: the LEFT JOINs keep it
             revision, talent_id, vendor_id = row[0], row[1], row[2]
@@ -118,6 +130,32 @@ class Preflight:
         verdict = check_use(event, licence, counters, approvals)
         return _response(verdict, licence, event, approvals)
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The calling thread's connection (made on first use, dropped when it fails)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            if self._closed:
+                raise psycopg.OperationalError("the pre-flight check is closed")
+            conn = self.db.connect(autocommit=True)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        try:
+            yield conn
+        except psycopg.OperationalError:
+            self._local.conn = None
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close every thread's connection (the service is stopping)."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
     def _licence(self, conn: store.Conn, licence_id: str, revision: int) -> Licence:
         """The licence at ``revision``, decoded once per revision."""
         cached = self._licences.get(licence_id)
@@ -126,7 +164,8 @@ class Preflight:
                 if licence_id in self._licences:
                     self._licences.move_to_end(licence_id)
             return cached[1]
-        record = store.load_licence(conn, licence_id)
+        with conn.transaction():  # versions and suspensions from one snapshot
+            record = store.load_licence(conn, licence_id)
         if record is None:  # deleted meanwhile: licensing never deletes, but be exact
             raise NotFound(f"licence {licence_id} does not exist")
         licence = record.to_domain()

@@ -85,6 +85,17 @@ class Database:
         with self.pool.connection(timeout=timeout) as conn:
             yield conn
 
+    def connect(self, *, autocommit: bool = True) -> Connection[TupleRow]:
+        """A connection of its own, outside the pool, with the pool's settings: for a
+        hot read path that keeps one per thread and must not pay the pool's per-borrow
+        check and a BEGIN/COMMIT per query."""
+        return Connection.connect(
+            self.settings.dsn,
+            autocommit=autocommit,
+            application_name=self.application_name,
+            connect_timeout=10,
+        )
+
     def check(self, timeout: float = 5.0) -> bool:
         """Round-trip ``SELECT 1`` (readiness probes); raises if the database is down."""
         with self.pool.connection(timeout=timeout) as conn:
