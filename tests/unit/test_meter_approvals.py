@@ -229,3 +229,15 @@ def test_the_registry_check_refuses_poison_and_stale_revisions() -> None:
     assert registry.get("APR-1") == APPROVAL
     admit(b"APR-1", raw_record(status=approvals_pb2.APPROVAL_STATUS_DENIED, revision=3))
     assert registry.get("APR-1") is None
+
+
+def test_the_alerts_service_takes_the_meters_unapproved_use_alert_as_high() -> None:
+    """The alert the meter raises is one the alerts service stores (and so streams on
+    WatchAlerts): a known kind, HIGH, no suspension."""
+    from residuals.alerts.store import Incoming, normalise
+
+    decision = meter().process(record(render(1, approval_id="APR-404"), 0), State())
+    (alert,) = decision.alerts
+    stored = normalise(Incoming(alert), datetime.now(UTC))
+    assert stored.kind == common_pb2.VIOLATION_KIND_UNAPPROVED_USE == 13
+    assert stored.severity == common_pb2.SEVERITY_HIGH and not stored.suspended_licence
