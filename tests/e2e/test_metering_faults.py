@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from residuals.platform.topics import USAGE_DLQ, USAGE_RATED
 from residuals.stack import kafka as stack_kafka
 from residuals.stack.settings import StackSettings
-from tests.support.metering import pipeline
+from tests.support.metering import kill_while_publishing, pipeline
 from tests.support.month_run import assert_ledger_is_the_replay, prepare_month
 
 EVENTS = 100_000
@@ -25,17 +24,6 @@ LICENCES = 2_000
 VENDORS = 20
 CHUNKS = 10
 CATCH_UP_TIMEOUT = 600.0  # each restart after a detected hole waits ~60 s for a session
-
-
-def kill_while_publishing(run: Any, meter: Any, timeout: float = 30.0) -> None:
-    """kill -9 the meter as soon as its outputs grow: in the middle of a batch, whose
-    outputs are out and whose state and offsets are not (a kill at a fixed time after a
-    chunk sometimes fell between batches and proved nothing)."""
-    before = run.records_on(USAGE_RATED, USAGE_DLQ)
-    deadline = time.monotonic() + timeout
-    while run.records_on(USAGE_RATED, USAGE_DLQ) == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    meter.kill9()
 
 
 def test_month_survives_kills_and_a_broker_restart(stack: StackSettings, tmp_path: Path) -> None:

@@ -6,108 +6,27 @@ quarantine row; everything else is exactly the offline replay, and reconciliatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
-import pytest
 
 from residuals.codecs.usage import from_domain, payload_bytes
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.period import Period
 from residuals.domain.statement import compute_statement
 from residuals.domain.vocabulary import RejectReason
-from residuals.licensing.registry import Registry
 from residuals.payouts.adapters import stored_sources
 from residuals.payouts.close import ClosePolicy, close_period
 from residuals.payouts.reconcile import reconcile
-from residuals.platform.auth import Principal, Role
-from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
-from residuals.stack.settings import StackSettings
-from residuals.v1 import licence_pb2, usage_pb2
+from residuals.v1 import usage_pb2
 from tests.support.builders import ev, licence
-from tests.support.licensing import create_request
-from tests.support.payouts import migrated_database
+from tests.support.payouts import StoredRows, register
 
 OCT = Period(2026, 10)
 LATER = datetime(2027, 6, 1, tzinfo=UTC)
-ADMIN = Principal("p-admin", Role.ADMIN)
-
-
-@dataclass
-class Ledger:
-    """Rows written straight into the ledger writer's tables, as a legacy writer would."""
-
-    dsn: str
-    expected: list[UsageEvent | Rejection]
-
-    def event(self, raw: dict[str, Any], *, outcome: str = "ACCEPTED") -> UsageEvent:
-        event = parse_event(raw)
-        assert isinstance(event, UsageEvent)
-        self._row("usage_events", event, payload_bytes(from_domain(event)), outcome)
-        self.expected.append(event)
-        return event
-
-    def bad(self, event: UsageEvent, payload: bytes, table: str = "usage_events") -> None:
-        self._row(table, event, payload, "ACCEPTED" if table == "usage_events" else "DUPLICATE")
-        self.expected.append(Rejection(RejectReason.MALFORMED, "", event.vendor_id))
-
-    def _row(self, table: str, event: UsageEvent, payload: bytes, outcome: str) -> None:
-        with psycopg.connect(self.dsn) as conn:
-            if table == "usage_events":
-                conn.execute(
-                    "INSERT INTO usage_events (vendor_id, event_id, licence_id, kind,"
-                    " occurred_at, payload, period, outcome)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (event.vendor_id, event.event_id, event.licence_id or "", event.kind.value,
-                     event.occurred_at, payload, str(OCT), outcome),
-                )  # fmt: skip
-            else:
-                conn.execute(
-                    "INSERT INTO usage_repeats (source_topic, source_partition, source_offset,"
-                    " vendor_id, event_id, licence_id, kind, outcome, decided_by, occurred_at,"
-                    " period, payload, signature, key_id, received_at)"
-                    " VALUES ('t', 0, %s, %s, %s, %s, %s, %s, 'meter', %s, %s, %s, '', 'k',"
-                    " now())",
-                    (len(self.expected), event.vendor_id, event.event_id, event.licence_id or "",
-                     event.kind.value, outcome, event.occurred_at, str(OCT), payload),
-                )  # fmt: skip
-
-    def dead(self, reason: str, expected: RejectReason) -> None:
-        with psycopg.connect(self.dsn) as conn:
-            conn.execute(
-                "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
-                " reason, detail, decided_by, vendor_id, event_id, period, original,"
-                " received_at) VALUES ('dlq', 0, %s, %s, 'x', 'meter', 'VEN-1', 'd', %s,"
-                " '', now())",
-                (len(self.expected), reason, str(OCT)),
-            )
-        self.expected.append(Rejection(expected, ""))
-
-
-@pytest.fixture
-def database(stack: StackSettings) -> Iterator[tuple[str, Database]]:
-    with migrated_database(stack) as dsn:
-        db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
-        db.open()
-        try:
-            yield dsn, db
-        finally:
-            db.close()
-
-
-def register(db: Database, *licence_ids: str) -> None:
-    registry = Registry(db)
-    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id="TAL-1"))
-    registry.create_avatar(ADMIN, licence_pb2.Avatar(avatar_id="AVA-1", talent_id="TAL-1"))
-    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id="VEN-1"))
-    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-1"))
-    for licence_id in licence_ids:
-        registry.create_licence(ADMIN, create_request(licence(licence_id=licence_id)))
 
 
 def mutated(event: UsageEvent, change: Any) -> bytes:
@@ -117,17 +36,17 @@ def mutated(event: UsageEvent, change: Any) -> bytes:
 
 
 def test_one_bad_row_does_not_stop_the_close_for_everyone(
-    database: tuple[str, Database],
+    payouts_database: tuple[str, Database],
 ) -> None:
-    dsn, db = database
-    register(db, "LIC-1", "LIC-2", "LIC-BAD")
+    dsn, db = payouts_database
+    register(db, *(licence(licence_id=i) for i in ("LIC-1", "LIC-2", "LIC-BAD")))
     with psycopg.connect(dsn) as conn:  # by hand: terms that no longer parse
         conn.execute("SET session_replication_role = replica")  # past the append-only trigger
         conn.execute(
             "UPDATE licence_versions SET terms = jsonb_set(terms, '{rates,view_cpm}',"
             " '\"NaN\"') WHERE licence_id = 'LIC-BAD'"
         )
-    ledger = Ledger(dsn, [])
+    ledger = StoredRows(dsn, [])
     for n in range(3):
         ledger.event(ev("RENDER", event_id=f"r{n}", quantity=4))
         ledger.event(ev("VIEW", event_id=f"v{n}", licence_id="LIC-2", quantity=2500))

@@ -1,6 +1,6 @@
-"""Poison in the registries on the real stack: the meter's licence and key replicas read a
-real topic holding bad records and quarantine them to a real quarantine topic, keeping the
-last good version; the gateway's directory meets bad PostgreSQL rows and answers
+"""Poison in the registries on the real stack: the meter's licence, key and approval
+replicas read a real topic holding bad records and quarantine them to a real quarantine
+topic, keeping the last good version; the gateway's directory meets bad PostgreSQL rows and answers
 "unknown" for them only."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,17 +19,19 @@ from confluent_kafka import Producer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
+from residuals.codecs import approvals as approval_codec
 from residuals.codecs import licences as codec
 from residuals.codecs.signing import public_key_bytes, signing_key_record
+from residuals.domain.approvals import Approval
 from residuals.ingest.directory import PostgresDirectory
-from residuals.meter.lookups import KeyRegistry, LicenceRegistry
+from residuals.meter.lookups import ApprovalRegistry, KeyRegistry, LicenceRegistry
 from residuals.platform.config import KafkaSettings, PostgresSettings
 from residuals.platform.kafka import AcknowledgedProducer, make_consumer, make_producer
 from residuals.platform.postgres import Database
 from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
 from residuals.stack.settings import StackSettings
-from residuals.v1 import quarantine_pb2
+from residuals.v1 import approvals_pb2, quarantine_pb2
 from tests.support.builders import licence
 from tests.support.ingest import Registry as Rows
 from tests.support.waiting import wait_until
@@ -148,6 +151,86 @@ def test_meter_replicas_quarantine_poison_and_keep_the_last_good_version(
         )
     finally:
         licences.stop(), keys.stop()
+
+
+def approval_record(
+    approval_id: str = "APR-1", *, status: int | None = None, revision: int = 1, **fields: Any
+) -> approvals_pb2.Approval:
+    values: dict[str, Any] = {
+        "licence_id": "LIC-1",
+        "category": "product_demo",
+        "valid_from": datetime(2026, 10, 1, tzinfo=UTC),
+        "max_renders": 3,
+        **fields,
+    }
+    message = approval_codec.to_proto(Approval(approval_id, **values))
+    if status is not None:
+        message.status = status  # type: ignore[assignment]
+    message.revision = revision
+    return message
+
+
+def test_the_approval_replica_quarantines_forged_and_stale_records(new_topic: NewTopic) -> None:
+    """A forged or replayed record cannot approve a use nor bring back a denied approval:
+    the replica refuses it and the registry keeps the last good state."""
+    kafka, approvals_topic = new_topic("approvals", 2)
+    _, quarantine_topic = new_topic("quarantine", 1)
+    publisher = QuarantinePublisher(
+        AcknowledgedProducer(kafka, client_id="meter-quarantine"), quarantine_topic
+    )
+    replica = TopicReplica(
+        kafka, approvals_topic, name="meter-approvals", quarantine=publisher.publish
+    )
+    registry = ApprovalRegistry(replica)
+    no_start = approval_record("APR-3", revision=2)
+    no_start.ClearField("valid_from")
+    denied = approvals_pb2.APPROVAL_STATUS_DENIED
+    produce(
+        kafka,
+        approvals_topic,
+        [
+            (b"APR-1", approval_record(revision=2).SerializeToString()),
+            (b"APR-1", b"\x0a\xff not protobuf"),
+            (b"APR-1", approval_record("APR-9", max_renders=1000).SerializeToString()),
+            (b"APR-1", None),
+            (b"APR-1", approval_record(status=denied, revision=1).SerializeToString()),
+            (b"APR-2", approval_record("APR-2", max_renders=0).SerializeToString()),
+            (b"APR-3", no_start.SerializeToString()),
+            (None, approval_record().SerializeToString()),
+        ],
+    )
+    replica.start()
+    try:
+        assert replica.wait_caught_up(60)
+        wait_until(lambda: replica.poisoned == 7, 30, "poison counted")
+        approval = registry.get("APR-1")
+        assert approval is not None and approval.max_renders == 3  # the last good state
+        assert registry.get("APR-2") is None and registry.get("APR-3") is None
+        assert registry.get("APR-9") is None
+
+        quarantined = read_quarantine(kafka, quarantine_topic, expect=7)
+        assert {q.consumer for q in quarantined} == {"meter-approvals"}
+        errors = [q.error for q in quarantined]
+        for expected in (
+            "(record)",
+            "(key)",
+            "tombstone",
+            "older than the held revision 2",
+            "max_renders",
+            "valid_from",
+            "without a key",
+        ):
+            assert any(expected in e for e in errors), (expected, errors)
+
+        # still reading: the next revision (a later decision) is served at once
+        produce(
+            kafka,
+            approvals_topic,
+            [(b"APR-1", approval_record(status=denied, revision=3).SerializeToString())],
+        )
+        wait_until(lambda: registry.get("APR-1") is None, 30, "next revision")
+    finally:
+        replica.stop()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from residuals.platform.processes import ServiceProcess as Service
 from residuals.platform.roles import role_env
 from residuals.platform.topics import (
     ALERTS,
+    APPROVALS,
     LICENCES,
     QUARANTINE,
     SIGNING_KEYS,
@@ -58,7 +59,16 @@ from residuals.stack.settings import StackSettings
 from residuals.v1 import common_pb2, usage_pb2
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINE_TOPICS = (USAGE, USAGE_RATED, ALERTS, USAGE_DLQ, LICENCES, SIGNING_KEYS, QUARANTINE)
+PIPELINE_TOPICS = (
+    USAGE,
+    USAGE_RATED,
+    ALERTS,
+    USAGE_DLQ,
+    LICENCES,
+    SIGNING_KEYS,
+    APPROVALS,
+    QUARANTINE,
+)
 VENDOR = "residuals-vendor"
 
 
@@ -491,3 +501,14 @@ def wait_serving(service: Service, timeout: float = 90.0) -> None:
         service.wait_healthy(timeout)
     except ServiceFailed as failed:
         raise AssertionError(f"meter not SERVING: {failed}") from None
+
+
+def kill_while_publishing(run: Pipeline, meter: Service, timeout: float = 30.0) -> None:
+    """kill -9 the meter as soon as its outputs grow: in the middle of a batch, whose
+    outputs are out and whose state and offsets are not (a kill at a fixed time after a
+    chunk sometimes fell between batches and proved nothing)."""
+    before = run.records_on(USAGE_RATED, USAGE_DLQ)
+    deadline = time.monotonic() + timeout
+    while run.records_on(USAGE_RATED, USAGE_DLQ) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    meter.kill9()

@@ -32,7 +32,7 @@ class Month:
         ]
 
 
-def _period(run_id: str) -> Period:
+def run_period(run_id: str) -> Period:
     """A period of this run alone (test-owned years), so no other run's rows mix in."""
     n = int(run_id, 16)
     return Period(2040 + n % 50, 1 + (n // 50) % 12)
@@ -41,7 +41,7 @@ def _period(run_id: str) -> Period:
 def prepare_month(run: Pipeline, *, events: int, licences: int, vendors: int) -> Month:
     """Licences and keys published, the month's records signed (not yet published) and
     its statement computed offline."""
-    period = _period(run.run_id)
+    period = run_period(run.run_id)
     run.delete_period(str(period))
     specs = make_licences(licences, vendors)
     for spec in specs:

@@ -1,4 +1,5 @@
-"""Helpers for payouts tests: a migrated scratch database and in-memory input sources.
+"""Helpers for payouts tests: a migrated scratch database, in-memory input sources, and
+rows written straight into the ledger's and licensing's tables for the real adapters.
 
 The in-memory sources stand in for the ledger writer's and licensing service's tables in
 tests of the close itself (arrival order, cut-offs and late arrivals are modelled exactly);
@@ -9,7 +10,7 @@ sees it through tests/conftest.py) is a migrated database with worked case 07's 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,19 +21,26 @@ from typing import Any
 import psycopg
 import pytest
 
+from residuals.codecs.usage import from_domain, payload_bytes
+from residuals.domain.approvals import Approval
 from residuals.domain.events import Rejection, UsageEvent, parse_event
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
+from residuals.domain.vocabulary import RejectReason
+from residuals.licensing.registry import Registry
 from residuals.payouts.close import ClosePolicy, close_period
 from residuals.payouts.reconcile import reconcile
 from residuals.payouts.sources import EventAccounting, Sources
 from residuals.platform import migrations
+from residuals.platform.auth import Principal, Role
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack import postgres
 from residuals.stack.settings import StackSettings
+from residuals.v1 import licence_pb2
+from tests.support.licensing import create_request
 
 
 @contextmanager
@@ -117,11 +125,20 @@ class MemoryLicences:
         return list(self.items)
 
 
+@dataclass
+class MemoryApprovals:
+    items: list[Approval] = field(default_factory=list)
+
+    def approvals(self, conn: Any, licence_ids: Sequence[str]) -> list[Approval]:
+        return [a for a in self.items if a.licence_id in licence_ids]
+
+
 def memory_sources(
-    licences: Iterable[Licence] = (),
+    licences: Iterable[Licence] = (), approvals: Iterable[Approval] = ()
 ) -> tuple[Sources, MemoryEvents, MemoryLicences]:
     events, lics = MemoryEvents(), MemoryLicences(list(licences))
-    return Sources(events=events, licences=lics), events, lics
+    sources = Sources(events=events, licences=lics, approvals=MemoryApprovals(list(approvals)))
+    return sources, events, lics
 
 
 # --- the close tests' world ----------------------------------------------------------------
@@ -164,3 +181,83 @@ def world(stack: StackSettings) -> Iterator[World]:
             yield World(db, sources, events, dsn)
         finally:
             db.close()
+
+
+# --- stored rows for the close over the real adapters ------------------------------------
+
+ADMIN = Principal("p-admin", Role.ADMIN)
+
+
+@dataclass
+class StoredRows:
+    """Rows written straight into the ledger writer's tables, as a legacy writer would."""
+
+    dsn: str
+    expected: list[UsageEvent | Rejection]
+
+    def event(self, raw: dict[str, Any], *, outcome: str = "ACCEPTED") -> UsageEvent:
+        event = parse_event(raw)
+        assert isinstance(event, UsageEvent)
+        self._row("usage_events", event, payload_bytes(from_domain(event)), outcome)
+        self.expected.append(event)
+        return event
+
+    def bad(self, event: UsageEvent, payload: bytes, table: str = "usage_events") -> None:
+        self._row(table, event, payload, "ACCEPTED" if table == "usage_events" else "DUPLICATE")
+        self.expected.append(Rejection(RejectReason.MALFORMED, "", event.vendor_id))
+
+    def _row(self, table: str, event: UsageEvent, payload: bytes, outcome: str) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            if table == "usage_events":
+                conn.execute(
+                    "INSERT INTO usage_events (vendor_id, event_id, licence_id, kind,"
+                    " occurred_at, payload, period, outcome, approval_id)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (event.vendor_id, event.event_id, event.licence_id or "", event.kind.value,
+                     event.occurred_at, payload, str(Period.containing(event.occurred_at)),
+                     outcome, event.approval_id),
+                )  # fmt: skip
+            else:
+                conn.execute(
+                    "INSERT INTO usage_repeats (source_topic, source_partition, source_offset,"
+                    " vendor_id, event_id, licence_id, kind, outcome, decided_by, occurred_at,"
+                    " period, payload, signature, key_id, received_at)"
+                    " VALUES ('t', 0, %s, %s, %s, %s, %s, %s, 'meter', %s, %s, %s, '', 'k',"
+                    " now())",
+                    (len(self.expected), event.vendor_id, event.event_id, event.licence_id or "",
+                     event.kind.value, outcome, event.occurred_at,
+                     str(Period.containing(event.occurred_at)), payload),
+                )  # fmt: skip
+
+    def dead(self, reason: str, expected: RejectReason) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute(
+                "INSERT INTO dead_letters (source_topic, source_partition, source_offset,"
+                " reason, detail, decided_by, vendor_id, event_id, period, original,"
+                " received_at) VALUES ('dlq', 0, %s, %s, 'x', 'meter', 'VEN-1', 'd', %s,"
+                " '', now())",
+                (len(self.expected), reason, str(OCT)),
+            )
+        self.expected.append(Rejection(expected, ""))
+
+
+@pytest.fixture
+def payouts_database(stack: StackSettings) -> Iterator[tuple[str, Database]]:
+    with migrated_database(stack) as dsn:
+        db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
+        db.open()
+        try:
+            yield dsn, db
+        finally:
+            db.close()
+
+
+def register(db: Database, *licences: Licence) -> None:
+    """TAL-1, AVA-1, VEN-1 and payee TAL-1 in the licensing tables, and ``licences``."""
+    registry = Registry(db)
+    registry.create_talent(ADMIN, licence_pb2.Talent(talent_id="TAL-1"))
+    registry.create_avatar(ADMIN, licence_pb2.Avatar(avatar_id="AVA-1", talent_id="TAL-1"))
+    registry.create_vendor(ADMIN, licence_pb2.Vendor(vendor_id="VEN-1"))
+    registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-1"))
+    for lic in licences:
+        registry.create_licence(ADMIN, create_request(lic))

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from residuals.domain.licence_spec import parse_licence
+from residuals.domain.statement import compute_statement
 from tests.support.builders import dlq, ev, licence, licence_spec, only, statement, violations
 
 T = "2026-10-20T12:00:00Z"
@@ -568,3 +569,32 @@ def test_a_hostile_approval_id_is_malformed_naming_the_field() -> None:
         assert verdict.reason is RejectReason.MALFORMED and "approval_id" in verdict.detail
     # Blank is "names no approval", not an error.
     assert not isinstance(parse_event(ev(approval_id="  ")), Rejection)
+
+
+def test_an_approval_carries_its_render_count_from_earlier_periods() -> None:
+    """§5a: an approval spans periods. A statement starts from the units it covered before
+    (``approval_renders_in``) and reports the cumulative count, outside its document."""
+    from residuals.domain.events import parse_event
+    from residuals.domain.period import Period
+
+    lic = _needs_approval()
+    renders = [ev(occurred_at=f"2026-11-0{d}T00:00:00Z", approval_id="APR-1") for d in (2, 3)]
+    approvals = [_approval(max_renders=3)]
+    fresh = compute_statement(
+        Period(2026, 11),
+        [lic],  # type: ignore[list-item]
+        [parse_event(r) for r in renders],
+        approvals=approvals,  # type: ignore[arg-type]
+    )
+    carried = compute_statement(
+        Period(2026, 11),
+        [lic],  # type: ignore[list-item]
+        [parse_event(r) for r in renders],
+        approvals=approvals,  # type: ignore[arg-type]
+        approval_renders_in={"APR-1": 2, "APR-UNUSED": 1},
+    )
+    assert violations(fresh.to_document()) == {}
+    assert fresh.approval_renders == {"APR-1": 2}
+    assert violations(carried.to_document()) == {"UNAPPROVED_USE": 1}
+    assert carried.approval_renders == {"APR-1": 3, "APR-UNUSED": 1}
+    assert "approval_renders" not in carried.to_document()

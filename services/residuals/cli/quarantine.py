@@ -25,7 +25,7 @@ from residuals.platform import topics
 from residuals.platform.config import KafkaSettings, PostgresSettings, load
 from residuals.platform.quarantine import STATES, Quarantined, Row, mark_redriven, select
 from residuals.platform.redrive import RedriveError, Redriver, operator, safe, table
-from residuals.v1 import alerts_pb2, licence_pb2, quarantine_pb2, usage_pb2
+from residuals.v1 import alerts_pb2, approvals_pb2, licence_pb2, quarantine_pb2, usage_pb2
 
 #: How a source topic's records decode, by catalogue name (``show``).
 _MESSAGES = {
@@ -34,6 +34,7 @@ _MESSAGES = {
     topics.ALERTS.name: alerts_pb2.Alert,
     topics.LICENCES.name: licence_pb2.Licence,
     topics.SIGNING_KEYS.name: licence_pb2.VendorSigningKey,
+    topics.APPROVALS.name: approvals_pb2.Approval,
     topics.QUARANTINE.name: quarantine_pb2.QuarantinedRecord,
 }
 

@@ -73,6 +73,10 @@ class PeriodStatement:
     violations: tuple[tuple[Violation, int], ...]
     dlq: tuple[tuple[RejectReason, int], ...]
     outcomes: Mapping[str, int] = field(default_factory=dict)
+    #: Render units each approval covered up to the end of the period, earlier periods
+    #: included (§5a: an approval spans periods). The next period starts from them; not
+    #: part of the document, so statement documents and their hashes do not change.
+    approval_renders: Mapping[str, int] = field(default_factory=dict)
 
     def to_document(self) -> dict[str, Any]:
         """The statement in the shape of docs/ROYALTY-RULES.md §10 (amounts as decimal strings)."""
@@ -219,10 +223,17 @@ def rate_licence_events(
     events: Iterable[UsageEvent],
     period: Period,
     approvals: Mapping[str, Approval] | None = None,
+    approval_renders: dict[str, int] | None = None,
 ) -> list[Rating]:
-    """Fold the incremental rules over one licence's uses in scope order."""
+    """Fold the incremental rules over one licence's uses in scope order.
+
+    ``approval_renders`` (units each approval covered before, by id) is updated in place
+    with the renders approved here; one dict can serve every licence of a period, as an
+    approval only ever covers its own licence's uses."""
     counters = LicenceCounters()
     counters.enter_period(str(period), period.start)
+    if approval_renders is not None:
+        counters.approval_renders = approval_renders
     ordered = sorted(events, key=_SCOPE_ORDER)
     given = approvals or {}
     return [rate_event(e, licence, counters, given) for e in ordered]
@@ -286,11 +297,16 @@ def compute_statement(
     thresholds: Mapping[str, Decimal] | None = None,
     carried_in: Mapping[tuple[str, str], Decimal] | None = None,
     approvals: Iterable[Approval] = (),
+    approval_renders_in: Mapping[str, int] | None = None,
 ) -> PeriodStatement:
-    """The period statement by docs/ROYALTY-RULES.md, from events in arrival order."""
+    """The period statement by docs/ROYALTY-RULES.md, from events in arrival order.
+
+    ``approval_renders_in``: render units each approval covered in earlier periods (§5a),
+    e.g. the previous statement's :attr:`PeriodStatement.approval_renders`."""
     with localcontext(MONEY_CONTEXT):
         by_id = {a.approval_id: a for a in approvals}
-        return _compute(period, licences, events, thresholds, carried_in, by_id)
+        renders = dict(approval_renders_in or {})
+        return _compute(period, licences, events, thresholds, carried_in, by_id, renders)
 
 
 def _compute(
@@ -300,6 +316,7 @@ def _compute(
     thresholds: Mapping[str, Decimal] | None,
     carried_in: Mapping[tuple[str, str], Decimal] | None,
     approvals: Mapping[str, Approval],
+    approval_renders: dict[str, int],
 ) -> PeriodStatement:
     registry = {lic.licence_id: lic for lic in licences}
     tally = _Tally()
@@ -314,7 +331,9 @@ def _compute(
     allocations: list[tuple[str, str, Decimal]] = []
     for licence_id in sorted(registry):
         licence = registry[licence_id]
-        ratings = rate_licence_events(licence, uses.get(licence_id, []), period, approvals)
+        ratings = rate_licence_events(
+            licence, uses.get(licence_id, []), period, approvals, approval_renders
+        )
         excluded = tally.excluded[licence_id]
         for rating in ratings:
             if rating.excluded:
@@ -343,4 +362,5 @@ def _compute(
         violations=tuple(sorted((v, n) for v, n in tally.violations.items() if n)),
         dlq=tuple(sorted((r, n) for r, n in tally.dlq.items() if n)),
         outcomes=dict(tally.outcomes),
+        approval_renders=approval_renders,
     )

@@ -5,7 +5,8 @@ versions, signing keys, principals and API keys (its migrations, ``licensing/mig
 The gateway, the ledger's signature audit and every service's authentication read keys,
 licence identities and principals through these functions and never name the tables,
 so the schema can change behind them (``tests/unit/test_table_owners.py``). Full
-licences (versions, splits, suspensions) are read with :mod:`residuals.licensing.store`.
+licences (versions, splits, suspensions) are read with :mod:`residuals.licensing.store`;
+the period close reads the approvals granted (§5a) with :func:`granted_approvals`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 from psycopg import Connection
 
+from residuals.domain.approvals import Approval
 from residuals.platform.auth import Principal, Role, StoredKey, verify_secret
 from residuals.platform.postgres import Database
 
@@ -70,6 +72,26 @@ def licence_identity(conn: Conn, licence_id: str) -> LicenceIdentityRow | None:
         (licence_id,),
     ).fetchone()
     return None if row is None else LicenceIdentityRow(*row)
+
+
+def granted_approvals(conn: Conn, licence_ids: Sequence[str] | None = None) -> list[Approval]:
+    """The approved requests (of ``licence_ids``, or all) as the rule reads them, by id.
+
+    Pending and denied requests are left out: the rule treats them like an unknown id. A
+    decision is final (migration 0013), so a closed period priced with these approvals
+    prices the same when computed again."""
+    sql = (
+        "SELECT approval_id, licence_id, category, valid_from, valid_until, max_renders"
+        " FROM approvals WHERE status = 'approved'"
+    )
+    params: tuple[Any, ...] = ()
+    if licence_ids is not None:
+        if not licence_ids:
+            return []
+        sql += " AND licence_id = ANY(%s)"
+        params = (list(licence_ids),)
+    rows = conn.execute(sql + " ORDER BY approval_id", params).fetchall()
+    return [Approval(*row) for row in rows]
 
 
 def api_key(conn: Conn, key_id: str) -> StoredKey | None:

@@ -45,7 +45,7 @@ from residuals.domain.validation import MAX_FUTURE, MAX_PAST
 from residuals.meter.continuity import Stall
 from residuals.meter.core import Decision, Meter, Record
 from residuals.meter.guards import InputGap, InputGuard, StallWatch
-from residuals.meter.lookups import KeyRegistry, LicenceRegistry
+from residuals.meter.lookups import ApprovalRegistry, KeyRegistry, LicenceRegistry
 from residuals.meter.metrics import MeterMetrics
 from residuals.meter.settings import MeterSettings
 from residuals.meter.state import expired
@@ -59,6 +59,7 @@ from residuals.platform.quarantine import QuarantinePublisher
 from residuals.platform.replica import TopicReplica
 from residuals.platform.topics import (
     ALERTS,
+    APPROVALS,
     LICENCES,
     QUARANTINE,
     SIGNING_KEYS,
@@ -400,12 +401,20 @@ class MeterService:
         self.keys = TopicReplica(
             kafka, topic_name(kafka, SIGNING_KEYS), name="meter-keys", quarantine=quarantine.publish
         )
+        # Followed live: an approval granted while the meter runs counts from then on.
+        self.approvals = TopicReplica(
+            kafka,
+            topic_name(kafka, APPROVALS),
+            name="meter-approvals",
+            quarantine=quarantine.publish,
+        )
         self.licence_registry = LicenceRegistry(self.licences, settings.licence_cache)
         self.meter = Meter(
             self.licence_registry,
             KeyRegistry(self.keys),
             max_event_bytes=settings.max_event_bytes,
             receipt_key=settings.receipt.key(),
+            approvals=ApprovalRegistry(self.approvals),
             # Spans only when they are exported; otherwise the incoming context is passed
             # on unchanged (a span per record is measurable in this CPU-bound loop).
             tracer=trace.get_tracer(__name__) if settings.telemetry.otlp_endpoint else None,
@@ -524,11 +533,12 @@ class MeterService:
             )
 
     def start_registries(self) -> None:
-        """Load every licence and signing key before the first record is rated."""
+        """Load every licence, signing key and approval before the first record is rated."""
         timeout = self.settings.ready_timeout
-        self.licences.start()
-        self.keys.start()
-        for replica in (self.licences, self.keys):
+        replicas = (self.licences, self.keys, self.approvals)
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
             if not replica.wait_caught_up(timeout):
                 raise TimeoutError(f"{replica.topic} not loaded within {timeout:.0f} s")
         started = time.perf_counter()
@@ -572,6 +582,7 @@ class MeterService:
         self.stall_watch.stop()
         self.licences.stop()
         self.keys.stop()
+        self.approvals.stop()
         self.publisher.close(10)
         self.offsets.close()
 

@@ -22,6 +22,11 @@ delivered again after a crash (its offset was not committed yet):
   first time (the prefix holds everything before it) and write them; the records it
   publishes again are identical, and every consumer is idempotent on them;
 * no identity entry → never applied: process it normally.
+
+An event naming an approval (§5a) also reads and writes the approval's render count
+(:class:`~residuals.meter.state.ApprovalUse`), which outlives periods. It is written before
+the counters, with the count it replaced, so a re-delivered record whose counters are
+behind is rated on the count it saw the first time.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from residuals.admission import MAX_EVENT_BYTES, Admitted, Refused, admit, trust
 from residuals.codecs import receipt
 from residuals.codecs.signing import VerifyingKey
 from residuals.codecs.timestamps import set_timestamp
+from residuals.domain.approvals import Approval
 from residuals.domain.bounds import printable
 from residuals.domain.events import UsageEvent
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
@@ -50,9 +56,11 @@ from residuals.domain.period import Period
 from residuals.domain.vocabulary import Kind, RejectReason, Violation
 from residuals.meter import messages
 from residuals.meter.state import (
+    ApprovalUse,
     IdentityEntry,
     PeriodCounters,
     Suspension,
+    approval_key,
     counters_key,
     identity_key,
     suspension_key,
@@ -69,6 +77,7 @@ CREATE_TIME = 0
 LOG_APPEND_TIME = 1
 
 Outcome = usage_pb2.RatedUsage.Outcome
+_NO_APPROVALS: Mapping[str, Approval] = {}
 
 
 class StateView(Protocol):
@@ -142,8 +151,12 @@ class Meter:
         clock: type[datetime] = datetime,
         tracer: trace.Tracer | None = None,
         receipt_key: bytes | None = None,
+        approvals: Mapping[str, Approval] = _NO_APPROVALS,
     ) -> None:
         self.licences = licences
+        #: Approved approvals by id (§5a): without them every use in an approval-required
+        #: category is held as UNAPPROVED_USE.
+        self.approvals = approvals
         #: None when spans would not be exported: the context is then passed on unchanged.
         self.tracer = tracer
         self.keys = keys
@@ -263,9 +276,13 @@ class Meter:
         suspension = Suspension.decode(state.get(skey))
         # A suspension this very record set before a crash was not there when it was rated.
         before = None if suspension.through == c.record.offset else suspension.since
-        counters = stored.to_domain(period, before)
+        # The approval's count as this record first saw it (§5a; it outlives periods).
+        approval_id = event.approval_id
+        akey = approval_key(licence.licence_id, approval_id) if approval_id else None
+        used = ApprovalUse.decode(state.get(akey)).seen_by(c.record.offset) if akey else 0
+        counters = stored.to_domain(period, before, {approval_id: used} if approval_id else None)
         with localcontext(MONEY_CONTEXT):
-            rating = rate_event(event, licence, counters)
+            rating = rate_event(event, licence, counters, self.approvals)
 
         if not mine:
             entry = IdentityEntry(
@@ -274,6 +291,10 @@ class Meter:
             state.put(ikey, entry.encode())
         if counters.auto_suspended_since != before:
             state.put(skey, Suspension(c.record.offset, counters.auto_suspended_since).encode())
+        if akey is not None and approval_id:
+            now_used = counters.approval_renders.get(approval_id, 0)
+            if now_used != used:
+                state.put(akey, ApprovalUse(c.record.offset, used, now_used).encode())
         updated = PeriodCounters.from_domain(counters, c.record.offset, c.record.partition)
         state.put(ckey, updated.encode())
 

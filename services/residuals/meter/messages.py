@@ -99,6 +99,7 @@ _DETAIL = {
     Violation.QUOTA_EXCEEDED: "{kind} quota of licence {licence} exceeded",
     Violation.QUOTA_NEAR: "{kind} usage of licence {licence} reached 80 % of its quota",
     Violation.DUPLICATE_CONFLICT: "event {event} re-sent with a different payload",
+    Violation.UNAPPROVED_USE: "{category} use of licence {licence} needs an approval: {approval}",
 }
 
 
@@ -147,6 +148,9 @@ def make_alert(
             channel=event.channel,
             kind=event.kind.value.lower(),
             event=event.event_id,
+            approval=f"{event.approval_id!r} does not cover this use"
+            if event.approval_id
+            else "the event names none",
         ),
         state=alerts_pb2.ALERT_STATE_OPEN,
         suspended_licence=suspended,

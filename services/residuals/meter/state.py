@@ -16,7 +16,9 @@ Keys are bytes with a one-letter kind prefix; values are compact bytes:
   :class:`~residuals.domain.metering.LicenceCounters` of one licence and period (tier
   position, quota usage, QUOTA_NEAR raised), kept per period so a late event of the
   previous month is rated against that month's counters, not this one's;
-* ``S<licence>`` → :class:`Suspension`: the automatic suspension, which outlives periods.
+* ``S<licence>`` → :class:`Suspension`: the automatic suspension, which outlives periods;
+* ``A<licence>\\x1f<approval_id>`` → :class:`ApprovalUse`: render units an approval
+  covered (§5a), which outlive periods too (an approval's window can span months).
 
 Every value carries ``through``: the source offset of the record that last wrote it.
 """
@@ -41,6 +43,7 @@ _HEADER = struct.Struct(">iqqH")  # partition, offset, occurred_at (epoch s), le
 #: (it starts with ``{``, never with the tag).
 _PACKED_COUNTERS = struct.Struct(">cqqi")
 _PACKED_TAG = b"P"
+_APPROVAL_USE = struct.Struct(">qqq")  # through, before, used
 
 
 def identity_key(vendor_id: str, event_id: str) -> bytes:
@@ -53,6 +56,13 @@ def counters_key(licence_id: str, period: str) -> bytes:
 
 def suspension_key(licence_id: str) -> bytes:
     return f"S{licence_id}".encode()
+
+
+def approval_key(licence_id: str, approval_id: str) -> bytes:
+    """Under the licence, whose usage records share one partition: the count lives in the
+    changelog partition of every event that can use it (another licence's approval never
+    covers the event, so it is never counted here)."""
+    return f"A{licence_id}{SEP}{approval_id}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +110,21 @@ class PeriodCounters:
     quota_near: set[str] = field(default_factory=set)
     partition: int = -1
 
-    def to_domain(self, period: str, auto_suspended_since: datetime | None) -> LicenceCounters:
+    def to_domain(
+        self,
+        period: str,
+        auto_suspended_since: datetime | None,
+        approval_renders: dict[str, int] | None = None,
+    ) -> LicenceCounters:
+        """The domain counters; ``approval_renders`` (not per period) come from their own
+        :class:`ApprovalUse` entries."""
         return LicenceCounters(
             period=period,
             billed_renders=self.billed_renders,
             quota_used=dict(self.quota_used),
             quota_near=set(self.quota_near),
             auto_suspended_since=auto_suspended_since,
+            approval_renders=dict(approval_renders or {}),
         )
 
     @classmethod
@@ -163,6 +181,31 @@ class Suspension:
         doc = json.loads(raw)
         since = doc.get("s")
         return cls(int(doc["o"]), datetime.fromisoformat(since) if since else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalUse:
+    """Render units an approval covered so far (``used``), the offset of the record that
+    last wrote them (``through``) and the count before that write (``before``): a record
+    re-delivered after a crash between this write and its counters write is rated again
+    on ``before``, the count it saw the first time, so its units are counted once."""
+
+    through: int = -1
+    before: int = 0
+    used: int = 0
+
+    def seen_by(self, offset: int) -> int:
+        """The count the record at ``offset`` saw when it was first rated."""
+        return self.before if self.through == offset else self.used
+
+    def encode(self) -> bytes:
+        return _APPROVAL_USE.pack(self.through, self.before, self.used)
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> ApprovalUse:
+        if raw is None:
+            return cls()
+        return cls(*_APPROVAL_USE.unpack(raw))
 
 
 def expired(items: Iterable[tuple[bytes, bytes]], cutoff: datetime) -> list[tuple[int, bytes]]:

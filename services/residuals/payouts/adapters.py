@@ -3,6 +3,8 @@
 * Licences: the licensing service's tables via :func:`residuals.licensing.store.load_licences`
   (``LicenceRecord.to_domain``), so statements price with exactly the stored versions and
   suspension windows.
+* Approvals: the approvals granted, via
+  :func:`residuals.licensing.directory.granted_approvals`.
 * Events: the ledger writer's tables (migration 0003) via :mod:`residuals.ledger.history`:
   a period's own events in arrival order (``load_period_events``) and the late uses the
   ledger recorded as adjustments of a later open period (``load_adjustments``); counts and
@@ -29,12 +31,14 @@ from collections.abc import Sequence
 
 import psycopg
 
+from residuals.domain.approvals import Approval
 from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
 from residuals.domain.vocabulary import Kind
 from residuals.ledger import directory as ledger
 from residuals.ledger.history import Defect, Loaded, load_adjusting, load_period
+from residuals.licensing import directory as licensing_directory
 from residuals.licensing import store as licensing_store
 from residuals.payouts.sources import Conn, EventAccounting, Sources
 from residuals.platform.quarantine import Quarantined, describe, store_once
@@ -134,6 +138,13 @@ class LicensingLicences:
         return out
 
 
+class LicensingApprovals:
+    """The approvals granted, from the licensing service's ``approvals`` table."""
+
+    def approvals(self, conn: Conn, licence_ids: Sequence[str]) -> list[Approval]:
+        return licensing_directory.granted_approvals(conn, licence_ids)
+
+
 class LedgerEvents:
     """The ledger writer's stored events (see the module docstring)."""
 
@@ -199,4 +210,8 @@ class LedgerEvents:
 
 def stored_sources() -> Sources:
     unusable = Unusable()
-    return Sources(events=LedgerEvents(unusable), licences=LicensingLicences(unusable))
+    return Sources(
+        events=LedgerEvents(unusable),
+        licences=LicensingLicences(unusable),
+        approvals=LicensingApprovals(),
+    )

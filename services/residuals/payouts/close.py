@@ -13,6 +13,11 @@ One PostgreSQL transaction, serialised by an advisory lock:
 5. :func:`compute_statement` on the period's stored events → the §10 document, its
    canonical JSON and hash, rows, journal entries, payouts and payout events.
 
+Approvals (§5a) are priced like the meter prices them: the approvals granted for the
+period's licences, each starting from the render units it covered in earlier periods (the
+previous closed statement's cumulative counts, kept in its stored inputs as
+``approval_renders``; a restatement starts from the ``approval_renders_in`` it stored).
+
 A dry run does all of it and rolls back.
 """
 
@@ -136,8 +141,15 @@ def restate_statement(
         events,
         thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
         carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
+        approvals=sources.approvals.approvals(conn, [lic.licence_id for lic in chosen]),
+        approval_renders_in=_renders(inputs.get("approval_renders_in")),
     )
     return statement
+
+
+def _renders(stored: Any) -> dict[str, int]:
+    """Approval render counts as stored in a statement's inputs (none before §5a)."""
+    return {str(a): int(n) for a, n in (stored or {}).items()}
 
 
 def close_period(
@@ -237,9 +249,17 @@ def _close(
         priced.append(with_advance_outstanding(lic, period, Decimal(advance[lic.licence_id])))
     carried = journal.carried_in(balance)
 
-    # 5. the statement
+    # 5. the statement; approvals carry their render counts on from the last close
+    previous = store.get_statement(conn, closed[-1]) if closed else None
+    renders_in = _renders(previous.inputs.get("approval_renders")) if previous else {}
     statement = compute_statement(
-        period, priced, events, thresholds=policy.thresholds, carried_in=carried
+        period,
+        priced,
+        events,
+        thresholds=policy.thresholds,
+        carried_in=carried,
+        approvals=sources.approvals.approvals(conn, [lic.licence_id for lic in priced]),
+        approval_renders_in=renders_in,
     )
     document = statement.to_document()
     canonical = canonical_json(document).decode("utf-8")
@@ -252,6 +272,8 @@ def _close(
         "carried_in": [[p, c, format(a, "f")] for (p, c), a in sorted(carried.items())],
         "corrected_periods": corrected,
         "grace_days": policy.grace.days,
+        "approval_renders_in": renders_in,
+        "approval_renders": dict(sorted(statement.approval_renders.items())),
     }
     metas = {
         lic.licence_id: store.LicenceMeta(

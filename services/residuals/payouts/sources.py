@@ -1,4 +1,4 @@
-"""Where a period close reads its inputs: stored licence versions and stored events.
+"""Where a period close reads its inputs: stored licence versions, approvals and events.
 
 The payouts service owns neither: licences live in the licensing service's tables and
 usage events in the ledger writer's. These protocols are what the close needs from them,
@@ -15,6 +15,7 @@ from typing import Protocol
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
+from residuals.domain.approvals import Approval
 from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.licences import Licence
 from residuals.domain.period import Period
@@ -76,7 +77,14 @@ class LicenceSource(Protocol):
         ...
 
 
+class ApprovalSource(Protocol):
+    def approvals(self, conn: Conn, licence_ids: Sequence[str]) -> list[Approval]:
+        """The approvals granted for ``licence_ids`` (§5a); pending and denied left out."""
+        ...
+
+
 @dataclass(frozen=True)
 class Sources:
     events: EventSource
     licences: LicenceSource
+    approvals: ApprovalSource
