@@ -8,15 +8,24 @@ database of the local stack: ``--licences`` licences of one vendor whose scope r
 approval for ``insurance``, an approved approval per licence, ledger running totals (the
 quota used) and approved renders stored for each, as a month in progress looks. The
 licensing service runs as its own process (``python -m residuals.licensing``, relay off,
-connecting as its own database role). The load is OPEN-LOOP: request ``i`` is due at
-``start + i / rate`` whatever happened before, and its latency is measured from that due
-time, so a slow answer also delays (and counts against) the requests queued behind it
-(no coordinated omission). The uses mix what vendors ask: allowed renders, views on a
-channel, uses needing approval, approved uses naming their approval, forbidden
-categories. Every answer's verdict is checked against the one its use must get.
+connecting as its own database role). The uses mix what vendors ask: allowed renders,
+views on a channel, uses needing approval, approved uses naming their approval, forbidden
+categories.
 
-Reported: achieved rate, latency p50/p90/p99/p99.9/max from due time, errors, and the
-service's CPU per request.
+Two phases:
+
+1. **verdicts**: ``--check`` uses (default 2,000) through a Python client, each answer
+   compared with the verdict its use must get (any difference fails the run);
+2. **latency**: the load, OPEN-LOOP at ``--rate`` (requests are sent on schedule whether
+   or not earlier ones were answered, so a slow answer cannot hold back the load that
+   would expose it). By default the load comes from ``ghz`` (the Go gRPC load tool;
+   ``go install github.com/bojand/ghz/cmd/ghz@v0.93.0`` is run once if it is missing):
+   a Python load generator costs ~390 µs of CPU per call, which on 2 shared cores takes
+   CPU from the service it measures. ``--client python`` uses the asyncio client instead
+   (latency from each request's due time).
+
+Reported: achieved rate, latency p50/p90/p99/p99.9/max, errors, and the service's CPU
+per request.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +47,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from google.protobuf import json_format
 
 from residuals.domain.licence_spec import parse_licence
 from residuals.domain.period import Period
@@ -51,6 +64,8 @@ from residuals.v1 import approval_service_pb2, approval_service_pb2_grpc, common
 from tests.support.licensing import api_key, create_request, party_requests
 from tests.support.payouts import migrated_database
 
+ROOT = Path(__file__).resolve().parents[1]
+GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"
 ADMIN = Principal("p-bench", Role.ADMIN)
 VENDOR = "VEN-BENCH"
 ALLOW = approval_service_pb2.USE_VERDICT_ALLOW
@@ -214,6 +229,128 @@ async def drive(port: int, key: str, work: list[Use], rate: float) -> dict[str, 
     }
 
 
+def check_verdicts(port: int, key: str, work: list[Use]) -> list[str]:
+    """Every answer's verdict against the one its use must get (differences)."""
+    wrong: list[str] = []
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = approval_service_pb2_grpc.ApprovalServiceStub(channel)
+        metadata = (("authorization", f"Bearer {key}"),)
+        for use in work:
+            response = stub.CheckUse(use.request, metadata=metadata, timeout=10)
+            if response.verdict != use.expect:
+                wrong.append(f"{use.request.category}: {response.verdict} != {use.expect}")
+    return wrong
+
+
+def ghz_binary() -> str:
+    """``ghz`` on PATH or in Go's bin folder, installed with ``go install`` if missing."""
+    gobin = Path(os.environ.get("GOBIN") or Path.home() / "go" / "bin")
+    found = shutil.which("ghz") or (str(gobin / "ghz") if (gobin / "ghz").exists() else None)
+    if found:
+        return found
+    if shutil.which("go") is None:
+        raise SystemExit("ghz is missing and Go is not installed: use --client python")
+    subprocess.run(["go", "install", GHZ_MODULE], check=True)
+    return str(gobin / "ghz")
+
+
+def protoset(workdir: Path) -> Path:
+    """A compiled descriptor set of the service (ghz's own .proto parser predates proto3
+    ``optional``)."""
+    from grpc_tools import protoc
+
+    out = workdir / "residuals.protoset"
+    include = str(Path(protoc.__file__).parent / "_proto")
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            f"-I{include}",
+            "--include_imports",
+            f"--descriptor_set_out={out}",
+            "residuals/v1/approval_service.proto",
+        ]
+    )
+    if status != 0:
+        raise SystemExit("protoc could not compile the approval service's descriptor set")
+    return out
+
+
+def drive_ghz(
+    ports: list[int], key: str, work: list[Use], rate: float, workdir: Path
+) -> dict[str, Any]:
+    """The load from one ghz per replica (open-loop: ``--async`` at ``--rps``), each
+    sending its share of ``work`` at its share of ``rate``; latencies merged per request."""
+    descriptors = protoset(workdir)
+    runs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    for index, port in enumerate(ports):
+        share = work[index :: len(ports)]
+        data = workdir / f"requests-{index}.json"
+        data.write_text(
+            json.dumps(
+                [
+                    json_format.MessageToDict(u.request, preserving_proto_field_name=True)
+                    for u in share
+                ]
+            )
+        )
+        report = workdir / f"ghz-{index}.json"
+        command = [
+            ghz_binary(),
+            "--insecure",
+            "--protoset",
+            str(descriptors),
+            "--call",
+            "residuals.v1.ApprovalService.CheckUse",
+            "--data-file",
+            str(data),
+            "--metadata",
+            json.dumps({"authorization": f"Bearer {key}"}),
+            "--async",
+            "--rps",
+            str(max(1, round(rate / len(ports)))),
+            "--total",
+            str(len(share)),
+            "--concurrency",
+            "50",
+            "--timeout",
+            "10s",
+            "--format",
+            "json",
+            "--output",
+            str(report),
+            f"127.0.0.1:{port}",
+        ]
+        runs.append((subprocess.Popen(command, stdout=subprocess.DEVNULL), report))
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    elapsed = 0.0
+    for process, report in runs:
+        if process.wait() != 0:
+            raise SystemExit(f"ghz failed (exit {process.returncode})")
+        doc = json.loads(report.read_text())
+        elapsed = max(elapsed, doc["total"] / 1e9)
+        for detail in doc.get("details") or []:
+            if detail.get("error"):
+                errors[detail["error"]] = errors.get(detail["error"], 0) + 1
+            else:
+                latencies.append(detail["latency"] / 1e9)
+    latencies.sort()
+    return {
+        "requests": len(work),
+        "elapsed_s": round(elapsed, 2),
+        "achieved_rps": round(len(work) / elapsed, 1),
+        "errors": sum(errors.values()),
+        "first_errors": list(errors)[:3],
+        "p50_ms": _ms(latencies, 0.50),
+        "p90_ms": _ms(latencies, 0.90),
+        "p99_ms": _ms(latencies, 0.99),
+        "p999_ms": _ms(latencies, 0.999),
+        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+    }
+
+
 def _ms(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -227,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--licences", type=int, default=500)
     parser.add_argument("--workers", type=int, default=16, help="the service's GRPC_MAX_WORKERS")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--check", type=int, default=2000, help="uses whose verdicts are checked")
+    parser.add_argument(
+        "--client", choices=("ghz", "python"), default="ghz", help="the load generator"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="licensing processes, each serving its share of the rate (as Kubernetes"
+        " replicas behind a Service would)",
+    )
     args = parser.parse_args(argv)
 
     stack = load(StackSettings)
@@ -237,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         key = populate(dsn, args.licences, now)
         setup_s = time.perf_counter() - started
-        port = free_port()
         env = {
             "DATABASE_URL": dsn,
             "DATABASE_USER": database_role("licensing"),
@@ -245,17 +392,29 @@ def main(argv: list[str] | None = None) -> int:
             "GRPC_MAX_WORKERS": str(args.workers),
             "LOG_LEVEL": "WARNING",
         }
-        service = ServiceProcess(
-            "licensing", "residuals.licensing", env, Path(logs), grpc_port=port
-        ).start()
+        services = [
+            ServiceProcess(
+                f"licensing-{i}", "residuals.licensing", env, Path(logs), grpc_port=free_port()
+            ).start()
+            for i in range(args.replicas)
+        ]
         try:
-            service.wait_listening(60)
+            for service in services:
+                service.wait_listening(60)
+            ports = [s.grpc_port for s in services]
+            wrong = check_verdicts(ports[0], key, uses(args.licences, args.check, args.seed + 1))
             work = uses(args.licences, int(args.rate * args.seconds), args.seed)
-            cpu_before = service.cpu_seconds()
-            result = asyncio.run(drive(port, key, work, args.rate))
-            cpu = service.cpu_seconds() - cpu_before
+            cpu_before = sum(s.cpu_seconds() for s in services)
+            if args.client == "ghz":
+                result = drive_ghz(ports, key, work, args.rate, Path(logs))
+            else:
+                if args.replicas != 1:
+                    raise SystemExit("--client python drives one replica")
+                result = asyncio.run(drive(ports[0], key, work, args.rate))
+            cpu = sum(s.cpu_seconds() for s in services) - cpu_before
         finally:
-            service.stop()
+            for service in services:
+                service.stop()
     result.update(
         {
             "target_rps": args.rate,
@@ -263,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             "setup_s": round(setup_s, 1),
             "service_cpu_us_per_request": round(cpu / len(work) * 1e6, 1),
             "p99_target_ms": 10.0,
+            "client": args.client,
+            "replicas": args.replicas,
+            "verdicts_checked": args.check,
+            "wrong_verdicts": len(wrong) + result.get("wrong_verdicts", 0),
         }
     )
     print(json.dumps(result, indent=2))
