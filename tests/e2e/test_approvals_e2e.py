@@ -13,9 +13,11 @@ the talent's WatchAlerts, and CheckUse then reports no approved renders left.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from residuals.v1 import (
     alerts_pb2,
     approval_service_pb2,
     approval_service_pb2_grpc,
+    approvals_pb2,
     common_pb2,
     licence_service_pb2,
 )
@@ -66,11 +69,12 @@ class World:
     vendor_key: str
     talent_key: str
     signing: SigningKey
+    random_licence_id: str
 
 
-def _spec(run_id: str) -> dict[str, Any]:
+def _spec(run_id: str, name: str = "REVIEW", **terms: Any) -> dict[str, Any]:
     return {
-        "licence_id": f"LIC-REVIEW-{run_id}",
+        "licence_id": f"LIC-{name}-{run_id}",
         "version": 1,
         "talent_id": f"TAL-REVIEW-{run_id}",
         "avatar_id": f"AVA-REVIEW-{run_id}",
@@ -86,7 +90,20 @@ def _spec(run_id: str) -> dict[str, Any]:
         },
         "rates": {"render_tiers": [{"up_to": None, "unit_price": "2.00"}], "view_cpm": "4.00"},
         "splits": {f"TAL-REVIEW-{run_id}": "1"},
+        **terms,
     }
+
+
+def _random_spec(run_id: str) -> dict[str, Any]:
+    """The licence the random uses are judged against: a blocking render quota, and no
+    automatic suspension (the registry learns of the meter's only through the alerts
+    service, a moment later, so the two would disagree about uses in that moment)."""
+    return _spec(
+        run_id,
+        "RANDOM",
+        quotas=[{"metric": "RENDER", "limit": 8, "on_exceed": "block"}],
+        auto_suspend_on_critical=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +125,8 @@ def world(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             except Exception as error:  # the pipeline may already make it
                 if "TOPIC_ALREADY_EXISTS" not in str(error):
                     raise
-        spec = _spec(run.run_id)
-        licence = parse_licence(spec)
+        licence = parse_licence(_spec(run.run_id))
+        random_licence = parse_licence(_random_spec(run.run_id))
         signing = SigningKey.generate(f"sk-review-{run.run_id}")
         settings = PostgresSettings(
             dsn=dsn, pool_min=0, pool_max=2, user=database_role("licensing")
@@ -125,6 +142,7 @@ def world(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             for method, request in party_requests(licence):
                 calls[method](request)
             registry.create_licence(ADMIN, create_request(licence))
+            registry.create_licence(ADMIN, create_request(random_licence))
             registry.register_signing_key(
                 ADMIN,
                 licence_service_pb2.RegisterSigningKeyRequest(
@@ -170,6 +188,7 @@ def world(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 vendor_key,
                 talent_key,
                 signing,
+                random_licence.licence_id,
             )
         finally:
             for service in reversed(services):
@@ -352,3 +371,111 @@ def _unapproved_alerts(world: World, expect: int) -> list[alerts_pb2.Alert]:
                     raise
     assert len(found) == expect, f"{len(found)} UNAPPROVED_USE alerts streamed, not {expect}"
     return list(found.values())
+
+
+# --- CheckUse and the meter agree --------------------------------------------------------
+
+_VERDICT_OUTCOME = {"ALLOW": "ACCEPTED", "DENY": "HELD", "NEEDS_APPROVAL": "HELD"}
+
+
+def _random_uses(seed: int, approval_id: str, count: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    made = []
+    for n in range(count):
+        kind = rng.choice(["RENDER", "RENDER", "RENDER", "VIEW"])
+        use: dict[str, Any] = {
+            "kind": kind,
+            "category": rng.choice(["education", "insurance", "insurance", "political", "gaming"]),
+            "territory": rng.choice(["GB", "GB", "US"]),
+            "approval_id": rng.choice([None, approval_id, approval_id, "apr-not-granted"]),
+            "quantity": rng.choice([1, 1, 2]),
+            "render_id": f"random-{n}",
+        }
+        if kind == "VIEW":
+            use["channel"] = rng.choice(["web", "web", "broadcast"])
+            use["quantity"] = rng.choice([1, 500])
+        made.append(use)
+    return made
+
+
+def _approve(world: World, licence_id: str, renders: int) -> str:
+    """A request for ``licence_id``'s insurance use, approved by the talent."""
+    with grpc.insecure_channel(world.licensing.address) as channel:
+        stub = approval_service_pb2_grpc.ApprovalServiceStub(channel)
+        asked = stub.RequestApproval(
+            approval_service_pb2.RequestApprovalRequest(
+                request_id=f"random-{uuid.uuid4().hex[:8]}",
+                licence_id=licence_id,
+                category="insurance",
+                use=approvals_pb2.UseDescription(brief="random uses"),
+                renders_requested=renders,
+            ),
+            metadata=bearer_metadata(world.vendor_key),
+            timeout=10,
+        ).approval
+        stub.ApproveUse(
+            approval_service_pb2.ApproveUseRequest(approval_id=asked.approval_id),
+            metadata=bearer_metadata(world.talent_key),
+            timeout=10,
+        )
+    return str(asked.approval_id)
+
+
+def _wait_outcome(world: World, event_id: str) -> tuple[str, str | None]:
+    deadline = time.monotonic() + 60
+    with psycopg.connect(world.run.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT outcome, violation FROM usage_events WHERE event_id = %s", (event_id,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0]), row[1]
+            time.sleep(0.1)
+    raise AssertionError(f"{event_id} not ledgered in 60 s")
+
+
+def test_check_use_gives_the_verdict_the_meter_records(world: World) -> None:
+    """Random uses, each asked through CheckUse and then sent through the pipeline with
+    nothing in between (the same state): the meter records what CheckUse answered."""
+    licence_id = world.random_licence_id
+    approval_id = _approve(world, licence_id, renders=3)
+    uses = _random_uses(16, approval_id, 30)
+    compared: list[tuple[str, str | None, str, str | None]] = []
+    with (
+        ApprovalsClient(target=world.licensing.address, api_key=world.vendor_key) as approvals,
+        UsageClient.kafka(
+            vendor_id=world.vendor_id,
+            signing_key=world.signing,
+            bootstrap_servers=world.run.kafka.bootstrap_servers,
+            topic=world.run.topic(USAGE),
+            spool_dir=None,
+        ) as client,
+    ):
+        deadline = time.monotonic() + 60
+        while approvals.get_approval(approval_id).status != "APPROVED" and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        time.sleep(2)  # the relay and the meter's replica carry the decision
+        for use in uses:
+            common = {
+                "licence_id": licence_id,
+                "avatar_id": world.avatar_id,
+                "category": use["category"],
+                "territory": use["territory"],
+                "approval_id": use["approval_id"],
+                "quantity": use["quantity"],
+            }
+            channel = use.get("channel")
+            check = approvals.check_use(kind=use["kind"], channel=channel, **common)
+            if use["kind"] == "RENDER":
+                event_id = client.render(render_id=use["render_id"], **common)
+            else:
+                event_id = client.view(render_id="random-0", channel=channel, **common)
+            assert client.flush(30) == 0
+            outcome, violation = _wait_outcome(world, event_id)
+            compared.append((check.verdict, check.violation, outcome, violation))
+    verdicts = {c[0] for c in compared}
+    assert verdicts == {"ALLOW", "DENY", "NEEDS_APPROVAL"}, compared  # the mix covers all
+    disagreements = [c for c in compared if (_VERDICT_OUTCOME[c[0]], c[1]) != (c[2], c[3])]
+    assert disagreements == [], disagreements
