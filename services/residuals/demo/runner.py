@@ -53,7 +53,7 @@ from residuals.demo.review import ReviewFailed, ReviewScene
 from residuals.demo.review import licence_specs as review_licences
 from residuals.demo.scenario import ATTACKER, Scenario, build_scenario
 from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
-from residuals.domain.closing import content_hash
+from residuals.domain.closing import content_hash, licences_for_period
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import AcknowledgedProducer, topic_name
@@ -610,7 +610,14 @@ class Demo:
         )
         hostile_vendor.write(out / "hostile.jsonl", hostile, period)
         rejections += hostile_vendor.rejections(hostile, period, self.hostile_name)
-        licences = registry_licences(self.registry.licences())
+        # The licences the closed statement covers (Mai's, from the review scene, start
+        # after a past period and are then not part of it).
+        used = {str(e["licence_id"]) for e in review_events} | {
+            str(p.raw.get("licence_id")) for p in published if p.replayable
+        }
+        licences = licences_for_period(
+            registry_licences(self.registry.licences()), scenario.window.period, used
+        )
         write_case(
             out / "case.yaml",
             name=f"residuals demo, seed {self.options.seed}",
