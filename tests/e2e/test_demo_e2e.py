@@ -194,6 +194,14 @@ def test_reconciled_paid_and_alerted(first: Run, stack: StackSettings) -> None:
     suspended = {a["licence_id"] for a in alerts if a["change"] == "LICENCE_SUSPENDED"}
     assert suspended == {"LIC-KOFI-CASTLY", "LIC-JUNE-MUSE"}
     assert "Violations" in first.output and "TAL-AMARA Amara Okafor" in first.output
+    # Review before use: one approved, one denied, one unasked; past max_renders held.
+    unapproved = [a for a in alerts if a["change"] == "RAISED" and a["kind"] == "UNAPPROVED_USE"]
+    assert sorted(a["licence_id"] for a in unapproved) == ["LIC-MAI-DUBLY", "LIC-MAI-PIXEL"]
+    review = first.output[first.output.index("Review before use") :]
+    assert re.search(r"approved +apr-\S+ +PixelForge: 2 renders", review), review[:800]
+    assert re.search(r"denied +apr-\S+ +MuseAI: no payday-loan", review), review[:800]
+    assert "unasked   Dubly rendered without asking" in review
+    assert "2 of 3 approved renders billed" in review
 
     assert processes_of(m["run_id"]) == []
     assert topics_of(stack, m["run_id"]) == []
