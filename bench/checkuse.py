@@ -61,7 +61,7 @@ from residuals.platform.roles import database_role
 from residuals.stack import lifecycle
 from residuals.stack.settings import StackSettings
 from residuals.v1 import approval_service_pb2, approval_service_pb2_grpc, common_pb2
-from tests.support.licensing import api_key, create_request, party_requests
+from tests.support.licensing import api_key, register_licences
 from tests.support.payouts import migrated_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,21 +100,9 @@ def populate(dsn: str, licences: int, now: datetime) -> str:
     settings = PostgresSettings(dsn=dsn, pool_min=1, pool_max=2)
     with Database(settings, application_name="bench-setup").open() as db:
         registry = Registry(db)
-        calls = {
-            "CreateTalent": lambda r: registry.create_talent(ADMIN, r.talent),
-            "CreateAvatar": lambda r: registry.create_avatar(ADMIN, r.avatar),
-            "CreateVendor": lambda r: registry.create_vendor(ADMIN, r.vendor),
-            "CreatePayee": lambda r: registry.create_payee(ADMIN, r.payee),
-        }
-        done: set[tuple[str, str]] = set()
-        for index in range(licences):
-            licence = parse_licence(licence_spec(index))
-            for method, request in party_requests(licence):
-                key = (method, request.SerializeToString().hex())
-                if key not in done:
-                    calls[method](request)
-                    done.add(key)
-            registry.create_licence(ADMIN, create_request(licence))
+        register_licences(
+            registry, ADMIN, *(parse_licence(licence_spec(i)) for i in range(licences))
+        )
     period = str(Period.containing(now))
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         for index in range(licences):

@@ -49,7 +49,7 @@ from residuals.v1 import (
     common_pb2,
     licence_service_pb2,
 )
-from tests.support.licensing import api_key, create_request, party_requests
+from tests.support.licensing import api_key, register_licences
 from tests.support.metering import Pipeline, pipeline, wait_serving
 from tests.support.payouts import migrated_database
 
@@ -133,16 +133,7 @@ def world(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         )
         with Database(settings, application_name="e2e").open() as db:
             registry = Registry(db)
-            calls = {
-                "CreateTalent": lambda r: registry.create_talent(ADMIN, r.talent),
-                "CreateAvatar": lambda r: registry.create_avatar(ADMIN, r.avatar),
-                "CreateVendor": lambda r: registry.create_vendor(ADMIN, r.vendor),
-                "CreatePayee": lambda r: registry.create_payee(ADMIN, r.payee),
-            }
-            for method, request in party_requests(licence):
-                calls[method](request)
-            registry.create_licence(ADMIN, create_request(licence))
-            registry.create_licence(ADMIN, create_request(random_licence))
+            register_licences(registry, ADMIN, licence, random_licence)
             registry.register_signing_key(
                 ADMIN,
                 licence_service_pb2.RegisterSigningKeyRequest(

@@ -22,7 +22,7 @@ from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import approval_service_pb2, common_pb2, licence_service_pb2
-from tests.support.licensing import create_request, party_requests
+from tests.support.licensing import create_request, register_licences
 from tests.support.payouts import migrated_database
 
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
@@ -67,17 +67,7 @@ def world(stack: StackSettings) -> Iterator[World]:
         )
         db = Database(settings, application_name="licensing").open()
         try:
-            registry = Registry(db, clock=lambda: NOW)
-            licence = parse_licence(LICENCE)
-            calls = {
-                "CreateTalent": lambda r: registry.create_talent(ADMIN, r.talent),
-                "CreateAvatar": lambda r: registry.create_avatar(ADMIN, r.avatar),
-                "CreateVendor": lambda r: registry.create_vendor(ADMIN, r.vendor),
-                "CreatePayee": lambda r: registry.create_payee(ADMIN, r.payee),
-            }
-            for method, request in party_requests(licence):
-                calls[method](request)
-            registry.create_licence(ADMIN, create_request(licence))
+            register_licences(Registry(db, clock=lambda: NOW), ADMIN, parse_licence(LICENCE))
             with psycopg.connect(dsn, autocommit=True) as conn:
                 _approval(conn, "apr-ok", "approved", max_renders=3)
                 _approval(conn, "apr-wait", "pending")

@@ -224,6 +224,24 @@ def party_requests(licence: Licence) -> list[tuple[str, Any]]:
     return requests
 
 
+_PARTY_CALLS = {
+    "CreateTalent": ("create_talent", "talent"),
+    "CreateAvatar": ("create_avatar", "avatar"),
+    "CreateVendor": ("create_vendor", "vendor"),
+    "CreatePayee": ("create_payee", "payee"),
+}
+
+
+def register_licences(registry: Registry, principal: Principal, *licences: Licence) -> None:
+    """The licences' parties and the licences, through the registry's own code (no gRPC).
+    A party created again with the same content is a no-op, so licences may share them."""
+    for licence in licences:
+        for method, request in party_requests(licence):
+            call, field = _PARTY_CALLS[method]
+            getattr(registry, call)(principal, getattr(request, field))
+        registry.create_licence(principal, create_request(licence))
+
+
 def create_request(licence: Licence) -> licence_service_pb2.CreateLicenceRequest:
     message = licence_codec.to_proto(licence)
     return licence_service_pb2.CreateLicenceRequest(
