@@ -50,6 +50,7 @@ def test_licences_topic_is_compacted_and_logs_are_retained(admin: AdminClient) -
     assert {name for name, policy in policies.items() if policy == "compact"} == {
         topics.LICENCES.name,
         topics.SIGNING_KEYS.name,
+        topics.APPROVALS.name,
     }
 
 
