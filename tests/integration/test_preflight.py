@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from residuals.codecs.timestamps import set_timestamp
 from residuals.domain.licence_spec import parse_licence
 from residuals.licensing.errors import InvalidArgument, NotFound
+from residuals.licensing.metrics import PreflightMetrics
 from residuals.licensing.preflight import Preflight
 from residuals.licensing.registry import Registry
 from residuals.platform.auth import PermissionDenied, Principal, Role
@@ -56,6 +58,7 @@ LICENCE = {
 class World:
     dsn: str
     preflight: Preflight
+    metrics: PreflightMetrics
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,8 @@ def world(stack: StackSettings) -> Iterator[World]:
                 for i in range(2):
                     _render(conn, f"r{i}", "apr-ok", "ACCEPTED")
                 _render(conn, "r-held", "apr-ok", "HELD", violation="UNAPPROVED_USE")
-            yield World(dsn, Preflight(db, clock=lambda: NOW))
+            metrics = PreflightMetrics(CollectorRegistry())
+            yield World(dsn, Preflight(db, clock=lambda: NOW, metrics=metrics), metrics)
         finally:
             db.close()
 
@@ -160,7 +164,9 @@ def test_a_forbidden_category_is_denied_with_the_violation(world: World) -> None
 
 
 def test_an_approval_required_category_needs_an_approval(world: World) -> None:
+    asked = world.metrics.verdicts.labels("NEEDS_APPROVAL")._value.get()
     response = check(world, category="insurance")
+    assert world.metrics.verdicts.labels("NEEDS_APPROVAL")._value.get() == asked + 1
     assert response.verdict == approval_service_pb2.USE_VERDICT_NEEDS_APPROVAL
     assert response.violation == common_pb2.VIOLATION_KIND_UNAPPROVED_USE
     assert "approval" in response.explanation

@@ -1,4 +1,5 @@
-"""The licensing service's Prometheus series: the outbox relay's publishing and backlog."""
+"""The licensing service's Prometheus series: the outbox relay's publishing and backlog, and
+the pre-flight check's verdicts (RPC counts and latencies are the shared gRPC series)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,20 @@ class RelayMetrics:
 def default_metrics() -> RelayMetrics:
     """The series on the global registry, created once per process."""
     return RelayMetrics()
+
+
+class PreflightMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.verdicts = Counter(
+            "residuals_checkuse_verdicts_total",
+            "Pre-flight CheckUse answers, by verdict (ALLOW, DENY, NEEDS_APPROVAL): how often"
+            " vendors ask before a use the talent must approve or would be held.",
+            ("verdict",),
+            registry=registry,
+        )
+
+
+@functools.cache
+def default_preflight_metrics() -> PreflightMetrics:
+    """The series on the global registry, created once per process."""
+    return PreflightMetrics()

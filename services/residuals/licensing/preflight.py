@@ -43,6 +43,7 @@ from residuals.domain.vocabulary import Kind, Violation
 from residuals.ledger.directory import APPROVED_RENDERS_SQL, QUOTA_USED_SQL
 from residuals.licensing import access, store
 from residuals.licensing.errors import InvalidArgument, NotFound
+from residuals.licensing.metrics import PreflightMetrics, default_preflight_metrics
 from residuals.platform.auth import Principal
 from residuals.platform.errors import timestamp_field
 from residuals.platform.postgres import Database
@@ -84,8 +85,13 @@ class Preflight:
         *,
         clock: Callable[[], datetime] = utc_now,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        metrics: PreflightMetrics | None = None,
     ) -> None:
         self.db = db
+        counter = (metrics or default_preflight_metrics()).verdicts
+        # Labelled once: every series exists from the start (at 0), and a check pays no
+        # label lookup.
+        self._verdicts = {answer: counter.labels(answer.value) for answer in Answer}
         self.clock = clock
         self.cache_size = cache_size
         self._licences: OrderedDict[str, tuple[int, Licence]] = OrderedDict()
@@ -130,6 +136,7 @@ class Preflight:
             )
             counters.approval_renders[use.approval_id] = int(row[10] or 0)
         verdict = check_use(event, licence, counters, approvals)
+        self._verdicts[verdict.answer].inc()
         return _response(verdict, licence, event, approvals)
 
     @contextmanager
