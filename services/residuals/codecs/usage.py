@@ -18,6 +18,7 @@ from residuals.domain.bounds import (
 )
 from residuals.domain.events import UsageEvent
 from residuals.domain.money import fmt
+from residuals.domain.vocabulary import Violation
 from residuals.v1 import common_pb2, usage_pb2
 
 _KIND_PREFIX = "USAGE_KIND_"
@@ -55,6 +56,12 @@ def kind_name(value: int) -> str:
 def kind_value(name: str) -> common_pb2.UsageKind.ValueType:
     """``VIEW`` → ``USAGE_KIND_VIEW``; ValueError for a name the wire does not know."""
     return common_pb2.UsageKind.Value(_KIND_PREFIX + name)
+
+
+def violation_value(violation: Violation) -> common_pb2.ViolationKind.ValueType:
+    """``Violation.UNAPPROVED_USE`` → ``VIOLATION_KIND_UNAPPROVED_USE`` (the meter's records
+    and alerts, the pre-flight answer)."""
+    return common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
 
 
 def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:

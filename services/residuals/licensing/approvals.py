@@ -45,7 +45,6 @@ from residuals.licensing.errors import (
 from residuals.licensing.registry import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    MAX_REASON_CHARS,
     _identifier,
     _trace_headers,
     utc_now,
@@ -221,14 +220,9 @@ def _echo(value: str) -> str:
 
 
 def _note(field: str, text: str, *, required: bool) -> str:
-    text = text.strip()
-    if not text:
-        if required:
-            raise InvalidArgument.field(field, "is required (shown to the vendor)")
-        return ""
-    problem = text_problem(text, MAX_REASON_CHARS)
-    if problem is not None:
-        raise InvalidArgument.field(field, problem)
+    text = audit.reason_text(field, text)
+    if required and not text:
+        raise InvalidArgument.field(field, "is required (shown to the vendor)")
     return text
 
 

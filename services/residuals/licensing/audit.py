@@ -16,12 +16,23 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from residuals.domain.bounds import printable
+from residuals.domain.bounds import printable, text_problem
+from residuals.licensing.errors import InvalidArgument
 from residuals.licensing.store import Conn
 from residuals.platform.auth import Principal
 
 #: Longest reason kept (the request's reason is bounded before this; a safety net).
 MAX_REASON_CHARS = 1000
+
+
+def reason_text(field: str, text: str) -> str:
+    """A reason or note: stripped, printable, bounded (it is stored, audited and shown to
+    people as text); INVALID_ARGUMENT naming ``field`` otherwise."""
+    text = text.strip()
+    problem = text_problem(text, MAX_REASON_CHARS)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return text
 
 
 class Action(StrEnum):

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from residuals.codecs.usage import kind_name
+from residuals.codecs.usage import kind_name, violation_value
 from residuals.domain.approvals import Approval
 from residuals.domain.bounds import text_problem
 from residuals.domain.events import UsageEvent
@@ -47,7 +47,7 @@ from residuals.licensing.metrics import PreflightMetrics, default_preflight_metr
 from residuals.platform.auth import Principal
 from residuals.platform.errors import timestamp_field
 from residuals.platform.postgres import Database
-from residuals.v1 import approval_service_pb2, common_pb2
+from residuals.v1 import approval_service_pb2
 
 #: Decoded licences kept (each about a kilobyte).
 DEFAULT_CACHE_SIZE = 20_000
@@ -269,9 +269,7 @@ def _response(
         explanation=_explain(verdict, event, approvals),
     )
     if verdict.violation is not None:
-        response.violation = common_pb2.ViolationKind.Value(
-            "VIOLATION_KIND_" + verdict.violation.value
-        )
+        response.violation = violation_value(verdict.violation)
     if verdict.quota_remaining is not None:
         response.quota_remaining = verdict.quota_remaining
     if verdict.approved_renders_remaining is not None:

@@ -105,13 +105,7 @@ def _ts(message: Any, field: str, default: datetime) -> datetime:
     return default if value is None else value
 
 
-def _reason(field: str, text: str) -> str:
-    """A reason or note: stripped, printable, bounded (it is stored and shown as text)."""
-    text = text.strip()
-    problem = text_problem(text, MAX_REASON_CHARS)
-    if problem is not None:
-        raise InvalidArgument.field(field, problem)
-    return text
+_reason = audit.reason_text
 
 
 @dataclass(frozen=True)

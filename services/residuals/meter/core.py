@@ -45,6 +45,7 @@ from residuals.admission import MAX_EVENT_BYTES, Admitted, Refused, admit, trust
 from residuals.codecs import receipt
 from residuals.codecs.signing import VerifyingKey
 from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import violation_value
 from residuals.domain.approvals import Approval
 from residuals.domain.bounds import printable
 from residuals.domain.events import UsageEvent
@@ -328,7 +329,7 @@ class Meter:
             rated.outcome = Outcome.OUTCOME_DUPLICATE
         else:
             rated.outcome = Outcome.OUTCOME_CONFLICT
-            rated.violation = messages.violation_kind(Violation.DUPLICATE_CONFLICT)
+            rated.violation = violation_value(Violation.DUPLICATE_CONFLICT)
             owner = licence or self.licences.get(first.event.licence_id or "")
             if owner is not None:
                 version = owner.version_at(c.event.occurred_at).version

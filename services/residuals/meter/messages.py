@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import violation_value
 from residuals.domain.events import UsageEvent
 from residuals.domain.licences import Licence
 from residuals.domain.metering import Rating
@@ -26,10 +27,6 @@ _EXCLUSIONS = {
     "ivt": usage_pb2.RatedUsage.EXCLUSION_IVT,
     "non_viewable": usage_pb2.RatedUsage.EXCLUSION_NON_VIEWABLE,
 }
-
-
-def violation_kind(violation: Violation) -> common_pb2.ViolationKind.ValueType:
-    return common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
 
 
 def reject_reason(reason: RejectReason) -> common_pb2.RejectReason.ValueType:
@@ -78,12 +75,12 @@ def rated_from_rating(rating: Rating) -> usage_pb2.RatedUsage:
     rated.tier = tier
     if deciding is not None:
         rated.outcome = Outcome.OUTCOME_HELD
-        rated.violation = violation_kind(deciding)
+        rated.violation = violation_value(deciding)
     else:
         rated.outcome = Outcome.OUTCOME_ACCEPTED
     for violation in rating.violations:
         if violation is not deciding:
-            rated.notices.append(violation_kind(violation))
+            rated.notices.append(violation_value(violation))
     return rated
 
 
@@ -129,7 +126,7 @@ def make_alert(
         suspended = rating.suspended_licence and violation.suspends
     alert = alerts_pb2.Alert(
         alert_id=identity,
-        kind=violation_kind(violation),
+        kind=violation_value(violation),
         severity=common_pb2.Severity.Value("SEVERITY_" + violation.severity.value),
         licence_id=licence.licence_id,
         licence_version=version,
