@@ -9,7 +9,7 @@ how events arrived and equals what the meter estimated when they arrived in orde
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from operator import attrgetter
@@ -298,15 +298,17 @@ def compute_statement(
     carried_in: Mapping[tuple[str, str], Decimal] | None = None,
     approvals: Iterable[Approval] = (),
     approval_renders_in: Mapping[str, int] | None = None,
+    on_rated: Callable[[Licence, Sequence[Rating]], None] | None = None,
 ) -> PeriodStatement:
     """The period statement by docs/ROYALTY-RULES.md, from events in arrival order.
 
     ``approval_renders_in``: render units each approval covered in earlier periods (§5a),
-    e.g. the previous statement's :attr:`PeriodStatement.approval_renders`."""
+    e.g. the previous statement's :attr:`PeriodStatement.approval_renders`. ``on_rated``
+    sees each licence's ratings in scope order (breakdowns by where a use happened)."""
     with localcontext(MONEY_CONTEXT):
         by_id = {a.approval_id: a for a in approvals}
         renders = dict(approval_renders_in or {})
-        return _compute(period, licences, events, thresholds, carried_in, by_id, renders)
+        return _compute(period, licences, events, thresholds, carried_in, by_id, renders, on_rated)
 
 
 def _compute(
@@ -317,6 +319,7 @@ def _compute(
     carried_in: Mapping[tuple[str, str], Decimal] | None,
     approvals: Mapping[str, Approval],
     approval_renders: dict[str, int],
+    on_rated: Callable[[Licence, Sequence[Rating]], None] | None = None,
 ) -> PeriodStatement:
     registry = {lic.licence_id: lic for lic in licences}
     tally = _Tally()
@@ -334,6 +337,8 @@ def _compute(
         ratings = rate_licence_events(
             licence, uses.get(licence_id, []), period, approvals, approval_renders
         )
+        if on_rated is not None:
+            on_rated(licence, ratings)
         excluded = tally.excluded[licence_id]
         for rating in ratings:
             if rating.excluded:

@@ -26,7 +26,7 @@ the accounting stays accepted = ledgered + held + dead + duplicates.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,38 @@ SELECT 'usage_events', {_COLUMNS}, payload, NULL AS reason, NULL AS detail, outc
 UNION ALL
 SELECT 'usage_repeats', {_COLUMNS}, payload, NULL, NULL, NULL
   FROM usage_repeats WHERE adjustment_period = %(p)s
+ORDER BY arrival_seq
+"""
+
+#: One payee's part of a period: the rows of some licences, plus every row the rules need
+#: to decide those rows' identities - the accepted row of an identity one of them re-sent
+#: (a conflicting re-send may name another licence), the re-sends of their accepted
+#: identities, and retractions of them (which may not name the licence). The extra rows
+#: only decide identity; their own licences are not part of the part.
+_PART_ROWS = f"""
+WITH own AS (
+    SELECT vendor_id, event_id FROM usage_events
+     WHERE period = %(p)s AND adjustment_period IS NULL AND licence_id = ANY(%(l)s)
+    UNION
+    SELECT vendor_id, event_id FROM usage_repeats
+     WHERE period = %(p)s AND adjustment_period IS NULL AND licence_id = ANY(%(l)s)
+)
+SELECT 'usage_events', {_COLUMNS}, payload, NULL AS reason, NULL AS detail, outcome
+  FROM usage_events
+ WHERE period = %(p)s AND adjustment_period IS NULL
+   AND (licence_id = ANY(%(l)s)
+        OR (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own)
+        OR (kind = 'RETRACTION'
+            AND (vendor_id, original_event_id) IN (SELECT vendor_id, event_id FROM own)))
+UNION ALL
+SELECT 'usage_repeats', {_COLUMNS}, payload, NULL, NULL, NULL
+  FROM usage_repeats
+ WHERE period = %(p)s AND adjustment_period IS NULL
+   AND (licence_id = ANY(%(l)s)
+        OR (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own))
+UNION ALL
+SELECT 'dead_letters', {_COLUMNS}, NULL, reason, detail, NULL
+  FROM dead_letters WHERE period = %(p)s AND licence_id = ANY(%(l)s)
 ORDER BY arrival_seq
 """
 
@@ -183,10 +215,16 @@ def _known(identity: tuple[str, str]) -> tuple[str | None, str | None]:
     return identity[0] or None, identity[1] or None
 
 
-def load_period(conn: Connection[Any], period: Period | str) -> Loaded:
+def load_period(
+    conn: Connection[Any], period: Period | str, licence_ids: Sequence[str] | None = None
+) -> Loaded:
     """The period's events in arrival order (as ``compute_statement`` takes them), with
-    the rows that could not be loaded as they are."""
-    return _load(conn.execute(_PERIOD_ROWS, {"p": str(period)}).fetchall())
+    the rows that could not be loaded as they are. With ``licence_ids``, only what those
+    licences' part of the statement needs (:data:`_PART_ROWS`)."""
+    if licence_ids is None:
+        return _load(conn.execute(_PERIOD_ROWS, {"p": str(period)}).fetchall())
+    params = {"p": str(period), "l": list(licence_ids)}
+    return _load(conn.execute(_PART_ROWS, params).fetchall())
 
 
 def load_period_events(conn: Connection[Any], period: Period | str) -> list[UsageEvent | Rejection]:

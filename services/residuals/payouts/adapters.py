@@ -187,6 +187,11 @@ class LedgerEvents:
                 events.append(event)
         return events
 
+    def part_events(
+        self, conn: Conn, period: Period, licence_ids: Sequence[str]
+    ) -> Sequence[UsageEvent | Rejection]:
+        return self._usable(conn, load_period(conn, period, licence_ids)).items
+
     def late_periods(self, conn: Conn, period: Period) -> list[str]:
         return ledger.late_periods(conn, period)
 

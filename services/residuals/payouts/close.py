@@ -24,7 +24,7 @@ A dry run does all of it and rolls back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,7 +48,9 @@ from residuals.domain.closing import (
     with_advance_outstanding,
 )
 from residuals.domain.licences import Licence
+from residuals.domain.metering import Rating
 from residuals.domain.money import ZERO, round_money
+from residuals.domain.parts import compute_part, part_licence_ids
 from residuals.domain.payouts import plan_payouts
 from residuals.domain.period import Period
 from residuals.domain.statement import PeriodStatement, compute_statement
@@ -145,6 +147,42 @@ def restate_statement(
         approval_renders_in=_renders(inputs.get("approval_renders_in")),
     )
     return statement
+
+
+def restate_part(
+    conn: Conn,
+    sources: Sources,
+    stored: store.StoredStatement,
+    licences: Iterable[Licence],
+    payee_id: str,
+    *,
+    on_rated: Callable[[Licence, Sequence[Rating]], None] | None = None,
+) -> dict[str, Any]:
+    """``payee_id``'s part of a closed statement (:mod:`residuals.domain.parts`) computed
+    again from its own events and the statement's stored inputs; equal to
+    ``part_document(stored.document, payee_id)`` unless the stored data changed."""
+    period = Period.parse(stored.period)
+    inputs = stored.inputs
+    licence_ids = part_licence_ids(stored.document, payee_id)
+    events = sources.events.part_events(conn, period, licence_ids)
+    used = set(licence_ids) | {getattr(e, "licence_id", None) or "" for e in events}
+    chosen = [
+        lic
+        for lic in _period_licences(licences, period, used, inputs.get("advance", {}))
+        if lic.licence_id in used
+    ]
+    return compute_part(
+        period,
+        chosen,
+        events,
+        payee_id,
+        licence_ids,
+        thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
+        carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
+        approvals=sources.approvals.approvals(conn, list(licence_ids)),
+        approval_renders_in=_renders(inputs.get("approval_renders_in")),
+        on_rated=on_rated,
+    )
 
 
 def _renders(stored: Any) -> dict[str, int]:

@@ -62,6 +62,14 @@ class EventSource(Protocol):
         the late ones recorded as adjustments of periods up to ``through``."""
         ...
 
+    def part_events(
+        self, conn: Conn, period: Period, licence_ids: Sequence[str]
+    ) -> Sequence[UsageEvent | Rejection]:
+        """The period's own events a part of its statement needs, in arrival order: those
+        of ``licence_ids`` and the rows that decide their identities (which may name other
+        licences); a superset is allowed."""
+        ...
+
     def late_periods(self, conn: Conn, period: Period) -> list[str]:
         """Closed periods with uses recorded as adjustments of ``period``."""
         ...

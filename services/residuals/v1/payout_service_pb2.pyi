@@ -21,6 +21,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DocumentFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DocumentFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DocumentFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DOCUMENT_FORMAT_UNSPECIFIED: _DocumentFormat.ValueType  # 0
+    DOCUMENT_FORMAT_PDF: _DocumentFormat.ValueType  # 1
+    """Paginated, printable (application/pdf)."""
+    DOCUMENT_FORMAT_HTML: _DocumentFormat.ValueType  # 2
+    """One self-contained page with inline SVG charts (text/html)."""
+    DOCUMENT_FORMAT_JSON: _DocumentFormat.ValueType  # 3
+    """The payee's part of the statement as canonical JSON: what the document's
+    "statement SHA-256" is computed over (application/json).
+    """
+    DOCUMENT_FORMAT_CSV: _DocumentFormat.ValueType  # 4
+    """One row per line, held line, breakdown cell and payout (text/csv)."""
+
+class DocumentFormat(_DocumentFormat, metaclass=_DocumentFormatEnumTypeWrapper):
+    """A readable statement document's format."""
+
+DOCUMENT_FORMAT_UNSPECIFIED: DocumentFormat.ValueType  # 0
+DOCUMENT_FORMAT_PDF: DocumentFormat.ValueType  # 1
+"""Paginated, printable (application/pdf)."""
+DOCUMENT_FORMAT_HTML: DocumentFormat.ValueType  # 2
+"""One self-contained page with inline SVG charts (text/html)."""
+DOCUMENT_FORMAT_JSON: DocumentFormat.ValueType  # 3
+"""The payee's part of the statement as canonical JSON: what the document's
+"statement SHA-256" is computed over (application/json).
+"""
+DOCUMENT_FORMAT_CSV: DocumentFormat.ValueType  # 4
+"""One row per line, held line, breakdown cell and payout (text/csv)."""
+Global___DocumentFormat: _TypeAlias = DocumentFormat  # noqa: Y015
+
 class _ExportFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -42,6 +76,132 @@ EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 1
 EXPORT_FORMAT_JSON: ExportFormat.ValueType  # 2
 """The statement as canonical JSON (sorted keys, decimal strings)."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
+@_typing.final
+class GetStatementDocumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAYEE_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    TALENT_ID_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """"YYYY-MM" of a closed period."""
+    payee_id: _builtins.str
+    """Whose statement; empty = the caller's own (talent and agent principals)."""
+    format: Global___DocumentFormat.ValueType
+    talent_id: _builtins.str
+    """For an agent or estate payee: only this client's part; empty = the roll-up of all."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        payee_id: _builtins.str = ...,
+        format: Global___DocumentFormat.ValueType = ...,
+        talent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "payee_id", b"payee_id", "period", b"period", "talent_id", b"talent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementDocumentRequest: _TypeAlias = GetStatementDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GetStatementDocumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    PART_SHA256_FIELD_NUMBER: _builtins.int
+    STATEMENT_SHA256_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    content_type: _builtins.str
+    """"application/pdf", "text/html; charset=utf-8", "application/json" or "text/csv"."""
+    filename: _builtins.str
+    """Suggested file name, for example "residuals-2026-10-payee-p1.pdf"."""
+    sha256: _builtins.str
+    """Hex SHA-256 of content."""
+    part_sha256: _builtins.str
+    """Hex SHA-256 of the payee's part of the statement (canonical JSON), as printed in the
+    document and checked by `residuals verify` against an evidence bundle.
+    """
+    statement_sha256: _builtins.str
+    """The whole period statement's content hash (GetStatement's content_hash)."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        part_sha256: _builtins.str = ...,
+        statement_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "filename", b"filename", "part_sha256", b"part_sha256", "sha256", b"sha256", "statement_sha256", b"statement_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementDocumentResponse: _TypeAlias = GetStatementDocumentResponse  # noqa: Y015
+
+@_typing.final
+class ExportEvidenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAYEE_ID_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """"YYYY-MM" of a closed period."""
+    payee_id: _builtins.str
+    """Whose part; empty = the caller's own for talent and agents, the whole statement for
+    finance.
+    """
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        payee_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payee_id", b"payee_id", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEvidenceRequest: _TypeAlias = ExportEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class ExportEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The archive's next bytes; concatenated in order they are the file."""
+    filename: _builtins.str
+    """Set on the first message: suggested file name ("….residuals-evidence.tar.gz")."""
+    sha256: _builtins.str
+    """Set on the last message: hex SHA-256 of the whole archive."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "filename", b"filename", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEvidenceResponse: _TypeAlias = ExportEvidenceResponse  # noqa: Y015
 
 @_typing.final
 class ClosePeriodRequest(_message.Message):

@@ -75,6 +75,16 @@ class PayoutServiceStub:
                 request_serializer=residuals_dot_v1_dot_payout__service__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=residuals_dot_v1_dot_payout__service__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.GetStatementDocument = channel.unary_unary(
+                '/residuals.v1.PayoutService/GetStatementDocument',
+                request_serializer=residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentResponse.FromString,
+                _registered_method=True)
+        self.ExportEvidence = channel.unary_stream(
+                '/residuals.v1.PayoutService/ExportEvidence',
+                request_serializer=residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceRequest.SerializeToString,
+                response_deserializer=residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceResponse.FromString,
+                _registered_method=True)
 
 
 class PayoutServiceServicer:
@@ -140,6 +150,26 @@ class PayoutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatementDocument(self, request, context):
+        """One payee's statement for a closed period as a person reads it (names, breakdowns by
+        where the likeness was used, misuse, carried amounts, payouts, daily charts) in PDF,
+        HTML, JSON or CSV. A talent gets their own, an agent their clients' (one client with
+        talent_id, or the roll-up), finance any payee's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvidence(self, request, context):
+        """The evidence behind a closed statement (one payee's part, or the whole statement for
+        finance) as a portable archive, streamed in chunks: every event's signed payload,
+        signature and batch proof, the vendors' public keys, licence versions, approvals and
+        the inputs to recompute the statement. `residuals verify` checks it offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PayoutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +212,16 @@ def add_PayoutServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=residuals_dot_v1_dot_payout__service__pb2.ReconcileRequest.FromString,
                     response_serializer=residuals_dot_v1_dot_payout__service__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'GetStatementDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatementDocument,
+                    request_deserializer=residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentResponse.SerializeToString,
+            ),
+            'ExportEvidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvidence,
+                    request_deserializer=residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceRequest.FromString,
+                    response_serializer=residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +441,60 @@ class PayoutService:
             '/residuals.v1.PayoutService/Reconcile',
             residuals_dot_v1_dot_payout__service__pb2.ReconcileRequest.SerializeToString,
             residuals_dot_v1_dot_payout__service__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatementDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/residuals.v1.PayoutService/GetStatementDocument',
+            residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentRequest.SerializeToString,
+            residuals_dot_v1_dot_payout__service__pb2.GetStatementDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/residuals.v1.PayoutService/ExportEvidence',
+            residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceRequest.SerializeToString,
+            residuals_dot_v1_dot_payout__service__pb2.ExportEvidenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,18 @@ class PayoutServiceStub:
     entry balances; statements equal the ledger; payee balances equal allocations minus
     payouts.
     """
+    GetStatementDocument: _grpc.UnaryUnaryMultiCallable[_payout_service_pb2.GetStatementDocumentRequest, _payout_service_pb2.GetStatementDocumentResponse]
+    """One payee's statement for a closed period as a person reads it (names, breakdowns by
+    where the likeness was used, misuse, carried amounts, payouts, daily charts) in PDF,
+    HTML, JSON or CSV. A talent gets their own, an agent their clients' (one client with
+    talent_id, or the roll-up), finance any payee's.
+    """
+    ExportEvidence: _grpc.UnaryStreamMultiCallable[_payout_service_pb2.ExportEvidenceRequest, _payout_service_pb2.ExportEvidenceResponse]
+    """The evidence behind a closed statement (one payee's part, or the whole statement for
+    finance) as a portable archive, streamed in chunks: every event's signed payload,
+    signature and batch proof, the vendors' public keys, licence versions, approvals and
+    the inputs to recompute the statement. `residuals verify` checks it offline.
+    """
 
 @_typing.type_check_only
 class PayoutServiceAsyncStub(PayoutServiceStub):
@@ -84,6 +96,18 @@ class PayoutServiceAsyncStub(PayoutServiceStub):
     """Checks the invariants: accepted = ledgered + held + dead + duplicates; every journal
     entry balances; statements equal the ledger; payee balances equal allocations minus
     payouts.
+    """
+    GetStatementDocument: _aio.UnaryUnaryMultiCallable[_payout_service_pb2.GetStatementDocumentRequest, _payout_service_pb2.GetStatementDocumentResponse]  # type: ignore[assignment]
+    """One payee's statement for a closed period as a person reads it (names, breakdowns by
+    where the likeness was used, misuse, carried amounts, payouts, daily charts) in PDF,
+    HTML, JSON or CSV. A talent gets their own, an agent their clients' (one client with
+    talent_id, or the roll-up), finance any payee's.
+    """
+    ExportEvidence: _aio.UnaryStreamMultiCallable[_payout_service_pb2.ExportEvidenceRequest, _payout_service_pb2.ExportEvidenceResponse]  # type: ignore[assignment]
+    """The evidence behind a closed statement (one payee's part, or the whole statement for
+    finance) as a portable archive, streamed in chunks: every event's signed payload,
+    signature and batch proof, the vendors' public keys, licence versions, approvals and
+    the inputs to recompute the statement. `residuals verify` checks it offline.
     """
 
 class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +182,30 @@ class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
         """Checks the invariants: accepted = ledgered + held + dead + duplicates; every journal
         entry balances; statements equal the ledger; payee balances equal allocations minus
         payouts.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatementDocument(
+        self,
+        request: _payout_service_pb2.GetStatementDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payout_service_pb2.GetStatementDocumentResponse, _abc.Awaitable[_payout_service_pb2.GetStatementDocumentResponse]]:
+        """One payee's statement for a closed period as a person reads it (names, breakdowns by
+        where the likeness was used, misuse, carried amounts, payouts, daily charts) in PDF,
+        HTML, JSON or CSV. A talent gets their own, an agent their clients' (one client with
+        talent_id, or the roll-up), finance any payee's.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEvidence(
+        self,
+        request: _payout_service_pb2.ExportEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_payout_service_pb2.ExportEvidenceResponse], _abc.AsyncIterator[_payout_service_pb2.ExportEvidenceResponse]]:
+        """The evidence behind a closed statement (one payee's part, or the whole statement for
+        finance) as a portable archive, streamed in chunks: every event's signed payload,
+        signature and batch proof, the vendors' public keys, licence versions, approvals and
+        the inputs to recompute the statement. `residuals verify` checks it offline.
         """
 
 def add_PayoutServiceServicer_to_server(servicer: PayoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
