@@ -255,6 +255,11 @@ def test_month_close_export_pay_adjust_reconcile(month: Month) -> None:
     listing = _json(month.finance("payouts", "--period", "2026-10"))
     rows = [line.split() for line in listing.splitlines() if line.startswith("po_")]
     assert [(r[5], r[6]) for r in rows] == [("PAID", "2")] * len(payable)  # two attempts
+    as_json = json.loads(_json(month.finance("payouts", "--period", "2026-10", "--json")))
+    assert [(p["state"], p["attempts"]) for p in as_json["payouts"]] == [("PAID", 2)] * len(payable)
+    assert {
+        (p["payee_id"], p["currency"]): Decimal(p["amount"]) for p in as_json["payouts"]
+    } == paid_amounts
 
     # --- a late October event and November usage; November closes with the adjustment
     # a licence in good standing (nothing held: not suspended, no quota reached)
@@ -289,6 +294,16 @@ def test_month_close_export_pay_adjust_reconcile(month: Month) -> None:
     # --- reconcile to zero, from the CLI and over gRPC
     report = _json(month.finance("reconcile"))
     assert report.count("reconciled: no differences") == 2, report
+    as_json = json.loads(_json(month.finance("reconcile", "--json")))
+    assert as_json["ok"] and [r["period"] for r in as_json["reports"]] == ["2026-10", "2026-11"]
+    assert all(c["ok"] for r in as_json["reports"] for c in r["checks"])
+    listed = json.loads(_json(month.finance("statements", "--json")))["statements"]
+    assert [(s["period"], s["content_hash"]) for s in listed][-1] == (
+        "2026-10",
+        content_hash(oracle),
+    )
+    one = json.loads(_json(month.finance("statements", "--period", "2026-10", "--json")))
+    assert one["statement"] == exported and one["content_hash"] == content_hash(oracle)
     key = api_key(month.dsn, Principal("e2e-finance", Role.FINANCE))
     payouts_topic = month.run.topic(PAYOUTS)
     admin = make_admin(month.run.kafka)

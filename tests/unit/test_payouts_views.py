@@ -19,6 +19,7 @@ from residuals.payouts.settings import PayoutsSettings, parse_thresholds
 from residuals.payouts.store import LicenceMeta, StoredStatement
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.platform.config import ConfigError, load
+from residuals.platform.errors import InvalidArgument
 from residuals.replay.casefile import load_case
 
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
@@ -101,6 +102,27 @@ def test_payout_scope() -> None:
     with pytest.raises(PermissionDenied):
         access.payout_scope(Principal("v", Role.VENDOR, vendor_id="V"), "")
     assert access.payout_scope(Principal("a", Role.ADMIN), "X") == "X"
+
+
+def test_who_may_have_a_statement_document_or_its_evidence() -> None:
+    talent = Principal("t", Role.TALENT, talent_id="TAL-GUS")
+    agent = Principal("a", Role.TALENT, talent_id="AGT-MO")
+    finance = Principal("f", Role.FINANCE)
+    vendor = Principal("v", Role.VENDOR, vendor_id="V")
+    assert access.document_payee(talent, "") == "TAL-GUS"
+    assert access.document_payee(agent, "AGT-MO") == "AGT-MO"
+    assert access.document_payee(finance, "TAL-GUS") == "TAL-GUS"
+    with pytest.raises(PermissionDenied, match="AGT-MO"):
+        access.document_payee(agent, "TAL-GUS")
+    with pytest.raises(PermissionDenied):
+        access.document_payee(vendor, "")
+    with pytest.raises(InvalidArgument, match="payee_id"):
+        access.document_payee(finance, "")
+    assert access.evidence_payee(finance, "") is None  # the whole statement
+    assert access.evidence_payee(Principal("x", Role.ADMIN), "AGT-MO") == "AGT-MO"
+    assert access.evidence_payee(talent, "") == "TAL-GUS"
+    with pytest.raises(PermissionDenied):
+        access.evidence_payee(vendor, "")
 
 
 def test_settings() -> None:

@@ -38,11 +38,23 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
+def version() -> str:
+    """The installed package's version (``pyproject.toml``), or that it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("residuals")
+    except PackageNotFoundError:  # run from a checkout without `pip install -e .`
+        return "unknown (not installed)"
+
+
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="residuals",
         description="Per-use royalty metering for licensed AI likenesses.",
     )
+    parser.add_argument("--version", action="version", version=f"residuals {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in commands or COMMAND_MODULES:
         module, _, function = COMMAND_MODULES[name].partition(":")
@@ -54,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Import only the requested group when it is known: keeps start-up fast.
     first = next((a for a in args_list if not a.startswith("-")), None)
+    if first is None and "--version" in args_list:
+        print(f"residuals {version()}")
+        return 0
     parser = build_parser([first] if first in COMMAND_MODULES else None)
     args = parser.parse_args(args_list)
     result = args.handler(args)

@@ -30,10 +30,12 @@ def register(subparsers: Any) -> None:
     close.add_argument("--force", action="store_true", help="close before the grace period ends")
     close.add_argument("--dry-run", action="store_true", help="compute and show, record nothing")
     close.add_argument("--by", default=os.environ.get("USER", "cli"), help="who closes (audit)")
+    close.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     close.set_defaults(handler=_close)
 
     statements = sub.add_parser("statements", help="list statements, or show one")
     statements.add_argument("--period", help="YYYY-MM: show this statement")
+    statements.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     statements.set_defaults(handler=_statements)
 
     exp = sub.add_parser("export", help="write a statement as CSV and JSON files")
@@ -47,10 +49,12 @@ def register(subparsers: Any) -> None:
     payouts.add_argument("--payee", default="", help="payee id")
     payouts.add_argument("--pay", action="store_true", help="send unpaid payouts via the rail")
     payouts.add_argument("--id", action="append", default=[], help="only this payout (repeat)")
+    payouts.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     payouts.set_defaults(handler=_payouts)
 
     rec = sub.add_parser("reconcile", help="prove events = ledger = statements = payouts")
     rec.add_argument("--period", default="", help="YYYY-MM (default: every closed period)")
+    rec.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     rec.set_defaults(handler=_reconcile)
 
 
@@ -83,6 +87,7 @@ def _period_arg(text: str) -> Any:
 
 
 def _close(args: argparse.Namespace) -> int:
+    from residuals.cli.output import print_json, progress
     from residuals.payouts.app import policy_of
     from residuals.payouts.close import CloseRefused, close_period
 
@@ -90,7 +95,7 @@ def _close(args: argparse.Namespace) -> int:
         period = _period_arg(args.period)
     except ValueError as exc:
         return _fail(str(exc))
-    with _context() as (settings, db, sources):
+    with _context() as (settings, db, sources), progress(f"closing {period}") as shown:
         try:
             with db.connection() as conn:
                 result = close_period(
@@ -101,10 +106,28 @@ def _close(args: argparse.Namespace) -> int:
                     closed_by=args.by,
                     force=args.force,
                     dry_run=args.dry_run,
+                    on_step=shown.step,
                 )
         except CloseRefused as refused:
             return _fail(str(refused), 1)
     st = result.statement
+    if args.json:
+        print_json(
+            {
+                "period": st.period,
+                "state": "already_closed"
+                if result.already_closed
+                else ("dry_run" if result.dry_run else "closed"),
+                "statement_id": st.statement_id,
+                "content_hash": st.content_hash,
+                "closed_at": st.closed_at,
+                "closed_by": st.closed_by,
+                "event_count": st.event_count,
+                "statement": st.document,
+                "adjustments": [a.to_document() for a in st.adjustments],
+            }
+        )
+        return 0
     state = (
         "already closed"
         if result.already_closed
@@ -134,7 +157,21 @@ def _print_statement(doc: dict[str, Any]) -> None:
         )
 
 
+def _statement_json(st: Any) -> dict[str, Any]:
+    return {
+        "period": st.period,
+        "statement_id": st.statement_id,
+        "content_hash": st.content_hash,
+        "closed_at": st.closed_at,
+        "closed_by": st.closed_by,
+        "event_count": st.event_count,
+        "statement": st.document,
+        "adjustments": [a.to_document() for a in st.adjustments],
+    }
+
+
 def _statements(args: argparse.Namespace) -> int:
+    from residuals.cli.output import print_json
     from residuals.payouts import store
 
     with _context() as (_settings, db, _sources), db.connection() as conn:
@@ -142,6 +179,9 @@ def _statements(args: argparse.Namespace) -> int:
             st = store.get_statement(conn, str(_period_arg(args.period)))
             if st is None:
                 return _fail(f"{args.period} has no statement (not closed)", 1)
+            if args.json:
+                print_json(_statement_json(st))
+                return 0
             print(f"{st.period}  {st.statement_id}  sha256 {st.content_hash}")
             _print_statement(st.document)
             for a in st.adjustments:
@@ -151,6 +191,10 @@ def _statements(args: argparse.Namespace) -> int:
                 )
             return 0
         rows = store.list_statements(conn, limit=1000)
+    if args.json:
+        keys = ("statement_id", "period", "content_hash", "closed_at", "licences")
+        print_json({"statements": [dict(zip(keys, row, strict=True)) for row in rows]})
+        return 0
     print(f"{'period':<8} {'statement':<12} {'licences':>8}  closed at                  sha256")
     for statement_id, period, digest, closed_at, count in rows:
         print(f"{period:<8} {statement_id:<12} {count:>8}  {closed_at.isoformat():<26} {digest}")
@@ -196,6 +240,11 @@ def _payouts(args: argparse.Namespace) -> int:
                 rows = store.list_payouts(
                     conn, period=args.period, payee_id=args.payee, limit=100_000
                 )
+    if args.json:
+        from residuals.cli.output import print_json
+
+        print_json({"payouts": rows})
+        return 0
     total: dict[tuple[str, str], Decimal] = {}
     print(f"{'payout':<20} {'period':<8} {'payee':<20} {'amount':>12} cur {'state':<8} tries")
     for p in rows:
@@ -222,6 +271,13 @@ def _reconcile(args: argparse.Namespace) -> int:
         if not periods:
             return _fail("no closed period to reconcile", 1)
         reports = [reconcile(conn, sources, p) for p in periods]
+    ok = all(r.ok for r in reports)
+    if args.json:
+        from residuals.cli.output import print_json
+        from residuals.payouts.reconcile import report_document
+
+        print_json({"ok": ok, "reports": [report_document(r) for r in reports]})
+        return 0 if ok else 1
     for report in reports:
         print(report.render())
     return 0 if all(r.ok for r in reports) else 1

@@ -112,6 +112,7 @@ def register(subparsers: Any) -> None:
     )
     listing.add_argument("--as-of")
     listing.add_argument("--page-size", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     listing.set_defaults(handler=_handler(_list))
 
     key = sub.add_parser("api-key", help="create or revoke API keys")
@@ -671,8 +672,10 @@ def _list(args: argparse.Namespace, client: Client) -> int:
     )
     _stamp(request.as_of, _time(args.as_of, "--as-of"))
     rows = [("LICENCE", "TALENT", "AVATAR", "VENDOR", "CUR", "STATUS", "VERSIONS", "REVISION")]
+    found: list[Any] = []
     while True:
         page = client.call("ListLicences", request)
+        found.extend(page.licences)
         rows += [
             (
                 lic.licence_id,
@@ -689,6 +692,13 @@ def _list(args: argparse.Namespace, client: Client) -> int:
         if not page.next_page_token:
             break
         request.page_token = page.next_page_token
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        from residuals.cli.output import print_json
+
+        print_json({"licences": [MessageToDict(lic) for lic in found]})
+        return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -14,6 +14,7 @@ from typing import Any
 
 from residuals.payouts.store import StoredStatement
 from residuals.platform.auth import PermissionDenied, Principal, Role
+from residuals.platform.errors import InvalidArgument
 
 FINANCE_ROLES: tuple[Role, ...] = (Role.FINANCE, Role.ADMIN)
 
@@ -83,3 +84,28 @@ def payout_scope(principal: Principal, requested_payee: str) -> str:
             raise PermissionDenied(f"{principal.describe()} may only see payouts to {own}")
         return own
     raise PermissionDenied(f"{principal.describe()} may not see payouts")
+
+
+def document_payee(principal: Principal, requested_payee: str) -> str:
+    """Whose statement document a caller may have: finance any payee's (named), talent,
+    agent and estate principals only their own (their payee id is their talent id);
+    vendors none (payee data spans vendors)."""
+    if sees_everything(principal):
+        if not requested_payee:
+            raise InvalidArgument.field("payee_id", "is required (whose statement?)")
+        return requested_payee
+    if principal.role is Role.TALENT:
+        own = principal.talent_id or ""
+        if requested_payee and requested_payee != own:
+            raise PermissionDenied(
+                f"{principal.describe()} may only have the statement of payee {own}"
+            )
+        return own
+    raise PermissionDenied(f"{principal.describe()} may not have payee statements")
+
+
+def evidence_payee(principal: Principal, requested_payee: str) -> str | None:
+    """Whose evidence a caller may export: None is the whole statement (finance only)."""
+    if sees_everything(principal) and not requested_payee:
+        return None
+    return document_payee(principal, requested_payee)

@@ -200,14 +200,19 @@ def close_period(
     now: datetime | None = None,
     force: bool = False,
     dry_run: bool = False,
+    on_step: Callable[[str], None] | None = None,
 ) -> CloseResult:
-    """Close ``period`` (see the module docstring). ``conn`` must not be in a transaction."""
+    """Close ``period`` (see the module docstring). ``conn`` must not be in a transaction.
+
+    ``on_step`` hears the name of each step as it starts (progress for a person waiting)."""
     now = now or datetime.now(UTC)
     span = tracer.start_as_current_span("close_period", attributes={"period": str(period)})
     with span, bulk_allocations():
         try:
             with conn.transaction():
-                result = _close(conn, sources, period, policy, closed_by, now, force, dry_run)
+                result = _close(
+                    conn, sources, period, policy, closed_by, now, force, dry_run, on_step
+                )
                 if dry_run and not result.already_closed:
                     raise _DryRun(result)
                 return result
@@ -224,7 +229,10 @@ def _close(
     now: datetime,
     force: bool,
     dry_run: bool,
+    on_step: Callable[[str], None] | None,
 ) -> CloseResult:
+    step = on_step or (lambda _name: None)
+    step("waiting for the close lock")
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (store.CLOSE_LOCK,))
     key = str(period)
     existing = store.get_statement(conn, key)
@@ -242,6 +250,7 @@ def _close(
     if closed and Period.parse(closed[-1]).next() != period:
         raise CloseRefused(f"close {Period.parse(closed[-1]).next()} before {key}")
 
+    step("fencing the period and loading licences")
     sources.events.mark_closed(conn, period)
     licences = sources.licences.licences(conn)
     registry = {lic.licence_id: lic for lic in licences}
@@ -251,6 +260,7 @@ def _close(
     adjustments: list[AdjustmentLine] = []
     corrected: list[str] = []
     for target in sorted(sources.events.late_periods(conn, period)):
+        step(f"restating {target} with its late uses")
         stored = store.get_statement(conn, target)
         if stored is None:
             continue
@@ -265,6 +275,7 @@ def _close(
     # 4. advances and carried-in balances from the journal
     balance = store.balances(conn)
     _merge(balance, journal.balances(new_entries))
+    step("loading the period's events")
     events = sources.events.period_events(conn, period)
     used = {getattr(e, "licence_id", None) or "" for e in events}
     chosen = licences_for_period(licences, period, used & set(registry))
@@ -290,6 +301,7 @@ def _close(
     # 5. the statement; approvals carry their render counts on from the last close
     previous = store.get_statement(conn, closed[-1]) if closed else None
     renders_in = _renders(previous.inputs.get("approval_renders")) if previous else {}
+    step(f"rating {len(events):,} events by the rules")
     statement = compute_statement(
         period,
         priced,
@@ -303,6 +315,7 @@ def _close(
     canonical = canonical_json(document).decode("utf-8")
     adjustments_doc = [a.to_document() for a in adjustments]
     statement_id = store.statement_id_for(key)
+    step("recording the statement, journal and payouts")
     inputs = {
         "licences": [lic.licence_id for lic in priced],
         "advance": advance,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from residuals.cli.output import Progress, progress
 from residuals.domain.statement import PeriodStatement, compute_statement
 from residuals.platform.heap import bulk_allocations
 from residuals.replay.casefile import Case, CaseError, load_case, read_event_lines
@@ -19,11 +20,12 @@ from residuals.replay.compare import differences
 from residuals.replay.table import render_table
 
 
-def replay(case: Case) -> PeriodStatement:
+def replay(case: Case, shown: Progress | None = None) -> PeriodStatement:
+    events = case.events() if shown is None else shown.track(case.events())
     return compute_statement(
         case.period,
         case.licences,
-        case.events(),
+        events,
         thresholds=case.thresholds,
         carried_in=case.carried_in,
         approvals=case.approvals,
@@ -65,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             case = load_case(path)
             case.more_events = [read_event_lines(p) for p in args.events]
-            doc = replay(case).to_document()
+            with progress(f"replaying {path.name}: events read") as shown:
+                doc = replay(case, shown).to_document()
         except CaseError as exc:
             print(f"residuals replay: {exc}", file=sys.stderr)
             return 2
