@@ -9,7 +9,10 @@ module only decides its inputs the same way every time:
 * the advance a period may recoup comes from the journal, not from the licence text once
   the licence version has been opened (:func:`with_advance_outstanding`);
 * the canonical JSON and SHA-256 that make "closing twice gives the same statement"
-  checkable byte for byte (:func:`canonical_json`, :func:`content_hash`).
+  checkable byte for byte (:func:`canonical_json`, :func:`content_hash`);
+* a closed statement's stored inputs read back for computing it again
+  (:class:`RestateInputs`): by the close's restatements, a payee's part, and the offline
+  evidence verifier, which has only a bundle and must choose exactly as the close did.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -68,6 +72,52 @@ def with_advance_outstanding(licence: Licence, period: Period, amount: Decimal) 
         for v in licence.versions
     )
     return dataclasses.replace(licence, versions=versions)
+
+
+def stored_renders(stored: Any) -> dict[str, int]:
+    """Approval render counts as stored in a statement's inputs (none before §5a)."""
+    return {str(a): int(n) for a, n in (stored or {}).items()}
+
+
+@dataclass(frozen=True)
+class RestateInputs:
+    """What a closed statement's stored inputs (``statements.inputs``) give the rules when
+    the statement is computed again from its events."""
+
+    #: The licences the statement covered (the events' own licences come on top).
+    licences: frozenset[str]
+    #: The advance each licence could recoup, from the journal at the close.
+    advance: Mapping[str, Decimal]
+    thresholds: Mapping[str, Decimal]
+    carried_in: Mapping[tuple[str, str], Decimal]
+    approval_renders_in: Mapping[str, int]
+
+    @classmethod
+    def parse(cls, inputs: Mapping[str, Any]) -> RestateInputs:
+        """From the stored JSON; KeyError, TypeError or ValueError when it is malformed."""
+        return cls(
+            licences=frozenset(str(x) for x in inputs.get("licences", [])),
+            advance={str(k): Decimal(str(v)) for k, v in inputs.get("advance", {}).items()},
+            thresholds={str(c): Decimal(str(v)) for c, v in inputs.get("thresholds", {}).items()},
+            carried_in={
+                (str(p), str(c)): Decimal(str(a)) for p, c, a in inputs.get("carried_in", [])
+            },
+            approval_renders_in=stored_renders(inputs.get("approval_renders_in")),
+        )
+
+    def priced(
+        self, licences: Iterable[Licence], period: Period, used: Iterable[str]
+    ) -> list[Licence]:
+        """The licences among ``used``, by id, each with the advance the close priced it
+        with (the terms in force at the period's end; everything else as registered)."""
+        wanted = set(used)
+        return [
+            with_advance_outstanding(lic, period, self.advance[lic.licence_id])
+            if lic.licence_id in self.advance
+            else lic
+            for lic in licences_for_period(licences, period, wanted)
+            if lic.licence_id in wanted
+        ]
 
 
 def _default(value: Any) -> Any:

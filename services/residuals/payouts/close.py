@@ -41,10 +41,12 @@ from residuals.domain.adjustments import (
 )
 from residuals.domain.closing import (
     DEFAULT_GRACE,
+    RestateInputs,
     canonical_json,
     closable_at,
     content_hash,
     licences_for_period,
+    stored_renders,
     with_advance_outstanding,
 )
 from residuals.domain.licences import Licence
@@ -95,18 +97,6 @@ def _thresholds_doc(thresholds: Mapping[str, Decimal]) -> dict[str, str]:
     return {c: format(v, "f") for c, v in sorted(thresholds.items())}
 
 
-def _period_licences(
-    all_licences: Iterable[Licence], period: Period, used: Iterable[str], advance: Mapping[str, Any]
-) -> list[Licence]:
-    chosen = licences_for_period(all_licences, period, used)
-    return [
-        with_advance_outstanding(lic, period, Decimal(str(advance[lic.licence_id])))
-        if lic.licence_id in advance
-        else lic
-        for lic in chosen
-    ]
-
-
 def restate(
     conn: Conn,
     sources: Sources,
@@ -129,24 +119,19 @@ def restate_statement(
     events only (``through`` None) reproduces it; with ``through``, late uses recorded
     as adjustments of periods up to ``through`` are included (the restatement)."""
     period = Period.parse(stored.period)
-    inputs = stored.inputs
+    inputs = RestateInputs.parse(stored.inputs)
     events = sources.events.period_events(conn, period, through)
-    used = set(inputs.get("licences", [])) | {getattr(e, "licence_id", None) or "" for e in events}
-    chosen = [
-        lic
-        for lic in _period_licences(licences, period, used, inputs.get("advance", {}))
-        if lic.licence_id in used
-    ]
-    statement = compute_statement(
+    used = inputs.licences | {getattr(e, "licence_id", None) or "" for e in events}
+    chosen = inputs.priced(licences, period, used)
+    return compute_statement(
         period,
         chosen,
         events,
-        thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
-        carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
+        thresholds=inputs.thresholds,
+        carried_in=inputs.carried_in,
         approvals=sources.approvals.approvals(conn, [lic.licence_id for lic in chosen]),
-        approval_renders_in=_renders(inputs.get("approval_renders_in")),
+        approval_renders_in=inputs.approval_renders_in,
     )
-    return statement
 
 
 def restate_part(
@@ -162,32 +147,22 @@ def restate_part(
     again from its own events and the statement's stored inputs; equal to
     ``part_document(stored.document, payee_id)`` unless the stored data changed."""
     period = Period.parse(stored.period)
-    inputs = stored.inputs
+    inputs = RestateInputs.parse(stored.inputs)
     licence_ids = part_licence_ids(stored.document, payee_id)
     events = sources.events.part_events(conn, period, licence_ids)
     used = set(licence_ids) | {getattr(e, "licence_id", None) or "" for e in events}
-    chosen = [
-        lic
-        for lic in _period_licences(licences, period, used, inputs.get("advance", {}))
-        if lic.licence_id in used
-    ]
     return compute_part(
         period,
-        chosen,
+        inputs.priced(licences, period, used),
         events,
         payee_id,
         licence_ids,
-        thresholds={c: Decimal(v) for c, v in inputs.get("thresholds", {}).items()},
-        carried_in={(p, c): Decimal(a) for p, c, a in inputs.get("carried_in", [])},
+        thresholds=inputs.thresholds,
+        carried_in=inputs.carried_in,
         approvals=sources.approvals.approvals(conn, list(licence_ids)),
-        approval_renders_in=_renders(inputs.get("approval_renders_in")),
+        approval_renders_in=inputs.approval_renders_in,
         on_rated=on_rated,
     )
-
-
-def _renders(stored: Any) -> dict[str, int]:
-    """Approval render counts as stored in a statement's inputs (none before §5a)."""
-    return {str(a): int(n) for a, n in (stored or {}).items()}
 
 
 def close_period(
@@ -300,7 +275,7 @@ def _close(
 
     # 5. the statement; approvals carry their render counts on from the last close
     previous = store.get_statement(conn, closed[-1]) if closed else None
-    renders_in = _renders(previous.inputs.get("approval_renders")) if previous else {}
+    renders_in = stored_renders(previous.inputs.get("approval_renders")) if previous else {}
     step(f"rating {len(events):,} events by the rules")
     statement = compute_statement(
         period,
