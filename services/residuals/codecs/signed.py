@@ -28,6 +28,7 @@ from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
 
 from residuals.codecs import merkle
 from residuals.codecs.timestamps import optional_datetime
@@ -155,6 +156,48 @@ def signature_problem(
             f" of {proof.leaf_count} for key {key.key_id!r}"
         )
     return None
+
+
+def signed_envelope(
+    payload: bytes,
+    signature: bytes | None,
+    key_id: str | None,
+    signature_proof: bytes | None,
+) -> usage_pb2.SignedUsageEvent:
+    """The envelope of stored evidence; raises :class:`DecodeError` for a corrupt proof.
+
+    ``signature_proof`` None is a per-event signature (no ``batch``); any bytes, even
+    empty ones (a proof whose fields are all zero), set ``batch``, so the rebuilt
+    envelope has the presence the vendor's had. ``signature`` and ``key_id`` are None
+    only in rows older than the ledger (0001); they rebuild as empty, which fails.
+    """
+    envelope = usage_pb2.SignedUsageEvent(
+        payload=bytes(payload), signature=bytes(signature or b""), key_id=key_id or ""
+    )
+    if signature_proof is not None:
+        envelope.batch.CopyFrom(usage_pb2.BatchProof.FromString(bytes(signature_proof)))
+        envelope.batch.SetInParent()
+    return envelope
+
+
+def evidence_problem(
+    payload: bytes,
+    signature: bytes | None,
+    key_id: str | None,
+    signature_proof: bytes | None,
+    key: SigningKeyRecord | None,
+    *,
+    vendor_id: str,
+    at: datetime,
+) -> str | None:
+    """Why stored signature evidence (the ledger's columns, or an evidence bundle's row)
+    does not verify for ``vendor_id`` at receipt time ``at``; None when it does. ``key``
+    is the registered key of ``key_id`` (None: unknown)."""
+    try:
+        envelope = signed_envelope(payload, signature, key_id, signature_proof)
+    except DecodeError as error:
+        return f"signature_proof is not a BatchProof: {error}"
+    return signature_problem(envelope, key, vendor_id=vendor_id, at=at)
 
 
 def _verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

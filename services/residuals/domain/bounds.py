@@ -28,6 +28,8 @@ LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 EARLIEST_SECONDS = 946_684_800
 LATEST_SECONDS = 253_402_300_799
 NANOS_PER_SECOND = 1_000_000_000
+#: Longest error text kept (the first lines of a traceback's message are what matter).
+MAX_ERROR_CHARS = 2000
 
 
 def text_problem(value: str, limit: int = MAX_ID_CHARS) -> str | None:
@@ -115,6 +117,13 @@ def printable(value: str | bytes, limit: int = 200) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else _escape(c) for c in text)
     return f"{text}…(+{len(value) - limit} more)" if cut else text
+
+
+def describe(error: BaseException | str) -> str:
+    """An error as one safe line: type and message, escaped, bounded. Here, beside
+    :func:`printable`, so pure readers (the offline evidence verifier) share it."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    return printable(text, MAX_ERROR_CHARS)
 
 
 def _escape(char: str) -> str:

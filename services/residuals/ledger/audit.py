@@ -21,11 +21,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from residuals.codecs.signed import SigningKeyRecord, signature_problem
+from residuals.codecs.signed import SigningKeyRecord, evidence_problem, signed_envelope
 from residuals.domain.period import Period
 from residuals.licensing import directory
 from residuals.v1 import usage_pb2
@@ -59,28 +58,6 @@ UNION SELECT key_id FROM usage_repeats WHERE period = %(p)s AND key_id IS NOT NU
 """
 
 
-def signed_envelope(
-    payload: bytes,
-    signature: bytes | None,
-    key_id: str | None,
-    signature_proof: bytes | None,
-) -> usage_pb2.SignedUsageEvent:
-    """The envelope of stored evidence; raises :class:`DecodeError` for a corrupt proof.
-
-    ``signature_proof`` None is a per-event signature (no ``batch``); any bytes, even
-    empty ones (a proof whose fields are all zero), set ``batch``, so the rebuilt
-    envelope has the presence the vendor's had. ``signature`` and ``key_id`` are None
-    only in rows older than the ledger (0001); they rebuild as empty, which fails.
-    """
-    envelope = usage_pb2.SignedUsageEvent(
-        payload=bytes(payload), signature=bytes(signature or b""), key_id=key_id or ""
-    )
-    if signature_proof is not None:
-        envelope.batch.CopyFrom(usage_pb2.BatchProof.FromString(bytes(signature_proof)))
-        envelope.batch.SetInParent()
-    return envelope
-
-
 def stored_envelope(row: Mapping[str, Any]) -> usage_pb2.SignedUsageEvent:
     """The ``SignedUsageEvent`` a stored row was accepted with, from its columns
     (:data:`SIGNATURE_COLUMNS`; e.g. a ``psycopg.rows.dict_row``)."""
@@ -95,11 +72,15 @@ def row_problem(row: Mapping[str, Any], key: SigningKeyRecord | None) -> str | N
     ``key`` is the registered key of ``row["key_id"]`` (None: unknown). The key must
     belong to the row's vendor and not be revoked at ``row["received_at"]``.
     """
-    try:
-        envelope = stored_envelope(row)
-    except DecodeError as error:
-        return f"signature_proof is not a BatchProof: {error}"
-    return signature_problem(envelope, key, vendor_id=row["vendor_id"], at=row["received_at"])
+    return evidence_problem(
+        row["payload"],
+        row["signature"],
+        row["key_id"],
+        row.get("signature_proof"),
+        key,
+        vendor_id=row["vendor_id"],
+        at=row["received_at"],
+    )
 
 
 @dataclass(frozen=True, slots=True)

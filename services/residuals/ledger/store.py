@@ -35,11 +35,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 from psycopg import Connection
 
+from residuals.codecs.signed import signed_envelope
 from residuals.codecs.usage import to_raw
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.domain.identity import Repeat, Retraction, classify_repeat, resolve_retraction
 from residuals.domain.period import Period
-from residuals.ledger.audit import signed_envelope
 from residuals.ledger.records import (
     Dead,
     Rated,

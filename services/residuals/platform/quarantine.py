@@ -31,14 +31,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from psycopg import Connection
 
 from residuals.codecs.timestamps import bounded_datetime, set_timestamp
+from residuals.domain.bounds import MAX_ERROR_CHARS as MAX_ERROR_CHARS  # re-exported
+from residuals.domain.bounds import describe as describe  # re-exported (lives with printable)
 from residuals.domain.bounds import printable
 from residuals.platform.kafka import AcknowledgedProducer, DeliveryFailed
 from residuals.v1 import quarantine_pb2
 
 log = logging.getLogger(__name__)
-
-#: Longest error text kept (the first lines of a traceback's message are what matter).
-MAX_ERROR_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +96,6 @@ class Quarantined:
             headers=tuple((bytes(h.key), bytes(h.value)) for h in record.headers),
             quarantined_at=bounded_datetime(record, "quarantined_at") or datetime.now(UTC),
         )
-
-
-def describe(error: BaseException | str) -> str:
-    """An error as one safe line: type and message, escaped, bounded."""
-    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-    return printable(text, MAX_ERROR_CHARS)
 
 
 def normalise_headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
