@@ -4,9 +4,7 @@ counts carried from one closed period to the next, over the real stored-data ada
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-import psycopg
+from datetime import UTC, datetime
 
 from residuals.domain.approvals import Approval
 from residuals.domain.period import Period
@@ -17,31 +15,11 @@ from residuals.payouts.close import ClosePolicy, close_period, restate_statement
 from residuals.payouts.reconcile import reconcile
 from residuals.platform.postgres import Database
 from tests.support.builders import ev, licence
-from tests.support.payouts import StoredRows, register
+from tests.support.payouts import StoredRows, record_request, register
 
 OCT, NOV = Period(2026, 10), Period(2026, 11)
 LATER = datetime(2027, 6, 1, tzinfo=UTC)
 APR = Approval("APR-1", "LIC-1", "product_demo", datetime(2026, 10, 1, tzinfo=UTC), None, 3)
-
-
-def record_request(dsn: str, approval: Approval, status: str = "approved") -> None:
-    """One request row as the licensing service stores it, decided the day before."""
-    decided = approval.valid_from - timedelta(days=1)
-    approved = status == "approved"
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "INSERT INTO approvals (approval_id, licence_id, talent_id, vendor_id, request_id,"
-            " category, renders_requested, requested_from, status, valid_from, valid_until,"
-            " max_renders, reason, requested_at, requested_by, decided_at, decided_by, sequence)"
-            " VALUES (%s, %s, 'TAL-1', 'VEN-1', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'VEN-1',"
-            " %s, %s, nextval('approval_change_seq'))",
-            (approval.approval_id, approval.licence_id, approval.approval_id, approval.category,
-             approval.max_renders, approval.valid_from, status,
-             approval.valid_from if approved else None, approval.valid_until if approved else None,
-             approval.max_renders if approved else None, "" if status != "denied" else "no",
-             decided, None if status == "pending" else decided,
-             None if status == "pending" else "TAL-1"),
-        )  # fmt: skip
 
 
 def test_the_close_bills_approved_renders_and_carries_the_count_to_the_next_period(

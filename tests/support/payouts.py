@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -267,3 +267,23 @@ def register(db: Database, *licences: Licence) -> None:
     registry.create_payee(ADMIN, licence_pb2.Payee(payee_id="TAL-1"))
     for lic in licences:
         registry.create_licence(ADMIN, create_request(lic))
+
+
+def record_request(dsn: str, approval: Approval, status: str = "approved") -> None:
+    """One request row as the licensing service stores it, decided the day before."""
+    decided = approval.valid_from - timedelta(days=1)
+    approved = status == "approved"
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO approvals (approval_id, licence_id, talent_id, vendor_id, request_id,"
+            " category, renders_requested, requested_from, status, valid_from, valid_until,"
+            " max_renders, reason, requested_at, requested_by, decided_at, decided_by, sequence)"
+            " VALUES (%s, %s, 'TAL-1', 'VEN-1', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'VEN-1',"
+            " %s, %s, nextval('approval_change_seq'))",
+            (approval.approval_id, approval.licence_id, approval.approval_id, approval.category,
+             approval.max_renders, approval.valid_from, status,
+             approval.valid_from if approved else None, approval.valid_until if approved else None,
+             approval.max_renders if approved else None, "" if status != "denied" else "no",
+             decided, None if status == "pending" else decided,
+             None if status == "pending" else "TAL-1"),
+        )  # fmt: skip

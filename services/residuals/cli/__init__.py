@@ -29,6 +29,7 @@ COMMAND_MODULES: dict[str, str] = {
     "audit": "residuals.cli.audit",
     "payouts": "residuals.payouts.command",
     "finance": "residuals.cli.finance",
+    "verify": "residuals.cli.verify",
     "deploy": "residuals.deploy.command",
     "migrate": "residuals.deploy.command:register_migrate",
     "probe": "residuals.deploy.probe",

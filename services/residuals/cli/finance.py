@@ -57,6 +57,10 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     rec.set_defaults(handler=_reconcile)
 
+    from residuals.cli import evidence
+
+    evidence.register(sub)
+
 
 @contextmanager
 def _context() -> Iterator[Any]:

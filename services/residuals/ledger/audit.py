@@ -17,7 +17,7 @@ the ledger did not keep.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,14 +95,19 @@ class Finding:
 
 
 def signing_keys(conn: Connection[Any], period: Period | str) -> dict[str, SigningKeyRecord]:
-    """The registered keys that signed the period's stored rows, by key id (the keys are
-    the licensing service's: read through its directory)."""
+    """The registered keys that signed the period's stored rows, by key id."""
     used = [str(key_id) for (key_id,) in conn.execute(_PERIOD_KEY_IDS, {"p": str(period)})]
+    return registered_keys(conn, used)
+
+
+def registered_keys(conn: Connection[Any], key_ids: Sequence[str]) -> dict[str, SigningKeyRecord]:
+    """The registered keys among ``key_ids``, by key id, as verifiers take them (the keys
+    are the licensing service's: read through its directory; unknown ids left out)."""
     return {
         row.key_id: SigningKeyRecord(
             str(row.key_id), str(row.vendor_id), bytes(row.public_key), row.revoked_at
         )
-        for row in directory.signing_keys(conn, used)
+        for row in directory.signing_keys(conn, key_ids)
     }
 
 
