@@ -93,23 +93,42 @@ def signed_month(dsn: str, db: Database) -> SignedMonth:
         signed_by.setdefault(event.event_id, envelope.key_id)
         messages.append(ledger.rated(event, signed=envelope, **kw))
 
+    def day(n: int) -> str:  # fixed times: scope order (hence the approval's renders) too
+        return f"2026-10-{n:02d}T10:00:00Z"
+
     renders = [
-        parsed(ev("RENDER", event_id=f"r{n}", quantity=3 + n, approval_id="APR-1"))
+        parsed(
+            ev(
+                "RENDER",
+                event_id=f"r{n}",
+                quantity=3 + n,
+                approval_id="APR-1",
+                occurred_at=day(2 + n),
+            )
+        )
         for n in range(6)
     ]
     for event, envelope in zip(renders, _batch(renders, "k-batch"), strict=True):
         add(event, envelope)
     views = [
-        parsed(ev("VIEW", event_id=f"v{n}", licence_id="LIC-2", quantity=1500)) for n in range(4)
+        parsed(
+            ev("VIEW", event_id=f"v{n}", licence_id="LIC-2", quantity=1500, occurred_at=day(3 + n))
+        )
+        for n in range(4)
     ]
     for event in views:
         add(event, sign_event(from_domain(event), "k-single", KEYS["k-single"]))
-    est = [parsed(ev("RENDER", event_id=f"e{n}", licence_id="LIC-3", quantity=2)) for n in range(4)]
+    est = [
+        parsed(
+            ev("RENDER", event_id=f"e{n}", licence_id="LIC-3", quantity=2, occurred_at=day(4 + n))
+        )
+        for n in range(4)
+    ]
     for event, envelope in zip(est, _batch(est, "k-batch"), strict=True):
         add(event, envelope)
-    first = parsed(ev("RENDER", event_id="x", quantity=1, approval_id="APR-1"))
+    first = parsed(ev("RENDER", event_id="x", quantity=1, approval_id="APR-1", occurred_at=day(20)))
     add(first, sign_event(from_domain(first), "k-single", KEYS["k-single"]))
-    resend = parsed(ev("RENDER", event_id="x", licence_id="LIC-3", quantity=9))
+    resend = parsed(ev("RENDER", event_id="x", licence_id="LIC-3", quantity=9, occurred_at=day(21)))
     add(resend, sign_event(from_domain(resend), "k-single", KEYS["k-single"]), partition=2)
     retraction = parsed(
         ev(
@@ -121,6 +140,7 @@ def signed_month(dsn: str, db: Database) -> SignedMonth:
             category=None,
             territory=None,
             original_event_id="v0",
+            occurred_at=day(22),
         )
     )
     add(

@@ -75,7 +75,13 @@ def _part_rows(use: str, repeat: str, dead: str | None, order: str = _ORDER) -> 
     need to decide those rows' identities - the accepted row of an identity one of them
     re-sent (a conflicting re-send may name another licence), the re-sends of their
     accepted identities, and retractions of them (which may not name the licence). The
-    extra rows only decide identity; their own licences are not part of the part."""
+    extra rows only decide identity; their own licences are not part of the part.
+
+    Every row of the licences has its identity in ``own``, so the uses and re-sends are the
+    rows whose identity is in ``own``, plus the retractions of ``own`` whose own identity
+    is not (neither of the licences nor re-sent under them). Written as joins PostgreSQL
+    hashes or looks up by index: an ``OR`` of ``IN`` subqueries is a subplan scanned per
+    row once ``own`` outgrows ``work_mem`` (hours for a payee with a million events)."""
     sql = f"""
 WITH own AS (
     SELECT vendor_id, event_id FROM usage_events
@@ -87,16 +93,23 @@ WITH own AS (
 SELECT {use}
   FROM usage_events
  WHERE period = %(p)s AND adjustment_period IS NULL
-   AND (licence_id = ANY(%(l)s)
-        OR (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own)
-        OR (kind = 'RETRACTION'
-            AND (vendor_id, original_event_id) IN (SELECT vendor_id, event_id FROM own)))
+   AND (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own)
+UNION ALL
+SELECT {use}
+  FROM usage_events AS retraction
+ WHERE period = %(p)s AND adjustment_period IS NULL AND kind = 'RETRACTION'
+   AND (vendor_id, original_event_id) IN (SELECT vendor_id, event_id FROM own)
+   AND NOT licence_id = ANY(%(l)s)
+   AND NOT EXISTS (SELECT 1 FROM usage_repeats AS resent
+                    WHERE resent.vendor_id = retraction.vendor_id
+                      AND resent.event_id = retraction.event_id
+                      AND resent.period = %(p)s AND resent.adjustment_period IS NULL
+                      AND resent.licence_id = ANY(%(l)s))
 UNION ALL
 SELECT {repeat}
   FROM usage_repeats
  WHERE period = %(p)s AND adjustment_period IS NULL
-   AND (licence_id = ANY(%(l)s)
-        OR (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own))"""
+   AND (vendor_id, event_id) IN (SELECT vendor_id, event_id FROM own)"""
     if dead is not None:
         sql += f"""
 UNION ALL
