@@ -11,8 +11,10 @@ own store and closed by the period close.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -313,9 +315,23 @@ def test_exports_stream_and_refuse_a_payee_without_a_part(month: SignedMonth) ->
     assert export.summary is not None
     assert sum(map(len, chunks)) == export.summary.size
     assert all(len(c) <= bundle.CHUNK_BYTES for c in chunks)
-    import hashlib
-
     assert hashlib.sha256(b"".join(chunks)).hexdigest() == export.summary.sha256
+
+
+def test_an_export_stopped_midway_leaves_the_connection_usable(
+    month: SignedMonth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gRPC client that goes away closes the iterator: the cursor and the reads end."""
+    monkeypatch.setattr(bundle, "ROWS_PER_MEMBER", 2)
+    with month.db.connection() as conn:
+        chunks = open_export(conn, month.sources, month.stored, None, chunk_bytes=512).chunks()
+        with closing(chunks):
+            first = [next(chunks) for _ in range(3)]
+            assert all(len(c) == 512 for c in first)
+            assert conn.execute("SELECT count(*) FROM pg_cursors").fetchone() == (1,)  # midway
+        assert conn.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
+        again = open_export(conn, month.sources, month.stored, None).chunks()
+        assert sum(map(len, again)) > 0
 
 
 def test_finance_evidence_writes_a_bundle_verify_accepts(

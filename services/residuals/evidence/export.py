@@ -17,16 +17,23 @@ connection (a savepoint when one is open).
 
 For the gRPC servicer::
 
-    export = open_export(conn, sources, stored, payee_id)  # NoPart before any byte
-    export.filename                                         # for the first message
-    for chunk in export.chunks(): ...                       # ~256 KiB each
-    export.summary.sha256                                   # for the last message
+    with db.connection() as conn:
+        export = open_export(conn, sources, stored, payee_id)  # NoPart before any byte
+        export.filename                                        # for the first message
+        with closing(export.chunks()) as chunks:               # ~256 KiB each
+            for chunk in chunks: ...
+        export.summary.sha256                                  # for the last message
+
+The iterator holds a transaction (or savepoint) and a cursor open on ``conn`` while it is
+read: exhaust or close it (``contextlib.closing``, as above, also when the client goes
+away) before the connection goes back to the pool.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,8 +95,10 @@ class EvidenceExport:
         *,
         created_at: datetime | None = None,
         progress: Progress | None = None,
+        chunk_bytes: int = bundle.CHUNK_BYTES,
     ) -> None:
         self.conn = conn
+        self.chunk_bytes = chunk_bytes
         self.sources = sources
         self.subject = Subject.of(
             period=stored.period,
@@ -106,12 +115,14 @@ class EvidenceExport:
         self.summary: ExportSummary | None = None
 
     def chunks(self) -> Iterator[bytes]:
-        """The archive's bytes in order; sets :attr:`summary` after the last. Abandoning
-        the iterator ends its transaction (or savepoint) and closes the cursor."""
+        """The archive's bytes in order; sets :attr:`summary` after the last. Closing the
+        iterator early ends its transaction (or savepoint) and closes the cursor."""
         subject, conn = self.subject, self.conn
         period = Period.parse(subject.period)
-        writer = bundle.BundleWriter(self.created_at)
-        with conn.transaction():
+        writer = bundle.BundleWriter(self.created_at, chunk_bytes=self.chunk_bytes)
+        rows = history.stream_rows(conn, period, subject.licence_ids)
+        # The cursor is closed inside the transaction, also when the reader stops early.
+        with conn.transaction(), closing(rows):
             registry = {lic.licence_id: lic for lic in self.sources.licences.licences(conn)}
             keys = audit.registered_keys(
                 conn, history.signing_key_ids(conn, period, subject.licence_ids)
@@ -129,7 +140,7 @@ class EvidenceExport:
                 writer,
                 subject,
                 keys=keys.values(),
-                rows=history.stream_rows(conn, period, subject.licence_ids),
+                rows=rows,
                 licences=licences,
                 approvals=approvals,
                 unusable=_unusable(self.sources),
@@ -167,10 +178,20 @@ def open_export(
     *,
     created_at: datetime | None = None,
     progress: Progress | None = None,
+    chunk_bytes: int = bundle.CHUNK_BYTES,
 ) -> EvidenceExport:
     """An export of ``payee_id``'s part of ``stored`` (None or empty: the whole
-    statement). Raises :class:`NoPart` at once when the payee has no part."""
-    return EvidenceExport(conn, sources, stored, payee_id, created_at=created_at, progress=progress)
+    statement), in pieces of ``chunk_bytes``. Raises :class:`NoPart` at once when the
+    payee has no part."""
+    return EvidenceExport(
+        conn,
+        sources,
+        stored,
+        payee_id,
+        created_at=created_at,
+        progress=progress,
+        chunk_bytes=chunk_bytes,
+    )
 
 
 def evidence_chunks(

@@ -352,6 +352,9 @@ class BundleWriter:
         info.mtime = self._mtime
         info.mode = 0o644
         self._tar.addfile(info, io.BytesIO(data))
+        # Push the member's compressed bytes out now (a sync flush costs a few bytes), so
+        # a stream's reader receives the archive as it is made, member by member.
+        self._gzip.flush()
         self.members.append(Member(name, len(data), hashlib.sha256(data).hexdigest(), rows))
         yield from self._take(final=False)
 

@@ -30,7 +30,7 @@ bundles of any size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from psycopg import Connection
@@ -155,11 +155,11 @@ def stream_rows(
     licence_ids: Sequence[str] | None = None,
     *,
     itersize: int = ITERSIZE,
-) -> Iterator[StoredRow]:
+) -> Generator[StoredRow, None, None]:
     """The rows :func:`load_period` selects, in the same order, with their signature
     evidence, through a server-side cursor: memory stays bounded whatever the period
     holds (evidence bundles). Runs in the caller's transaction, which must stay open
-    while the rows are read."""
+    while the rows are read; close the generator to close the cursor early."""
     sql = _selection(licence_ids, _USE + _EVIDENCE, _REPEAT + _EVIDENCE, _DEAD + _DEAD_EVIDENCE)
     with conn.cursor(name="residuals_history_rows") as cursor:
         cursor.itersize = itersize
