@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stack = load(StackSettings)
-    if not lifecycle.health(stack).healthy:
-        raise SystemExit("the local stack is not running: residuals stack up")
+    if not lifecycle.health(stack).postgres.healthy:  # its own database gets every migration
+        raise SystemExit("the local stack's PostgreSQL is not running: residuals stack up")
     with migrated_database(stack) as dsn, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         started = time.perf_counter()

@@ -29,6 +29,9 @@ from residuals.evidence import format as bundle
 from residuals.evidence.export import NoPart, evidence_chunks, open_export, write_evidence
 from residuals.evidence.verify import Report, verify_bundle
 from residuals.licensing.registry import Registry
+from residuals.platform.config import PostgresSettings
+from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import licence_service_pb2, usage_pb2
 from tests.support.evidence import (
@@ -47,9 +50,6 @@ from tests.support.payouts import ADMIN, migrated_database
 def month(stack: StackSettings) -> Iterator[SignedMonth]:
     """One closed month for every test here. The tests change bundles, not the tables (but
     for a key revoked after the fact, which must change nothing)."""
-    from residuals.platform.config import PostgresSettings
-    from residuals.platform.postgres import Database
-
     with migrated_database(stack) as dsn:
         db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
         db.open()
@@ -306,7 +306,11 @@ def test_a_damaged_archive_is_unreadable(
 
 
 def test_exports_stream_and_refuse_a_payee_without_a_part(month: SignedMonth) -> None:
-    with month.db.connection() as conn:
+    """As the payouts service exports (its own database role), in pieces."""
+    settings = PostgresSettings(
+        dsn=month.dsn, pool_min=1, pool_max=1, user=database_role("payouts")
+    )
+    with Database(settings, application_name="t").open() as service, service.connection() as conn:
         with pytest.raises(NoPart, match="payee NOBODY has no part"):
             evidence_chunks(conn, month.sources, month.stored, "NOBODY")
         export = open_export(conn, month.sources, month.stored, "EST-1")
