@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
         "--out",
         type=Path,
         default=Path("."),
-        help="file to write, or folder for the suggested name (default: the current folder)",
+        help="a .tar.gz file to write, or a folder (made if missing) for the suggested name"
+        " (default: the current folder)",
     )
     parser.set_defaults(handler=_evidence)
 
@@ -60,7 +61,9 @@ def _evidence(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     out: Path = args.out
-    if not out.is_dir():
+    if out.is_dir() or not out.name.endswith(".tar.gz"):
+        out.mkdir(parents=True, exist_ok=True)  # a folder, for the suggested name
+    else:
         out.parent.mkdir(parents=True, exist_ok=True)
     progress = _progress()
     with _context() as (_settings, db, sources), db.connection() as conn:
