@@ -3,16 +3,18 @@ one payee's part of it, from the database (like the other finance commands) thro
 same export the PayoutService streams (:mod:`residuals.evidence.export`).
 
 A long export shows the rows written on stderr when it is a terminal, and stays quiet
-otherwise (pipelines, logs).
+otherwise (pipelines, logs); ``--json`` prints the summary for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from residuals.cli.output import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -37,22 +39,25 @@ def register(subparsers: Any) -> None:
         help="a .tar.gz file to write, or a folder (made if missing) for the suggested name"
         " (default: the current folder)",
     )
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     parser.set_defaults(handler=_evidence)
 
 
-def _progress() -> Callable[[int], None] | None:
-    """Rows written, on one updated line, when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
+def advancing(shown: Progress) -> Callable[[int], None]:
+    """A callback taking rows done so far that advances ``shown`` by the new ones."""
+    done = 0
 
-    def show(rows: int) -> None:
-        print(f"\r  {rows:,} rows written", end="", file=sys.stderr, flush=True)
+    def seen(rows: int) -> None:
+        nonlocal done
+        shown.advance(rows - done)
+        done = rows
 
-    return show
+    return seen
 
 
 def _evidence(args: argparse.Namespace) -> int:
     from residuals.cli.finance import _context, _fail, _period_arg
+    from residuals.cli.output import print_json, progress
     from residuals.evidence.export import NoPart, write_evidence
     from residuals.payouts import store
 
@@ -65,20 +70,22 @@ def _evidence(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)  # a folder, for the suggested name
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-    progress = _progress()
-    with _context() as (_settings, db, sources), db.connection() as conn:
+    with (
+        _context() as (_settings, db, sources),
+        db.connection() as conn,
+        progress(f"exporting the evidence of {period}: rows") as shown,
+    ):
         stored = store.get_statement(conn, str(period))
         if stored is None:
             return _fail(f"{period} has no statement (not closed)", 1)
+        payee = args.payee or None
         try:
-            summary = write_evidence(
-                conn, sources, stored, args.payee or None, out, progress=progress
-            )
+            summary = write_evidence(conn, sources, stored, payee, out, progress=advancing(shown))
         except NoPart as missing:
             return _fail(str(missing), 1)
-        finally:
-            if progress is not None:
-                print(file=sys.stderr)
+    if args.json:
+        print_json(summary)
+        return 0
     whose = f"payee {summary.payee_id}" if summary.payee_id else "the whole statement"
     print(summary.path)
     print(f"  period {summary.period}, {whose}")

@@ -38,10 +38,13 @@ def register(subparsers: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from residuals.cli.evidence import advancing
+    from residuals.cli.output import progress
     from residuals.evidence.verify import UnreadableBundle, verify_bundle
 
     try:
-        report = verify_bundle(args.bundle)
+        with progress("verifying: rows") as shown:
+            report = verify_bundle(args.bundle, progress=advancing(shown))
     except UnreadableBundle as error:
         if args.json:
             document = {

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -148,21 +148,27 @@ class Report:
         }
 
 
-def verify_bundle(path: str | Path) -> Report:
+#: Called with the number of rows checked so far (after each events member).
+Progress = Callable[[int], None]
+
+
+def verify_bundle(path: str | Path, *, progress: Progress | None = None) -> Report:
     """Verify the bundle at ``path``; :class:`UnreadableBundle` when it cannot be read."""
     try:
         source = open(path, "rb")  # noqa: SIM115 - closed below, errors mapped
     except OSError as error:
         raise UnreadableBundle(f"cannot open {path}: {describe(error)}") from None
     with source:
-        return verify_stream(source, str(path))
+        return verify_stream(source, str(path), progress=progress)
 
 
-def verify_stream(source: IO[bytes], name: str = "-") -> Report:
+def verify_stream(
+    source: IO[bytes], name: str = "-", *, progress: Progress | None = None
+) -> Report:
     """Verify a bundle read from ``source`` (see the module docstring)."""
     report = Report(bundle=name)
     try:
-        _Verification(report).run(bundle.BundleReader(source))
+        _Verification(report, progress).run(bundle.BundleReader(source))
     except bundle.FormatError as error:
         raise UnreadableBundle(f"not an evidence bundle: {error}") from None
     except bundle.READ_ERRORS as error:
@@ -211,8 +217,9 @@ class _Members:
 
 
 class _Verification:
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, progress: Progress | None = None) -> None:
         self.report = report
+        self.progress = progress
         self.keys: dict[str, SigningKeyRecord] = {}
         self.counts = {"events": 0, "dead_letters": 0, "keys": 0, "licences": 0, "approvals": 0}
 
@@ -280,6 +287,8 @@ class _Verification:
                     if problem is not None:
                         self._fail(name, number, row, problem)
                 yield row
+            if self.progress is not None:
+                self.progress(self.counts["events"] + self.counts["dead_letters"])
 
     def _signature_problem(self, row: StoredRow) -> str | None:
         if row.received_at is None:
