@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -186,6 +187,36 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             filename=file.filename,
             sha256=file.sha256,
         )
+
+    def ExportEvidence(
+        self, request: payout_service_pb2.ExportEvidenceRequest, context: grpc.ServicerContext
+    ) -> Iterator[payout_service_pb2.ExportEvidenceResponse]:
+        """The bundle streamed as it is read from the ledger (a server-side cursor): memory
+        stays flat however many events the part has; the last message carries the SHA-256."""
+        from residuals.evidence.export import NoPart, open_export
+
+        payee = access.evidence_payee(current_principal(), text_field("payee_id", request.payee_id))
+        stored = self._stored(request.period, context)
+        with self.db.connection() as conn:
+            try:
+                bundle = open_export(conn, self.sources, stored, payee)
+            except NoPart as missing:
+                _abort(context, grpc.StatusCode.NOT_FOUND, str(missing))
+            first = True
+            with closing(bundle.chunks()) as chunks:
+                for data in chunks:
+                    if not context.is_active():
+                        return
+                    message = payout_service_pb2.ExportEvidenceResponse(data=data)
+                    if first:
+                        message.filename, first = bundle.filename, False
+                    yield message
+            summary = bundle.summary
+        assert summary is not None
+        final = payout_service_pb2.ExportEvidenceResponse(sha256=summary.sha256)
+        if first:
+            final.filename = bundle.filename
+        yield final
 
     # --- payouts ----------------------------------------------------------------------------
 

@@ -1,0 +1,151 @@
+"""A talent's statement evidence and documents over PayoutService on a real gRPC socket,
+from a month whose ledger rows carry real signatures and batch proofs: a talent gets their
+own (never another payee's), finance any payee's or the whole statement's, a vendor none;
+the streamed bundle is byte for byte what its SHA-256 says and verifies offline."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from confluent_kafka.admin import NewTopic
+from prometheus_client import CollectorRegistry
+
+from residuals.evidence.verify import verify_bundle
+from residuals.payouts.adapters import stored_sources
+from residuals.payouts.app import PayoutsApp
+from residuals.payouts.metrics import PayoutMetrics
+from residuals.payouts.rails import TestRail
+from residuals.payouts.settings import PayoutsSettings
+from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
+from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
+from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.kafka import make_admin, topic_name
+from residuals.platform.postgres import Database
+from residuals.platform.roles import database_role
+from residuals.platform.topics import PAYOUTS
+from residuals.stack.settings import StackSettings
+from residuals.v1 import payout_service_pb2 as ps
+from residuals.v1 import payout_service_pb2_grpc
+from tests.support.alerts import delete_topics, unique
+from tests.support.evidence import SignedMonth, signed_month
+from tests.support.payouts import migrated_database
+
+
+@dataclass
+class Env:
+    month: SignedMonth
+    stub: payout_service_pb2_grpc.PayoutServiceStub
+    keys: dict[str, str]
+
+    def md(self, who: str) -> Any:
+        return bearer_metadata(self.keys[who])
+
+
+@pytest.fixture(scope="module")
+def env(stack: StackSettings) -> Iterator[Env]:
+    auth = StaticAuthenticator()
+    keys = {
+        "finance": auth.add(Principal("p-fin", Role.FINANCE)),
+        "tal": auth.add(Principal("p-tal", Role.TALENT, talent_id="TAL-1")),
+        "agent": auth.add(Principal("p-agt", Role.TALENT, talent_id="AGT-1")),
+        "vendor": auth.add(Principal("p-ven", Role.VENDOR, vendor_id="VEN-1")),
+    }
+    kafka = KafkaSettings(
+        bootstrap_servers=stack.bootstrap_servers,
+        topic_prefix=f"{unique('statements')}.",
+        topic_partitions=1,
+    )
+    topic = topic_name(kafka, PAYOUTS)
+    admin = make_admin(kafka)
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(60)
+    with migrated_database(stack) as dsn:
+        db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
+        db.open()
+        try:
+            month = signed_month(dsn, db)
+        finally:
+            db.close()
+        settings = PayoutsSettings(
+            kafka=kafka,
+            postgres=PostgresSettings(
+                dsn=dsn, pool_min=1, pool_max=4, user=database_role("payouts")
+            ),
+            telemetry=TelemetrySettings(service_name="payouts"),
+            grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=8),
+        )
+        app = PayoutsApp(
+            settings,
+            sources=stored_sources(),
+            rail=TestRail(),
+            authenticator=auth,
+            metrics=PayoutMetrics(CollectorRegistry()),
+        ).start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+        try:
+            yield Env(month, payout_service_pb2_grpc.PayoutServiceStub(channel), keys)
+        finally:
+            channel.close()
+            app.stop()
+            delete_topics(kafka)
+
+
+def _code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    code: grpc.StatusCode = info.value.code()
+    return code
+
+
+def _download(env: Env, who: str, tmp: Path, **request: Any) -> tuple[Path, list[Any]]:
+    messages = list(
+        env.stub.ExportEvidence(ps.ExportEvidenceRequest(**request), metadata=env.md(who))
+    )
+    data = b"".join(m.data for m in messages)
+    assert messages[0].filename.endswith(".residuals-evidence.tar.gz")
+    assert messages[-1].sha256 == hashlib.sha256(data).hexdigest()
+    assert all(not m.sha256 for m in messages[:-1]) and all(not m.filename for m in messages[1:])
+    path = tmp / messages[0].filename
+    path.write_bytes(data)
+    return path, messages
+
+
+def test_a_talent_streams_their_own_evidence_and_it_verifies(env: Env, tmp_path: Path) -> None:
+    path, _ = _download(env, "tal", tmp_path, period="2026-10")
+    report = verify_bundle(path)
+    assert report.exit_code == 0, report
+    assert report.payee_id == "TAL-1"
+    again, _ = _download(env, "finance", tmp_path / "..", period="2026-10", payee_id="TAL-1")
+    assert verify_bundle(again).expected_sha256 == report.expected_sha256
+
+
+def test_finance_streams_the_whole_statement(env: Env, tmp_path: Path) -> None:
+    path, _ = _download(env, "finance", tmp_path, period="2026-10")
+    report = verify_bundle(path)
+    assert report.exit_code == 0, report
+    assert report.payee_id is None
+    assert report.expected_sha256 == env.month.stored.content_hash
+
+
+def test_who_may_not_have_evidence(env: Env) -> None:
+    def export(who: str, **request: Any) -> grpc.StatusCode:
+        return _code(
+            lambda: list(
+                env.stub.ExportEvidence(ps.ExportEvidenceRequest(**request), metadata=env.md(who))
+            )
+        )
+
+    assert export("tal", period="2026-10", payee_id="AGT-1") is grpc.StatusCode.PERMISSION_DENIED
+    assert export("vendor", period="2026-10") is grpc.StatusCode.PERMISSION_DENIED
+    assert export("finance", period="2026-10", payee_id="NOBODY") is grpc.StatusCode.NOT_FOUND
+    assert export("finance", period="2026-11") is grpc.StatusCode.NOT_FOUND
+    assert export("finance", period="2026-13") is grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        _code(lambda: list(env.stub.ExportEvidence(ps.ExportEvidenceRequest(period="2026-10"))))
+        is grpc.StatusCode.UNAUTHENTICATED
+    )
