@@ -32,7 +32,7 @@ away) before the connection goes back to the pool.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,7 +114,7 @@ class EvidenceExport:
         self.expected_sha256 = self.subject.expected_sha256
         self.summary: ExportSummary | None = None
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Generator[bytes, None, None]:
         """The archive's bytes in order; sets :attr:`summary` after the last. Closing the
         iterator early ends its transaction (or savepoint) and closes the cursor."""
         subject, conn = self.subject, self.conn
