@@ -149,3 +149,46 @@ def test_who_may_not_have_evidence(env: Env) -> None:
         _code(lambda: list(env.stub.ExportEvidence(ps.ExportEvidenceRequest(period="2026-10"))))
         is grpc.StatusCode.UNAUTHENTICATED
     )
+
+
+def _document(env: Env, who: str, **request: Any) -> Any:
+    return env.stub.GetStatementDocument(
+        ps.GetStatementDocumentRequest(**request), metadata=env.md(who), timeout=120
+    )
+
+
+def test_statement_documents_by_role(env: Env, tmp_path: Path) -> None:
+    pdf = _document(env, "tal", period="2026-10", format=ps.DOCUMENT_FORMAT_PDF)
+    assert pdf.content.startswith(b"%PDF-") and pdf.content_type == "application/pdf"
+    assert pdf.sha256 == hashlib.sha256(pdf.content).hexdigest()
+    assert pdf.statement_sha256 == env.month.stored.content_hash
+    part = _document(env, "tal", period="2026-10", format=ps.DOCUMENT_FORMAT_JSON)
+    assert part.part_sha256 == pdf.part_sha256 == hashlib.sha256(part.content).hexdigest()
+    # the hash the talent's document prints is what their evidence proves
+    bundle, _ = _download(env, "tal", tmp_path, period="2026-10")
+    assert verify_bundle(bundle).expected_sha256 == pdf.part_sha256
+
+    html = _document(
+        env, "finance", period="2026-10", payee_id="AGT-1", format=ps.DOCUMENT_FORMAT_HTML
+    )
+    assert html.content_type.startswith("text/html") and b"AGT-1" in html.content
+    own = _document(env, "agent", period="2026-10", format=ps.DOCUMENT_FORMAT_HTML)
+    assert own.part_sha256 == html.part_sha256
+
+    def code(who: str, **request: Any) -> grpc.StatusCode:
+        return _code(lambda: _document(env, who, **request))
+
+    pdf_fmt = ps.DOCUMENT_FORMAT_PDF
+    assert code("tal", period="2026-10", payee_id="AGT-1", format=pdf_fmt) is (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert code("vendor", period="2026-10", format=pdf_fmt) is grpc.StatusCode.PERMISSION_DENIED
+    assert code("finance", period="2026-10", format=pdf_fmt) is grpc.StatusCode.INVALID_ARGUMENT
+    assert code("tal", period="2026-10") is grpc.StatusCode.INVALID_ARGUMENT  # no format
+    assert code("finance", period="2026-10", payee_id="NOBODY", format=pdf_fmt) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert code("agent", period="2026-10", talent_id="TAL-9", format=pdf_fmt) is (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert code("tal", period="2026-11", format=pdf_fmt) is grpc.StatusCode.NOT_FOUND

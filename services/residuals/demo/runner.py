@@ -36,6 +36,7 @@ import psycopg
 
 from residuals.demo import RUN_MARKER, environment, hostile_vendor, report
 from residuals.demo.administration import RegistryClient, RegistryError, bootstrap_admin
+from residuals.demo.documents import Documents, DocumentsError, prove, write_documents
 from residuals.demo.environment import Claim, Stack
 from residuals.demo.finance import FinanceClient, FinanceError, MonthEnd
 from residuals.demo.fleet import Fleet, Published, SdkMissing, sdk_module
@@ -66,6 +67,7 @@ from residuals.stack.settings import StackSettings
 OWNED = (
     "logs",
     "statements",
+    "evidence",
     "payouts",
     ".work",
     "licences.yaml",
@@ -647,6 +649,7 @@ class Demo:
             "reconciled: no differences" if end.reconciled else "reconciliation FAILED"
         )
         (out / "reconciliation.txt").write_text("\n".join(rec_lines) + "\n", encoding="utf-8")
+        documents = self._documents(scenario, end)
         talents, agents = report.talent_rows(scenario, end.document, end.payouts)
         summary = [
             "",
@@ -662,6 +665,8 @@ class Demo:
             *hostile_vendor.summary(hostile, self.hostile_name),
             "",
             *self.review.summary(self.watcher.raised().get("UNAPPROVED_USE", 0)),
+            "",
+            *documents.summary(self._names(scenario)),
             "",
             *rec_lines,
             "",
@@ -711,12 +716,59 @@ class Demo:
         if not end.reconciled:
             raise DemoFailed(f"reconciliation found differences: see {out / 'reconciliation.txt'}")
         self.review.check()
+        if documents.verified is None or documents.verified.exit_code != 0:
+            raise DemoFailed(f"the talent's evidence bundle did not verify: {documents.bundle}")
+        if documents.verified.expected_sha256 != documents.shown_part_sha256:
+            raise DemoFailed("the verified evidence is not of the statement the talent's PDF shows")
         wrong = [o for o in hostile if not o.as_expected]
         if wrong:
             raise DemoFailed(
                 f"{len(wrong)} hostile records did not get the expected verdict: see"
                 f" {out / 'hostile.jsonl'}"
             )
+
+    def _names(self, scenario: Scenario) -> dict[str, str]:
+        return {**scenario.talent_names(), **{p.payee_id: p.name for p in scenario.payees}}
+
+    def _documents(self, scenario: Scenario, end: MonthEnd) -> Documents:
+        """Every payee's PDF and HTML, and one talent's evidence verified offline."""
+        assert self.registry is not None
+        period = str(scenario.window.period)
+        kinds = {p.payee_id: p for p in scenario.payees}
+        payees = sorted({p["payee_id"] for p in end.document["payees"]})
+        clients = {
+            payee_id: kinds[payee_id].talent_ids
+            if payee_id in kinds and kinds[payee_id].kind == "agent"
+            else ()
+            for payee_id in payees
+        }
+        # the talent to prove: one whose likeness was misused (held money), else the first
+        talent_of = {lic["licence_id"]: lic["talent_id"] for lic in scenario.licences}
+        misused = [
+            talent_of.get(lic["licence_id"], "") for lic in end.document["licences"] if lic["held"]
+        ]
+        own = [t for t in misused if t in payees] or [
+            p for p in payees if p in scenario.talent_names()
+        ]
+        address = self.services["payouts"].address
+        self.say(
+            f"writing {len(payees)} payees' statements (PDF, HTML) and verifying"
+            " one talent's evidence"
+        )
+        try:
+            documents = write_documents(
+                address,
+                self.keys["finance"],
+                period,
+                [(p, clients[p]) for p in payees],
+                self.out / "statements",
+            )
+            if own:
+                key = self.registry.api_key(f"demo-{own[0]}", Role.TALENT, talent_id=own[0])
+                prove(address, key, period, self.out / "evidence", documents)
+        except (DocumentsError, RegistryError) as error:
+            raise DemoFailed(str(error)) from None
+        return documents
 
     # --- cleanup ---------------------------------------------------------------------------
 

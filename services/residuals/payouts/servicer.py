@@ -57,6 +57,14 @@ def _period(text: str, context: grpc.ServicerContext, *, field: str = "period") 
     return period_field(field, text)
 
 
+#: Wire format -> the documents package's format name.
+_DOCUMENT_FORMATS = {
+    payout_service_pb2.DOCUMENT_FORMAT_PDF: "pdf",
+    payout_service_pb2.DOCUMENT_FORMAT_HTML: "html",
+    payout_service_pb2.DOCUMENT_FORMAT_JSON: "json",
+    payout_service_pb2.DOCUMENT_FORMAT_CSV: "csv",
+}
+
 #: Largest sequence a cursor may name (PostgreSQL bigint).
 MAX_SEQUENCE = 2**63 - 1
 
@@ -186,6 +194,43 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             content_type=file.content_type,
             filename=file.filename,
             sha256=file.sha256,
+        )
+
+    def GetStatementDocument(
+        self,
+        request: payout_service_pb2.GetStatementDocumentRequest,
+        context: grpc.ServicerContext,
+    ) -> payout_service_pb2.GetStatementDocumentResponse:
+        from residuals.payouts.documents.api import render_statement
+        from residuals.payouts.documents.gather import NoStatementPart, client_talent_ids
+
+        principal = current_principal()
+        payee = access.document_payee(principal, text_field("payee_id", request.payee_id))
+        talent_id = text_field("talent_id", request.talent_id)
+        fmt = _DOCUMENT_FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidArgument.field("format", "choose PDF, HTML, JSON or CSV")
+        stored = self._stored(request.period, context)
+        with self.db.connection() as conn:
+            if talent_id and talent_id not in client_talent_ids(conn, payee):
+                _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"talent {talent_id} is not a client of payee {payee}",
+                )
+            try:
+                document = render_statement(
+                    conn, self.sources, stored, payee, fmt, talent_id=talent_id
+                )
+            except NoStatementPart as missing:
+                _abort(context, grpc.StatusCode.NOT_FOUND, str(missing))
+        return payout_service_pb2.GetStatementDocumentResponse(
+            content=document.content,
+            content_type=document.content_type,
+            filename=document.filename,
+            sha256=document.sha256,
+            part_sha256=document.part_sha256,
+            statement_sha256=document.statement_sha256,
         )
 
     def ExportEvidence(
