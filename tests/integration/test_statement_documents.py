@@ -200,7 +200,7 @@ def test_a_talents_document_in_every_format(closed: Closed, tmp_path: Path) -> N
         if row["record"] == "breakdown":
             units[(row["licence_id"], row["kind"])] += int(row["units"])
             units[(row["licence_id"], "held")] += int(row["held_units"])
-    for lic in expected["licences"]:
+    for lic in expected["licences"]:  # each licence of TAL-1 has its own currency here
         for kind in {line["kind"] for line in lic["lines"]}:
             billed = sum(line["units"] for line in lic["lines"] if line["kind"] == kind)
             assert units[(lic["licence_id"], kind)] == billed

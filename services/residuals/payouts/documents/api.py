@@ -95,9 +95,10 @@ def render_statement(
             view = gather_view(conn, sources, stored, payee_id, talent_id=talent_id)
             if kind is DocumentFormat.CSV:
                 content = csv_document(view)
+            elif kind is DocumentFormat.HTML:
+                content = html_document(view)
             else:
-                html = html_document(view)
-                content = html if kind is DocumentFormat.HTML else pdf_document(html)
+                content = pdf_document(view)
     return RenderedDocument(
         content=content,
         content_type=CONTENT_TYPES[kind],

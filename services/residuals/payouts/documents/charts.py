@@ -22,12 +22,14 @@ from residuals.payouts.documents.model import DailySeries
 BILLED, HELD = "#2f6690", "#d1495b"
 _LOCK = threading.Lock()  # rcParams are process-wide; the servicer renders on many threads
 _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)
+_ID = re.compile(r'\bid="([^"]+)"')
+_REFERENCE = re.compile(r'(url\(#|href="#)([^)"]+)')
 
 
-def _rc(salt: str) -> Any:  # rc_context's key type lists every rcParam name
+def _rc(name: str) -> Any:  # rc_context's key type lists every rcParam name
     return {
         "svg.fonttype": "none",
-        "svg.hashsalt": f"residuals-{salt}",
+        "svg.hashsalt": f"residuals-{name}",
         "font.family": "DejaVu Sans",
         "font.size": 8,
         "axes.spines.top": False,
@@ -35,16 +37,21 @@ def _rc(salt: str) -> Any:  # rc_context's key type lists every rcParam name
     }
 
 
-def _svg(figure: Any) -> str:
+def _svg(figure: Any, prefix: str) -> str:
+    """The figure as an ``<svg>`` element: no XML prolog or metadata, and every id (and
+    reference to one) prefixed, since matplotlib numbers ids from 1 in each file and two
+    charts share one HTML page."""
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    return _METADATA.sub("", text[text.index("<svg") :]).strip()
+    text = _METADATA.sub("", text[text.index("<svg") :]).strip()
+    text = _ID.sub(lambda m: f'id="{prefix}-{m[1]}"', text)
+    return _REFERENCE.sub(lambda m: f"{m[1]}{prefix}-{m[2]}", text)
 
 
 def _panels(
     title: str,
-    salt: str,
+    name: str,
     days: Sequence[date],
     rows: Sequence[tuple[str, Sequence[float], Sequence[float], str]],
 ) -> str:
@@ -57,7 +64,7 @@ def _panels(
     from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
     x = [d.day for d in days]
-    with _LOCK, matplotlib.rc_context(_rc(salt)):
+    with _LOCK, matplotlib.rc_context(_rc(name)):
         figure = Figure(figsize=(7.0, 0.4 + 1.45 * len(rows)), layout="constrained")
         figure.suptitle(title, fontsize=9, fontweight="bold")
         axes = figure.subplots(len(rows), 1, sharex=True, squeeze=False)[:, 0]
@@ -80,7 +87,7 @@ def _panels(
         figure.legend(
             list(legend.values()), list(legend), loc="outside upper right", frameon=False, ncols=2
         )
-        return _svg(figure)
+        return _svg(figure, name)
 
 
 def usage_chart(daily: DailySeries) -> str:

@@ -9,6 +9,7 @@ and SVG, no external request) and is deterministic: same view, same bytes.
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -70,22 +71,39 @@ def _environment() -> Any:
     return env
 
 
-def html_document(view: StatementView) -> bytes:
-    """The statement as one self-contained HTML page (UTF-8)."""
+def html_document(view: StatementView, *, charts_as_images: bool = False) -> bytes:
+    """The statement as one self-contained HTML page (UTF-8), charts as inline SVG.
+
+    ``charts_as_images`` embeds them as ``data:`` images instead, for WeasyPrint: it
+    renders an SVG image with its own SVG styles, while inline SVG elements would go
+    through the page's CSS cascade (slower, and a warning per SVG style it ignores)."""
     from markupsafe import Markup
 
     digits = {c.code: c.minor_digits for c in view.currencies}
+    drawn = {
+        "usage": ("Usage per day", charts.usage_chart(view.daily)),
+        "earnings": ("Earnings per day", charts.earnings_chart(view.daily, digits)),
+    }
+    shown = {
+        name: Markup(_image(alt, svg) if charts_as_images and svg else svg)
+        for name, (alt, svg) in drawn.items()
+    }
     page = (
         _environment()
         .get_template("statement.html.j2")
         .render(
             view=view,
-            usage_svg=Markup(charts.usage_chart(view.daily)),
-            earnings_svg=Markup(charts.earnings_chart(view.daily, digits)),
+            usage_svg=shown["usage"],
+            earnings_svg=shown["earnings"],
             css=Markup(_css()),
         )
     )
     return str(page).encode("utf-8")
+
+
+def _image(alt: str, svg: str) -> str:
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f'<img class="chart-image" alt="{alt}" src="data:image/svg+xml;base64,{data}">'
 
 
 @functools.cache
@@ -95,11 +113,12 @@ def _css() -> str:
     return (files("residuals.payouts.documents") / "templates" / "statement.css").read_text("utf-8")
 
 
-def pdf_document(html: bytes) -> bytes:
+def pdf_document(view: StatementView) -> bytes:
     """The HTML page printed to A4 by WeasyPrint (headers and page numbers from its CSS)."""
     from weasyprint import HTML
 
-    pdf: bytes = HTML(string=html.decode("utf-8")).write_pdf()
+    html = html_document(view, charts_as_images=True).decode("utf-8")
+    pdf: bytes = HTML(string=html).write_pdf()
     return pdf
 
 
@@ -150,23 +169,24 @@ def csv_rows(view: StatementView) -> Iterator[dict[str, Any]]:
                 "units": held.units,
                 "amount": _amount(held.amount),
             }
-    for cell in view.breakdown:
-        lic = licences[cell.licence_id]
-        yield base | {
-            "record": "breakdown",
-            "licence_id": cell.licence_id,
-            "talent_id": lic.talent.party_id,
-            "avatar_id": cell.avatar.party_id,
-            "vendor_id": cell.vendor.party_id,
-            "kind": cell.kind,
-            "channel": cell.channel,
-            "territory": cell.territory,
-            "units": cell.units,
-            "amount": _amount(cell.amount),
-            "held_units": cell.held_units,
-            "held_amount": _amount(cell.held_amount),
-            "currency": cell.amount.currency,
-        }
+    for group in view.breakdown:
+        talents = {licences[i].talent.party_id for i in group.licence_ids if i in licences}
+        for cell in group.cells:
+            yield base | {
+                "record": "breakdown",
+                "licence_id": " ".join(group.licence_ids),
+                "talent_id": " ".join(sorted(talents)),
+                "avatar_id": group.avatar.party_id,
+                "vendor_id": group.vendor.party_id,
+                "kind": cell.kind,
+                "channel": cell.channel,
+                "territory": cell.territory,
+                "units": cell.units,
+                "amount": _amount(cell.amount),
+                "held_units": cell.held_units,
+                "held_amount": _amount(cell.held_amount),
+                "currency": group.currency,
+            }
     for payout in view.payouts:
         yield base | {
             "record": "payout",

@@ -32,9 +32,11 @@ KIND_LABELS: dict[str, str] = {
 
 #: Printed beside every breakdown.
 CELL_ROUNDING = (
-    "Each cell's amount is the exact sum of its uses' amounts by the rules, rounded once to "
-    "the currency's minor unit (half to even), so cells may differ from the statement lines "
-    "by a few minor units. The statement lines above are the binding figures."
+    "Use by avatar, vendor and currency (the licences named beside each), then by kind, "
+    "territory and channel. Each cell's amount is the exact sum of its uses' amounts by the "
+    "rules, rounded once to the currency's minor unit (half to even), so cells may differ "
+    "from the statement lines by a few minor units. The statement lines above are the "
+    "binding figures."
 )
 
 
@@ -183,9 +185,8 @@ class LicenceView:
 
 @dataclass(frozen=True, slots=True)
 class CellView:
-    licence_id: str
-    avatar: Party
-    vendor: Party
+    """Use of one kind in one territory and channel (licences of one group summed)."""
+
     kind: str
     territory: str
     channel: str
@@ -197,6 +198,17 @@ class CellView:
     @property
     def kind_label(self) -> str:
         return KIND_LABELS.get(self.kind, self.kind)
+
+
+@dataclass(frozen=True)
+class BreakdownGroup:
+    """One avatar's use by one vendor in one currency: the cells of its licences."""
+
+    avatar: Party
+    vendor: Party
+    currency: str
+    licence_ids: tuple[str, ...]
+    cells: tuple[CellView, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +318,7 @@ class StatementView:
     vendors: tuple[Party, ...]
     licences: tuple[LicenceView, ...]
     balances: tuple[BalanceView, ...]
-    breakdown: tuple[CellView, ...]
+    breakdown: tuple[BreakdownGroup, ...]
     held_by_violation: tuple[ViolationView, ...]
     misuse: tuple[MisuseView, ...]
     misuse_rest: tuple[MisuseRestView, ...]
@@ -322,6 +334,12 @@ class StatementView:
     held_note: str = HELD_MONEY
     rounding_note: str = CELL_ROUNDING
     misuse_limit: int = MISUSE_LIMIT
+
+    @property
+    def release_notes(self) -> tuple[tuple[str, str], ...]:
+        """What would release each violation held in the part, once per violation."""
+        notes = {v.violation: v.releases for v in self.held_by_violation}
+        return tuple(notes.items())
 
     @property
     def title(self) -> str:
@@ -407,27 +425,53 @@ def _licence_view(
     )
 
 
-def _breakdown(tally: UsageTally, names: Names) -> tuple[CellView, ...]:
-    cells = []
+def _breakdown(tally: UsageTally, names: Names) -> tuple[BreakdownGroup, ...]:
+    """Cells by avatar x vendor x currency, then kind x territory x channel: the exact
+    amounts of a cell's licences summed, then rounded once."""
+    groups: dict[tuple[str, str, str], dict[tuple[str, str, str], list[Any]]] = {}
+    licences: dict[tuple[str, str, str], set[str]] = {}
     for (licence_id, kind, territory, channel), sums in tally.cells.items():
-        currency = tally.currencies[licence_id]
         who = names.licences.get(licence_id, LicenceParties("", "", ""))
-        cells.append(
-            CellView(
-                licence_id=licence_id,
-                avatar=_party(who.avatar_id, names.avatars),
-                vendor=_party(who.vendor_id, names.vendors),
-                kind=kind,
-                territory=territory,
-                channel=channel,
-                units=sums.units,
-                amount=_rounded(sums.amount, currency),
-                held_units=sums.held_units,
-                held_amount=_rounded(sums.held_amount, currency),
+        group = (who.avatar_id, who.vendor_id, tally.currencies[licence_id])
+        licences.setdefault(group, set()).add(licence_id)
+        slot = groups.setdefault(group, {}).setdefault(
+            (kind, territory, channel), [0, ZERO, 0, ZERO]
+        )
+        slot[0] += sums.units
+        slot[1] += sums.amount
+        slot[2] += sums.held_units
+        slot[3] += sums.held_amount
+    out = []
+    for (avatar_id, vendor_id, currency), cells in groups.items():
+        out.append(
+            BreakdownGroup(
+                avatar=_party(avatar_id, names.avatars),
+                vendor=_party(vendor_id, names.vendors),
+                currency=currency,
+                licence_ids=tuple(sorted(licences[(avatar_id, vendor_id, currency)])),
+                cells=tuple(
+                    CellView(
+                        kind=kind,
+                        territory=territory,
+                        channel=channel,
+                        units=units,
+                        amount=_rounded(amount, currency),
+                        held_units=held_units,
+                        held_amount=_rounded(held_amount, currency),
+                    )
+                    for (kind, territory, channel), (
+                        units,
+                        amount,
+                        held_units,
+                        held_amount,
+                    ) in sorted(
+                        cells.items(), key=lambda kv: (KIND_ORDER.get(kv[0][0], 9), kv[0][1:])
+                    )
+                ),
             )
         )
-    cells.sort(key=lambda c: (c.licence_id, KIND_ORDER.get(c.kind, 9), c.territory, c.channel))
-    return tuple(cells)
+    out.sort(key=lambda g: (g.avatar.label.casefold(), g.vendor.label.casefold(), g.currency))
+    return tuple(out)
 
 
 def _held_by_violation(

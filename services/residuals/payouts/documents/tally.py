@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, localcontext
+from typing import Any, TypeVar
 
 from residuals.domain.licences import Licence
 from residuals.domain.metering import Rating
@@ -25,6 +27,8 @@ from residuals.domain.money import MONEY_CONTEXT, ZERO
 from residuals.domain.period import Period
 from residuals.domain.statement import unreported_renders
 from residuals.domain.vocabulary import Violation
+
+K = TypeVar("K")
 
 #: Misuse listed use by use in a document; older ones are summed per violation and vendor.
 MISUSE_LIMIT = 200
@@ -89,7 +93,6 @@ class UsageTally:
         #: Every misuse, summed by (violation, vendor, currency).
         self.misuse_totals: dict[tuple[Violation, str, str], MisuseSum] = {}
         self.unreported_renders: dict[str, int] = {}
-        self.rated_licences: set[str] = set()
         self._recent: list[tuple[datetime, str, str, int, Misuse]] = []
         self._order = itertools.count()
         self._start = period.start
@@ -101,86 +104,118 @@ class UsageTally:
             self._add(licence, ratings)
 
     def _add(self, licence: Licence, ratings: Sequence[Rating]) -> None:
+        """One pass over the licence's ratings into per-(day, kind, territory, channel)
+        sums, held lines, misuse totals and the latest misuse, then merged into the
+        part's sums: one dictionary lookup per use, which matters at a million uses."""
         licence_id, currency = licence.licence_id, licence.currency
         self.currencies[licence_id] = currency
-        self.rated_licences.add(licence_id)
         self.unreported_renders[licence_id] = unreported_renders(ratings)
-        cells, by_day, earnings = self.cells, self.usage_by_day, self.earnings_by_day
         start = self._start
+        sums: dict[tuple[int, str, str | None, str | None], list[Any]] = {}
+        held = self.held
+        totals = self.misuse_totals
+        latest: deque[tuple[Rating, int, Decimal, Violation]] = deque(maxlen=self.misuse_limit)
         for rating in ratings:
-            if rating.excluded is not None or not (rating.portions or rating.violations):
+            portions, violations = rating.portions, rating.violations
+            if rating.excluded is not None or not (portions or violations):
                 continue
             event = rating.event
             kind = event.kind.value
-            day = (event.occurred_at - start).days
-            cell_key = (licence_id, kind, event.territory or "", event.channel or "")
-            cell = cells.get(cell_key)
-            if cell is None:
-                cell = cells[cell_key] = Sums()
-            used = by_day.get((day, kind))
-            if used is None:
-                used = by_day[(day, kind)] = Sums()
-            money = earnings.get((day, currency))
-            if money is None:
-                money = earnings[(day, currency)] = Sums()
-            held_units, held_amount, held_violation = 0, ZERO, None
-            for p in rating.portions:
+            key = ((event.occurred_at - start).days, kind, event.territory, event.channel)
+            slot = sums.get(key)
+            if slot is None:
+                slot = sums[key] = [0, ZERO, 0, ZERO]
+            held_units, held_amount, violation = 0, ZERO, None
+            for p in portions:
                 if p.violation is None:
-                    cell.units += p.units
-                    cell.amount += p.amount
-                    used.units += p.units
-                    money.amount += p.amount
+                    slot[0] += p.units
+                    slot[1] += p.amount
                     continue
+                violation = p.violation
                 held_units += p.units
                 held_amount += p.amount
-                held_violation = p.violation
-                line = self.held.get((licence_id, p.violation, kind))
+                line = held.get((licence_id, violation, kind))
                 if line is None:
-                    line = self.held[(licence_id, p.violation, kind)] = MisuseSum()
+                    line = held[(licence_id, violation, kind)] = MisuseSum()
                 line.uses += 1
                 line.units += p.units
                 line.amount += p.amount
             if held_units:
-                cell.held_units += held_units
-                cell.held_amount += held_amount
-                used.held_units += held_units
-                money.held_amount += held_amount
-            violation = held_violation or _flagged(rating.violations)
-            if violation is not None:
-                self._misuse(
-                    Misuse(
-                        occurred_at=event.occurred_at,
-                        licence_id=licence_id,
-                        vendor_id=event.vendor_id,
-                        event_id=event.event_id,
-                        kind=kind,
-                        category=event.category or "",
-                        territory=event.territory or "",
-                        channel=event.channel or "",
-                        violation=violation,
-                        held_units=held_units,
-                        held_amount=held_amount,
-                    ),
-                    currency,
-                )
+                slot[2] += held_units
+                slot[3] += held_amount
+            if violation is None and violations:
+                violation = _flagged(violations)
+            if violation is None:
+                continue
+            total = totals.get((violation, event.vendor_id, currency))
+            if total is None:
+                total = totals[(violation, event.vendor_id, currency)] = MisuseSum()
+            total.uses += 1
+            total.units += held_units
+            total.amount += held_amount
+            latest.append((rating, held_units, held_amount, violation))  # scope order
+        self._merge(licence_id, currency, sums)
+        for rating, held_units, held_amount, violation in latest:
+            self._keep(licence_id, rating, held_units, held_amount, violation)
 
-    def _misuse(self, use: Misuse, currency: str) -> None:
-        key = (use.violation, use.vendor_id, currency)
-        total = self.misuse_totals.get(key)
-        if total is None:
-            total = self.misuse_totals[key] = MisuseSum()
-        total.uses += 1
-        total.units += use.held_units
-        total.amount += use.held_amount
-        entry = (use.occurred_at, use.event_id, use.licence_id, next(self._order), use)
-        if len(self._recent) < self.misuse_limit:
-            heapq.heappush(self._recent, entry)
-        elif self.misuse_limit:
-            heapq.heappushpop(self._recent, entry)
+    def _merge(
+        self,
+        licence_id: str,
+        currency: str,
+        sums: dict[tuple[int, str, str | None, str | None], list[Any]],
+    ) -> None:
+        for (day, kind, territory, channel), values in sums.items():
+            _add_to(self.cells, (licence_id, kind, territory or "", channel or ""), values)
+            _add_to(self.usage_by_day, (day, kind), values)
+            _add_to(self.earnings_by_day, (day, currency), values)
+
+    def _keep(
+        self,
+        licence_id: str,
+        rating: Rating,
+        held_units: int,
+        held_amount: Decimal,
+        violation: Violation,
+    ) -> None:
+        """Keep the use if it is among the ``misuse_limit`` most recent so far."""
+        event = rating.event
+        order = (event.occurred_at, event.event_id, licence_id)
+        recent = self._recent
+        if len(recent) >= self.misuse_limit and (not recent or order <= recent[0][:3]):
+            return
+        use = Misuse(
+            occurred_at=event.occurred_at,
+            licence_id=licence_id,
+            vendor_id=event.vendor_id,
+            event_id=event.event_id,
+            kind=event.kind.value,
+            category=event.category or "",
+            territory=event.territory or "",
+            channel=event.channel or "",
+            violation=violation,
+            held_units=held_units,
+            held_amount=held_amount,
+        )
+        entry = (*order, next(self._order), use)
+        if len(recent) < self.misuse_limit:
+            heapq.heappush(recent, entry)
+        else:
+            heapq.heappushpop(recent, entry)
 
     def recent_misuse(self) -> list[Misuse]:
         """The most recent misuse (at most ``misuse_limit``), newest first."""
         return [entry[-1] for entry in sorted(self._recent, reverse=True)]
+
+
+def _add_to(table: dict[K, Sums], key: K, values: Sequence[Any]) -> None:
+    """Add (units, amount, held units, held amount) to ``table[key]``."""
+    into = table.get(key)
+    if into is None:
+        into = table[key] = Sums()
+    into.units += values[0]
+    into.amount += values[1]
+    into.held_units += values[2]
+    into.held_amount += values[3]
 
 
 def _flagged(violations: Sequence[Violation]) -> Violation | None:
