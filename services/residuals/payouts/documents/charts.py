@@ -66,7 +66,7 @@ def _panels(
     x = [d.day for d in days]
     with _LOCK, matplotlib.rc_context(_rc(name)):
         figure = Figure(figsize=(7.0, 0.4 + 1.45 * len(rows)), layout="constrained")
-        figure.suptitle(title, fontsize=9, fontweight="bold")
+        figure.suptitle(title, fontsize=9, fontweight="bold", x=0.02, ha="left")
         axes = figure.subplots(len(rows), 1, sharex=True, squeeze=False)[:, 0]
         for ax, (label, billed, held, tick) in zip(axes, rows, strict=True):
             ax.bar(x, billed, color=BILLED, width=0.8, label="billed")
