@@ -6,6 +6,7 @@ with two clients (a roll-up and one document per client)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -272,6 +273,16 @@ def test_the_finance_command_writes_documents(closed: Closed, tmp_path: Path) ->
     ]
     lines = done.stdout.decode().splitlines()
     assert len(lines) == 3 and all("sha256" in line for line in lines)
+
+    listed = closed.finance(
+        "statement", "--payee", "TAL-1", "--period", "2026-10", "--format", "csv",
+        "--out", str(tmp_path / "tal.csv"), "--json",
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)["documents"]
+    assert entry["path"] == str(tmp_path / "tal.csv") and entry["content_type"] == "text/csv"
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "tal.csv").read_bytes()).hexdigest()
+    assert entry["statement_sha256"] == closed.stored.content_hash
 
     piped = closed.finance(
         "statement", "--payee", "TAL-1", "--period", "2026-10", "--format", "json", "--out", "-"

@@ -68,6 +68,7 @@ def register(subparsers: Any) -> None:
         default="",
         help="file to write, or - for standard output (default: the document's name here)",
     )
+    doc.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     doc.set_defaults(handler=_statement_document)
 
     payouts = sub.add_parser("payouts", help="list payouts, or pay them (--pay)")
@@ -254,6 +255,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _statement_document(args: argparse.Namespace) -> int:
+    from residuals.cli.output import print_json, progress
     from residuals.payouts import store
     from residuals.payouts.documents import NoStatementPart, client_talent_ids, render_statement
 
@@ -264,7 +266,11 @@ def _statement_document(args: argparse.Namespace) -> int:
     if args.all_clients and args.out == "-":
         return _fail("--all-clients writes several files: give --out a folder")
     written = []
-    with _context() as (_settings, db, sources), db.connection() as conn:
+    with (
+        _context() as (_settings, db, sources),
+        db.connection() as conn,
+        progress(f"statement of {args.payee} for {period}") as shown,
+    ):
         stored = store.get_statement(conn, period)
         if stored is None:
             return _fail(f"{period} has no statement (not closed)", 1)
@@ -272,6 +278,7 @@ def _statement_document(args: argparse.Namespace) -> int:
         if args.all_clients:
             clients = ["", *client_talent_ids(conn, args.payee)]
         for talent in clients:
+            shown.step(f"{args.format} of {args.payee}" + (f" for {talent}" if talent else ""))
             try:
                 written.append(
                     render_statement(
@@ -288,6 +295,7 @@ def _statement_document(args: argparse.Namespace) -> int:
         print(f"{written[0].filename}  sha256 {written[0].sha256}", file=sys.stderr)
         return 0
     folder = Path(args.out or ".") if args.all_clients else None
+    files = []
     for document in written:
         if folder is not None:
             path = folder / document.filename
@@ -295,6 +303,24 @@ def _statement_document(args: argparse.Namespace) -> int:
             path = Path(args.out) if args.out else Path(document.filename)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(document.content)
+        files.append((path, document))
+    if args.json:
+        print_json(
+            {
+                "documents": [
+                    {
+                        "path": str(path),
+                        "content_type": document.content_type,
+                        "sha256": document.sha256,
+                        "part_sha256": document.part_sha256,
+                        "statement_sha256": document.statement_sha256,
+                    }
+                    for path, document in files
+                ]
+            }
+        )
+        return 0
+    for path, document in files:
         print(f"{path}  sha256 {document.sha256}  part sha256 {document.part_sha256}")
     return 0
 
