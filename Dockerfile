@@ -32,6 +32,14 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     METRICS_PORT=9464 \
     GRPC_PORT=50051
+# Statement documents (payouts/documents): WeasyPrint loads Pango and HarfBuzz's subsetter
+# at run time and needs a font. Not pinned: the base image tag fixes the Debian release,
+# and a pin would refuse the security updates Debian ships within it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+       libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 residuals \
     && useradd --system --uid 10001 --gid residuals --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin residuals

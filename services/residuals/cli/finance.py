@@ -1,4 +1,4 @@
-"""``residuals finance …``: close periods, statements, exports, payouts, reconciliation.
+"""``residuals finance …``: close periods, statements, exports, documents, payouts, reconciliation.
 
 The finance commands work directly on the database (``DATABASE_URL``) through the same
 functions PayoutService calls, so the CLI and gRPC can never disagree. ``reconcile``
@@ -43,6 +43,33 @@ def register(subparsers: Any) -> None:
     exp.add_argument("--out", required=True, type=Path, help="folder to write into")
     exp.add_argument("--format", choices=("csv", "json", "both"), default="both")
     exp.set_defaults(handler=_export)
+
+    doc = sub.add_parser(
+        "statement",
+        help="write a payee's statement document (PDF, HTML, JSON or CSV)",
+        description=(
+            "A payee's part of a closed statement as a document: names, statement lines, "
+            "held use, breakdowns, misuse, payouts, daily charts and the hashes to verify. "
+            "Prints each file written and its SHA-256."
+        ),
+    )
+    doc.add_argument("--payee", required=True, help="payee id (talent, agent or estate)")
+    doc.add_argument("--period", required=True, help="YYYY-MM of a closed period")
+    doc.add_argument("--format", choices=("pdf", "html", "json", "csv"), default="pdf")
+    who = doc.add_mutually_exclusive_group()
+    who.add_argument("--talent", default="", help="an agent's or estate's client: only theirs")
+    who.add_argument(
+        "--all-clients",
+        action="store_true",
+        help="the roll-up plus one document per client (--out is then a folder)",
+    )
+    doc.add_argument(
+        "--out",
+        default="",
+        help="file to write, or - for standard output (default: the document's name here)",
+    )
+    doc.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    doc.set_defaults(handler=_statement_document)
 
     payouts = sub.add_parser("payouts", help="list payouts, or pay them (--pay)")
     payouts.add_argument("--period", default="", help="YYYY-MM")
@@ -224,6 +251,77 @@ def _export(args: argparse.Namespace) -> int:
         path = args.out / f.filename
         path.write_bytes(f.content)
         print(f"{path}  sha256 {f.sha256}")
+    return 0
+
+
+def _statement_document(args: argparse.Namespace) -> int:
+    from residuals.cli.output import print_json, progress
+    from residuals.payouts import store
+    from residuals.payouts.documents import NoStatementPart, client_talent_ids, render_statement
+
+    try:
+        period = str(_period_arg(args.period))
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.all_clients and args.out == "-":
+        return _fail("--all-clients writes several files: give --out a folder")
+    written = []
+    with (
+        _context() as (_settings, db, sources),
+        db.connection() as conn,
+        progress(f"statement of {args.payee} for {period}") as shown,
+    ):
+        stored = store.get_statement(conn, period)
+        if stored is None:
+            return _fail(f"{period} has no statement (not closed)", 1)
+        clients = [args.talent]
+        if args.all_clients:
+            clients = ["", *client_talent_ids(conn, args.payee)]
+        for talent in clients:
+            shown.step(f"{args.format} of {args.payee}" + (f" for {talent}" if talent else ""))
+            try:
+                written.append(
+                    render_statement(
+                        conn, sources, stored, args.payee, args.format, talent_id=talent
+                    )
+                )
+            except NoStatementPart as missing:
+                if not talent or not args.all_clients:
+                    return _fail(str(missing), 1)
+                print(f"skipped: {missing}", file=sys.stderr)
+    if args.out == "-":
+        sys.stdout.buffer.write(written[0].content)
+        sys.stdout.buffer.flush()
+        print(f"{written[0].filename}  sha256 {written[0].sha256}", file=sys.stderr)
+        return 0
+    folder = Path(args.out or ".") if args.all_clients else None
+    files = []
+    for document in written:
+        if folder is not None:
+            path = folder / document.filename
+        else:
+            path = Path(args.out) if args.out else Path(document.filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(document.content)
+        files.append((path, document))
+    if args.json:
+        print_json(
+            {
+                "documents": [
+                    {
+                        "path": str(path),
+                        "content_type": document.content_type,
+                        "sha256": document.sha256,
+                        "part_sha256": document.part_sha256,
+                        "statement_sha256": document.statement_sha256,
+                    }
+                    for path, document in files
+                ]
+            }
+        )
+        return 0
+    for path, document in files:
+        print(f"{path}  sha256 {document.sha256}  part sha256 {document.part_sha256}")
     return 0
 
 

@@ -41,16 +41,24 @@ class PayloadError(ValueError):
     """A payload field that cannot even be handed to the rules (an out-of-range time)."""
 
 
-def kind_name(value: int) -> str:
-    """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED).
-
-    With :func:`kind_value`, the one mapping between the wire's usage kinds and the
-    domain's names (``Kind`` values), used by every service."""
+def _kind_name(value: int) -> str:
     try:
         name = common_pb2.UsageKind.Name(common_pb2.UsageKind.ValueType(value))
     except ValueError:
         return ""
     return "" if name.endswith("UNSPECIFIED") else name.removeprefix(_KIND_PREFIX)
+
+
+#: Every number the wire knows, named once (decoding runs for every stored event).
+_KIND_NAMES: dict[int, str] = {v: _kind_name(v) for v in common_pb2.UsageKind.values()}
+
+
+def kind_name(value: int) -> str:
+    """``USAGE_KIND_VIEW`` → ``VIEW``; unknown numbers and UNSPECIFIED → ``""`` (MALFORMED).
+
+    With :func:`kind_value`, the one mapping between the wire's usage kinds and the
+    domain's names (``Kind`` values), used by every service."""
+    return _KIND_NAMES.get(value, "")
 
 
 def kind_value(name: str) -> common_pb2.UsageKind.ValueType:

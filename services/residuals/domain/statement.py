@@ -280,7 +280,7 @@ def _lines(ratings: list[Rating], currency: str) -> tuple[tuple[Line, ...], tupl
     return lines, held_lines
 
 
-def _unreported_renders(ratings: list[Rating]) -> int:
+def unreported_renders(ratings: Sequence[Rating]) -> int:
     """Render ids shown by views/impressions that no accepted render reported (§9)."""
     reported = {r.event.render_id for r in ratings if r.event.kind is Kind.RENDER}
     shown = {
@@ -344,7 +344,7 @@ def _compute(
             if rating.excluded:
                 excluded[rating.excluded] += rating.event.quantity
             tally.violations.update(v for v in rating.violations)
-        tally.violations[Violation.UNREPORTED_RENDER] += _unreported_renders(ratings)
+        tally.violations[Violation.UNREPORTED_RENDER] += unreported_renders(ratings)
         lines, held = _lines(ratings, licence.currency)
         earned = sum((line.amount for line in lines), ZERO)
         terms = licence.version_at(period.last_instant)

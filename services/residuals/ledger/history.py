@@ -30,6 +30,7 @@ bundles of any size.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -187,7 +188,15 @@ def load_period(
     the rows that could not be loaded as they are. With ``licence_ids``, only what those
     licences' part of the statement needs (:data:`_PART_ROWS`)."""
     sql = _PERIOD_ROWS if licence_ids is None else _PART_ROWS
-    return load_rows(conn.execute(sql, _params(period, licence_ids)).fetchall())
+    with contextlib.ExitStack() as stack:
+        if conn.autocommit:  # a server-side cursor lives in a transaction
+            stack.enter_context(conn.transaction())
+        # Folded as the rows arrive: a million events' payloads are never all in memory
+        # beside the events parsed from them (one payee's million events: 969 -> 463 MiB).
+        cursor = stack.enter_context(conn.cursor(name="residuals_history_load"))
+        cursor.itersize = 10_000
+        cursor.execute(sql, _params(period, licence_ids))
+        return load_rows(cursor)
 
 
 def load_period_events(conn: Connection[Any], period: Period | str) -> list[UsageEvent | Rejection]:

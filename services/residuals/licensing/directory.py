@@ -6,7 +6,9 @@ The gateway, the ledger's signature audit and every service's authentication rea
 licence identities and principals through these functions and never name the tables,
 so the schema can change behind them (``tests/unit/test_table_owners.py``). Full
 licences (versions, splits, suspensions) are read with :mod:`residuals.licensing.store`;
-the period close reads the approvals granted (§5a) with :func:`granted_approvals`.
+the period close reads the approvals granted (§5a) with :func:`granted_approvals`; statement
+documents read who a payee is and the names of talents, avatars and vendors
+(:func:`payee`, :func:`display_names`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ class LicenceIdentityRow(NamedTuple):
     currency_code: str
 
 
+class PayeeRow(NamedTuple):
+    payee_id: str
+    kind: str  # unspecified | talent | agent | estate
+    display_name: str
+    #: The talents the payee is paid for (``payee_talents``): an agent's or estate's
+    #: clients, sorted.
+    talent_ids: tuple[str, ...]
+
+
+class DisplayNames(NamedTuple):
+    """Display names by id (``''`` when none was registered); unknown ids are left out."""
+
+    talents: dict[str, str]
+    avatars: dict[str, str]
+    vendors: dict[str, str]
+
+
 _KEY_COLUMNS = "key_id, vendor_id, public_key, revoked_at"
 
 
@@ -72,6 +91,41 @@ def licence_identity(conn: Conn, licence_id: str) -> LicenceIdentityRow | None:
         (licence_id,),
     ).fetchone()
     return None if row is None else LicenceIdentityRow(*row)
+
+
+def payee(conn: Conn, payee_id: str) -> PayeeRow | None:
+    """The payee ``payee_id`` with the talents it is paid for, None if unknown."""
+    row = conn.execute(
+        "SELECT payee_id, kind, display_name FROM payees WHERE payee_id = %s", (payee_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    talents = conn.execute(
+        "SELECT talent_id FROM payee_talents WHERE payee_id = %s ORDER BY talent_id",
+        (payee_id,),
+    ).fetchall()
+    return PayeeRow(row[0], row[1], row[2], tuple(t[0] for t in talents))
+
+
+def display_names(
+    conn: Conn,
+    *,
+    talent_ids: Sequence[str] = (),
+    avatar_ids: Sequence[str] = (),
+    vendor_ids: Sequence[str] = (),
+) -> DisplayNames:
+    """The display names of the given talents, avatars and vendors (one query)."""
+    rows = conn.execute(
+        "SELECT 't', talent_id, display_name FROM talents WHERE talent_id = ANY(%s)"
+        " UNION ALL SELECT 'a', avatar_id, display_name FROM avatars WHERE avatar_id = ANY(%s)"
+        " UNION ALL SELECT 'v', vendor_id, display_name FROM vendors WHERE vendor_id = ANY(%s)",
+        (list(talent_ids), list(avatar_ids), list(vendor_ids)),
+    ).fetchall()
+    names = DisplayNames({}, {}, {})
+    by_kind = {"t": names.talents, "a": names.avatars, "v": names.vendors}
+    for kind, key, name in rows:
+        by_kind[kind][key] = name
+    return names
 
 
 def granted_approvals(conn: Conn, licence_ids: Sequence[str] | None = None) -> list[Approval]:

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,12 +123,18 @@ def csv_rows(
     return rows
 
 
+def csv_bytes(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """RFC 4180 CSV (CRLF) with a header row; missing and None cells are empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
 def csv_export(
     document: Mapping[str, Any], adjustments: Iterable[AdjustmentLine] = ()
 ) -> ExportFile:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\r\n", restval="")
-    writer.writeheader()
-    writer.writerows(csv_rows(document, adjustments))
     period = document["period"]
-    return ExportFile(buffer.getvalue().encode("utf-8"), "text/csv", f"residuals-{period}.csv")
+    content = csv_bytes(CSV_COLUMNS, csv_rows(document, adjustments))
+    return ExportFile(content, "text/csv", f"residuals-{period}.csv")
