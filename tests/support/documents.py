@@ -26,7 +26,7 @@ from residuals.payouts.documents.model import (
     StatementView,
     build_view,
 )
-from residuals.payouts.documents.tally import MISUSE_LIMIT, UsageTally
+from residuals.payouts.tally import MISUSE_LIMIT, UsageTally
 from tests.support.builders import PERIOD, licence
 
 HOSTILE = "<script>alert('x')</script>"

@@ -6,7 +6,7 @@
   directory (:mod:`residuals.licensing.directory`), never its tables;
 * where the use happened: the part recomputed by the rules from its stored events
   (:func:`residuals.payouts.close.restate_part`), its ratings folded into sums as they are
-  made (:class:`~residuals.payouts.documents.tally.UsageTally`), and compared with the
+  made (:class:`~residuals.payouts.tally.UsageTally`), and compared with the
   closed statement (the document says when they differ);
 * the payee's payouts of the period (:func:`residuals.payouts.store.list_payouts`).
 """
@@ -30,7 +30,7 @@ from residuals.payouts.documents.model import (
     StatementView,
     build_view,
 )
-from residuals.payouts.documents.tally import UsageTally
+from residuals.payouts.tally import UsageTally
 from residuals.payouts.sources import Conn, Sources
 from residuals.platform.heap import bulk_allocations
 

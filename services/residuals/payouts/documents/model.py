@@ -2,7 +2,7 @@
 
 Built from the payee's part of a closed statement (:mod:`residuals.domain.parts`, the §10
 shape: the binding figures), the names of the parties, the sums of the rules' ratings
-(:class:`~residuals.payouts.documents.tally.UsageTally`: where the use happened) and the
+(:class:`~residuals.payouts.tally.UsageTally`: where the use happened) and the
 payee's payouts. Every format (HTML, PDF, CSV) renders this one tree, so they cannot
 disagree. Money stays :class:`~decimal.Decimal` with the currency's minor digits; a cell
 of a breakdown is rounded once, like a statement line, so cells may differ from the
@@ -22,7 +22,7 @@ from residuals.domain.parts import part_hash
 from residuals.domain.period import Period
 from residuals.domain.vocabulary import KIND_ORDER, Violation
 from residuals.payouts.documents.guidance import HELD_MONEY, releases
-from residuals.payouts.documents.tally import MISUSE_LIMIT, MisuseSum, Sums, UsageTally
+from residuals.payouts.tally import MISUSE_LIMIT, MisuseSum, Sums, UsageTally
 
 KIND_LABELS: dict[str, str] = {
     "RENDER": "Render",
