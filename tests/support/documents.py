@@ -6,6 +6,7 @@ category that suspends a licence, and the suspended uses after it), rated once b
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from residuals.payouts.documents.model import (
     StatementView,
     build_view,
 )
-from residuals.payouts.tally import MISUSE_LIMIT, UsageTally
+from residuals.payouts.tally import MISUSE_LIMIT, StatementUsage, UsageTally, usage_from_json
 from tests.support.builders import PERIOD, licence
 
 HOSTILE = "<script>alert('x')</script>"
@@ -118,8 +119,11 @@ def sample(
     vendor_name: str = "PixelForge",
     extra: list[dict[str, Any]] | None = None,
     misuse_limit: int = MISUSE_LIMIT,
+    stored: bool = False,
 ) -> Sample:
-    """``payee_id``'s document of the sample month (``extra`` raw events appended)."""
+    """``payee_id``'s document of the sample month (``extra`` raw events appended); with
+    ``stored``, its tally is the close's per-licence tallies through JSON and merged, as a
+    document reads them from ``statement_usage``."""
     licences = sample_licences()
     events: list[UsageEvent | Rejection] = [
         parse_event(r) for r in [*sample_events(), *(extra or [])]
@@ -127,9 +131,13 @@ def sample(
     carried_in = {(payee_id, "USD"): Decimal("4.50")}
     ids = part_licence_ids(compute_statement(PERIOD, licences, events).to_document(), payee_id)
     tally = UsageTally(PERIOD, ids, misuse_limit=misuse_limit)
+    kept = StatementUsage(PERIOD, misuse_limit=misuse_limit)
     document = compute_statement(
-        PERIOD, licences, events, carried_in=carried_in, on_rated=tally
+        PERIOD, licences, events, carried_in=carried_in, on_rated=kept if stored else tally
     ).to_document()
+    if stored:
+        for licence_id in sorted(kept.tallies):
+            tally.add(usage_from_json(json.loads(kept.tallies[licence_id])))
     part = part_document(document, payee_id)
     names = Names(
         payee_id=payee_id,
