@@ -11,7 +11,9 @@ One PostgreSQL transaction, serialised by an advisory lock:
 4. the advance each licence may recoup and each payee's carried-in balance are read from
    the journal (after the corrections), never from running totals;
 5. :func:`compute_statement` on the period's stored events → the §10 document, its
-   canonical JSON and hash, rows, journal entries, payouts and payout events.
+   canonical JSON and hash, rows, journal entries, payouts and payout events, and each
+   licence's usage tally folded from the same ratings (``statement_usage``: what statement
+   documents break down by day, kind, territory, channel and misuse).
 
 Approvals (§5a) are priced like the meter prices them: the approvals granted for the
 period's licences, each starting from the render units it covered in earlier periods (the
@@ -59,6 +61,7 @@ from residuals.domain.statement import PeriodStatement, compute_statement
 from residuals.payouts import store
 from residuals.payouts.messages import payout_event_bytes
 from residuals.payouts.sources import Conn, Sources
+from residuals.payouts.tally import StatementUsage
 from residuals.platform.heap import bulk_allocations
 
 log = logging.getLogger(__name__)
@@ -277,6 +280,7 @@ def _close(
     previous = store.get_statement(conn, closed[-1]) if closed else None
     renders_in = stored_renders(previous.inputs.get("approval_renders")) if previous else {}
     step(f"rating {len(events):,} events by the rules")
+    usage = StatementUsage(period)  # the documents' breakdowns, from the same ratings
     statement = compute_statement(
         period,
         priced,
@@ -285,6 +289,7 @@ def _close(
         carried_in=carried,
         approvals=sources.approvals.approvals(conn, [lic.licence_id for lic in priced]),
         approval_renders_in=renders_in,
+        on_rated=usage,
     )
     document = statement.to_document()
     canonical = canonical_json(document).decode("utf-8")
@@ -321,6 +326,11 @@ def _close(
         closed_by=closed_by,
         licences=metas,
         carried_in=carried,
+    )
+    store.insert_statement_usage(
+        conn,
+        statement_id,
+        {lic["licence_id"]: usage.tallies[lic["licence_id"]] for lic in document["licences"]},
     )
     new_entries.extend(journal.statement_entries(document, vendors))
     planned = plan_payouts(key, document["payees"])

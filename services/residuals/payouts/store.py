@@ -224,6 +224,30 @@ def insert_statement(
         )
 
 
+def insert_statement_usage(conn: Conn, statement_id: str, tallies: Mapping[str, str]) -> None:
+    """Each licence's usage tally (JSON text, :func:`residuals.payouts.tally.usage_to_json`)
+    with the statement, after :func:`insert_statement` wrote its licences."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO statement_usage (statement_id, licence_id, tally)"
+            " VALUES (%s, %s, %s::jsonb)",
+            [(statement_id, licence_id, tally) for licence_id, tally in tallies.items()],
+        )
+
+
+def statement_usage(
+    conn: Conn, statement_id: str, licence_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The stored usage tallies of ``licence_ids`` in ``statement_id`` (licence id -> JSON);
+    none for a statement closed before they were stored (migration 0017)."""
+    rows = conn.execute(
+        "SELECT licence_id, tally FROM statement_usage"
+        " WHERE statement_id = %s AND licence_id = ANY(%s)",
+        (statement_id, list(licence_ids)),
+    ).fetchall()
+    return {licence_id: tally for licence_id, tally in rows}
+
+
 _HEADER = (
     "SELECT statement_id, period, content_hash, canonical_json, adjustments_hash, inputs,"
     " event_count, closed_at, closed_by FROM statements"
