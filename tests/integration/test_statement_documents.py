@@ -242,7 +242,42 @@ def test_no_part_is_a_clear_error(closed: Closed) -> None:
         closed.render("TAL-1", "docx")
 
 
+def _forget_usage(dsn: str) -> None:
+    """Delete the stored usage tallies, as for a statement closed before migration 0017."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET session_replication_role = replica")  # past the append-only trigger
+        conn.execute("DELETE FROM statement_usage")
+
+
+def test_the_close_stores_every_licences_usage(closed: Closed) -> None:
+    with psycopg.connect(closed.dsn) as conn:
+        rows = conn.execute(
+            "SELECT licence_id, tally FROM statement_usage WHERE statement_id = %s",
+            (closed.stored.statement_id,),
+        ).fetchall()
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation):
+            conn.execute("DELETE FROM statement_usage")
+    licences = {lic["licence_id"]: lic for lic in closed.stored.document["licences"]}
+    assert sorted(licence_id for licence_id, _ in rows) == sorted(licences)
+    for licence_id, tally in rows:
+        assert tally["currency"] == licences[licence_id]["currency"]
+        billed = sum(cell[3] for cell in tally["cells"])
+        assert billed == sum(line["units"] for line in licences[licence_id]["lines"])
+        assert all(isinstance(cell[4], str) for cell in tally["cells"])  # exact, not floats
+
+
+def test_stored_tallies_give_the_recomputed_documents_bytes(closed: Closed) -> None:
+    documents = [("TAL-1", ""), ("TAL-2", ""), ("AGT-1", ""), ("AGT-1", "TAL-2")]
+    formats = ("html", "csv")
+    kept = {(p, t, f): closed.render(p, f, t).content for p, t in documents for f in formats}
+    _forget_usage(closed.dsn)
+    recomputed = {(p, t, f): closed.render(p, f, t).content for p, t in documents for f in formats}
+    assert recomputed == kept
+    assert b"residuals verify" in kept[("TAL-1", "", "html")]
+
+
 def test_changed_stored_events_are_flagged_in_the_document(closed: Closed) -> None:
+    before = closed.render("TAL-1", "html").content
     tampered = parsed(ev("VIEW", event_id="v3", quantity=5000, occurred_at="2026-10-04T03:00:00Z"))
     with psycopg.connect(closed.dsn) as conn:
         conn.execute("SET session_replication_role = replica")
@@ -250,6 +285,9 @@ def test_changed_stored_events_are_flagged_in_the_document(closed: Closed) -> No
             "UPDATE usage_events SET payload = %s WHERE event_id = 'v3'",
             (payload_bytes(from_domain(tampered)),),
         )
+    # the tallies the close stored are read, not the events: nothing recomputed, no claim
+    assert closed.render("TAL-1", "html").content == before
+    _forget_usage(closed.dsn)  # a statement closed before the tallies were stored
     page = closed.render("TAL-1", "html").content
     assert b"recomputed from the stored events and do not" in page
     # the binding figures are still the closed statement's

@@ -3,8 +3,9 @@
 :func:`render_statement` turns a payee's part of a closed statement into a document in one
 of four formats. JSON is the part itself as canonical JSON (what ``part_sha256`` is the
 SHA-256 of, and what ``residuals verify`` checks an evidence bundle against); CSV, HTML and
-PDF add names, breakdowns, misuse, payouts and daily charts recomputed from the stored
-events. An agent or estate paid for several talents gets one document per client
+PDF add names, breakdowns, misuse, payouts and daily charts (from the usage tallies the
+close stored with the statement; recomputed from the stored events for a statement closed
+before it stored them). An agent or estate paid for several talents gets one document per client
 (``talent_id``: that talent's licences only, hashed as that client's part) besides the
 roll-up of all of them (:func:`client_talent_ids` lists the clients).
 """

@@ -4,19 +4,22 @@
   narrowed to one client's licences for an agent's or estate's client section;
 * names: the payee, talents, avatars and vendors through the licensing service's
   directory (:mod:`residuals.licensing.directory`), never its tables;
-* where the use happened: the part recomputed by the rules from its stored events
-  (:func:`residuals.payouts.close.restate_part`), its ratings folded into sums as they are
-  made (:class:`~residuals.payouts.tally.UsageTally`), and compared with the
-  closed statement (the document says when they differ);
+* where the use happened: the usage tallies the close folded from its ratings and stored
+  with the statement (``statement_usage``), merged for the part's licences
+  (:class:`~residuals.payouts.tally.UsageTally`); for a statement closed before they were
+  stored, the part recomputed by the rules from its stored events
+  (:func:`residuals.payouts.close.restate_part`) with the tally as the hook, and compared
+  with the closed statement (the document says when they differ);
 * the payee's payouts of the period (:func:`residuals.payouts.store.list_payouts`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from residuals.domain.licences import Licence
 from residuals.domain.parts import part_document, part_licence_ids
 from residuals.domain.period import Period
 from residuals.licensing import directory
@@ -30,8 +33,8 @@ from residuals.payouts.documents.model import (
     StatementView,
     build_view,
 )
-from residuals.payouts.tally import UsageTally
 from residuals.payouts.sources import Conn, Sources
+from residuals.payouts.tally import UsageTally, usage_from_json
 from residuals.platform.heap import bulk_allocations
 
 #: Enough to page through any payee's payouts of one period (one per currency).
@@ -109,6 +112,28 @@ def _payouts(conn: Conn, period: str, payee_id: str) -> list[PayoutFact]:
     ]
 
 
+def _usage(
+    conn: Conn,
+    sources: Sources,
+    stored: store.StoredStatement,
+    licences: Sequence[Licence],
+    payee_id: str,
+    ids: tuple[str, ...],
+    part: Mapping[str, Any],
+) -> tuple[UsageTally, bool]:
+    """The part's usage tally, and whether a restatement gave other figures than ``part``
+    (only checked when there is no stored tally to read)."""
+    tally = UsageTally(Period.parse(stored.period), ids)
+    kept = store.statement_usage(conn, stored.statement_id, ids)
+    if ids and len(kept) == len(ids):  # folded by the close from the statement's ratings
+        for licence_id in ids:  # sorted: the order the close rated them in
+            tally.add(usage_from_json(kept[licence_id]))
+        return tally, False
+    with bulk_allocations():
+        restated = restate_part(conn, sources, stored, licences, payee_id, on_rated=tally)
+    return tally, part_document(restated, payee_id, ids) != part
+
+
 def gather_view(
     conn: Conn,
     sources: Sources,
@@ -129,10 +154,7 @@ def gather_view(
         meta = stored.licences.get(licence_id)
         if licence_id not in parties and meta is not None:
             parties[licence_id] = LicenceParties(meta.talent_id, "", meta.vendor_id)
-    tally = UsageTally(Period.parse(stored.period), ids)
-    with bulk_allocations():
-        restated = restate_part(conn, sources, stored, licences, payee_id, on_rated=tally)
-    matches = part_document(restated, payee_id, ids) == part
+    tally, differ = _usage(conn, sources, stored, licences, payee_id, ids, part)
     carried = {
         currency: Decimal(amount)
         for payee, currency, amount in stored.inputs.get("carried_in", [])
@@ -145,5 +167,5 @@ def gather_view(
         payouts=_payouts(conn, stored.period, payee_id),
         facts=StatementFacts(stored.period, stored.content_hash, stored.closed_at, carried),
         client_talent_id=talent_id,
-        recomputed_matches=matches,
+        breakdowns_differ=differ,
     )

@@ -327,9 +327,11 @@ class StatementView:
     daily: DailySeries
     part_sha256: str
     statement_sha256: str
-    #: False when the breakdowns, recomputed from the stored events, do not give the
-    #: closed statement's figures (stored data changed): the document says so.
-    recomputed_matches: bool
+    #: True when the breakdowns were recomputed from the stored events (a statement
+    #: closed before its usage tallies were kept with it) and do not give the closed
+    #: statement's figures (stored data changed): the document says so. False claims no
+    #: check: ``residuals verify`` on the evidence bundle is the check.
+    breakdowns_differ: bool
     verify_commands: tuple[str, ...]
     held_note: str = HELD_MONEY
     rounding_note: str = CELL_ROUNDING
@@ -593,7 +595,7 @@ def build_view(
     payouts: Iterable[PayoutFact],
     facts: StatementFacts,
     client_talent_id: str = "",
-    recomputed_matches: bool = True,
+    breakdowns_differ: bool = False,
 ) -> StatementView:
     """The document's view of ``part`` (``part_document(...)`` of the closed statement)."""
     payee_id = part["payee_id"]
@@ -642,6 +644,6 @@ def build_view(
         daily=_daily(tally, Period.parse(part["period"])),
         part_sha256=part_hash(part),
         statement_sha256=facts.statement_sha256,
-        recomputed_matches=recomputed_matches,
+        breakdowns_differ=breakdowns_differ,
         verify_commands=verify_commands(part["period"], payee_id),
     )
