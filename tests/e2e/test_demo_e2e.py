@@ -229,7 +229,8 @@ def test_every_payee_reads_their_statement_and_one_is_proved(first: Run) -> None
             assert scenario_names[payee] in text, payee
         for p in document["payees"]:
             if p["payee_id"] == payee:
-                assert f"{p['payable']} {p['currency']}" in text, (payee, p)
+                shown = format(Decimal(p["payable"]), ",")  # grouped, as people read it
+                assert f"{shown} {p['currency']}" in text, (payee, p)
     proved = first.output[first.output.index("Evidence for ") :]
     assert "residuals verify: VERIFIED offline" in proved, proved[:600]
     bundles = list((first.out / "evidence").glob("*.residuals-evidence.tar.gz"))
