@@ -18,14 +18,23 @@ Two phases:
    compared with the verdict its use must get (any difference fails the run);
 2. **latency**: the load, OPEN-LOOP at ``--rate`` (requests are sent on schedule whether
    or not earlier ones were answered, so a slow answer cannot hold back the load that
-   would expose it). By default the load comes from ``ghz`` (the Go gRPC load tool;
-   ``go install github.com/bojand/ghz/cmd/ghz@v0.93.0`` is run once if it is missing):
-   a Python load generator costs ~390 µs of CPU per call, which on 2 shared cores takes
-   CPU from the service it measures. ``--client python`` uses the asyncio client instead
-   (latency from each request's due time).
+   would expose it). By default the load comes from ``bench/checkload`` (``--client go``,
+   built with ``go build``): a small Go client that sends the pre-serialised requests,
+   each at its due time on its own goroutine, measures latency from that due time (a
+   client that falls behind adds its lag rather than hiding it) and checks every
+   answer's verdict. It costs about half the CPU of ``ghz`` per call, which on 2 shared
+   cores is CPU the service gets back. With ``--replicas N`` its connections are spread
+   over the N processes and requests go round-robin over the connections (gRPC's
+   client-side ``round_robin``). ``--client ghz`` uses the Go gRPC load tool instead
+   (``--async`` at ``--rps``; ``go install github.com/bojand/ghz/cmd/ghz@v0.93.0`` is
+   run once if it is missing; latency from its send), ``--client python`` the asyncio
+   client (~390 µs of CPU per call).
 
-Reported: achieved rate, latency p50/p90/p99/p99.9/max, errors, and the service's CPU
-per request.
+Reported: achieved rate, latency p50/p90/p99/p99.9/max, errors, the CPU per request of the
+service, the load generator and this database's PostgreSQL backends, and the share of the
+machine's two cores busy during the run, with what was not ours ("other": other engineers'
+work on the same machine makes runs noisy; a run is only comparable to another with a
+similar figure).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import os
 import random
 import shutil
 import statistics
+import struct
 import subprocess
 import tempfile
 import time
@@ -56,7 +66,7 @@ from residuals.platform.auth import Principal, Role
 from residuals.platform.config import PostgresSettings, load
 from residuals.platform.ports import free_port
 from residuals.platform.postgres import Database
-from residuals.platform.processes import ServiceProcess
+from residuals.platform.processes import ServiceProcess, cpu_seconds
 from residuals.platform.roles import database_role
 from residuals.stack import lifecycle
 from residuals.stack.settings import StackSettings
@@ -66,6 +76,9 @@ from tests.support.payouts import migrated_database
 
 ROOT = Path(__file__).resolve().parents[1]
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"
+CHECKLOAD = ROOT / "bench" / "checkload"
+#: checkload's connections per licensing process (requests go round-robin over them).
+CONNECTIONS = 2
 ADMIN = Principal("p-bench", Role.ADMIN)
 VENDOR = "VEN-BENCH"
 ALLOW = approval_service_pb2.USE_VERDICT_ALLOW
@@ -208,12 +221,7 @@ async def drive(port: int, key: str, work: list[Use], rate: float) -> dict[str, 
         "errors": len(errors),
         "first_errors": errors[:3],
         "wrong_verdicts": len(wrong),
-        "p50_ms": _ms(latencies, 0.50),
-        "p90_ms": _ms(latencies, 0.90),
-        "p99_ms": _ms(latencies, 0.99),
-        "p999_ms": _ms(latencies, 0.999),
-        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        **_percentiles(latencies),
     }
 
 
@@ -264,13 +272,14 @@ def protoset(workdir: Path) -> Path:
     return out
 
 
-def drive_ghz(
+def ghz_commands(
     ports: list[int], key: str, work: list[Use], rate: float, workdir: Path
-) -> dict[str, Any]:
-    """The load from one ghz per replica (open-loop: ``--async`` at ``--rps``), each
-    sending its share of ``work`` at its share of ``rate``; latencies merged per request."""
+) -> list[tuple[list[str], Path]]:
+    """One ghz per replica (open-loop: ``--async`` at ``--rps``), each sending its share of
+    ``work`` at its share of ``rate``: (command, report file) each."""
     descriptors = protoset(workdir)
-    runs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    binary = ghz_binary()
+    runs: list[tuple[list[str], Path]] = []
     for index, port in enumerate(ports):
         share = work[index :: len(ports)]
         data = workdir / f"requests-{index}.json"
@@ -284,7 +293,7 @@ def drive_ghz(
         )
         report = workdir / f"ghz-{index}.json"
         command = [
-            ghz_binary(),
+            binary,
             "--insecure",
             "--protoset",
             str(descriptors),
@@ -309,13 +318,23 @@ def drive_ghz(
             str(report),
             f"127.0.0.1:{port}",
         ]
-        runs.append((subprocess.Popen(command, stdout=subprocess.DEVNULL), report))
+        runs.append((command, report))
+    return runs
+
+
+def drive_ghz(runs: list[tuple[list[str], Path]], work: list[Use]) -> tuple[dict[str, Any], float]:
+    """Run the ghz commands together; latencies merged per request, with their CPU seconds."""
+    started = [
+        (subprocess.Popen(command, stdout=subprocess.DEVNULL), report) for command, report in runs
+    ]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    elapsed = 0.0
-    for process, report in runs:
-        if process.wait() != 0:
-            raise SystemExit(f"ghz failed (exit {process.returncode})")
+    elapsed = cpu = 0.0
+    for process, report in started:
+        status, used = _reap(process)
+        cpu += used
+        if status != 0:
+            raise SystemExit(f"ghz failed (exit {status})")
         doc = json.loads(report.read_text())
         elapsed = max(elapsed, doc["total"] / 1e9)
         for detail in doc.get("details") or []:
@@ -324,12 +343,141 @@ def drive_ghz(
             else:
                 latencies.append(detail["latency"] / 1e9)
     latencies.sort()
-    return {
+    result = {
         "requests": len(work),
         "elapsed_s": round(elapsed, 2),
         "achieved_rps": round(len(work) / elapsed, 1),
         "errors": sum(errors.values()),
         "first_errors": list(errors)[:3],
+        **_percentiles(latencies),
+    }
+    return result, cpu
+
+
+def _reap(process: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for ``process``: (exit status, the CPU seconds it used)."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def checkload_binary(workdir: Path) -> str:
+    """``bench/checkload`` built with ``go build`` (Go's build cache makes repeats quick)."""
+    if shutil.which("go") is None:
+        raise SystemExit("Go is not installed: use --client python")
+    out = workdir / "checkload"
+    subprocess.run(["go", "build", "-o", str(out), "."], cwd=CHECKLOAD, check=True)
+    return str(out)
+
+
+def checkload_command(
+    binary: str, ports: list[int], key: str, work: list[Use], rate: float, workdir: Path
+) -> list[str]:
+    """The checkload command, its request file written (length, expected verdict, message)."""
+    data = workdir / "requests.bin"
+    with data.open("wb") as out:
+        for use in work:
+            message = use.request.SerializeToString()
+            out.write(struct.pack(">IB", len(message), use.expect) + message)
+    return [
+        binary,
+        "-targets",
+        ",".join(f"127.0.0.1:{port}" for port in ports),
+        "-rate",
+        str(rate),
+        "-requests",
+        str(data),
+        "-authorization",
+        f"Bearer {key}",
+        "-connections",
+        str(CONNECTIONS),
+    ]
+
+
+def drive_go(command: list[str], work: list[Use]) -> tuple[dict[str, Any], float]:
+    """Run checkload: latencies from each request's due time, every verdict checked; with
+    the client's CPU seconds."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    stdout = process.stdout.read()
+    process.stdout.close()
+    status, cpu = _reap(process)
+    if status != 0:
+        raise SystemExit(f"checkload failed (exit {status})")
+    doc = json.loads(stdout)
+    latencies = sorted(us / 1e6 for us in doc["latencies_us"])
+    errors: dict[str, int] = doc["errors"]
+    result = {
+        "requests": len(work),
+        "elapsed_s": round(doc["elapsed_s"], 2),
+        "achieved_rps": round(len(work) / doc["elapsed_s"], 1),
+        "errors": sum(errors.values()),
+        "first_errors": list(errors)[:3],
+        "wrong_verdicts": doc["wrong_verdicts"],
+        "max_send_lag_ms": round(doc["max_send_lag_us"] / 1000, 2),
+        **_percentiles(latencies),
+    }
+    return result, cpu
+
+
+class CpuWindow:
+    """CPU used by the service, the load generator and this database's PostgreSQL
+    backends over the run, and how busy the machine's cores were (Linux ``/proc``)."""
+
+    def __init__(self, services: list[ServiceProcess], dsn: str) -> None:
+        self.services = services
+        self.dsn = dsn
+        self.backends = {pid: _cpu_or_zero(pid) for pid in self._backend_pids()}
+        self.service = sum(s.cpu_seconds() for s in services)
+        self.busy, self.total = _machine_ticks()
+
+    def _backend_pids(self) -> list[int]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def result(self, requests: int, client_cpu: float) -> dict[str, Any]:
+        """Per-request CPU figures and the machine's load since the window opened."""
+        busy, total = _machine_ticks()
+        busy, total = busy - self.busy, total - self.total
+        service = sum(s.cpu_seconds() for s in self.services) - self.service
+        # Backends that connected during the run count whole (their start-up is small).
+        postgres = sum(
+            _cpu_or_zero(pid) - self.backends.get(pid, 0.0) for pid in self._backend_pids()
+        )
+        cores = os.cpu_count() or 1
+        capacity = total / os.sysconf("SC_CLK_TCK")  # CPU seconds the cores could give
+        ours = service + postgres + client_cpu
+        return {
+            "service_cpu_us_per_request": round(service / requests * 1e6, 1),
+            "client_cpu_us_per_request": round(client_cpu / requests * 1e6, 1),
+            "postgres_cpu_us_per_request": round(postgres / requests * 1e6, 1),
+            "machine_cores": cores,
+            "machine_busy_pct": round(100 * busy / total, 1),
+            "machine_other_pct": round(100 * busy / total - 100 * ours / capacity, 1),
+        }
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
+def _machine_ticks() -> tuple[float, float]:
+    """(busy, total) clock ticks of all cores since boot (``/proc/stat``)."""
+    fields = [float(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float | None]:
+    """p50 ... max and the mean of sorted latencies (seconds), in milliseconds."""
+    return {
         "p50_ms": _ms(latencies, 0.50),
         "p90_ms": _ms(latencies, 0.90),
         "p99_ms": _ms(latencies, 0.99),
@@ -354,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--check", type=int, default=2000, help="uses whose verdicts are checked")
     parser.add_argument(
-        "--client", choices=("ghz", "python"), default="ghz", help="the load generator"
+        "--client",
+        choices=("go", "ghz", "python"),
+        default="go",
+        help="the load generator: bench/checkload (go), ghz, or the asyncio client",
     )
     parser.add_argument(
         "--replicas",
@@ -390,16 +541,29 @@ def main(argv: list[str] | None = None) -> int:
             for service in services:
                 service.wait_listening(60)
             ports = [s.grpc_port for s in services]
-            wrong = check_verdicts(ports[0], key, uses(args.licences, args.check, args.seed + 1))
+            # Every replica answers the checked uses (which also warms its licence cache).
+            checked = uses(args.licences, args.check, args.seed + 1)
+            wrong = [w for port in ports for w in check_verdicts(port, key, checked)]
             work = uses(args.licences, int(args.rate * args.seconds), args.seed)
-            cpu_before = sum(s.cpu_seconds() for s in services)
-            if args.client == "ghz":
-                result = drive_ghz(ports, key, work, args.rate, Path(logs))
+            workdir = Path(logs)
+            if args.client == "go":
+                command = checkload_command(
+                    checkload_binary(workdir), ports, key, work, args.rate, workdir
+                )
+                window = CpuWindow(services, dsn)
+                result, client_cpu = drive_go(command, work)
+            elif args.client == "ghz":
+                runs = ghz_commands(ports, key, work, args.rate, workdir)
+                window = CpuWindow(services, dsn)
+                result, client_cpu = drive_ghz(runs, work)
             else:
                 if args.replicas != 1:
                     raise SystemExit("--client python drives one replica")
+                window = CpuWindow(services, dsn)
+                before = time.process_time()
                 result = asyncio.run(drive(ports[0], key, work, args.rate))
-            cpu = sum(s.cpu_seconds() for s in services) - cpu_before
+                client_cpu = time.process_time() - before
+            result.update(window.result(len(work), client_cpu))
         finally:
             for service in services:
                 service.stop()
@@ -408,7 +572,6 @@ def main(argv: list[str] | None = None) -> int:
             "target_rps": args.rate,
             "licences": args.licences,
             "setup_s": round(setup_s, 1),
-            "service_cpu_us_per_request": round(cpu / len(work) * 1e6, 1),
             "p99_target_ms": 10.0,
             "client": args.client,
             "replicas": args.replicas,
