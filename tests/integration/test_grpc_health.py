@@ -41,10 +41,12 @@ PARENT_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self) -> None:
         self.seen_trace_ids: list[int] = []
+        self.seen_spans: list[trace.Span] = []
 
     def PublishBatch(
         self, request: ingest_pb2.PublishBatchRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.PublishBatchResponse:
+        self.seen_spans.append(trace.get_current_span())
         self.seen_trace_ids.append(trace.get_current_span().get_span_context().trace_id)
         if not request.events:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
@@ -71,11 +73,12 @@ class FakeAlerts(alert_service_pb2_grpc.AlertServiceServicer):
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, *, exported: bool = True) -> None:
         self.registry = CollectorRegistry()
         self.spans = InMemorySpanExporter()
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        if exported:
+            provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.ingest, self.alerts = FakeIngest(), FakeAlerts()
         self.server: GrpcServer = make_grpc_server(
             GrpcSettings(host="127.0.0.1", port=0, max_workers=4, shutdown_grace_seconds=1),
@@ -234,6 +237,45 @@ def test_unary_span_marks_errors(harness: Harness) -> None:
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     # No incoming context: a new trace, still active inside the handler.
     assert harness.ingest.seen_trace_ids == [span.context.trace_id]
+
+
+def _parent(flags: int) -> Any:
+    return trace.set_span_in_context(
+        NonRecordingSpan(
+            SpanContext(
+                trace_id=PARENT_TRACE_ID,
+                span_id=0x00F067AA0BA902B7,
+                is_remote=True,
+                trace_flags=TraceFlags(flags),
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("flags", [TraceFlags.SAMPLED, TraceFlags.DEFAULT])
+def test_without_an_exporter_spans_record_nothing_but_continue_the_trace(flags: int) -> None:
+    """No span processor (no OTLP endpoint): the handler still runs in a span of the
+    caller's trace, with a span id of its own and the caller's sampling decision, so what
+    it logs or produces joins that trace; nothing is recorded."""
+    harness = Harness(exported=False)
+    try:
+        stub = ingest_pb2_grpc.IngestServiceStub(harness.channel)
+        request = ingest_pb2.PublishBatchRequest(events=[signed_event()])
+        stub.PublishBatch(request, metadata=inject_grpc_metadata(context=_parent(flags)))
+        stub.PublishBatch(request)  # no caller context: a new trace
+        (joined, root) = harness.ingest.seen_spans
+        assert not joined.is_recording()
+        context = joined.get_span_context()
+        assert context.trace_id == PARENT_TRACE_ID
+        assert context.is_valid and context.span_id != 0x00F067AA0BA902B7
+        assert not context.is_remote
+        assert context.trace_flags.sampled == bool(flags & TraceFlags.SAMPLED)
+        # A root span is sampled, as the SDK's default sampler decides.
+        assert root.get_span_context().is_valid and root.get_span_context().trace_flags.sampled
+        assert root.get_span_context().trace_id != PARENT_TRACE_ID
+        assert harness.handled(INGEST, "PublishBatch", "OK") == 2
+    finally:
+        harness.close()
 
 
 def test_max_message_size_is_enforced() -> None:

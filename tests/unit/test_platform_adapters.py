@@ -212,6 +212,57 @@ def test_grpc_metadata_round_trip() -> None:
     assert _span_of(telemetry.extract_grpc_metadata(tuple(metadata))).trace_id == TRACE_ID
 
 
+def test_spans_are_exported_only_with_a_span_processor() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    assert not telemetry.spans_exported(tracer)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert telemetry.spans_exported(tracer)  # a processor added later is seen
+    # Not the SDK's tracer: it cannot tell, so spans take the tracer's own path.
+    assert telemetry.spans_exported(trace.NoOpTracer())
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        Context(),
+        _context(),
+        _context("vendor=a1"),
+        trace.set_span_in_context(
+            NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, True, TraceFlags(TraceFlags.DEFAULT)))
+        ),
+    ],
+    ids=["root", "sampled", "trace-state", "not-sampled"],
+)
+def test_an_unexported_span_carries_the_context_the_sdk_span_would(parent: Context) -> None:
+    """The shortcut for spans nobody receives must propagate exactly what the SDK's span
+    propagates: same trace id (new when there is no parent), flags and trace state."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    kind, attributes = trace.SpanKind.SERVER, {"rpc.system": "grpc"}
+    sdk = tracer.start_span("s/m", context=parent, kind=kind, attributes=attributes)
+    lean = telemetry.unexported_span(tracer, parent, "s/m", kind, attributes)
+    ours, theirs = lean.get_span_context(), sdk.get_span_context()
+    assert not lean.is_recording()
+    assert ours.is_valid and not ours.is_remote and ours.span_id != SPAN_ID
+    assert ours.trace_flags == theirs.trace_flags
+    assert ours.trace_state == theirs.trace_state
+    if trace.get_current_span(parent).get_span_context().is_valid:
+        assert ours.trace_id == theirs.trace_id == TRACE_ID
+    else:
+        assert ours.trace_id != theirs.trace_id  # each a new random trace
+    # Both travel on as the same traceparent, but for the span id.
+    ours_header = telemetry.inject_grpc_metadata(context=trace.set_span_in_context(lean))
+    theirs_header = telemetry.inject_grpc_metadata(context=trace.set_span_in_context(sdk))
+    assert [k for k, _ in ours_header] == [k for k, _ in theirs_header]
+    assert dict(ours_header)["traceparent"][-2:] == dict(theirs_header)["traceparent"][-2:]
+
+
 def test_trace_context_message_round_trip() -> None:
     message = telemetry.trace_context_message(context=_context())
     assert message.traceparent == TRACEPARENT

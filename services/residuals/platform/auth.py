@@ -333,11 +333,15 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` authenticating each call (:class:`~residuals.platform.handlers.
+        MethodWrapper`); handlers of public services unchanged."""
         service = method.lstrip("/").partition("/")[0]
         if service in self.public_services:
             return handler
-        return self._wrap(handler, handler_call_details.invocation_metadata, method)
+        return self._wrap(handler, method)
 
     def _authenticate(self, metadata: Any, method: str, context: grpc.ServicerContext) -> Principal:
         """The caller's principal if it may call ``method``, or abort the RPC (abort raises)."""
@@ -369,16 +373,15 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
         return principal
 
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler, metadata: Any, method: str
-    ) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = behavior_of(handler)
+        check = self._authenticate
 
-        def authenticate(metadata: Any, context: grpc.ServicerContext) -> Principal:
-            return self._authenticate(metadata, method, context)
+        def authenticate(context: grpc.ServicerContext) -> Principal:
+            return check(context.invocation_metadata(), method, context)
 
         def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
-            principal = authenticate(metadata, context)
+            principal = authenticate(context)
             token = _current.set(principal)
             try:
                 return behavior(request, context)
@@ -388,7 +391,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 _current.reset(token)
 
         def streaming_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            principal = authenticate(metadata, context)
+            principal = authenticate(context)
             # Set around each step rather than across yields: a generator abandoned
             # mid-stream must not leave its principal behind in the worker thread.
             token = _current.set(principal)

@@ -9,13 +9,16 @@
   plaintext port of its own (``GRPC_HEALTH_PORT``) that serves nothing else, because the
   kubelet's gRPC probe cannot speak TLS;
 * server reflection, so ``grpcurl`` and similar tools work without the .proto files;
-* a Prometheus interceptor: ``grpc_server_handled_total`` by service, method, type and
-  status code, plus the ``grpc_server_handling_seconds`` latency histogram (the names of
+* Prometheus series: ``grpc_server_handled_total`` by service, method, type and status
+  code, plus the ``grpc_server_handling_seconds`` latency histogram (the names of
   go-grpc-prometheus, so standard dashboards apply);
-* an OpenTelemetry interceptor: extracts the caller's W3C trace context from metadata and
-  opens a server span per RPC, active while the handler runs, so logs and Kafka records
+* OpenTelemetry tracing: the caller's W3C trace context is extracted from metadata and a
+  server span opened per RPC, active while the handler runs, so logs and Kafka records
   produced by the handler join the caller's trace.
 
+Both are one :class:`CallObserver`; with authentication and the stream caps it forms a
+single interceptor that wraps each method once (:class:`~residuals.platform.handlers.
+WrapperPipeline`), so a call pays for the observation itself and nothing else.
 ``opentelemetry-instrumentation-grpc`` is not a dependency; the interceptor here is small.
 """
 
@@ -26,7 +29,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,21 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
+from opentelemetry.context import attach, detach
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from residuals.platform.auth import current_principal_id
 from residuals.platform.config import ConfigError, env
-from residuals.platform.handlers import behavior_of, is_non_blocking, rewrap_handler
+from residuals.platform.handlers import (
+    MethodWrapper,
+    WrapperPipeline,
+    behavior_of,
+    is_non_blocking,
+    rewrap_handler,
+)
 from residuals.platform.limits import StreamLimitInterceptor, StreamSlots
-from residuals.platform.telemetry import extract_grpc_metadata
+from residuals.platform.telemetry import extract_grpc_metadata, spans_exported, unexported_span
 
 log = logging.getLogger(__name__)
 
@@ -176,63 +185,6 @@ def _final_code(context: grpc.ServicerContext, error: BaseException | None) -> g
     return grpc.StatusCode.UNKNOWN
 
 
-class _Call:
-    """Observation of one RPC: ``activate`` wraps handler execution, ``finish`` runs once."""
-
-    __slots__ = ()
-
-    def activate(self) -> AbstractContextManager[Any]:
-        return nullcontext()
-
-    def finish(self, code: grpc.StatusCode, error: BaseException | None) -> None:
-        """Called exactly once when the RPC's outcome is known."""
-
-
-_CallFactory = Callable[[grpc.HandlerCallDetails, grpc.RpcMethodHandler, Any], _Call]
-
-
-def _observe(
-    handler: grpc.RpcMethodHandler | None,
-    details: grpc.HandlerCallDetails,
-    start_call: _CallFactory,
-) -> grpc.RpcMethodHandler | None:
-    """``handler`` with every invocation observed by a fresh ``start_call(...)``."""
-    if handler is None or is_non_blocking(handler):
-        return handler
-    behavior = behavior_of(handler)
-
-    def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
-        call = start_call(details, handler, context)
-        try:
-            with call.activate():
-                response = behavior(request, context)
-        except BaseException as error:
-            call.finish(_final_code(context, error), error)
-            raise
-        call.finish(_final_code(context, None), None)
-        return response
-
-    def streaming_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = start_call(details, handler, context)
-        try:
-            with call.activate():
-                responses = iter(behavior(request, context))
-            while True:
-                # Re-activate per item: the handler's generator body runs inside next().
-                with call.activate():
-                    try:
-                        item = next(responses)
-                    except StopIteration:
-                        break
-                yield item
-        except BaseException as error:
-            call.finish(_final_code(context, error), error)
-            raise
-        call.finish(_final_code(context, None), None)
-
-    return rewrap_handler(handler, unary_response, streaming_response)
-
-
 class GrpcMetrics:
     """The Prometheus series of gRPC servers (one set per registry)."""
 
@@ -262,42 +214,6 @@ def default_metrics() -> GrpcMetrics:
     return GrpcMetrics()
 
 
-class _ObservingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Observes every RPC through the subclass's ``_call`` (a fresh :class:`_Call` each)."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        return _observe(continuation(handler_call_details), handler_call_details, self._call)
-
-    def _call(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
-    ) -> _Call:
-        raise NotImplementedError
-
-
-class PrometheusServerInterceptor(_ObservingInterceptor):
-    """Counts RPCs by method and final status code and records their latency."""
-
-    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
-        self.metrics = metrics or default_metrics()
-        #: The labelled series of each method, looked up once (``labels()`` costs ~15 µs).
-        self._series: dict[tuple[str, str, str], _MethodSeries] = {}
-
-    def _call(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
-    ) -> _Call:
-        service, method = _split_method(details.method)
-        labels = (service, method, _rpc_type(handler))
-        series = self._series.get(labels)
-        if series is None:
-            series = self._series[labels] = _MethodSeries(self.metrics, labels)
-        series.started.inc()
-        return _Timed(series, time.perf_counter())
-
-
 class _MethodSeries:
     """One method's series: started, latency, and handled by status code."""
 
@@ -316,54 +232,140 @@ class _MethodSeries:
         counter.inc()
 
 
-class _Timed(_Call):
-    __slots__ = ("series", "started")
+class _ServerSpans:
+    """The SERVER spans of one method, children of the caller's trace context."""
 
-    def __init__(self, series: _MethodSeries, started: float) -> None:
-        self.series = series
-        self.started = started
+    def __init__(self, tracer: trace.Tracer, service: str, method: str) -> None:
+        self.tracer = tracer
+        self.name = f"{service}/{method}"
+        self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
-    def finish(self, code: grpc.StatusCode, error: BaseException | None) -> None:
-        self.series.done(code, time.perf_counter() - self.started)
-
-
-class TracingServerInterceptor(_ObservingInterceptor):
-    """Opens a SERVER span per RPC, child of the trace context in the call metadata."""
-
-    def __init__(self, tracer: trace.Tracer | None = None) -> None:
-        self.tracer = tracer or trace.get_tracer(__name__)
-
-    def _call(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any
-    ) -> _Call:
-        service, method = _split_method(details.method)
-        parent = extract_grpc_metadata(details.invocation_metadata)
-        span = self.tracer.start_span(
-            f"{service}/{method}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+    def start(self, metadata: Any) -> trace.Span:
+        parent = extract_grpc_metadata(metadata)
+        if not spans_exported(self.tracer):
+            # Nothing would see the span's attributes: only its context, which is the same.
+            return unexported_span(self.tracer, parent, self.name, SpanKind.SERVER, self.attributes)
+        return self.tracer.start_span(
+            self.name, context=parent, kind=SpanKind.SERVER, attributes=self.attributes
         )
-        return _Spanned(span)
 
 
-class _Spanned(_Call):
-    __slots__ = ("span",)
+class _Observed:
+    """One RPC under observation: its span (current while the handler runs) and timing."""
 
-    def __init__(self, span: trace.Span) -> None:
+    __slots__ = ("context", "series", "span", "started")
+
+    def __init__(self, series: _MethodSeries, span: trace.Span) -> None:
+        series.started.inc()
+        self.series = series
         self.span = span
-
-    def activate(self) -> AbstractContextManager[Any]:
-        return trace.use_span(self.span, end_on_exit=False, record_exception=False)
+        self.context = trace.set_span_in_context(span)
+        self.started = time.perf_counter()
 
     def finish(self, code: grpc.StatusCode, error: BaseException | None) -> None:
+        """Called exactly once when the RPC's outcome is known."""
+        self.series.done(code, time.perf_counter() - self.started)
         span = self.span
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if error is not None and not isinstance(error, GeneratorExit):
-            span.record_exception(error)
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if error is not None and not isinstance(error, GeneratorExit):
+                span.record_exception(error)
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
+
+
+class CallObserver(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Traces and counts every RPC (a :class:`~residuals.platform.handlers.MethodWrapper`).
+
+    Each call gets a SERVER span, child of the W3C trace context in its metadata and current
+    while the handler runs, so logs and Kafka records the handler produces join the caller's
+    trace; and the Prometheus series of :class:`GrpcMetrics` by method and final status.
+    When no span processor would receive the span (no exporter configured), the span
+    carries the same context but records nothing (:func:`~residuals.platform.telemetry.
+    unexported_span`): at a thousand calls a second the recording was a tenth of a call.
+    """
+
+    def __init__(
+        self, tracer: trace.Tracer | None = None, metrics: GrpcMetrics | None = None
+    ) -> None:
+        self.tracer = tracer or trace.get_tracer(__name__)
+        self.metrics = metrics or default_metrics()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if is_non_blocking(handler):
+            return handler
+        service, name = _split_method(method)
+        series = _MethodSeries(self.metrics, (service, name, _rpc_type(handler)))
+        spans = _ServerSpans(self.tracer, service, name)
+        behavior = behavior_of(handler)
+
+        def unary_response(request: Any, context: grpc.ServicerContext) -> Any:
+            call = _Observed(series, spans.start(context.invocation_metadata()))
+            token = attach(call.context)
+            try:
+                response = behavior(request, context)
+            except BaseException as error:
+                detach(token)
+                call.finish(_final_code(context, error), error)
+                raise
+            detach(token)
+            call.finish(_final_code(context, None), None)
+            return response
+
+        def streaming_response(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call = _Observed(series, spans.start(context.invocation_metadata()))
+            try:
+                token = attach(call.context)
+                try:
+                    responses = iter(behavior(request, context))
+                finally:
+                    detach(token)
+                while True:
+                    # Current again for each item: the handler's generator runs in next().
+                    token = attach(call.context)
+                    try:
+                        item = next(responses)
+                    except StopIteration:
+                        break
+                    finally:
+                        detach(token)
+                    yield item
+            except BaseException as error:
+                call.finish(_final_code(context, error), error)
+                raise
+            call.finish(_final_code(context, None), None)
+
+        return rewrap_handler(handler, unary_response, streaming_response)
+
+
+def _pipelines(layers: Sequence[grpc.ServerInterceptor]) -> list[grpc.ServerInterceptor]:
+    """``layers`` (outermost first) as grpc interceptors: consecutive
+    :class:`~residuals.platform.handlers.MethodWrapper` become one :class:`WrapperPipeline`
+    (each method wrapped once, not per call); any other interceptor stays as it is."""
+    out: list[grpc.ServerInterceptor] = []
+    run: list[MethodWrapper] = []
+    for layer in layers:
+        if isinstance(layer, MethodWrapper):
+            run.append(layer)
+            continue
+        if run:
+            out.append(WrapperPipeline(run))
+            run = []
+        out.append(layer)
+    if run:
+        out.append(WrapperPipeline(run))
+    return out
 
 
 # --- server ------------------------------------------------------------------------------
@@ -484,9 +486,11 @@ def make_grpc_server(
 ) -> GrpcServer:
     """Build and bind a server with health, reflection, metrics and tracing.
 
-    Interceptor order: tracing (outermost, so everything else runs inside the span), then
-    metrics, then ``interceptors`` (authentication), then the stream caps of
-    :mod:`residuals.platform.limits` (innermost: they need the authenticated caller).
+    Interceptor order: tracing and metrics (outermost, so everything else runs inside the
+    span), then ``interceptors`` (authentication), then the stream caps of
+    :mod:`residuals.platform.limits` (innermost: they need the authenticated caller); those
+    that are :class:`~residuals.platform.handlers.MethodWrapper` (all of the platform's)
+    run as one interceptor.
     Every registered service starts SERVING; flip it with :meth:`GrpcServer.set_serving`
     while a dependency is unavailable.
     """
@@ -501,17 +505,19 @@ def make_grpc_server(
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="grpc-server"
         ),
-        interceptors=[
-            TracingServerInterceptor(tracer),
-            PrometheusServerInterceptor(metrics),
-            *interceptors,
-            StreamLimitInterceptor(
-                StreamSlots(
-                    per_principal=settings.max_streams_per_principal, total=settings.stream_limit
+        interceptors=_pipelines(
+            [
+                CallObserver(tracer, metrics),
+                *interceptors,
+                StreamLimitInterceptor(
+                    StreamSlots(
+                        per_principal=settings.max_streams_per_principal,
+                        total=settings.stream_limit,
+                    ),
+                    current_principal_id,
                 ),
-                current_principal_id,
-            ),
-        ],
+            ]
+        ),
         options=options,
         maximum_concurrent_rpcs=settings.rpc_limit,
     )

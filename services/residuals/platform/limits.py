@@ -95,10 +95,15 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or not (handler.request_streaming or handler.response_streaming)
-            or is_non_blocking(handler)
+        if handler is None:
+            return None
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` counted against the caps if it streams (:class:`~residuals.platform.
+        handlers.MethodWrapper`); unary handlers unchanged."""
+        if not (handler.request_streaming or handler.response_streaming) or is_non_blocking(
+            handler
         ):
             return handler
         behavior = behavior_of(handler)

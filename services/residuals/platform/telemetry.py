@@ -152,6 +152,56 @@ def extract_trace_context_message(
     return TraceContextTextMapPropagator().extract(pairs, context=context, getter=_GETTER)
 
 
+# --- spans nobody receives ----------------------------------------------------------------
+
+
+def spans_exported(tracer: trace.Tracer) -> bool:
+    """Whether a span of ``tracer`` would reach any span processor (an exporter, a test's
+    in-memory one). False only for an SDK tracer whose provider has none: what
+    :func:`init_telemetry` sets up when no OTLP endpoint is configured. Looked up on every
+    call, so a processor added later is seen at once."""
+    processor = getattr(tracer, "span_processor", None)
+    processors = getattr(processor, "_span_processors", None)
+    return processors is None or bool(processors)
+
+
+def unexported_span(
+    tracer: trace.Tracer,
+    parent: Context,
+    name: str,
+    kind: trace.SpanKind,
+    attributes: Mapping[str, Any],
+) -> trace.Span:
+    """The span ``tracer.start_span`` would start, without recording it (for a tracer whose
+    spans reach no processor, :func:`spans_exported`): the same trace id, a new span id,
+    the flags and trace state its sampler decides. So its context propagates exactly as
+    the recorded span's would (to logs, Kafka headers, outgoing calls) while costing a
+    fifth as much; its attributes and events, which nothing would receive, are dropped.
+    ``tracer`` must be an SDK tracer (``span_processor``, ``sampler``, ``id_generator``)."""
+    sdk: Any = tracer
+    parent_context = trace.get_current_span(parent).get_span_context()
+    ids = sdk.id_generator
+    if parent_context.is_valid:
+        trace_id = parent_context.trace_id
+        random_trace_id = parent_context.trace_flags.random_trace_id
+    else:
+        trace_id = ids.generate_trace_id()
+        random_trace_id = ids.is_trace_id_random()
+    sampled = sdk.sampler.should_sample(parent, trace_id, name, kind, attributes)
+    flags = trace.TraceFlags.SAMPLED if sampled.decision.is_sampled() else trace.TraceFlags.DEFAULT
+    if random_trace_id:
+        flags |= trace.TraceFlags.RANDOM_TRACE_ID
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id,
+            ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(flags),
+            trace_state=sampled.trace_state,
+        )
+    )
+
+
 # --- initialisation --------------------------------------------------------------------
 
 
