@@ -235,3 +235,19 @@ def test_a_licence_amendment_is_seen_by_the_next_check(world: World) -> None:
     response = check(world, category="insurance")
     assert response.verdict == approval_service_pb2.USE_VERDICT_ALLOW
     assert response.licence_version == 2
+
+
+def test_a_lost_connection_fails_the_check_and_the_next_one_connects_again(
+    world: World,
+) -> None:
+    assert check(world, category="education").verdict == approval_service_pb2.USE_VERDICT_ALLOW
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'licensing'"
+            " AND pid <> pg_backend_pid()"
+        )
+    # The handler maps this to UNAVAILABLE (grpc_errors.handle); the connection is dropped.
+    with pytest.raises(psycopg.OperationalError):
+        check(world, category="education")
+    assert check(world, category="education").verdict == approval_service_pb2.USE_VERDICT_ALLOW
