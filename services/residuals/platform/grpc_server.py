@@ -53,6 +53,7 @@ from residuals.platform.handlers import (
 )
 from residuals.platform.limits import StreamLimitInterceptor, StreamSlots
 from residuals.platform.telemetry import extract_grpc_metadata, spans_exported, unexported_span
+from residuals.platform.threadpool import LifoThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,11 @@ class GrpcServer:
         service_names: Sequence[str],
         grace: float,
         health_server: tuple[grpc.Server, int] | None = None,
+        *,
+        threads: futures.Executor | None = None,
     ) -> None:
         self.server = server
+        self._threads = threads
         #: The bound port (the ephemeral one when settings asked for port 0).
         self.port = port
         self.health = health_servicer
@@ -421,6 +425,8 @@ class GrpcServer:
         self.server.stop(self.grace if grace is None else grace).wait()
         if self._health_server is not None:
             self._health_server.stop(0).wait()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)  # idle threads end; a late handler may finish
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops (True) or ``timeout`` passes (False)."""
@@ -501,10 +507,9 @@ def make_grpc_server(
         # share a port by accident.
         ("grpc.so_reuseport", 0),
     ]
+    threads = LifoThreadPool(settings.max_workers, thread_name_prefix="grpc-server")
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=settings.max_workers, thread_name_prefix="grpc-server"
-        ),
+        threads,
         interceptors=_pipelines(
             [
                 CallObserver(tracer, metrics),
@@ -543,7 +548,13 @@ def make_grpc_server(
     if settings.health_port is not None:
         health_only = _health_server(settings.host, settings.health_port, health_servicer)
     return GrpcServer(
-        server, port, health_servicer, names, settings.shutdown_grace_seconds, health_only
+        server,
+        port,
+        health_servicer,
+        names,
+        settings.shutdown_grace_seconds,
+        health_only,
+        threads=threads,
     )
 
 
