@@ -520,8 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stack = load(StackSettings)
-    if not lifecycle.health(stack).healthy:
-        raise SystemExit("the local stack is not running: residuals stack up")
+    # Only PostgreSQL is used, in a database of the run's own (with this code's migrations):
+    # the stack's own database may be at another branch's migration.
+    if not lifecycle.health(stack).postgres.healthy:
+        raise SystemExit("the local stack's PostgreSQL is not running: residuals stack up")
     now = datetime.now(UTC)
     with migrated_database(stack) as dsn, tempfile.TemporaryDirectory() as logs:
         started = time.perf_counter()
