@@ -496,6 +496,26 @@ def _ms(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
 
 
+def _cpu_list(text: str) -> list[int]:
+    cpus = [int(part) for part in text.split(",")]
+    if not cpus or any(cpu not in os.sched_getaffinity(0) for cpu in cpus):
+        raise argparse.ArgumentTypeError(f"not CPUs of this machine: {text}")
+    return cpus
+
+
+def _start(service: ServiceProcess, cpus: set[int] | None) -> ServiceProcess:
+    """Start ``service``, on ``cpus`` only if given (the process inherits the affinity of
+    the thread that starts it, and so do the threads it makes)."""
+    if cpus is None:
+        return service.start()
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        return service.start()
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
@@ -517,6 +537,14 @@ def main(argv: list[str] | None = None) -> int:
         help="licensing processes, each serving its share of the rate (as Kubernetes"
         " replicas behind a Service would)",
     )
+    parser.add_argument(
+        "--pin",
+        type=_cpu_list,
+        default=None,
+        metavar="CPU[,CPU...]",
+        help="run licensing process i on CPU pin[i %% len(pin)] alone (as Kubernetes' static"
+        " CPU manager runs a Guaranteed pod with whole CPUs on CPUs of its own)",
+    )
     args = parser.parse_args(argv)
 
     stack = load(StackSettings)
@@ -537,9 +565,12 @@ def main(argv: list[str] | None = None) -> int:
             "LOG_LEVEL": "WARNING",
         }
         services = [
-            ServiceProcess(
-                f"licensing-{i}", "residuals.licensing", env, Path(logs), grpc_port=free_port()
-            ).start()
+            _start(
+                ServiceProcess(
+                    f"licensing-{i}", "residuals.licensing", env, Path(logs), grpc_port=free_port()
+                ),
+                {args.pin[i % len(args.pin)]} if args.pin else None,
+            )
             for i in range(args.replicas)
         ]
         try:
@@ -580,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99_target_ms": 10.0,
             "client": args.client,
             "replicas": args.replicas,
+            "pinned_cpus": args.pin,
             "verdicts_checked": args.check,
             "wrong_verdicts": len(wrong) + result.get("wrong_verdicts", 0),
         }

@@ -6,7 +6,9 @@ and gets back a :class:`Telemetry` to shut down on exit. It sets up:
 * structured logging (:mod:`residuals.platform.logs`), JSON lines carrying trace ids;
 * the OpenTelemetry ``TracerProvider`` with ``service.name`` from ``OTEL_SERVICE_NAME``.
   Spans are always created (so trace context propagates across Kafka and gRPC even when
-  nothing is exported); they are exported over OTLP gRPC only when an endpoint is set;
+  nothing is exported); they are exported over OTLP gRPC only when an endpoint is set.
+  Without one, gRPC servers' spans carry their context but record nothing
+  (:func:`unexported_span`);
 * the Prometheus ``/metrics`` HTTP endpoint when ``METRICS_PORT`` > 0.
 
 It also holds the W3C trace-context helpers. Usage events cross several Kafka hops
