@@ -8,7 +8,7 @@ thread (the pre-flight check), its own PostgreSQL backend gone cold too. In
 :class:`LifoThreadPool` every idle thread waits on a lock of its own and the idle threads
 form a stack, so the most recently idle (warmest) thread is woken; calls run on as few
 threads as the concurrency needs. At 500 ``CheckUse`` calls a second this took the
-service's CPU per call down by a sixth and PostgreSQL's by a third (BENCHMARKS.md,
+service's CPU per call down by a fifth and PostgreSQL's by a third (BENCHMARKS.md,
 "Pre-flight CheckUse").
 
 Threads are started on demand up to ``max_workers``, as ``ThreadPoolExecutor`` does; when
