@@ -37,6 +37,16 @@ def _rated_partitions(meter: Service) -> set[int]:
     return found
 
 
+def _until_rating(meter: Service, timeout: float = 120.0) -> None:
+    """Wait until a meter that joined has been given partitions and rated from them: the
+    rebalance it causes takes a group round trip and a state restore, longer on a busy
+    machine, and the schedule's next step (killing it) must move partitions it really held."""
+    deadline = time.monotonic() + timeout
+    while not _rated_partitions(meter):
+        assert time.monotonic() < deadline, f"{meter.name} rated nothing within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
 def test_meters_scaled_out_and_in_while_a_month_flows(stack: StackSettings, tmp_path: Path) -> None:
     started = time.monotonic()
     with pipeline(stack, tmp_path) as run:
