@@ -3,6 +3,7 @@ outgoing connections draw from."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def test_a_port_in_use_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
         busy.bind(("127.0.0.1", 0))
         taken = busy.getsockname()[1]
         busy.listen()
-        picks = iter([taken, taken, taken + 1 if taken + 1 < 65536 else taken - 1])
+        # The busy port twice, then every port of the range: whichever is free comes back.
+        picks = itertools.chain([taken, taken], range(ports.LOW, ports.HIGH))
         monkeypatch.setattr(ports.random, "randrange", lambda _a, _b: next(picks))
-        assert ports.free_port() != taken
+        given = ports.free_port()
+        assert given != taken
+        assert ports.LOW <= given < ports.HIGH
