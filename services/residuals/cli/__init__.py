@@ -21,6 +21,7 @@ COMMAND_MODULES: dict[str, str] = {
     "stack": "residuals.stack.command",
     "protos": "residuals.platform.protogen",
     "alerts": "residuals.alerts.command",
+    "notify": "residuals.notify.command",
     "ingest": "residuals.ingest.command",
     "dlq": "residuals.cli.dlq",
     "licensing": "residuals.licensing.command",

@@ -156,6 +156,23 @@ SERVICES: tuple[Service, ...] = (
         KafkaAccess(reads=(topics.ALERTS,), groups=(Group("residuals-alerts", prefixed=False),)),
         member_id="SINK_GROUP_INSTANCE_ID",
     ),
+    Service(
+        "notify",
+        Kind.GRPC,
+        "NotificationService: signed webhooks (Standard Webhooks) for alerts, licence "
+        "changes, approvals, statements, payouts and rejected usage; WatchRejections",
+        KafkaAccess(
+            reads=(
+                topics.ALERTS,
+                topics.LICENCES,
+                topics.APPROVALS,
+                topics.PAYOUTS,
+                topics.USAGE_DLQ,
+            ),
+            groups=(Group("residuals-notify"),),
+        ),
+        member_id="SINK_GROUP_INSTANCE_ID",
+    ),
 )
 
 #: What a vendor's own principal may do: publish usage, nothing else (see acl_rules).

@@ -103,6 +103,7 @@ OWNERS = (
     "residuals.licensing",
     "residuals.payouts",
     "residuals.alerts",
+    "residuals.notify",
 )
 
 

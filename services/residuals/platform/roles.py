@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 #: Services that use the database (the meter keeps its state in Kafka).
-DATABASE_SERVICES = ("licensing", "ingest", "ledger", "payouts", "alerts")
+DATABASE_SERVICES = ("licensing", "ingest", "ledger", "payouts", "alerts", "notify")
 #: NOLOGIN group for people: reads every table, marks quarantined records re-driven.
 OPERATOR_ROLE = "residuals_operator"
 
