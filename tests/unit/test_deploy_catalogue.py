@@ -391,7 +391,7 @@ def test_ingest_and_the_meter_share_the_receipt_key_from_a_secret() -> None:
 
 def test_the_stream_workers_are_static_members_named_after_their_pods() -> None:
     """meter and ledger: StatefulSets (stable pod names across restarts and rollouts) whose
-    pods take their group.instance.id from metadata.name; alerts stays a Deployment."""
+    pods take their group.instance.id from metadata.name; alerts and notify stay Deployments."""
     found = workloads()
     assert {n: d["kind"] for n, d in found.items()} == {
         "licensing": "Deployment",
@@ -400,6 +400,7 @@ def test_the_stream_workers_are_static_members_named_after_their_pods() -> None:
         "ledger": "StatefulSet",
         "payouts": "Deployment",
         "alerts": "Deployment",
+        "notify": "Deployment",
     }
     headless = {d["metadata"]["name"]: d for d in of_kind("Service")
                 if d["spec"].get("clusterIP") == "None"}  # fmt: skip
