@@ -28,7 +28,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
-from residuals.domain.notifications import ALERT_RAISED, Audience, new_endpoint_id, new_secret
+from residuals.domain.notifications import (
+    ALERT_RAISED,
+    Audience,
+    new_endpoint_id,
+    new_secret,
+    timestamp_text,
+)
 from residuals.notify import store
 from residuals.notify.dispatcher import Dispatcher
 from residuals.notify.events import NewEvent
@@ -386,7 +392,7 @@ def test_gone_disables_and_tells_the_owners_other_endpoint(
     who = vendor()
     dead, alive = receivers(gone), receivers()
     dead_id, _ = add_endpoint(db, dead.url, who)
-    _alive_id, _ = add_endpoint(db, alive.url, who, secret=None)
+    _alive_id, alive_secret = add_endpoint(db, alive.url, who)
     ids = add_events(db, who, 3)
     counters = metrics()
     dispatchers(metrics=counters)
@@ -399,7 +405,12 @@ def test_gone_disables_and_tells_the_owners_other_endpoint(
     wait_until(lambda: len(alive.seen) >= 4, 10, "the notice", alive.ids)
     notice = alive.seen[-1]
     assert b'"type":"endpoint.disabled"' in notice.body
-    assert dead_id.encode() in notice.body
+    assert Webhook(alive_secret).verify(notice.body, notice.headers)["data"] == {
+        "endpoint_id": dead_id,
+        "url": dead.url,
+        "reason": info["disabled_reason"],
+        "disabled_at": timestamp_text(info["disabled_at"]),
+    }
     assert alive.ids()[:3] == ids
     assert counters.disabled.labels("gone")._value.get() == 1
     assert counters.failed._value.get() == 1

@@ -242,8 +242,10 @@ def record(conn: Conn, results: Sequence[Result]) -> Written:
 def disabled_notice(
     endpoint_id: str, reason: str, disabled_at: datetime, owner: Sequence[Any]
 ) -> NewEvent:
-    """The endpoint.disabled event for the owner's other endpoints (and finance/admin)."""
-    vendor_id, talent_id = owner[1], owner[2]
+    """The endpoint.disabled event for the owner's other endpoints (and finance/admin):
+    endpoint id, URL and reason (docs/NOTIFICATIONS.md). ``owner``: role, vendor_id,
+    talent_id, url of the disabled endpoint."""
+    vendor_id, talent_id, url = owner[1], owner[2], owner[3]
     audience = Audience(vendor_id=vendor_id, talent_ids=(talent_id,) if talent_id else ())
     return NewEvent(
         event_type=ENDPOINT_DISABLED,
@@ -251,6 +253,7 @@ def disabled_notice(
         occurred_at=disabled_at,
         data={
             "endpoint_id": endpoint_id,
+            "url": url,
             "reason": reason,
             "disabled_at": timestamp_text(disabled_at),
         },
