@@ -29,8 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from residuals.domain.notifications import Outcome, classify, retry_delay, timestamp_text
 from residuals.notify import deliveries, signing, store
@@ -41,6 +44,7 @@ from residuals.notify.settings import DeliverySettings
 from residuals.platform.postgres import Database
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 T = TypeVar("T")
 
@@ -435,12 +439,27 @@ class Dispatcher:
             )
             keys = []
         timestamp = int(time.time())
-        async with self._in_flight:
-            if keys:
-                headers = signing.headers(keys, row.message_id, timestamp, row.body)
-                attempt = await self.sender.send(endpoint.url, headers, row.body)
-            else:
-                attempt = _NO_SECRET
+        attributes: dict[str, str | int] = {
+            "http.request.method": "POST",
+            "server.address": urlsplit(endpoint.url).hostname or "",
+            "residuals.endpoint_id": endpoint.endpoint_id,
+            "residuals.delivery_id": row.delivery_id,
+            "residuals.webhook_id": row.message_id,
+            "residuals.attempt": row.attempts + 1,
+        }
+        with tracer.start_as_current_span(
+            "webhook POST", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            async with self._in_flight:
+                if keys:
+                    headers = signing.headers(keys, row.message_id, timestamp, row.body)
+                    attempt = await self.sender.send(endpoint.url, headers, row.body)
+                else:
+                    attempt = _NO_SECRET
+            if attempt.status:
+                span.set_attribute("http.response.status_code", attempt.status)
+            if not 200 <= attempt.status < 300:
+                span.set_status(Status(StatusCode.ERROR, attempt.error))
         at = datetime.now(UTC)
         outcome = classify(attempt.status or None)
         self.metrics.attempts.labels(outcome.value).inc()
