@@ -242,6 +242,29 @@ def test_every_payee_reads_their_statement_and_one_is_proved(first: Run) -> None
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_a_talent_and_a_vendor_hear_by_webhook(first: Run) -> None:
+    """Kofi's receiver got signed notices of the misuse of his avatar (the political render
+    and the suspension it caused), his statement and his payout; the poisoning vendor's
+    receiver listed its own rejected events with reason and event id, and nothing else's."""
+    hooks = first.manifest["webhooks"]
+    assert hooks["talent"]["bad_signatures"] == 0 and hooks["vendor"]["bad_signatures"] == 0
+    talent = [json.loads(line) for line in (first.out / "webhooks" / "talent.jsonl").open()]
+    vendor = [json.loads(line) for line in (first.out / "webhooks" / "vendor.jsonl").open()]
+    types = {m["type"] for m in talent}
+    assert {"alert.raised", "licence.suspended", "statement.ready", "payout.paid"} <= types
+    assert all(m["data"].get("talent_id", "TAL-KOFI") == "TAL-KOFI" for m in talent)
+    political = [m for m in talent if m["type"] == "alert.raised"
+                 and m["data"]["kind"] == "FORBIDDEN_CATEGORY"]  # fmt: skip
+    assert political and political[0]["data"]["severity"] == "CRITICAL"
+    assert len({m["webhook_id"] for m in talent}) == len(talent)  # each message kept once
+    rejected = [m for m in vendor if m["type"] == "usage.rejected"]
+    assert rejected, vendor[:3]
+    vendor_id = rejected[0]["data"]["vendor_id"]
+    assert all(m["data"]["vendor_id"] == vendor_id for m in vendor)
+    assert all(m["data"]["reason"] and "event_id" in m["data"] for m in rejected)
+    assert "Kofi's receiver:" in first.output and "poisoning vendor's receiver:" in first.output
+
+
 def test_same_seed_same_statement(first: Run, stack_env: dict[str, str], tmp_path: Path) -> None:
     again = demo(
         stack_env, tmp_path / "again", "--seed", str(SEED), "--events", str(EVENTS),

@@ -56,6 +56,11 @@ class Landed:
         return self.sent.case.reason is not None and self.reason == self.sent.case.reason.value
 
 
+def poisoner(scenario: Any) -> Any:
+    """The vendor that writes the poison: the first that publishes straight to Kafka."""
+    return next(v for v in scenario.vendors if v.transport != "grpc")
+
+
 def refused_cases(who: Identity, now: Any) -> list[Hostile]:
     """The corpus's records that must be refused (valid ones would be rated and billed)."""
     return [case for case in corpus(who, now) if case.reason is not None]

@@ -15,6 +15,7 @@ summary. Ctrl-C (or SIGTERM) at any point stops everything that was started.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -54,6 +55,7 @@ from residuals.demo.review import ReviewFailed, ReviewScene
 from residuals.demo.review import licence_specs as review_licences
 from residuals.demo.scenario import ATTACKER, Scenario, build_scenario
 from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
+from residuals.demo.webhooks import TALENT_TYPES, VENDOR_TYPES, WEBHOOK_TALENT, WebhookScene
 from residuals.domain.closing import content_hash, licences_for_period
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
@@ -75,6 +77,7 @@ OWNED = (
     "events.jsonl",
     "streaming-rejections.jsonl",
     "alerts.jsonl",
+    "webhooks",
     "reconciliation.txt",
     "summary.txt",
     "run.json",
@@ -125,6 +128,8 @@ class Demo:
         self.hostile_name = ""
         #: Review before use: one talent's approvals, three vendors (demo/review.py).
         self.review: ReviewScene | None = None
+        #: A talent's and a vendor's webhook receivers (demo/webhooks.py).
+        self.webhooks: WebhookScene | None = None
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._rates = _Rates()
@@ -342,11 +347,38 @@ class Demo:
             ALERTS_LICENSING_API_KEY=keys["alerts"],
             ALERTS_SUSPENSION_POLL_SECONDS="0.5",
         )
-        self._wait_healthy("ledger", "ingest", "payouts", "meter", "alerts")
+        self._service(
+            "notify",
+            database_url,
+            # The demo's receivers listen on loopback, over plain HTTP: allowed explicitly
+            # (by default webhooks go to public https:// addresses only).
+            NOTIFY_ALLOW_NETWORKS="127.0.0.0/8",
+            NOTIFY_ALLOW_HTTP="true",
+            NOTIFY_STATEMENTS_POLL_SECONDS="0.5",
+            NOTIFY_SECRETS_KEY=base64.b64encode(os.urandom(32)).decode("ascii"),
+        )
+        self._wait_healthy("ledger", "ingest", "payouts", "meter", "alerts", "notify")
+        self._register_webhooks(scenario)
         self.say("services up (gRPC health SERVING); Prometheus metrics:")
         for service in self.services.services.values():
             self.say(f"  {service.name:<10} {service.metrics_url}   gRPC {service.address}")
         return keys
+
+    def _register_webhooks(self, scenario: Scenario) -> None:
+        """Kofi and the vendor that will send poison each register a webhook endpoint."""
+        assert self.registry is not None
+        scene = self.webhooks = WebhookScene(self.services["notify"].address, self.say).start()
+        bad = hostile_vendor.poisoner(scenario)
+        talent_key = self.registry.api_key("demo-kofi", Role.TALENT, talent_id=WEBHOOK_TALENT)
+        vendor_key = self.registry.api_key(
+            f"demo-hooks-{bad.short}", Role.VENDOR, vendor_id=bad.vendor_id
+        )
+        scene.register("talent", talent_key, TALENT_TYPES, "Kofi's phone app")
+        scene.register("vendor", vendor_key, VENDOR_TYPES, f"{bad.name}'s integration")
+        self.say(
+            f"webhooks: Kofi and {bad.name} registered endpoints with NotificationService"
+            f" (receivers on 127.0.0.1:{scene.port}, Standard Webhooks signatures)"
+        )
 
     def _wait_published(self, scenario: Scenario, signing: dict[str, Any]) -> None:
         """The licensing outbox has put every licence and key on the compacted topics, so
@@ -461,8 +493,7 @@ class Demo:
         """A licensee with Kafka write access writes poison straight onto the usage topic
         (:mod:`residuals.demo.hostile_vendor`)."""
         assert self.kafka is not None
-        kafka_vendors = [v for v in scenario.vendors if v.transport != "grpc"]
-        bad, other = kafka_vendors[0], scenario.vendors[-1]
+        bad, other = hostile_vendor.poisoner(scenario), scenario.vendors[-1]
         mine = next(lic for lic in scenario.licences if lic["vendor_id"] == bad.vendor_id)
         theirs = next(lic for lic in scenario.licences if lic["vendor_id"] == other.vendor_id)
         key, other_key = keys["signing"][bad.vendor_id], keys["signing"][other.vendor_id]
@@ -650,6 +681,8 @@ class Demo:
         )
         (out / "reconciliation.txt").write_text("\n".join(rec_lines) + "\n", encoding="utf-8")
         documents = self._documents(scenario, end)
+        assert self.webhooks is not None
+        hooks = self.webhooks.settle(out / "webhooks")
         talents, agents = report.talent_rows(scenario, end.document, end.payouts)
         summary = [
             "",
@@ -667,6 +700,8 @@ class Demo:
             *self.review.summary(self.watcher.raised().get("UNAPPROVED_USE", 0)),
             "",
             *documents.summary(self._names(scenario)),
+            "",
+            *hooks.lines(),
             "",
             *rec_lines,
             "",
@@ -700,6 +735,7 @@ class Demo:
             "replay_hash": replay_hash,
             "reconciled": end.reconciled,
             "alerts": len(alerts),
+            "webhooks": hooks.summary,
             "timings_seconds": self.timings,
             "run_id": self.run_id,
         }
@@ -720,6 +756,8 @@ class Demo:
             raise DemoFailed(f"the talent's evidence bundle did not verify: {documents.bundle}")
         if documents.verified.expected_sha256 != documents.shown_part_sha256:
             raise DemoFailed("the verified evidence is not of the statement the talent's PDF shows")
+        if hooks.problems:
+            raise DemoFailed("webhooks: " + "; ".join(hooks.problems))
         wrong = [o for o in hostile if not o.as_expected]
         if wrong:
             raise DemoFailed(
@@ -776,6 +814,8 @@ class Demo:
         steps: list[tuple[str, Callable[[], Any]]] = []
         if self.watcher is not None:
             steps.append(("alert stream", self.watcher.stop))
+        if self.webhooks is not None:
+            steps.append(("webhook receivers", self.webhooks.stop))
         if self.fleet is not None:
             steps.append(("SDK clients", lambda: self.fleet.close(5) if self.fleet else 0))
         for client in (self.registry, self.finance, self.probe):

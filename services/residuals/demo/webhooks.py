@@ -44,6 +44,13 @@ TALENT_TYPES = (
     "payout.failed",
 )
 VENDOR_TYPES = ("usage.rejected", "alert.raised")
+#: Kofi: his avatar is rendered into a political campaign mid-month (scenario.py).
+WEBHOOK_TALENT = "TAL-KOFI"
+#: What each receiver must have got by the end, or the demo fails.
+EXPECTED = {
+    "talent": ("alert.raised", "licence.suspended", "statement.ready", "payout.paid"),
+    "vendor": ("usage.rejected",),
+}
 
 
 @dataclass
@@ -176,6 +183,22 @@ class WebhookScene:
 
     # --- what arrived ---------------------------------------------------------------------
 
+    def settle(self, directory: Path, timeout: float = 30.0) -> Settled:
+        """Wait (bounded) for what each receiver must have got, then write it down."""
+        deadline = time.monotonic() + timeout
+        for name, types in EXPECTED.items():
+            self.wait_for(name, types, max(0.1, deadline - time.monotonic()))
+        self.write(directory)
+        summary = self.summary()
+        problems = []
+        for name, types in EXPECTED.items():
+            missing = [t for t in types if t not in summary[name]["by_type"]]
+            if missing:
+                problems.append(f"the {name}'s receiver got no {', '.join(missing)}")
+            if summary[name]["bad_signatures"]:
+                problems.append(f"{summary[name]['bad_signatures']} bad signatures ({name})")
+        return Settled(summary, problems, directory)
+
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -224,3 +247,29 @@ def _alert_lag(messages: Any) -> Mapping[str, Any]:
         "alert_lag_p50_s": round(lags[len(lags) // 2], 3),
         "alert_lag_max_s": round(lags[-1], 3),
     }
+
+
+@dataclass(frozen=True)
+class Settled:
+    summary: dict[str, Any]
+    problems: list[str]
+    directory: Path
+
+    def lines(self) -> list[str]:
+        talent, vendor = self.summary["talent"], self.summary["vendor"]
+        lag = (
+            f"; alerts arrived {talent['alert_lag_p50_s']} s (median) and at most"
+            f" {talent['alert_lag_max_s']} s after they were raised"
+            if "alert_lag_max_s" in talent
+            else ""
+        )
+        return [
+            "Webhooks (NotificationService; each Standard Webhooks signature verified on receipt)",
+            f"  Kofi's receiver: {talent['messages']} notices ({_types(talent)}){lag}",
+            f"  the poisoning vendor's receiver: {vendor['messages']} notices ({_types(vendor)})",
+            f"  what each received: {self.directory}/talent.jsonl, {self.directory}/vendor.jsonl",
+        ]
+
+
+def _types(receiver: Mapping[str, Any]) -> str:
+    return ", ".join(f"{t} {n}" for t, n in receiver["by_type"].items()) or "none"
