@@ -190,7 +190,7 @@ def licence_events(licence: licence_pb2.Licence, *, fallback: datetime) -> list[
         suspension_id = _id(window.suspension_id, "suspension_id")
         starts_at = _when(window, "starts_at") or fallback
         ends_at = _when(window, "ends_at")
-        data = {
+        data: dict[str, Any] = {
             **common,
             "suspension_id": suspension_id,
             "starts_at": n.timestamp_text(starts_at),
@@ -211,13 +211,13 @@ def licence_events(licence: licence_pb2.Licence, *, fallback: datetime) -> list[
         revoked_at = _when(latest, "revoked_at")
         if latest.HasField("revoked_at"):
             moment = revoked_at or fallback
-            data = {
+            revoked: dict[str, Any] = {
                 **common,
                 "version": int(latest.version),
                 "revoked_at": n.timestamp_text(moment),
                 "wind_down_days": int(latest.wind_down_days),
             }
-            events.append(NewEvent(n.LICENCE_REVOKED, licence_id, moment, data, audience))
+            events.append(NewEvent(n.LICENCE_REVOKED, licence_id, moment, revoked, audience))
     return events
 
 
