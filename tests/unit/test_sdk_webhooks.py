@@ -82,3 +82,5 @@ def test_old_and_future_messages_are_refused_even_when_signed() -> None:
     with pytest.raises(WebhookVerificationError, match="too new"):
         verify_webhook(SECRET, _headers(at=NOW + 301), BODY, now=NOW)
     assert verify_webhook(SECRET, _headers(at=NOW - 3600), BODY, tolerance=4000, now=NOW)
+    at = datetime.fromtimestamp(NOW + 10, UTC)  # a datetime "now" works too
+    assert verify_webhook(SECRET, _headers(), BODY, now=at)

@@ -21,6 +21,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from residuals_sdk.errors import ResidualsError
@@ -71,13 +72,14 @@ def verify_webhook(
     body: bytes | str,
     tolerance: float = DEFAULT_TOLERANCE,
     *,
-    now: float | None = None,
+    now: float | datetime | None = None,
 ) -> Any:
     """The JSON payload of an authentic webhook; :class:`WebhookVerificationError` otherwise.
 
     ``secret`` may be several secrets (while you roll your own configuration over a
     rotation); ``headers`` any mapping or list of pairs (names are case-insensitive);
-    ``body`` the raw bytes as received (a str is taken as its UTF-8 encoding).
+    ``body`` the raw bytes as received (a str is taken as its UTF-8 encoding); ``now``
+    (Unix seconds or an aware datetime) replaces the clock, for checking a stored message.
     """
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     message_id = _header(headers, "webhook-id")
@@ -90,7 +92,12 @@ def verify_webhook(
     if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         raise WebhookVerificationError("webhook-timestamp is not a Unix time in seconds")
     sent = int(stamp)
-    current = time.time() if now is None else now
+    if now is None:
+        current = time.time()
+    elif isinstance(now, datetime):
+        current = now.timestamp()
+    else:
+        current = float(now)
     if sent < current - tolerance:
         raise WebhookVerificationError("message timestamp too old")
     if sent > current + tolerance:
