@@ -782,3 +782,38 @@ def end_offset(kafka: KafkaSettings, topic: str) -> int:
         return int(high)
     finally:
         consumer.close()
+
+
+def test_the_sdk_manages_endpoints_and_follows_rejections(env: Env) -> None:
+    from residuals_sdk import NotificationsClient, RequestRefusedError
+
+    vendor_id = unique("VEN")
+    key = env.key(Role.VENDOR, vendor_id)
+    with NotificationsClient(target=f"127.0.0.1:{env.app.port}", api_key=key) as client:
+        created = client.create_endpoint(HOOK, description="sdk", event_types=["usage.rejected"])
+        endpoint_id = created.endpoint.endpoint_id
+        assert created.secret.startswith("whsec_")
+        assert [e.endpoint_id for e in client.list_endpoints(page_size=1)] == [endpoint_id]
+        paused = client.update_endpoint(endpoint_id, enabled=False)
+        assert paused.state == notifications_pb2.ENDPOINT_STATE_DISABLED
+        client.update_endpoint(endpoint_id, enabled=True, event_types=[])
+        rotated = client.rotate_secret(endpoint_id, previous_secret_seconds=60)
+        assert rotated.secret != created.secret
+        test = client.send_test_event(endpoint_id)
+        again = client.redeliver(test.delivery_id)
+        listed = [d.delivery_id for d in client.list_deliveries(endpoint_id, page_size=1)]
+        assert listed == [again.delivery_id, test.delivery_id]
+        with pytest.raises(RequestRefusedError) as refused:
+            client.create_endpoint(HOOK, event_types=["payout.paid"])
+        assert refused.value.code == "INVALID_ARGUMENT"
+        ids = [unique("EVT") for _ in range(3)]
+        for event_id in ids:
+            env.produce(USAGE_DLQ, dead_letter(vendor_id, event_id).SerializeToString())
+        stream = client.watch_rejections(heartbeat_seconds=1)
+        first = next(stream)
+        assert first.event_id == ids[0]
+        stream.close()
+        resumed = client.watch_rejections(after_sequence=first.sequence, heartbeat_seconds=1)
+        assert [next(resumed).event_id for _ in range(2)] == ids[1:]
+        resumed.close()
+        client.delete_endpoint(endpoint_id)
