@@ -88,6 +88,13 @@ class NotifyMetrics:
             ("reason",),
             registry=registry,
         )
+        self.skipped = Counter(
+            "residuals_notify_skipped_records_total",
+            "Source records that became no event and were not set aside: tombstones (a "
+            "compacted licence deleted), by source.",
+            ("source",),
+            registry=registry,
+        )
         self.watchers = Gauge(
             "residuals_notify_rejection_watchers",
             "Open WatchRejections streams.",

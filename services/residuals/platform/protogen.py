@@ -53,11 +53,19 @@ INIT_TEXT = (
 # The vendor SDK's copy: which contracts it carries, where, and under which package.
 SDK_OUTPUT = Path("sdk") / "python" / "src" / "residuals_sdk" / "_proto"
 SDK_PACKAGE = "residuals_sdk._proto"
-SDK_PROTOS = ("common", "usage", "ingest", "approvals", "approval_service")
+SDK_PROTOS = (
+    "common",
+    "usage",
+    "ingest",
+    "approvals",
+    "approval_service",
+    "notifications",
+    "notification_service",
+)
 SDK_INIT_TEXT = (
     '"""Generated protobuf and gRPC code of ``residuals.v1`` for the vendor SDK. Do not edit.\n'
     "\n"
-    "A copy of the contracts the SDK needs (common, usage, ingest) with imports rewritten to\n"
+    "A copy of the contracts the SDK needs (SDK_PROTOS) with imports rewritten to\n"
     "this package. Regenerate with `residuals protos gen`; `residuals protos check` fails\n"
     "when these files are stale.\n"
     '"""\n'

@@ -9,7 +9,9 @@
 
 Ask before rendering where a licence requires the talent's approval: ``ApprovalsClient``
 (``check_use``, ``request_approval``, ``wait_for_approval``). Both transports encrypt
-unless the peer is on this machine (or ``insecure=True``).
+unless the peer is on this machine (or ``insecure=True``). Webhooks: manage endpoints and
+follow rejected events with ``NotificationsClient``; check a received webhook with
+``verify_webhook``.
 See sdk/python/README.md. This package never imports the ``residuals`` server package;
 the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
 """
@@ -24,18 +26,22 @@ from residuals_sdk.errors import (
     SpoolLockedError,
 )
 from residuals_sdk.ids import uuid7
+from residuals_sdk.notifications import CreatedEndpoint, NotificationsClient
 from residuals_sdk.report import DeliveryCallback, DeliveryReport, DeliveryStatus
 from residuals_sdk.retry import RetryPolicy
 from residuals_sdk.signing import SigningKey, sign_batch, sign_event, verify_signature
+from residuals_sdk.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "Approval",
     "ApprovalsClient",
     "ClientClosedError",
+    "CreatedEndpoint",
     "DeliveryCallback",
     "DeliveryReport",
     "DeliveryStatus",
     "InsecureTransportError",
+    "NotificationsClient",
     "RequestRefusedError",
     "ResidualsError",
     "RetryPolicy",
@@ -44,10 +50,12 @@ __all__ = [
     "SpoolLockedError",
     "UsageClient",
     "UseCheck",
+    "WebhookVerificationError",
     "sign_batch",
     "sign_event",
     "uuid7",
     "verify_signature",
+    "verify_webhook",
 ]
 
 __version__ = "0.1.0"
