@@ -115,7 +115,7 @@ def test_approvals_requested_and_decided_per_revision() -> None:
     (decided,) = sources.approval_events(approval, fallback=FALLBACK)
     assert decided.event_type == "approval.decided" and decided.identity == "AP-1:3"
     assert _data(decided)["status"] == "DENIED"
-    approval.status = 0
+    approval.status = 0  # type: ignore[assignment]
     assert sources.approval_events(approval, fallback=FALLBACK) == []
 
 
@@ -150,10 +150,16 @@ def test_a_dead_letter_is_a_rejection_row_and_a_vendor_only_event() -> None:
         source_partition=1,
         source_offset=77,
     )
-    row, event = sources.rejection(letter, dlq_partition=2, dlq_offset=5, fallback=FALLBACK)
-    assert event.event_type == "usage.rejected" and event.identity == "2:5"
+    row, event = sources.rejection(
+        letter, dlq_topic="residuals.usage.dlq.v1", dlq_partition=2, dlq_offset=5, fallback=FALLBACK
+    )
+    assert event.event_type == "usage.rejected" and event.identity == "residuals.usage.dlq.v1:2:5"
     assert event.audience.vendor_id == "VEN-1" and event.audience.talent_ids == ()
-    assert row.message_id == event.message_id == message_id("usage.rejected", "2:5")
+    assert (
+        row.message_id
+        == event.message_id
+        == message_id("usage.rejected", "residuals.usage.dlq.v1:2:5")
+    )
     assert row.original_bytes == 13
     assert row.original_sha256 == hashlib.sha256(b"\x00secret bytes").hexdigest()
     assert (row.dlq_partition, row.dlq_offset) == (2, 5) and row.detail == "bad\\x00sig"
@@ -161,7 +167,11 @@ def test_a_dead_letter_is_a_rejection_row_and_a_vendor_only_event() -> None:
     assert b"secret" not in body and b"BAD_SIGNATURE" in body
     assert event.occurred_at == FALLBACK  # no received_at: the record's time
     anonymous, _ = sources.rejection(
-        usage_pb2.DeadLetter(reason=999), dlq_partition=0, dlq_offset=0, fallback=FALLBACK
+        usage_pb2.DeadLetter(reason=999),  # type: ignore[arg-type]
+        dlq_topic="t",
+        dlq_partition=0,
+        dlq_offset=0,
+        fallback=FALLBACK,
     )
     assert anonymous.vendor_id == "" and anonymous.reason == 0
 

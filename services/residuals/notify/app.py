@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 from residuals.domain.notifications import EVENT_TYPES, WEBHOOK_TEST
 from residuals.licensing.directory import PostgresAuthenticator
+from residuals.notify.dispatcher import Dispatcher
 from residuals.notify.intake import CONSUMER, NotifyIntake, Taken, source_topics
 from residuals.notify.metrics import NotifyMetrics, default_metrics
 from residuals.notify.rejections import Signal
@@ -60,7 +60,7 @@ class NotifyApp(GrpcApp):
             on_queued=self.poke,
         )
         self.sink: KafkaPostgresSink[Taken] | None = None
-        self.dispatcher: Any = None
+        self.dispatcher: Dispatcher | None = None
         self.server: GrpcServer | None = None
         #: A background worker died: health stays NOT_SERVING (a stall can end, this not).
         self.broken = False
@@ -140,19 +140,7 @@ class NotifyApp(GrpcApp):
         return self
 
     def _start_dispatcher(self) -> None:
-        """The delivery engine, when installed (it is built beside this intake)."""
-        try:
-            from residuals.notify.dispatcher import (  # type: ignore[import-not-found, unused-ignore]
-                Dispatcher,
-            )
-        except ImportError:
-            Dispatcher = None
-        if Dispatcher is None:
-            log.warning(
-                "no webhook dispatcher installed (residuals.notify.dispatcher): deliveries are "
-                "queued but not sent"
-            )
-            return
+        """The delivery engine: its own asyncio thread, woken by intake and the API."""
         self.dispatcher = Dispatcher(
             self.db,
             self.settings.delivery,

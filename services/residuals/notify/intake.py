@@ -141,6 +141,7 @@ class NotifyIntake:
         assert isinstance(message, usage_pb2.DeadLetter)
         row, event = sources.rejection(
             message,
+            dlq_topic=str(record.topic()),
             dlq_partition=int(record.partition()),
             dlq_offset=int(record.offset()),
             fallback=fallback,

@@ -65,12 +65,13 @@ def store(conn: Conn, rows: Sequence[RejectionRow]) -> list[StoredRejection]:
         found = conn.execute(
             "INSERT INTO notify_rejections (sequence, vendor_id, event_id, reason, detail,"
             " licence_id, received_at, source_topic, source_partition, source_offset,"
-            " original_bytes, original_sha256, message_id, dlq_partition, dlq_offset)"
+            " original_bytes, original_sha256, message_id, dlq_topic, dlq_partition,"
+            " dlq_offset)"
             " SELECT nextval('notify_rejection_seq'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s"
-            " WHERE NOT EXISTS (SELECT 1 FROM notify_rejections"
-            "                   WHERE dlq_partition = %s AND dlq_offset = %s)"
-            " ON CONFLICT (dlq_partition, dlq_offset) DO NOTHING"
+            " %s, %s, %s, %s, %s"
+            " WHERE NOT EXISTS (SELECT 1 FROM notify_rejections WHERE dlq_topic = %s"
+            "                   AND dlq_partition = %s AND dlq_offset = %s)"
+            " ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO NOTHING"
             f" RETURNING {_COLUMNS}",
             (
                 r.vendor_id,
@@ -85,8 +86,10 @@ def store(conn: Conn, rows: Sequence[RejectionRow]) -> list[StoredRejection]:
                 r.original_bytes,
                 r.original_sha256,
                 r.message_id,
+                r.dlq_topic,
                 r.dlq_partition,
                 r.dlq_offset,
+                r.dlq_topic,
                 r.dlq_partition,
                 r.dlq_offset,
             ),

@@ -38,7 +38,7 @@ import grpc
 from residuals.codecs.timestamps import set_timestamp
 from residuals.domain import notifications as n
 from residuals.domain.notifications import Audience, Owner
-from residuals.notify import endpoints, rejections
+from residuals.notify import endpoints, rejections, ssrf
 from residuals.notify.endpoints import DeliveryRow, EndpointRow, Scope
 from residuals.notify.events import NewEvent
 from residuals.notify.metrics import NotifyMetrics
@@ -103,45 +103,18 @@ def owner_of(principal: Principal) -> Owner:
 
 
 def delivery_url_check(settings: DeliverySettings) -> UrlCheck:
-    """Where an endpoint URL may point (the delivery engine's own rules, notify/ssrf.py,
-    when present; else at least the scheme). Resolving the host here refuses a private
-    destination at registration; the sender checks again at every attempt."""
+    """Where an endpoint URL may point (notify/ssrf.py): resolving the host here refuses a
+    private destination at registration; the sender checks again at every attempt."""
 
     def check(url: str) -> str | None:
-        try:
-            from residuals.notify import ssrf  # type: ignore[attr-defined, unused-ignore]
-        except ImportError:
-            return _scheme_problem(url, allow_http=settings.allow_http)
-        problem: str | None = ssrf.url_problem(url, allow_http=settings.allow_http)
+        problem = ssrf.url_problem(url, allow_http=settings.allow_http)
         if problem is not None:
             return problem
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        resolved: str | None = ssrf.resolve_problem(
-            parts.hostname or "", port, settings.allow_networks
-        )
-        return resolved
+        return ssrf.resolve_problem(parts.hostname or "", port, settings.allow_networks)
 
     return check
-
-
-def _scheme_problem(url: str, *, allow_http: bool) -> str | None:
-    """The minimal check while the delivery engine's is not installed."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        return "is not a URL"
-    schemes = ("https", "http") if allow_http else ("https",)
-    if parts.scheme not in schemes:
-        return "must start with " + " or ".join(f"{s}://" for s in schemes)
-    if not parts.hostname:
-        return "has no host"
-    if parts.username is not None or parts.password is not None:
-        return "must not carry credentials (user:password@)"
-    if any(c.isspace() for c in url):
-        return "contains whitespace"
-    return None
 
 
 def _page_token(prefix: str, value: str | int) -> str:

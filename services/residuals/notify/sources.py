@@ -343,12 +343,18 @@ class RejectionRow:
     original_bytes: int
     original_sha256: str
     message_id: str
+    dlq_topic: str
     dlq_partition: int
     dlq_offset: int
 
 
 def rejection(
-    letter: usage_pb2.DeadLetter, *, dlq_partition: int, dlq_offset: int, fallback: datetime
+    letter: usage_pb2.DeadLetter,
+    *,
+    dlq_topic: str,
+    dlq_partition: int,
+    dlq_offset: int,
+    fallback: datetime,
 ) -> tuple[RejectionRow, NewEvent]:
     """The rejection row and its ``usage.rejected`` event (the vendor's only: talents
     never hear of vendors' malformed traffic)."""
@@ -378,7 +384,7 @@ def rejection(
     }
     event = NewEvent(
         n.USAGE_REJECTED,
-        f"{dlq_partition}:{dlq_offset}",
+        f"{dlq_topic}:{dlq_partition}:{dlq_offset}",
         received_at or fallback,
         data,
         Audience(vendor_id, ()),
@@ -396,6 +402,7 @@ def rejection(
         original_bytes=len(original),
         original_sha256=digest,
         message_id=event.message_id,
+        dlq_topic=dlq_topic,
         dlq_partition=dlq_partition,
         dlq_offset=dlq_offset,
     )

@@ -49,7 +49,7 @@ CREATE TABLE notify_endpoints (
     created_by      text        NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
-    -- Which dispatcher sends for it, until when (notify/lanes.py): one sender per endpoint.
+    -- Which dispatcher sends for it, until when (notify/dispatcher.py): one sender per endpoint.
     lease_owner     text,
     lease_until     timestamptz,
     CHECK ((owner_role = 'vendor') = (vendor_id <> '')),
@@ -96,11 +96,13 @@ CREATE TABLE notify_rejections (
     original_bytes   integer     NOT NULL DEFAULT 0,
     original_sha256  text        NOT NULL DEFAULT '',
     message_id       text        NOT NULL DEFAULT '',
-    -- The dead-letter record itself: re-reading it stores nothing new.
+    -- The dead-letter record itself: re-reading it stores nothing new. The topic is part
+    -- of it: deployments (or tests) with their own topic prefix may share a database.
+    dlq_topic        text        NOT NULL,
     dlq_partition    integer     NOT NULL,
     dlq_offset       bigint      NOT NULL,
     stored_at        timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (dlq_partition, dlq_offset)
+    UNIQUE (dlq_topic, dlq_partition, dlq_offset)
 );
 CREATE INDEX notify_rejections_vendor_idx ON notify_rejections (vendor_id, sequence);
 -- Sequences are assigned under pg_advisory_xact_lock, so they commit in order and a
