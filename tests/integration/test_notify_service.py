@@ -403,7 +403,7 @@ def test_dead_letters_reach_their_vendor_as_rejections(env: Env) -> None:
     assert digest == hashlib.sha256(b"secret payload bytes").hexdigest()
     (partition_offset,) = env.sql(
         "SELECT event_id FROM notify_events WHERE event_id = %s",
-        message_id("usage.rejected", f"0:{dlq_offset}"),
+        message_id("usage.rejected", f"{topic_name(env.kafka, USAGE_DLQ)}:0:{dlq_offset}"),
     )
     assert partition_offset[0] == msg
     got = env.delivered_to(msg)
