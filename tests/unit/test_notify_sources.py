@@ -119,7 +119,7 @@ def test_approvals_requested_and_decided_per_revision() -> None:
     assert sources.approval_events(approval, fallback=FALLBACK) == []
 
 
-def test_payouts_paid_or_failed_reach_the_payee_and_its_talents() -> None:
+def test_payouts_paid_or_failed_reach_the_payee_only() -> None:
     event = payouts_pb2.PayoutEvent(
         payout=payouts_pb2.Payout(
             payout_id="PO-1",
@@ -129,14 +129,14 @@ def test_payouts_paid_or_failed_reach_the_payee_and_its_talents() -> None:
         ),
         sequence=9,
     )
-    (failed,) = sources.payout_events(event, ["TAL-2", "TAL-1"], fallback=FALLBACK)
+    (failed,) = sources.payout_events(event, fallback=FALLBACK)
     assert failed.event_type == "payout.failed" and failed.identity == "PO-1:9"
     assert failed.audience.vendor_id == ""
-    assert failed.audience.talent_ids == ("PAY-1", "TAL-2", "TAL-1")
+    assert failed.audience.talent_ids == ("PAY-1",)
     assert _data(failed)["amount"] == "-3.5"
     event.payout.state = payouts_pb2.PAYOUT_STATE_PENDING
     assert sources.payout_payee(event) is None
-    assert sources.payout_events(event, [], fallback=FALLBACK) == []
+    assert sources.payout_events(event, fallback=FALLBACK) == []
 
 
 def test_a_dead_letter_is_a_rejection_row_and_a_vendor_only_event() -> None:

@@ -107,17 +107,6 @@ def payee(conn: Conn, payee_id: str) -> PayeeRow | None:
     return PayeeRow(row[0], row[1], row[2], tuple(t[0] for t in talents))
 
 
-def payee_talent_ids(conn: Conn, payee_id: str) -> tuple[str, ...]:
-    """The talents ``payee_id`` is paid for (``payee_talents``), sorted; () for an unknown
-    payee or one paid for nobody. Reads only ``payee_talents`` (the notify service, which
-    may read nothing else of payees, addresses a payout's webhooks with it)."""
-    rows = conn.execute(
-        "SELECT talent_id FROM payee_talents WHERE payee_id = %s ORDER BY talent_id",
-        (payee_id,),
-    ).fetchall()
-    return tuple(r[0] for r in rows)
-
-
 def display_names(
     conn: Conn,
     *,

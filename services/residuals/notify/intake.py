@@ -21,7 +21,6 @@ from typing import Any
 from psycopg import Connection
 
 from residuals.alerts.consumer import published_at
-from residuals.licensing import directory as licensing_directory
 from residuals.notify import rejections, sources
 from residuals.notify.events import NewEvent
 from residuals.notify.metrics import NotifyMetrics
@@ -136,8 +135,7 @@ class NotifyIntake:
             payee = sources.payout_payee(message)
             if payee is None:
                 return [], None
-            talents = licensing_directory.payee_talent_ids(conn, payee)
-            return sources.payout_events(message, talents, fallback=fallback), None
+            return sources.payout_events(message, fallback=fallback), None
         assert isinstance(message, usage_pb2.DeadLetter)
         row, event = sources.rejection(
             message,

@@ -13,7 +13,7 @@ bytes never leave the operator, only their size and SHA-256.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -284,11 +284,11 @@ def money_text(money: common_pb2.Money) -> str:
     return f"-{whole}" if negative and whole != "0" else whole
 
 
-def payout_events(
-    event: payouts_pb2.PayoutEvent, talent_ids: Sequence[str], *, fallback: datetime
-) -> list[NewEvent]:
-    """PAID -> ``payout.paid``, FAILED -> ``payout.failed``, for the payee's talents
-    (the payee itself included: an agent's or estate's principal carries its payee id)."""
+def payout_events(event: payouts_pb2.PayoutEvent, *, fallback: datetime) -> list[NewEvent]:
+    """PAID -> ``payout.paid``, FAILED -> ``payout.failed``, for the payee only, as
+    PayoutService shows payouts (payouts/access.py): a talent paid directly has the payee
+    id as talent id, and so does an agent's or estate's principal. An agent's clients do
+    not hear of its payouts: one payout sums several clients' money."""
     payee_id = payout_payee(event)
     if payee_id is None:
         return []
@@ -297,7 +297,6 @@ def payout_events(
     sequence = int(event.sequence or payout.sequence)
     paid = payout.state == payouts_pb2.PAYOUT_STATE_PAID
     moment = _when(payout, "updated_at") or _when(event, "emitted_at") or fallback
-    talents = tuple(dict.fromkeys([payee_id, *(t for t in talent_ids if t and "," not in t)]))
     data = {
         "payout_id": payout_id,
         "payee_id": payee_id,
@@ -319,7 +318,7 @@ def payout_events(
             f"{payout_id}:{sequence}",
             moment,
             data,
-            Audience("", talents),
+            Audience("", (payee_id,)),
         )
     ]
 

@@ -62,12 +62,11 @@ REVOKE ALL ON FUNCTION residuals_grants(regclass, text, text, text, text, text, 
     FROM PUBLIC;
 
 -- What notify reads of the others: callers' API keys (platform/auth.py through
--- licensing/directory.py), payees' talents (a payout's talent), closed statements
--- (statement.ready, through payouts/directory.py); it stores its offsets with its rows and
--- sets poison records aside like every sink.
+-- licensing/directory.py) and closed statements (statement.ready, through
+-- payouts/directory.py); it stores its offsets with its rows and sets poison records aside
+-- like every sink.
 SELECT residuals_grants('principals', notify => 'SELECT');
 SELECT residuals_grants('api_keys', notify => 'SELECT');
-SELECT residuals_grants('payee_talents', notify => 'SELECT');
 SELECT residuals_grants('statements', notify => 'SELECT (statement_id, period, content_hash, closed_at)');
 SELECT residuals_grants('statement_licences', notify => 'SELECT');
 SELECT residuals_grants('consumer_offsets', notify => 'SELECT, INSERT, UPDATE');
