@@ -272,3 +272,10 @@ def test_misuse_and_rejections_reach_webhooks_through_a_notify_kill(
         assert f"hook-{run.run_id}-3" in alerted
         # the talent never hears of the vendor's malformed traffic
         assert not receivers.of_type("talent", "usage.rejected")
+        # secrets never reach the logs, of either start
+        logs = [path.read_text() for path in run.work_dir.glob("notify-*.log")]
+        assert len(logs) == 2 and all(logs)
+        for secret in (talent_seen.secret, vendor_seen.secret):
+            assert secret.startswith("whsec_")
+            assert not any(secret in text or secret[6:] in text for text in logs)
+        assert not any("whsec_" in text for text in logs)
