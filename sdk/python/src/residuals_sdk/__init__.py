@@ -16,7 +16,8 @@ See sdk/python/README.md. This package never imports the ``residuals`` server pa
 the protobuf contracts it needs are vendored in ``residuals_sdk._proto``.
 """
 
-from residuals_sdk.approvals import Approval, ApprovalsClient, RequestRefusedError, UseCheck
+from residuals_sdk._service import RequestRefusedError
+from residuals_sdk.approvals import Approval, ApprovalsClient, UseCheck
 from residuals_sdk.client import UsageClient
 from residuals_sdk.errors import (
     ClientClosedError,

@@ -22,30 +22,18 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from residuals_sdk._proto import approval_service_pb2, approvals_pb2, common_pb2
-from residuals_sdk.errors import ResidualsError
-from residuals_sdk.transports.security import grpc_channel_credentials
+from residuals_sdk._service import ServiceClient, refused
 
 _SERVICE = "/residuals.v1.ApprovalService/"
 _KINDS = ("RENDER", "VIEW", "AD_IMPRESSION")
 #: Stream errors after which waiting resumes from the last change seen.
 _RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
-
-
-class RequestRefusedError(ResidualsError):
-    """Residuals refused a request; ``code`` is the gRPC status name (``PERMISSION_DENIED``,
-    ``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``...), ``message`` says why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -115,28 +103,10 @@ class Approval:
         )
 
 
-class ApprovalsClient:
+class ApprovalsClient(ServiceClient):
     """Checks uses and asks for approvals, as one vendor (its API key)."""
 
-    def __init__(
-        self,
-        *,
-        target: str,
-        api_key: str,
-        credentials: grpc.ChannelCredentials | None = None,
-        insecure: bool = False,
-        timeout: float = 10.0,
-    ) -> None:
-        if not api_key:
-            raise ValueError("api_key is required (rsd_<key_id>_<secret>)")
-        chosen = grpc_channel_credentials(target, credentials, insecure=insecure)
-        self._channel = (
-            grpc.secure_channel(target, chosen)
-            if chosen is not None
-            else grpc.insecure_channel(target)
-        )
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self.timeout = timeout
+    service_prefix = _SERVICE
 
     # --- calls ----------------------------------------------------------------------
 
@@ -258,23 +228,9 @@ class ApprovalsClient:
                         f"{approval_id} was not decided within {timeout:g}s"
                     ) from None
                 if error.code() not in _RESUMABLE:
-                    raise _refused(error) from None
+                    raise refused(error) from None
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         return current
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> ApprovalsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -294,23 +250,6 @@ class ApprovalsClient:
                     yield Approval.from_proto(item.approval)
         finally:
             stream.cancel()
-
-    def _unary(self, method: str, request: Any, response_type: Any) -> Any:
-        call = self._channel.unary_unary(
-            _SERVICE + method,
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
-        try:
-            return call(request, metadata=self._metadata, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise _refused(error) from None
-
-
-def _refused(error: grpc.RpcError) -> RequestRefusedError:
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    return RequestRefusedError(code.name, details or "")
 
 
 def _set(target: Timestamp, value: datetime) -> None:

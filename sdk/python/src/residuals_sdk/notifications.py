@@ -13,14 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from residuals_sdk._proto import common_pb2, notification_service_pb2, notifications_pb2
-from residuals_sdk.approvals import RequestRefusedError, _refused
-from residuals_sdk.transports.security import grpc_channel_credentials
+from residuals_sdk._service import RequestRefusedError, ServiceClient, refused
 
 _SERVICE = "/residuals.v1.NotificationService/"
 #: Stream errors after which watching resumes from the cursor.
@@ -44,8 +42,10 @@ class CreatedEndpoint:
     secret: str
 
 
-class NotificationsClient:
+class NotificationsClient(ServiceClient):
     """Manages one principal's webhook endpoints (its API key) over gRPC."""
+
+    service_prefix = _SERVICE
 
     def __init__(
         self,
@@ -57,16 +57,13 @@ class NotificationsClient:
         timeout: float = 10.0,
         reconnect_delay: float = 1.0,
     ) -> None:
-        if not api_key:
-            raise ValueError("api_key is required (rsd_<key_id>_<secret>)")
-        chosen = grpc_channel_credentials(target, credentials, insecure=insecure)
-        self._channel = (
-            grpc.secure_channel(target, chosen)
-            if chosen is not None
-            else grpc.insecure_channel(target)
+        super().__init__(
+            target=target,
+            api_key=api_key,
+            credentials=credentials,
+            insecure=insecure,
+            timeout=timeout,
         )
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
-        self.timeout = timeout
         self.reconnect_delay = reconnect_delay
 
     # --- endpoints --------------------------------------------------------------------
@@ -86,12 +83,12 @@ class NotificationsClient:
             event_types=list(event_types),
             min_severity=min_severity,  # type: ignore[arg-type]
         )
-        response = self._unary("CreateEndpoint", request)
+        response = self._unary_named("CreateEndpoint", request)
         return CreatedEndpoint(response.endpoint, response.secret)
 
     def get_endpoint(self, endpoint_id: str) -> notifications_pb2.WebhookEndpoint:
         request = notification_service_pb2.GetEndpointRequest(endpoint_id=endpoint_id)
-        return self._unary("GetEndpoint", request).endpoint  # type: ignore[no-any-return]
+        return self._unary_named("GetEndpoint", request).endpoint  # type: ignore[no-any-return]
 
     def list_endpoints(self, *, page_size: int = 0) -> Iterator[notifications_pb2.WebhookEndpoint]:
         """Every endpoint you may see, page by page."""
@@ -100,7 +97,7 @@ class NotificationsClient:
             request = notification_service_pb2.ListEndpointsRequest(
                 page_size=page_size, page_token=token
             )
-            response = self._unary("ListEndpoints", request)
+            response = self._unary_named("ListEndpoints", request)
             yield from response.endpoints
             token = response.next_page_token
             if not token:
@@ -129,10 +126,10 @@ class NotificationsClient:
             request.min_severity = min_severity  # type: ignore[assignment]
         if enabled is not None:
             request.enabled = enabled
-        return self._unary("UpdateEndpoint", request).endpoint  # type: ignore[no-any-return]
+        return self._unary_named("UpdateEndpoint", request).endpoint  # type: ignore[no-any-return]
 
     def delete_endpoint(self, endpoint_id: str) -> None:
-        self._unary(
+        self._unary_named(
             "DeleteEndpoint",
             notification_service_pb2.DeleteEndpointRequest(endpoint_id=endpoint_id),
         )
@@ -144,12 +141,12 @@ class NotificationsClient:
         request = notification_service_pb2.RotateEndpointSecretRequest(
             endpoint_id=endpoint_id, previous_secret_seconds=previous_secret_seconds
         )
-        response = self._unary("RotateEndpointSecret", request)
+        response = self._unary_named("RotateEndpointSecret", request)
         return CreatedEndpoint(response.endpoint, response.secret)
 
     def send_test_event(self, endpoint_id: str) -> notifications_pb2.Delivery:
         request = notification_service_pb2.SendTestEventRequest(endpoint_id=endpoint_id)
-        return self._unary("SendTestEvent", request).delivery  # type: ignore[no-any-return]
+        return self._unary_named("SendTestEvent", request).delivery  # type: ignore[no-any-return]
 
     # --- deliveries -------------------------------------------------------------------
 
@@ -165,7 +162,7 @@ class NotificationsClient:
                 page_size=page_size,
                 page_token=token,
             )
-            response = self._unary("ListDeliveries", request)
+            response = self._unary_named("ListDeliveries", request)
             yield from response.deliveries
             token = response.next_page_token
             if not token:
@@ -173,10 +170,12 @@ class NotificationsClient:
 
     def redeliver(self, delivery_id: int) -> notifications_pb2.Delivery:
         request = notification_service_pb2.RedeliverRequest(delivery_id=delivery_id)
-        return self._unary("Redeliver", request).delivery  # type: ignore[no-any-return]
+        return self._unary_named("Redeliver", request).delivery  # type: ignore[no-any-return]
 
     def list_event_types(self) -> list[notifications_pb2.EventType]:
-        response = self._unary("ListEventTypes", notification_service_pb2.ListEventTypesRequest())
+        response = self._unary_named(
+            "ListEventTypes", notification_service_pb2.ListEventTypesRequest()
+        )
         return list(response.event_types)
 
     # --- rejections -------------------------------------------------------------------
@@ -218,41 +217,19 @@ class NotificationsClient:
             except grpc.RpcError as error:
                 code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
                 if code not in _RESUMABLE:
-                    raise _refused(error) from None
+                    raise refused(error) from None
                 failures += 1
                 if max_reconnects is not None and failures > max_reconnects:
-                    raise _refused(error) from None
+                    raise refused(error) from None
             finally:
                 stream.cancel()
             time.sleep(min(30.0, self.reconnect_delay * 2 ** max(0, failures - 1)))
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> NotificationsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _unary(self, method: str, request: Any) -> Any:
+    def _unary_named(self, method: str, request: Any) -> Any:
         response_type = getattr(notification_service_pb2, f"{method}Response")
-        call = self._channel.unary_unary(
-            _SERVICE + method,
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
-        try:
-            return call(request, metadata=self._metadata, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise _refused(error) from None
+        return self._unary(method, request, response_type)
 
 
 def _latest(beat: common_pb2.Heartbeat) -> int:
