@@ -520,6 +520,25 @@ def test_pdbs_networkpolicies_and_the_meter_hpa() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["residuals", "migrate"]
 
 
+def test_only_notify_reaches_beyond_the_cluster_and_never_private_addresses() -> None:
+    """Webhooks go to the internet; the policy opens public addresses to notify alone and
+    keeps the metadata service and private ranges closed, as the SSRF guard does."""
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for policy in of_kind("NetworkPolicy"):
+        name = policy["metadata"]["labels"]["app.kubernetes.io/component"]
+        blocks[name] = [
+            peer["ipBlock"]
+            for rule in policy["spec"]["egress"]
+            for peer in rule.get("to", [])
+            if "ipBlock" in peer
+        ]
+    assert {n for n, found in blocks.items() if found} == {"notify"}
+    v4 = next(b for b in blocks["notify"] if b["cidr"] == "0.0.0.0/0")
+    assert {"169.254.0.0/16", "10.0.0.0/8", "127.0.0.0/8", "100.64.0.0/10"} <= set(v4["except"])
+    v6 = next(b for b in blocks["notify"] if b["cidr"] == "::/0")
+    assert {"fe80::/10", "fc00::/7", "::1/128"} <= set(v6["except"])
+
+
 # --- image and compose -------------------------------------------------------------------
 
 
