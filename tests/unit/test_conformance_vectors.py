@@ -45,7 +45,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).parents[2]
 CONFORMANCE = ROOT / "sdk" / "conformance"
 README = (CONFORMANCE / "README.md").read_text(encoding="utf-8")
-SPEC = (ROOT / "sdk" / "SIGNING.md").read_text(encoding="utf-8")
+SPEC = (ROOT / "sdk/SIGNING.md").read_text(encoding="utf-8")
 
 
 @cache
