@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROTO_ROOT = "protos"
+#: Vendored imports of the contracts (google/api/annotations.proto and http.proto, for the
+#: HTTP routes): on protoc's include path and a module of buf.yaml, never generated here
+#: (their Python modules come from googleapis-common-protos).
+THIRD_PARTY_ROOT = "third_party/googleapis"
 PACKAGE_DIR = Path("residuals") / "v1"
 OUTPUT_ROOT = "services"
 
@@ -157,6 +161,7 @@ def generate_into(root: Path, out_root: Path) -> list[Path]:
         "-m",
         "grpc_tools.protoc",
         f"-I{root / PROTO_ROOT}",
+        f"-I{root / THIRD_PARTY_ROOT}",
         f"-I{_wkt_include()}",
         f"--plugin=protoc-gen-mypy={_tool('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_tool('protoc-gen-mypy_grpc')}",
