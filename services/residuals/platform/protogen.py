@@ -18,6 +18,11 @@ rewritten to that package. The descriptors keep their file names (``residuals/v1
 so both copies can be imported into one process: protobuf accepts a file added twice with
 identical content, and both modules then share the same message classes. ``check`` compares
 that copy too, so the SDK can never drift from the contracts.
+
+The HTTP API's OpenAPI document (``protos/openapi/residuals.v1.json``) is generated here
+too, from a descriptor set protoc compiles from the same ``.proto`` files (never from the
+imported, possibly stale modules), with the generator the HTTP gateway serves at
+``/openapi.json`` (:mod:`residuals.gateway.openapi`); ``check`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -160,9 +165,7 @@ def generate_into(root: Path, out_root: Path) -> list[Path]:
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{root / PROTO_ROOT}",
-        f"-I{root / THIRD_PARTY_ROOT}",
-        f"-I{_wkt_include()}",
+        *_protoc_include_args(root),
         f"--plugin=protoc-gen-mypy={_tool('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_tool('protoc-gen-mypy_grpc')}",
         f"--python_out={out_root}",
@@ -213,6 +216,66 @@ def vendor_sdk(fresh_package: Path, out: Path) -> list[Path]:
     return sorted(written)
 
 
+def _protoc_include_args(root: Path) -> list[str]:
+    return [f"-I{root / PROTO_ROOT}", f"-I{root / THIRD_PARTY_ROOT}", f"-I{_wkt_include()}"]
+
+
+def openapi_text(root: Path, tmp: Path) -> str:
+    """The OpenAPI document of the contracts as they are on disk (see the module doc)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    from residuals.gateway.openapi import openapi_document, render
+    from residuals.gateway.routes import load_routes
+
+    descriptor_set = tmp / "descriptors.binpb"
+    args = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        *_protoc_include_args(root),
+        "--include_imports",
+        f"--descriptor_set_out={descriptor_set}",
+        *proto_files(root),
+    ]
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ProtogenError(f"protoc failed ({proc.returncode}):\n{proc.stderr.strip()}")
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    contracts = [
+        pool.FindFileByName(f.name)
+        for f in files.file
+        if f.name.startswith(PACKAGE_DIR.as_posix() + "/") and f.service
+    ]
+    return render(openapi_document(load_routes(contracts)))
+
+
+def _check_openapi(root: Path, tmp: Path) -> CheckResult:
+    from residuals.gateway.openapi import OPENAPI_PATH
+
+    committed = root / OPENAPI_PATH
+    name = Path(OPENAPI_PATH).name
+    if not committed.is_file():
+        return CheckResult(missing=[name])
+    if committed.read_text(encoding="utf-8") != openapi_text(root, tmp):
+        return CheckResult(changed=[name])
+    return CheckResult()
+
+
+def _write_openapi(root: Path, tmp: Path) -> list[str]:
+    from residuals.gateway.openapi import OPENAPI_PATH
+
+    committed = root / OPENAPI_PATH
+    text = openapi_text(root, tmp)
+    if committed.is_file() and committed.read_text(encoding="utf-8") == text:
+        return []
+    committed.parent.mkdir(parents=True, exist_ok=True)
+    committed.write_text(text, encoding="utf-8")
+    return [OPENAPI_PATH]
+
+
 def _fresh_targets(root: Path, tmp: Path) -> list[tuple[Path, Path]]:
     """Generate everything into ``tmp``: (committed directory relative to root, fresh copy)."""
     generate_into(root, tmp / OUTPUT_ROOT)
@@ -256,10 +319,14 @@ def check(root: Path) -> list[tuple[str, CheckResult]]:
     Returns one ``(directory, result)`` per generated directory (server package, SDK).
     """
     with tempfile.TemporaryDirectory(prefix="residuals-protos-") as tmp:
-        return [
+        results = [
             (committed.as_posix(), compare(fresh, root / committed))
             for committed, fresh in _fresh_targets(root, Path(tmp))
         ]
+        from residuals.gateway.openapi import OPENAPI_PATH
+
+        results.append((Path(OPENAPI_PATH).parent.as_posix(), _check_openapi(root, Path(tmp))))
+        return results
 
 
 def generate(root: Path) -> list[str]:
@@ -280,6 +347,7 @@ def generate(root: Path) -> list[str]:
                 (target / name).unlink()
             changed += [f"{committed.as_posix()}/{n}" for n in diff.changed + diff.missing]
             changed += [f"{committed.as_posix()}/{n}" for n in diff.extra]
+        changed += _write_openapi(root, Path(tmp))
     return sorted(changed)
 
 
@@ -335,7 +403,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     commands = parser.add_subparsers(dest="protos_command", metavar="SUBCOMMAND", required=True)
     for name, handler, text in (
-        ("gen", _run_gen, "buf lint, then regenerate services/residuals/v1 and the SDK copy"),
+        (
+            "gen",
+            _run_gen,
+            "buf lint, then regenerate services/residuals/v1, the SDK copy and the OpenAPI"
+            " document",
+        ),
         ("check", _run_check, "buf lint, then fail (exit 1) if generated code is stale"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
