@@ -37,7 +37,6 @@ from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, ingest_pb2, 
 from tests.support import alerts as alert_support
 from tests.support.gateway import EventStream, call
 from tests.support.ingest import Gateway, Registry, Tenant, Topics, envelope, render
-from tests.support.ingest import auth as grpc_auth
 
 PUBLISH = "/v1/ingest:publishBatch"
 #: A small body limit, so "too large" is cheap to send.
@@ -107,9 +106,7 @@ def world(stack: StackSettings) -> Iterator[World]:
         authenticator=alert_auth,
     ).start()
     assert alerts.sink is not None and alerts.sink.assigned.wait(30), "no partitions assigned"
-    gateway = _gateway(
-        ingest=f"127.0.0.1:{ingest.port}", alerts=f"127.0.0.1:{alerts.port}"
-    )
+    gateway = _gateway(ingest=f"127.0.0.1:{ingest.port}", alerts=f"127.0.0.1:{alerts.port}")
     dead = _gateway(ingest="127.0.0.1:1", alerts="127.0.0.1:1", licensing="127.0.0.1:1")
     alert_channel = grpc.insecure_channel(f"127.0.0.1:{alerts.port}")
     grpc_ingest = Gateway(ingest.port)
@@ -140,13 +137,14 @@ def world(stack: StackSettings) -> Iterator[World]:
 def _events_json(envelopes: list[bytes]) -> dict[str, object]:
     return {
         "events": [
-            json_format.MessageToDict(usage_pb2.SignedUsageEvent.FromString(e))
-            for e in envelopes
+            json_format.MessageToDict(usage_pb2.SignedUsageEvent.FromString(e)) for e in envelopes
         ]
     }
 
 
-def _publish_http(world: World, key: str, envelopes: list[bytes]) -> ingest_pb2.PublishBatchResponse:
+def _publish_http(
+    world: World, key: str, envelopes: list[bytes]
+) -> ingest_pb2.PublishBatchResponse:
     answer = call(world.gateway.port, "POST", PUBLISH, _events_json(envelopes), key=key)
     assert answer.status == 200, answer.body
     assert answer.content_type.startswith("application/json")
@@ -181,9 +179,12 @@ def test_publish_over_http_answers_exactly_as_grpc(world: World) -> None:
     again_grpc = world.grpc_ingest.publish(pixel.api_key, [first])
     assert again_http.results[0].status == ingest_pb2.PUBLISH_STATUS_DUPLICATE
     assert again_grpc[0].status == ingest_pb2.PUBLISH_STATUS_DUPLICATE
-    assert again_http.results[0].event_id == usage_pb2.UsageEvent.FromString(
-        usage_pb2.SignedUsageEvent.FromString(second).payload
-    ).event_id
+    assert (
+        again_http.results[0].event_id
+        == usage_pb2.UsageEvent.FromString(
+            usage_pb2.SignedUsageEvent.FromString(second).payload
+        ).event_id
+    )
 
 
 def test_publish_json_is_proto3_json(world: World) -> None:
@@ -306,7 +307,14 @@ def test_an_oversized_body_is_413(world: World) -> None:
         ({"events": {"payload": ""}}, "events"),
         ([1, 2], "(body)"),
     ],
-    ids=["unknown-field", "unknown-nested", "number-for-string", "bad-base64", "not-array", "not-object"],
+    ids=[
+        "unknown-field",
+        "unknown-nested",
+        "number-for-string",
+        "bad-base64",
+        "not-array",
+        "not-object",
+    ],
 )
 def test_a_bad_field_is_400_naming_it(world: World, body: object, field: str) -> None:
     answer = call(world.dead.port, "POST", PUBLISH, body, key=world.pixel.api_key)
@@ -401,9 +409,7 @@ def test_role_rules_are_the_services(world: World) -> None:
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
     # Its own talent may: the path variable fills alert_id, the body the rest.
-    answer = call(
-        world.gateway.port, "POST", path, {"note": "seen"}, key=_talent_key(world, other)
-    )
+    answer = call(world.gateway.port, "POST", path, {"note": "seen"}, key=_talent_key(world, other))
     assert answer.status == 200, answer.body
     assert answer.json["alert"]["alertId"] == alert.alert_id
     assert answer.json["alert"]["state"] == "ALERT_STATE_ACKNOWLEDGED"

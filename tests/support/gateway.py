@@ -6,9 +6,11 @@ the wire: any header, any bytes, any method.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,12 +151,8 @@ class EventStream:
         # Shut the socket down (a plain close would wait for the reader thread's read).
         sock = self.connection.sock
         if sock is not None:
-            import socket
-
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.connection.close()
         if self.thread.is_alive():
             self.thread.join(timeout=5)

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 from opentelemetry import trace
 
@@ -251,7 +252,7 @@ class Gateway:
         message: Message,
         metadata: Sequence[tuple[str, str]],
     ) -> Message:
-        output = route.method.output_type._concrete_class
+        output = message_factory.GetMessageClass(route.method.output_type)
         call = channel.unary_unary(
             route.grpc_path,
             request_serializer=lambda m: m.SerializeToString(),
@@ -287,7 +288,7 @@ class Gateway:
         malformed filter, too many streams) is still a plain HTTP problem; after the
         headers are sent, a failure ends the stream with an ``error`` event carrying it.
         """
-        output = route.method.output_type._concrete_class
+        output = message_factory.GetMessageClass(route.method.output_type)
         call = channel.unary_stream(
             route.grpc_path,
             request_serializer=lambda m: m.SerializeToString(),

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from residuals.gateway.routes import Route
-from residuals.gateway.transcode import WELL_KNOWN
+from residuals.gateway.transcode import WELL_KNOWN, enum_of, message_of
 
 #: Where the committed copy lives, relative to the repository root.
 OPENAPI_PATH = "protos/openapi/residuals.v1.json"
@@ -109,9 +109,9 @@ class _Schemas:
 
     def single(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            return self.message(field.message_type)
+            return self.message(message_of(field))
         if field.type == FieldDescriptor.TYPE_ENUM:
-            return self.enum(field.enum_type)
+            return self.enum(enum_of(field))
         return dict(_SCALARS[field.type])
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:

@@ -135,9 +135,7 @@ def _metadata_value(metadata: Any, key: str) -> str | bytes | None:
     return None
 
 
-def from_rpc(
-    code: grpc.StatusCode, details: str | None, trailing_metadata: Any
-) -> Problem:
+def from_rpc(code: grpc.StatusCode, details: str | None, trailing_metadata: Any) -> Problem:
     """The problem for a failed gRPC call, with the status details the service sent."""
     violations: list[FieldViolation] = []
     retry_after: float | None = None
@@ -152,9 +150,7 @@ def from_rpc(
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                violations += [
-                    FieldViolation(v.field, v.description) for v in bad.field_violations
-                ]
+                violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 info = error_details_pb2.RetryInfo()
                 detail.Unpack(info)

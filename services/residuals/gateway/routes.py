@@ -87,9 +87,7 @@ class PathTemplate:
 
     def openapi_path(self) -> str:
         """The template as an OpenAPI path: ``/v1/approvals/{approval_id}:approve``."""
-        parts = [
-            "{" + s.field_path + "}" if isinstance(s, Variable) else s for s in self.segments
-        ]
+        parts = ["{" + s.field_path + "}" if isinstance(s, Variable) else s for s in self.segments]
         return "/" + "/".join(parts) + (f":{self.verb}" if self.verb else "")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from residuals.gateway.routes import Route
@@ -71,6 +71,17 @@ class Violation(Exception):
         return f"{self.field}: {self.description}"
 
 
+def message_of(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message field (typed: never None here)."""
+    assert field.message_type is not None, field.full_name
+    return field.message_type
+
+
+def enum_of(field: FieldDescriptor) -> EnumDescriptor:
+    assert field.enum_type is not None, field.full_name
+    return field.enum_type
+
+
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
@@ -108,7 +119,7 @@ def check_json(value: Any, descriptor: Descriptor, path: str = "") -> None:
         if _is_map(field):
             if not isinstance(item, dict):
                 raise Violation(where, "must be a JSON object (a map)")
-            value_field = field.message_type.fields_by_name["value"]
+            value_field = message_of(field).fields_by_name["value"]
             for map_key, map_value in item.items():
                 if map_value is not None:
                     _check_single(map_value, value_field, f"{where}[{map_key!r}]")
@@ -124,7 +135,7 @@ def check_json(value: Any, descriptor: Descriptor, path: str = "") -> None:
 def _check_single(value: Any, field: FieldDescriptor, where: str) -> None:
     kind = field.type
     if kind in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        check_json(value, field.message_type, where)
+        check_json(value, message_of(field), where)
     elif kind == FieldDescriptor.TYPE_STRING:
         if not isinstance(value, str):
             raise Violation(where, f"must be a string, not {_json_kind(value)}")
@@ -145,14 +156,13 @@ def _check_single(value: Any, field: FieldDescriptor, where: str) -> None:
             raise Violation(where, f"must be an integer, not {_json_kind(value)}")
     elif kind in _FLOATS:
         if isinstance(value, bool) or not (
-            isinstance(value, (int, float))
-            or (isinstance(value, str) and _is_float_text(value))
+            isinstance(value, (int, float)) or (isinstance(value, str) and _is_float_text(value))
         ):
             raise Violation(where, f"must be a number, not {_json_kind(value)}")
     elif kind == FieldDescriptor.TYPE_ENUM:
         if isinstance(value, str):
-            if field.enum_type.values_by_name.get(value) is None:
-                names = ", ".join(v.name for v in field.enum_type.values)
+            if enum_of(field).values_by_name.get(value) is None:
+                names = ", ".join(v.name for v in enum_of(field).values)
                 raise Violation(where, f"unknown value (one of {names})")
         elif isinstance(value, bool) or not isinstance(value, int):
             raise Violation(where, f"must be an enum name (string), not {_json_kind(value)}")
@@ -215,7 +225,7 @@ def _scalar_from_text(text: str, field: FieldDescriptor, where: str) -> Any:
             return text == "true"
         raise Violation(where, "must be true or false")
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if field.message_type.full_name in WELL_KNOWN:
+        if message_of(field).full_name in WELL_KNOWN:
             return text
         raise Violation(where, "is a message: send it in a request body")
     if field.type in _INTEGERS and not _INTEGER_TEXT.fullmatch(text):
