@@ -351,6 +351,62 @@ def generate(root: Path) -> list[str]:
     return sorted(changed)
 
 
+def breaking(root: Path, against: str) -> str | None:
+    """``buf breaking`` (FILE rules, see ``buf.yaml``) of the working tree against git ref
+    ``against``; raise with its findings. None when the ref does not exist (a first commit,
+    a shallow clone): the caller says it skipped.
+
+    The old contracts are taken with ``git archive`` into a temporary directory, so it
+    works the same in a clone, a worktree or CI's fresh checkout, offline.
+    """
+    resolved = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if resolved.returncode != 0:
+        return None
+    commit = resolved.stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="residuals-breaking-") as tmp:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, "buf.yaml", PROTO_ROOT],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            raise ProtogenError(f"git archive {against} failed: {archive.stderr.decode().strip()}")
+        has_third_party = subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}:{THIRD_PARTY_ROOT}"],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        if has_third_party.returncode == 0:
+            extra = subprocess.run(
+                ["git", "archive", "--format=tar", commit, THIRD_PARTY_ROOT],
+                cwd=root,
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", tmp], input=extra.stdout, check=True)
+        proc = subprocess.run(
+            # Only the contracts' module: the vendored one may be new since ``against``.
+            [_tool("buf"), "breaking", PROTO_ROOT, "--against", f"{tmp}/{PROTO_ROOT}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        findings = (proc.stdout + proc.stderr).strip()
+        raise ProtogenError(f"buf breaking against {against} ({commit[:12]}) failed:\n{findings}")
+    return commit
+
+
 # --- command line -------------------------------------------------------------------------
 
 
@@ -396,6 +452,20 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_breaking(args: argparse.Namespace) -> int:
+    try:
+        root = _root_of(args)
+        commit = breaking(root, args.against)
+    except ProtogenError as exc:
+        print(f"residuals protos breaking: {exc}", file=sys.stderr)
+        return 1
+    if commit is None:
+        print(f"residuals protos breaking: skipped, no commit {args.against!r} to compare with")
+        return 0
+    print(f"contracts are compatible with {args.against} ({commit[:12]})")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``protos gen`` and ``protos check`` to the ``residuals`` command."""
     parser = subparsers.add_parser(
@@ -415,3 +485,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("--root", help="repository root (default: found from the cwd)")
         sub.add_argument("--no-lint", action="store_true", help="skip buf lint")
         sub.set_defaults(handler=handler)
+    text = "buf breaking: fail (exit 1) if the contracts changed incompatibly since a git ref"
+    sub = commands.add_parser("breaking", help=text, description=text)
+    sub.add_argument("--root", help="repository root (default: found from the cwd)")
+    sub.add_argument(
+        "--against",
+        default="HEAD~1",
+        help="git ref of the previous contracts (default HEAD~1: the previous main in CI)",
+    )
+    sub.set_defaults(handler=_run_breaking)
