@@ -23,6 +23,7 @@ COMMAND_MODULES: dict[str, str] = {
     "alerts": "residuals.alerts.command",
     "notify": "residuals.notify.command",
     "ingest": "residuals.ingest.command",
+    "gateway": "residuals.gateway.command",
     "dlq": "residuals.cli.dlq",
     "licensing": "residuals.licensing.command",
     "licences": "residuals.cli.licences",

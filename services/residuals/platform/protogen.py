@@ -18,6 +18,11 @@ rewritten to that package. The descriptors keep their file names (``residuals/v1
 so both copies can be imported into one process: protobuf accepts a file added twice with
 identical content, and both modules then share the same message classes. ``check`` compares
 that copy too, so the SDK can never drift from the contracts.
+
+The HTTP API's OpenAPI document (``protos/openapi/residuals.v1.json``) is generated here
+too, from a descriptor set protoc compiles from the same ``.proto`` files (never from the
+imported, possibly stale modules), with the generator the HTTP gateway serves at
+``/openapi.json`` (:mod:`residuals.gateway.openapi`); ``check`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROTO_ROOT = "protos"
+#: Vendored imports of the contracts (google/api/annotations.proto and http.proto, for the
+#: HTTP routes): on protoc's include path and a module of buf.yaml, never generated here
+#: (their Python modules come from googleapis-common-protos).
+THIRD_PARTY_ROOT = "third_party/googleapis"
 PACKAGE_DIR = Path("residuals") / "v1"
 OUTPUT_ROOT = "services"
 
@@ -156,8 +165,7 @@ def generate_into(root: Path, out_root: Path) -> list[Path]:
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{root / PROTO_ROOT}",
-        f"-I{_wkt_include()}",
+        *_protoc_include_args(root),
         f"--plugin=protoc-gen-mypy={_tool('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_tool('protoc-gen-mypy_grpc')}",
         f"--python_out={out_root}",
@@ -208,6 +216,66 @@ def vendor_sdk(fresh_package: Path, out: Path) -> list[Path]:
     return sorted(written)
 
 
+def _protoc_include_args(root: Path) -> list[str]:
+    return [f"-I{root / PROTO_ROOT}", f"-I{root / THIRD_PARTY_ROOT}", f"-I{_wkt_include()}"]
+
+
+def openapi_text(root: Path, tmp: Path) -> str:
+    """The OpenAPI document of the contracts as they are on disk (see the module doc)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    from residuals.gateway.openapi import openapi_document, render
+    from residuals.gateway.routes import load_routes
+
+    descriptor_set = tmp / "descriptors.binpb"
+    args = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        *_protoc_include_args(root),
+        "--include_imports",
+        f"--descriptor_set_out={descriptor_set}",
+        *proto_files(root),
+    ]
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ProtogenError(f"protoc failed ({proc.returncode}):\n{proc.stderr.strip()}")
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    contracts = [
+        pool.FindFileByName(f.name)
+        for f in files.file
+        if f.name.startswith(PACKAGE_DIR.as_posix() + "/") and f.service
+    ]
+    return render(openapi_document(load_routes(contracts)))
+
+
+def _check_openapi(root: Path, tmp: Path) -> CheckResult:
+    from residuals.gateway.openapi import OPENAPI_PATH
+
+    committed = root / OPENAPI_PATH
+    name = Path(OPENAPI_PATH).name
+    if not committed.is_file():
+        return CheckResult(missing=[name])
+    if committed.read_text(encoding="utf-8") != openapi_text(root, tmp):
+        return CheckResult(changed=[name])
+    return CheckResult()
+
+
+def _write_openapi(root: Path, tmp: Path) -> list[str]:
+    from residuals.gateway.openapi import OPENAPI_PATH
+
+    committed = root / OPENAPI_PATH
+    text = openapi_text(root, tmp)
+    if committed.is_file() and committed.read_text(encoding="utf-8") == text:
+        return []
+    committed.parent.mkdir(parents=True, exist_ok=True)
+    committed.write_text(text, encoding="utf-8")
+    return [OPENAPI_PATH]
+
+
 def _fresh_targets(root: Path, tmp: Path) -> list[tuple[Path, Path]]:
     """Generate everything into ``tmp``: (committed directory relative to root, fresh copy)."""
     generate_into(root, tmp / OUTPUT_ROOT)
@@ -251,10 +319,14 @@ def check(root: Path) -> list[tuple[str, CheckResult]]:
     Returns one ``(directory, result)`` per generated directory (server package, SDK).
     """
     with tempfile.TemporaryDirectory(prefix="residuals-protos-") as tmp:
-        return [
+        results = [
             (committed.as_posix(), compare(fresh, root / committed))
             for committed, fresh in _fresh_targets(root, Path(tmp))
         ]
+        from residuals.gateway.openapi import OPENAPI_PATH
+
+        results.append((Path(OPENAPI_PATH).parent.as_posix(), _check_openapi(root, Path(tmp))))
+        return results
 
 
 def generate(root: Path) -> list[str]:
@@ -275,7 +347,64 @@ def generate(root: Path) -> list[str]:
                 (target / name).unlink()
             changed += [f"{committed.as_posix()}/{n}" for n in diff.changed + diff.missing]
             changed += [f"{committed.as_posix()}/{n}" for n in diff.extra]
+        changed += _write_openapi(root, Path(tmp))
     return sorted(changed)
+
+
+def breaking(root: Path, against: str) -> str | None:
+    """``buf breaking`` (FILE rules, see ``buf.yaml``) of the working tree against git ref
+    ``against``; raise with its findings. None when the ref does not exist (a first commit,
+    a shallow clone): the caller says it skipped.
+
+    The old contracts are taken with ``git archive`` into a temporary directory, so it
+    works the same in a clone, a worktree or CI's fresh checkout, offline.
+    """
+    resolved = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if resolved.returncode != 0:
+        return None
+    commit = resolved.stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="residuals-breaking-") as tmp:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, "buf.yaml", PROTO_ROOT],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            raise ProtogenError(f"git archive {against} failed: {archive.stderr.decode().strip()}")
+        has_third_party = subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}:{THIRD_PARTY_ROOT}"],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        if has_third_party.returncode == 0:
+            extra = subprocess.run(
+                ["git", "archive", "--format=tar", commit, THIRD_PARTY_ROOT],
+                cwd=root,
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", tmp], input=extra.stdout, check=True)
+        proc = subprocess.run(
+            # Only the contracts' module: the vendored one may be new since ``against``.
+            [_tool("buf"), "breaking", PROTO_ROOT, "--against", f"{tmp}/{PROTO_ROOT}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        findings = (proc.stdout + proc.stderr).strip()
+        raise ProtogenError(f"buf breaking against {against} ({commit[:12]}) failed:\n{findings}")
+    return commit
 
 
 # --- command line -------------------------------------------------------------------------
@@ -323,6 +452,20 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_breaking(args: argparse.Namespace) -> int:
+    try:
+        root = _root_of(args)
+        commit = breaking(root, args.against)
+    except ProtogenError as exc:
+        print(f"residuals protos breaking: {exc}", file=sys.stderr)
+        return 1
+    if commit is None:
+        print(f"residuals protos breaking: skipped, no commit {args.against!r} to compare with")
+        return 0
+    print(f"contracts are compatible with {args.against} ({commit[:12]})")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``protos gen`` and ``protos check`` to the ``residuals`` command."""
     parser = subparsers.add_parser(
@@ -330,10 +473,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     commands = parser.add_subparsers(dest="protos_command", metavar="SUBCOMMAND", required=True)
     for name, handler, text in (
-        ("gen", _run_gen, "buf lint, then regenerate services/residuals/v1 and the SDK copy"),
+        (
+            "gen",
+            _run_gen,
+            "buf lint, then regenerate services/residuals/v1, the SDK copy and the OpenAPI"
+            " document",
+        ),
         ("check", _run_check, "buf lint, then fail (exit 1) if generated code is stale"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--root", help="repository root (default: found from the cwd)")
         sub.add_argument("--no-lint", action="store_true", help="skip buf lint")
         sub.set_defaults(handler=handler)
+    text = "buf breaking: fail (exit 1) if the contracts changed incompatibly since a git ref"
+    sub = commands.add_parser("breaking", help=text, description=text)
+    sub.add_argument("--root", help="repository root (default: found from the cwd)")
+    sub.add_argument(
+        "--against",
+        default="HEAD~1",
+        help="git ref of the previous contracts (default HEAD~1: the previous main in CI)",
+    )
+    sub.set_defaults(handler=_run_breaking)

@@ -22,33 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from residuals.v1 import alerts_pb2 as residuals_dot_v1_dot_alerts__pb2
 from residuals.v1 import common_pb2 as residuals_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n residuals/v1/alert_service.proto\x12\x0cresiduals.v1\x1a\x19residuals/v1/alerts.proto\x1a\x19residuals/v1/common.proto\"\x85\x01\n\x12WatchAlertsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.residuals.v1.AlertFilter\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"q\n\x13WatchAlertsResponse\x12$\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.AlertH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"e\n\x11ListAlertsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.residuals.v1.AlertFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAlertsResponse\x12#\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x13.residuals.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x17\x41\x63knowledgeAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\">\n\x18\x41\x63knowledgeAlertResponse\x12\"\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Alert\"c\n\x13ResolveAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12,\n\nresolution\x18\x02 \x01(\x0e\x32\x18.residuals.v1.Resolution\x12\x0c\n\x04note\x18\x03 \x01(\t\":\n\x14ResolveAlertResponse\x12\"\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Alert2\xef\x02\n\x0c\x41lertService\x12T\n\x0bWatchAlerts\x12 .residuals.v1.WatchAlertsRequest\x1a!.residuals.v1.WatchAlertsResponse0\x01\x12O\n\nListAlerts\x12\x1f.residuals.v1.ListAlertsRequest\x1a .residuals.v1.ListAlertsResponse\x12\x61\n\x10\x41\x63knowledgeAlert\x12%.residuals.v1.AcknowledgeAlertRequest\x1a&.residuals.v1.AcknowledgeAlertResponse\x12U\n\x0cResolveAlert\x12!.residuals.v1.ResolveAlertRequest\x1a\".residuals.v1.ResolveAlertResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n residuals/v1/alert_service.proto\x12\x0cresiduals.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19residuals/v1/alerts.proto\x1a\x19residuals/v1/common.proto\"\x85\x01\n\x12WatchAlertsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.residuals.v1.AlertFilter\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"q\n\x13WatchAlertsResponse\x12$\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.AlertH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"e\n\x11ListAlertsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.residuals.v1.AlertFilter\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x12ListAlertsResponse\x12#\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x13.residuals.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x17\x41\x63knowledgeAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\">\n\x18\x41\x63knowledgeAlertResponse\x12\"\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Alert\"c\n\x13ResolveAlertRequest\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12,\n\nresolution\x18\x02 \x01(\x0e\x32\x18.residuals.v1.Resolution\x12\x0c\n\x04note\x18\x03 \x01(\t\":\n\x14ResolveAlertResponse\x12\"\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x13.residuals.v1.Alert2\xf6\x03\n\x0c\x41lertService\x12n\n\x0bWatchAlerts\x12 .residuals.v1.WatchAlertsRequest\x1a!.residuals.v1.WatchAlertsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/alerts:watch0\x01\x12\x63\n\nListAlerts\x12\x1f.residuals.v1.ListAlertsRequest\x1a .residuals.v1.ListAlertsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/alerts\x12\x8f\x01\n\x10\x41\x63knowledgeAlert\x12%.residuals.v1.AcknowledgeAlertRequest\x1a&.residuals.v1.AcknowledgeAlertResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/alerts/{alert_id}:acknowledge:\x01*\x12\x7f\n\x0cResolveAlert\x12!.residuals.v1.ResolveAlertRequest\x1a\".residuals.v1.ResolveAlertResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/alerts/{alert_id}:resolve:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'residuals.v1.alert_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHALERTSREQUEST']._serialized_start=105
-  _globals['_WATCHALERTSREQUEST']._serialized_end=238
-  _globals['_WATCHALERTSRESPONSE']._serialized_start=240
-  _globals['_WATCHALERTSRESPONSE']._serialized_end=353
-  _globals['_LISTALERTSREQUEST']._serialized_start=355
-  _globals['_LISTALERTSREQUEST']._serialized_end=456
-  _globals['_LISTALERTSRESPONSE']._serialized_start=458
-  _globals['_LISTALERTSRESPONSE']._serialized_end=540
-  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_start=542
-  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_end=599
-  _globals['_ACKNOWLEDGEALERTRESPONSE']._serialized_start=601
-  _globals['_ACKNOWLEDGEALERTRESPONSE']._serialized_end=663
-  _globals['_RESOLVEALERTREQUEST']._serialized_start=665
-  _globals['_RESOLVEALERTREQUEST']._serialized_end=764
-  _globals['_RESOLVEALERTRESPONSE']._serialized_start=766
-  _globals['_RESOLVEALERTRESPONSE']._serialized_end=824
-  _globals['_ALERTSERVICE']._serialized_start=827
-  _globals['_ALERTSERVICE']._serialized_end=1194
+  _globals['_ALERTSERVICE'].methods_by_name['WatchAlerts']._loaded_options = None
+  _globals['_ALERTSERVICE'].methods_by_name['WatchAlerts']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/alerts:watch'
+  _globals['_ALERTSERVICE'].methods_by_name['ListAlerts']._loaded_options = None
+  _globals['_ALERTSERVICE'].methods_by_name['ListAlerts']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/alerts'
+  _globals['_ALERTSERVICE'].methods_by_name['AcknowledgeAlert']._loaded_options = None
+  _globals['_ALERTSERVICE'].methods_by_name['AcknowledgeAlert']._serialized_options = b'\202\323\344\223\002&\"!/v1/alerts/{alert_id}:acknowledge:\001*'
+  _globals['_ALERTSERVICE'].methods_by_name['ResolveAlert']._loaded_options = None
+  _globals['_ALERTSERVICE'].methods_by_name['ResolveAlert']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/alerts/{alert_id}:resolve:\001*'
+  _globals['_WATCHALERTSREQUEST']._serialized_start=135
+  _globals['_WATCHALERTSREQUEST']._serialized_end=268
+  _globals['_WATCHALERTSRESPONSE']._serialized_start=270
+  _globals['_WATCHALERTSRESPONSE']._serialized_end=383
+  _globals['_LISTALERTSREQUEST']._serialized_start=385
+  _globals['_LISTALERTSREQUEST']._serialized_end=486
+  _globals['_LISTALERTSRESPONSE']._serialized_start=488
+  _globals['_LISTALERTSRESPONSE']._serialized_end=570
+  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_start=572
+  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_end=629
+  _globals['_ACKNOWLEDGEALERTRESPONSE']._serialized_start=631
+  _globals['_ACKNOWLEDGEALERTRESPONSE']._serialized_end=693
+  _globals['_RESOLVEALERTREQUEST']._serialized_start=695
+  _globals['_RESOLVEALERTREQUEST']._serialized_end=794
+  _globals['_RESOLVEALERTRESPONSE']._serialized_start=796
+  _globals['_RESOLVEALERTRESPONSE']._serialized_end=854
+  _globals['_ALERTSERVICE']._serialized_start=857
+  _globals['_ALERTSERVICE']._serialized_end=1359
 # @@protoc_insertion_point(module_scope)

@@ -22,52 +22,69 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from residuals.v1 import approvals_pb2 as residuals_dot_v1_dot_approvals__pb2
 from residuals.v1 import common_pb2 as residuals_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#residuals/v1/approval_service.proto\x12\x0cresiduals.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cresiduals/v1/approvals.proto\x1a\x19residuals/v1/common.proto\"\x81\x02\n\x16RequestApprovalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nlicence_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12)\n\x03use\x18\x04 \x01(\x0b\x32\x1c.residuals.v1.UseDescription\x12\x19\n\x11renders_requested\x18\x05 \x01(\r\x12\x32\n\x0erequested_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0frequested_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x17RequestApprovalResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"\xac\x01\n\x11\x41pproveUseRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nvalid_from\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmax_renders\x18\x04 \x01(\r\x12\x0c\n\x04note\x18\x05 \x01(\t\">\n\x12\x41pproveUseResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"5\n\x0e\x44\x65nyUseRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x0f\x44\x65nyUseResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"?\n\x13GetApprovalResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"\x81\x01\n\x14ListApprovalsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12.\n\x08statuses\x18\x02 \x03(\x0e\x32\x1c.residuals.v1.ApprovalStatus\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"[\n\x15ListApprovalsResponse\x12)\n\tapprovals\x18\x01 \x03(\x0b\x32\x16.residuals.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x15WatchApprovalsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"z\n\x16WatchApprovalsResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.ApprovalH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\x8e\x01\n\x1cWatchApprovalRequestsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x14\n\x0cpending_only\x18\x04 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\"\x81\x01\n\x1dWatchApprovalRequestsResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.ApprovalH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\xed\x01\n\x0f\x43heckUseRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.residuals.v1.UsageKind\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\tterritory\x18\x05 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\r\"\x95\x02\n\x10\x43heckUseResponse\x12)\n\x07verdict\x18\x01 \x01(\x0e\x32\x18.residuals.v1.UseVerdict\x12.\n\tviolation\x18\x02 \x01(\x0e\x32\x1b.residuals.v1.ViolationKind\x12\x1c\n\x0fquota_remaining\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\'\n\x1a\x61pproved_renders_remaining\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x17\n\x0flicence_version\x18\x05 \x01(\r\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\tB\x12\n\x10_quota_remainingB\x1d\n\x1b_approved_renders_remaining*v\n\nUseVerdict\x12\x1b\n\x17USE_VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11USE_VERDICT_ALLOW\x10\x01\x12\x14\n\x10USE_VERDICT_DENY\x10\x02\x12\x1e\n\x1aUSE_VERDICT_NEEDS_APPROVAL\x10\x03\x32\xd6\x05\n\x0f\x41pprovalService\x12^\n\x0fRequestApproval\x12$.residuals.v1.RequestApprovalRequest\x1a%.residuals.v1.RequestApprovalResponse\x12O\n\nApproveUse\x12\x1f.residuals.v1.ApproveUseRequest\x1a .residuals.v1.ApproveUseResponse\x12\x46\n\x07\x44\x65nyUse\x12\x1c.residuals.v1.DenyUseRequest\x1a\x1d.residuals.v1.DenyUseResponse\x12R\n\x0bGetApproval\x12 .residuals.v1.GetApprovalRequest\x1a!.residuals.v1.GetApprovalResponse\x12X\n\rListApprovals\x12\".residuals.v1.ListApprovalsRequest\x1a#.residuals.v1.ListApprovalsResponse\x12r\n\x15WatchApprovalRequests\x12*.residuals.v1.WatchApprovalRequestsRequest\x1a+.residuals.v1.WatchApprovalRequestsResponse0\x01\x12]\n\x0eWatchApprovals\x12#.residuals.v1.WatchApprovalsRequest\x1a$.residuals.v1.WatchApprovalsResponse0\x01\x12I\n\x08\x43heckUse\x12\x1d.residuals.v1.CheckUseRequest\x1a\x1e.residuals.v1.CheckUseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#residuals/v1/approval_service.proto\x12\x0cresiduals.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cresiduals/v1/approvals.proto\x1a\x19residuals/v1/common.proto\"\x81\x02\n\x16RequestApprovalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nlicence_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12)\n\x03use\x18\x04 \x01(\x0b\x32\x1c.residuals.v1.UseDescription\x12\x19\n\x11renders_requested\x18\x05 \x01(\r\x12\x32\n\x0erequested_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0frequested_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x17RequestApprovalResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"\xac\x01\n\x11\x41pproveUseRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nvalid_from\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmax_renders\x18\x04 \x01(\r\x12\x0c\n\x04note\x18\x05 \x01(\t\">\n\x12\x41pproveUseResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"5\n\x0e\x44\x65nyUseRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\";\n\x0f\x44\x65nyUseResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"?\n\x13GetApprovalResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Approval\"\x81\x01\n\x14ListApprovalsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12.\n\x08statuses\x18\x02 \x03(\x0e\x32\x1c.residuals.v1.ApprovalStatus\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"[\n\x15ListApprovalsResponse\x12)\n\tapprovals\x18\x01 \x03(\x0b\x32\x16.residuals.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x15WatchApprovalsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"z\n\x16WatchApprovalsResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.ApprovalH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\x8e\x01\n\x1cWatchApprovalRequestsRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x11\n\tlive_only\x18\x03 \x01(\x08\x12\x14\n\x0cpending_only\x18\x04 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\r\"\x81\x01\n\x1dWatchApprovalRequestsResponse\x12*\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.residuals.v1.ApprovalH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\xed\x01\n\x0f\x43heckUseRequest\x12\x12\n\nlicence_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.residuals.v1.UsageKind\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\tterritory\x18\x05 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\r\"\x95\x02\n\x10\x43heckUseResponse\x12)\n\x07verdict\x18\x01 \x01(\x0e\x32\x18.residuals.v1.UseVerdict\x12.\n\tviolation\x18\x02 \x01(\x0e\x32\x1b.residuals.v1.ViolationKind\x12\x1c\n\x0fquota_remaining\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\'\n\x1a\x61pproved_renders_remaining\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x17\n\x0flicence_version\x18\x05 \x01(\r\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\tB\x12\n\x10_quota_remainingB\x1d\n\x1b_approved_renders_remaining*v\n\nUseVerdict\x12\x1b\n\x17USE_VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11USE_VERDICT_ALLOW\x10\x01\x12\x14\n\x10USE_VERDICT_DENY\x10\x02\x12\x1e\n\x1aUSE_VERDICT_NEEDS_APPROVAL\x10\x03\x32\xef\x07\n\x0f\x41pprovalService\x12x\n\x0fRequestApproval\x12$.residuals.v1.RequestApprovalRequest\x1a%.residuals.v1.RequestApprovalResponse\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/approvals:\x01*\x12\x7f\n\nApproveUse\x12\x1f.residuals.v1.ApproveUseRequest\x1a .residuals.v1.ApproveUseResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/approvals/{approval_id}:approve:\x01*\x12s\n\x07\x44\x65nyUse\x12\x1c.residuals.v1.DenyUseRequest\x1a\x1d.residuals.v1.DenyUseResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/approvals/{approval_id}:deny:\x01*\x12w\n\x0bGetApproval\x12 .residuals.v1.GetApprovalRequest\x1a!.residuals.v1.GetApprovalResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/approvals/{approval_id}\x12o\n\rListApprovals\x12\".residuals.v1.ListApprovalsRequest\x1a#.residuals.v1.ListApprovalsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/approvals\x12\x97\x01\n\x15WatchApprovalRequests\x12*.residuals.v1.WatchApprovalRequestsRequest\x1a+.residuals.v1.WatchApprovalRequestsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/approvals:watchRequests0\x01\x12z\n\x0eWatchApprovals\x12#.residuals.v1.WatchApprovalsRequest\x1a$.residuals.v1.WatchApprovalsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/approvals:watch0\x01\x12l\n\x08\x43heckUse\x12\x1d.residuals.v1.CheckUseRequest\x1a\x1e.residuals.v1.CheckUseResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/approvals:checkUse:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'residuals.v1.approval_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USEVERDICT']._serialized_start=2196
-  _globals['_USEVERDICT']._serialized_end=2314
-  _globals['_REQUESTAPPROVALREQUEST']._serialized_start=144
-  _globals['_REQUESTAPPROVALREQUEST']._serialized_end=401
-  _globals['_REQUESTAPPROVALRESPONSE']._serialized_start=403
-  _globals['_REQUESTAPPROVALRESPONSE']._serialized_end=470
-  _globals['_APPROVEUSEREQUEST']._serialized_start=473
-  _globals['_APPROVEUSEREQUEST']._serialized_end=645
-  _globals['_APPROVEUSERESPONSE']._serialized_start=647
-  _globals['_APPROVEUSERESPONSE']._serialized_end=709
-  _globals['_DENYUSEREQUEST']._serialized_start=711
-  _globals['_DENYUSEREQUEST']._serialized_end=764
-  _globals['_DENYUSERESPONSE']._serialized_start=766
-  _globals['_DENYUSERESPONSE']._serialized_end=825
-  _globals['_GETAPPROVALREQUEST']._serialized_start=827
-  _globals['_GETAPPROVALREQUEST']._serialized_end=868
-  _globals['_GETAPPROVALRESPONSE']._serialized_start=870
-  _globals['_GETAPPROVALRESPONSE']._serialized_end=933
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=936
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1065
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1067
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1158
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=1160
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=1273
-  _globals['_WATCHAPPROVALSRESPONSE']._serialized_start=1275
-  _globals['_WATCHAPPROVALSRESPONSE']._serialized_end=1397
-  _globals['_WATCHAPPROVALREQUESTSREQUEST']._serialized_start=1400
-  _globals['_WATCHAPPROVALREQUESTSREQUEST']._serialized_end=1542
-  _globals['_WATCHAPPROVALREQUESTSRESPONSE']._serialized_start=1545
-  _globals['_WATCHAPPROVALREQUESTSRESPONSE']._serialized_end=1674
-  _globals['_CHECKUSEREQUEST']._serialized_start=1677
-  _globals['_CHECKUSEREQUEST']._serialized_end=1914
-  _globals['_CHECKUSERESPONSE']._serialized_start=1917
-  _globals['_CHECKUSERESPONSE']._serialized_end=2194
-  _globals['_APPROVALSERVICE']._serialized_start=2317
-  _globals['_APPROVALSERVICE']._serialized_end=3043
+  _globals['_APPROVALSERVICE'].methods_by_name['RequestApproval']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['RequestApproval']._serialized_options = b'\202\323\344\223\002\022\"\r/v1/approvals:\001*'
+  _globals['_APPROVALSERVICE'].methods_by_name['ApproveUse']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['ApproveUse']._serialized_options = b'\202\323\344\223\002(\"#/v1/approvals/{approval_id}:approve:\001*'
+  _globals['_APPROVALSERVICE'].methods_by_name['DenyUse']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['DenyUse']._serialized_options = b'\202\323\344\223\002%\" /v1/approvals/{approval_id}:deny:\001*'
+  _globals['_APPROVALSERVICE'].methods_by_name['GetApproval']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['GetApproval']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/approvals/{approval_id}'
+  _globals['_APPROVALSERVICE'].methods_by_name['ListApprovals']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['ListApprovals']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/approvals'
+  _globals['_APPROVALSERVICE'].methods_by_name['WatchApprovalRequests']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['WatchApprovalRequests']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/approvals:watchRequests'
+  _globals['_APPROVALSERVICE'].methods_by_name['WatchApprovals']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['WatchApprovals']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/approvals:watch'
+  _globals['_APPROVALSERVICE'].methods_by_name['CheckUse']._loaded_options = None
+  _globals['_APPROVALSERVICE'].methods_by_name['CheckUse']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/approvals:checkUse:\001*'
+  _globals['_USEVERDICT']._serialized_start=2226
+  _globals['_USEVERDICT']._serialized_end=2344
+  _globals['_REQUESTAPPROVALREQUEST']._serialized_start=174
+  _globals['_REQUESTAPPROVALREQUEST']._serialized_end=431
+  _globals['_REQUESTAPPROVALRESPONSE']._serialized_start=433
+  _globals['_REQUESTAPPROVALRESPONSE']._serialized_end=500
+  _globals['_APPROVEUSEREQUEST']._serialized_start=503
+  _globals['_APPROVEUSEREQUEST']._serialized_end=675
+  _globals['_APPROVEUSERESPONSE']._serialized_start=677
+  _globals['_APPROVEUSERESPONSE']._serialized_end=739
+  _globals['_DENYUSEREQUEST']._serialized_start=741
+  _globals['_DENYUSEREQUEST']._serialized_end=794
+  _globals['_DENYUSERESPONSE']._serialized_start=796
+  _globals['_DENYUSERESPONSE']._serialized_end=855
+  _globals['_GETAPPROVALREQUEST']._serialized_start=857
+  _globals['_GETAPPROVALREQUEST']._serialized_end=898
+  _globals['_GETAPPROVALRESPONSE']._serialized_start=900
+  _globals['_GETAPPROVALRESPONSE']._serialized_end=963
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=966
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1095
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1097
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1188
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=1190
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=1303
+  _globals['_WATCHAPPROVALSRESPONSE']._serialized_start=1305
+  _globals['_WATCHAPPROVALSRESPONSE']._serialized_end=1427
+  _globals['_WATCHAPPROVALREQUESTSREQUEST']._serialized_start=1430
+  _globals['_WATCHAPPROVALREQUESTSREQUEST']._serialized_end=1572
+  _globals['_WATCHAPPROVALREQUESTSRESPONSE']._serialized_start=1575
+  _globals['_WATCHAPPROVALREQUESTSRESPONSE']._serialized_end=1704
+  _globals['_CHECKUSEREQUEST']._serialized_start=1707
+  _globals['_CHECKUSEREQUEST']._serialized_end=1944
+  _globals['_CHECKUSERESPONSE']._serialized_start=1947
+  _globals['_CHECKUSERESPONSE']._serialized_end=2224
+  _globals['_APPROVALSERVICE']._serialized_start=2347
+  _globals['_APPROVALSERVICE']._serialized_end=3354
 # @@protoc_insertion_point(module_scope)

@@ -22,29 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from residuals.v1 import common_pb2 as residuals_dot_v1_dot_common__pb2
 from residuals.v1 import usage_pb2 as residuals_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19residuals/v1/ingest.proto\x12\x0cresiduals.v1\x1a\x19residuals/v1/common.proto\x1a\x18residuals/v1/usage.proto\"\x99\x01\n\rPublishResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.residuals.v1.PublishStatus\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.residuals.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"E\n\x13PublishBatchRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.SignedUsageEvent\"D\n\x14PublishBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.residuals.v1.PublishResult\"F\n\x14PublishStreamRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.SignedUsageEvent\"\x80\x01\n\x15PublishStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x12/\n\nrejections\x18\x04 \x03(\x0b\x32\x1b.residuals.v1.PublishResult*\x87\x01\n\rPublishStatus\x12\x1e\n\x1aPUBLISH_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PUBLISH_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18PUBLISH_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17PUBLISH_STATUS_REJECTED\x10\x03\x32\xc2\x01\n\rIngestService\x12U\n\x0cPublishBatch\x12!.residuals.v1.PublishBatchRequest\x1a\".residuals.v1.PublishBatchResponse\x12Z\n\rPublishStream\x12\".residuals.v1.PublishStreamRequest\x1a#.residuals.v1.PublishStreamResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19residuals/v1/ingest.proto\x12\x0cresiduals.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19residuals/v1/common.proto\x1a\x18residuals/v1/usage.proto\"\x99\x01\n\rPublishResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.residuals.v1.PublishStatus\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.residuals.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"E\n\x13PublishBatchRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.SignedUsageEvent\"D\n\x14PublishBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.residuals.v1.PublishResult\"F\n\x14PublishStreamRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.SignedUsageEvent\"\x80\x01\n\x15PublishStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x12/\n\nrejections\x18\x04 \x03(\x0b\x32\x1b.residuals.v1.PublishResult*\x87\x01\n\rPublishStatus\x12\x1e\n\x1aPUBLISH_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17PUBLISH_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18PUBLISH_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17PUBLISH_STATUS_REJECTED\x10\x03\x32\xe6\x01\n\rIngestService\x12y\n\x0cPublishBatch\x12!.residuals.v1.PublishBatchRequest\x1a\".residuals.v1.PublishBatchResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/ingest:publishBatch:\x01*\x12Z\n\rPublishStream\x12\".residuals.v1.PublishStreamRequest\x1a#.residuals.v1.PublishStreamResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'residuals.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUBLISHSTATUS']._serialized_start=597
-  _globals['_PUBLISHSTATUS']._serialized_end=732
-  _globals['_PUBLISHRESULT']._serialized_start=97
-  _globals['_PUBLISHRESULT']._serialized_end=250
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=252
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=321
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=323
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=391
-  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=393
-  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=463
-  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=466
-  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=594
-  _globals['_INGESTSERVICE']._serialized_start=735
-  _globals['_INGESTSERVICE']._serialized_end=929
+  _globals['_INGESTSERVICE'].methods_by_name['PublishBatch']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['PublishBatch']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/ingest:publishBatch:\001*'
+  _globals['_PUBLISHSTATUS']._serialized_start=627
+  _globals['_PUBLISHSTATUS']._serialized_end=762
+  _globals['_PUBLISHRESULT']._serialized_start=127
+  _globals['_PUBLISHRESULT']._serialized_end=280
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=282
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=351
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=353
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=421
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=423
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=493
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=496
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=624
+  _globals['_INGESTSERVICE']._serialized_start=765
+  _globals['_INGESTSERVICE']._serialized_end=995
 # @@protoc_insertion_point(module_scope)

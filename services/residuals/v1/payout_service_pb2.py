@@ -22,65 +22,76 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from residuals.v1 import common_pb2 as residuals_dot_v1_dot_common__pb2
 from residuals.v1 import payouts_pb2 as residuals_dot_v1_dot_payouts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!residuals/v1/payout_service.proto\x12\x0cresiduals.v1\x1a\x19residuals/v1/common.proto\x1a\x1aresiduals/v1/payouts.proto\"\x80\x01\n\x1bGetStatementDocumentRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.residuals.v1.DocumentFormat\x12\x11\n\ttalent_id\x18\x04 \x01(\t\"\x96\x01\n\x1cGetStatementDocumentResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x13\n\x0bpart_sha256\x18\x05 \x01(\t\x12\x18\n\x10statement_sha256\x18\x06 \x01(\t\"9\n\x15\x45xportEvidenceRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\"H\n\x16\x45xportEvidenceResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"D\n\x12\x43losePeriodRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"Y\n\x13\x43losePeriodResponse\x12*\n\tstatement\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Statement\x12\x16\n\x0e\x61lready_closed\x18\x02 \x01(\x08\"^\n\x0fStatementFilter\x12\x13\n\x0blicence_ids\x18\x01 \x03(\t\x12\x11\n\ttalent_id\x18\x02 \x01(\t\x12\x11\n\tvendor_id\x18\x03 \x01(\t\x12\x10\n\x08payee_id\x18\x04 \x01(\t\"T\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.residuals.v1.StatementFilter\"B\n\x14GetStatementResponse\x12*\n\tstatement\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Statement\"f\n\x15ListStatementsRequest\x12\x13\n\x0b\x66rom_period\x18\x01 \x01(\t\x12\x11\n\tto_period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x16ListStatementsResponse\x12\x32\n\nstatements\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.StatementSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x16\x45xportStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.residuals.v1.ExportFormat\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.residuals.v1.StatementFilter\"b\n\x17\x45xportStatementResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x88\x01\n\x12ListPayoutsRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.residuals.v1.PayoutState\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"U\n\x13ListPayoutsResponse\x12%\n\x07payouts\x18\x01 \x03(\x0b\x32\x14.residuals.v1.Payout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x11PayPayoutsRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x12\n\npayout_ids\x18\x02 \x03(\t\"Y\n\x12PayPayoutsResponse\x12%\n\x07payouts\x18\x01 \x03(\x0b\x32\x14.residuals.v1.Payout\x12\x0c\n\x04paid\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\"j\n\x13WatchPayoutsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"t\n\x14WatchPayoutsResponse\x12&\n\x06payout\x18\x01 \x01(\x0b\x32\x14.residuals.v1.PayoutH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\\\n\x0eReconcileCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tual\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\"\n\x10ReconcileRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"M\n\x11ReconcileResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12,\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1c.residuals.v1.ReconcileCheck*\x97\x01\n\x0e\x44ocumentFormat\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OCUMENT_FORMAT_PDF\x10\x01\x12\x18\n\x14\x44OCUMENT_FORMAT_HTML\x10\x02\x12\x18\n\x14\x44OCUMENT_FORMAT_JSON\x10\x03\x12\x17\n\x13\x44OCUMENT_FORMAT_CSV\x10\x04*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02\x32\x91\x07\n\rPayoutService\x12R\n\x0b\x43losePeriod\x12 .residuals.v1.ClosePeriodRequest\x1a!.residuals.v1.ClosePeriodResponse\x12U\n\x0cGetStatement\x12!.residuals.v1.GetStatementRequest\x1a\".residuals.v1.GetStatementResponse\x12[\n\x0eListStatements\x12#.residuals.v1.ListStatementsRequest\x1a$.residuals.v1.ListStatementsResponse\x12^\n\x0f\x45xportStatement\x12$.residuals.v1.ExportStatementRequest\x1a%.residuals.v1.ExportStatementResponse\x12R\n\x0bListPayouts\x12 .residuals.v1.ListPayoutsRequest\x1a!.residuals.v1.ListPayoutsResponse\x12O\n\nPayPayouts\x12\x1f.residuals.v1.PayPayoutsRequest\x1a .residuals.v1.PayPayoutsResponse\x12W\n\x0cWatchPayouts\x12!.residuals.v1.WatchPayoutsRequest\x1a\".residuals.v1.WatchPayoutsResponse0\x01\x12L\n\tReconcile\x12\x1e.residuals.v1.ReconcileRequest\x1a\x1f.residuals.v1.ReconcileResponse\x12m\n\x14GetStatementDocument\x12).residuals.v1.GetStatementDocumentRequest\x1a*.residuals.v1.GetStatementDocumentResponse\x12]\n\x0e\x45xportEvidence\x12#.residuals.v1.ExportEvidenceRequest\x1a$.residuals.v1.ExportEvidenceResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!residuals/v1/payout_service.proto\x12\x0cresiduals.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19residuals/v1/common.proto\x1a\x1aresiduals/v1/payouts.proto\"\x80\x01\n\x1bGetStatementDocumentRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.residuals.v1.DocumentFormat\x12\x11\n\ttalent_id\x18\x04 \x01(\t\"\x96\x01\n\x1cGetStatementDocumentResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x13\n\x0bpart_sha256\x18\x05 \x01(\t\x12\x18\n\x10statement_sha256\x18\x06 \x01(\t\"9\n\x15\x45xportEvidenceRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\"H\n\x16\x45xportEvidenceResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"D\n\x12\x43losePeriodRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"Y\n\x13\x43losePeriodResponse\x12*\n\tstatement\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Statement\x12\x16\n\x0e\x61lready_closed\x18\x02 \x01(\x08\"^\n\x0fStatementFilter\x12\x13\n\x0blicence_ids\x18\x01 \x03(\t\x12\x11\n\ttalent_id\x18\x02 \x01(\t\x12\x11\n\tvendor_id\x18\x03 \x01(\t\x12\x10\n\x08payee_id\x18\x04 \x01(\t\"T\n\x13GetStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.residuals.v1.StatementFilter\"B\n\x14GetStatementResponse\x12*\n\tstatement\x18\x01 \x01(\x0b\x32\x17.residuals.v1.Statement\"f\n\x15ListStatementsRequest\x12\x13\n\x0b\x66rom_period\x18\x01 \x01(\t\x12\x11\n\tto_period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x16ListStatementsResponse\x12\x32\n\nstatements\x18\x01 \x03(\x0b\x32\x1e.residuals.v1.StatementSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x16\x45xportStatementRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.residuals.v1.ExportFormat\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.residuals.v1.StatementFilter\"b\n\x17\x45xportStatementResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x88\x01\n\x12ListPayoutsRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.residuals.v1.PayoutState\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"U\n\x13ListPayoutsResponse\x12%\n\x07payouts\x18\x01 \x03(\x0b\x32\x14.residuals.v1.Payout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x11PayPayoutsRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x12\n\npayout_ids\x18\x02 \x03(\t\"Y\n\x12PayPayoutsResponse\x12%\n\x07payouts\x18\x01 \x03(\x0b\x32\x14.residuals.v1.Payout\x12\x0c\n\x04paid\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\"j\n\x13WatchPayoutsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x10\n\x08payee_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\r\"t\n\x14WatchPayoutsResponse\x12&\n\x06payout\x18\x01 \x01(\x0b\x32\x14.residuals.v1.PayoutH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item\"\\\n\x0eReconcileCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x10\n\x08\x65xpected\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tual\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\"\n\x10ReconcileRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"M\n\x11ReconcileResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12,\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1c.residuals.v1.ReconcileCheck*\x97\x01\n\x0e\x44ocumentFormat\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OCUMENT_FORMAT_PDF\x10\x01\x12\x18\n\x14\x44OCUMENT_FORMAT_HTML\x10\x02\x12\x18\n\x14\x44OCUMENT_FORMAT_JSON\x10\x03\x12\x17\n\x13\x44OCUMENT_FORMAT_CSV\x10\x04*\\\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_JSON\x10\x02\x32\xa5\x08\n\rPayoutService\x12R\n\x0b\x43losePeriod\x12 .residuals.v1.ClosePeriodRequest\x1a!.residuals.v1.ClosePeriodResponse\x12v\n\x0cGetStatement\x12!.residuals.v1.GetStatementRequest\x1a\".residuals.v1.GetStatementResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/statements/{period}\x12s\n\x0eListStatements\x12#.residuals.v1.ListStatementsRequest\x1a$.residuals.v1.ListStatementsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/statements\x12^\n\x0f\x45xportStatement\x12$.residuals.v1.ExportStatementRequest\x1a%.residuals.v1.ExportStatementResponse\x12g\n\x0bListPayouts\x12 .residuals.v1.ListPayoutsRequest\x1a!.residuals.v1.ListPayoutsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/payouts\x12O\n\nPayPayouts\x12\x1f.residuals.v1.PayPayoutsRequest\x1a .residuals.v1.PayPayoutsResponse\x12r\n\x0cWatchPayouts\x12!.residuals.v1.WatchPayoutsRequest\x1a\".residuals.v1.WatchPayoutsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/payouts:watch0\x01\x12L\n\tReconcile\x12\x1e.residuals.v1.ReconcileRequest\x1a\x1f.residuals.v1.ReconcileResponse\x12\x97\x01\n\x14GetStatementDocument\x12).residuals.v1.GetStatementDocumentRequest\x1a*.residuals.v1.GetStatementDocumentResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /v1/statements/{period}:document\x12]\n\x0e\x45xportEvidence\x12#.residuals.v1.ExportEvidenceRequest\x1a$.residuals.v1.ExportEvidenceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'residuals.v1.payout_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOCUMENTFORMAT']._serialized_start=2185
-  _globals['_DOCUMENTFORMAT']._serialized_end=2336
-  _globals['_EXPORTFORMAT']._serialized_start=2338
-  _globals['_EXPORTFORMAT']._serialized_end=2430
-  _globals['_GETSTATEMENTDOCUMENTREQUEST']._serialized_start=107
-  _globals['_GETSTATEMENTDOCUMENTREQUEST']._serialized_end=235
-  _globals['_GETSTATEMENTDOCUMENTRESPONSE']._serialized_start=238
-  _globals['_GETSTATEMENTDOCUMENTRESPONSE']._serialized_end=388
-  _globals['_EXPORTEVIDENCEREQUEST']._serialized_start=390
-  _globals['_EXPORTEVIDENCEREQUEST']._serialized_end=447
-  _globals['_EXPORTEVIDENCERESPONSE']._serialized_start=449
-  _globals['_EXPORTEVIDENCERESPONSE']._serialized_end=521
-  _globals['_CLOSEPERIODREQUEST']._serialized_start=523
-  _globals['_CLOSEPERIODREQUEST']._serialized_end=591
-  _globals['_CLOSEPERIODRESPONSE']._serialized_start=593
-  _globals['_CLOSEPERIODRESPONSE']._serialized_end=682
-  _globals['_STATEMENTFILTER']._serialized_start=684
-  _globals['_STATEMENTFILTER']._serialized_end=778
-  _globals['_GETSTATEMENTREQUEST']._serialized_start=780
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=864
-  _globals['_GETSTATEMENTRESPONSE']._serialized_start=866
-  _globals['_GETSTATEMENTRESPONSE']._serialized_end=932
-  _globals['_LISTSTATEMENTSREQUEST']._serialized_start=934
-  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=1036
-  _globals['_LISTSTATEMENTSRESPONSE']._serialized_start=1038
-  _globals['_LISTSTATEMENTSRESPONSE']._serialized_end=1139
-  _globals['_EXPORTSTATEMENTREQUEST']._serialized_start=1142
-  _globals['_EXPORTSTATEMENTREQUEST']._serialized_end=1273
-  _globals['_EXPORTSTATEMENTRESPONSE']._serialized_start=1275
-  _globals['_EXPORTSTATEMENTRESPONSE']._serialized_end=1373
-  _globals['_LISTPAYOUTSREQUEST']._serialized_start=1376
-  _globals['_LISTPAYOUTSREQUEST']._serialized_end=1512
-  _globals['_LISTPAYOUTSRESPONSE']._serialized_start=1514
-  _globals['_LISTPAYOUTSRESPONSE']._serialized_end=1599
-  _globals['_PAYPAYOUTSREQUEST']._serialized_start=1601
-  _globals['_PAYPAYOUTSREQUEST']._serialized_end=1656
-  _globals['_PAYPAYOUTSRESPONSE']._serialized_start=1658
-  _globals['_PAYPAYOUTSRESPONSE']._serialized_end=1747
-  _globals['_WATCHPAYOUTSREQUEST']._serialized_start=1749
-  _globals['_WATCHPAYOUTSREQUEST']._serialized_end=1855
-  _globals['_WATCHPAYOUTSRESPONSE']._serialized_start=1857
-  _globals['_WATCHPAYOUTSRESPONSE']._serialized_end=1973
-  _globals['_RECONCILECHECK']._serialized_start=1975
-  _globals['_RECONCILECHECK']._serialized_end=2067
-  _globals['_RECONCILEREQUEST']._serialized_start=2069
-  _globals['_RECONCILEREQUEST']._serialized_end=2103
-  _globals['_RECONCILERESPONSE']._serialized_start=2105
-  _globals['_RECONCILERESPONSE']._serialized_end=2182
-  _globals['_PAYOUTSERVICE']._serialized_start=2433
-  _globals['_PAYOUTSERVICE']._serialized_end=3346
+  _globals['_PAYOUTSERVICE'].methods_by_name['GetStatement']._loaded_options = None
+  _globals['_PAYOUTSERVICE'].methods_by_name['GetStatement']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/statements/{period}'
+  _globals['_PAYOUTSERVICE'].methods_by_name['ListStatements']._loaded_options = None
+  _globals['_PAYOUTSERVICE'].methods_by_name['ListStatements']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/statements'
+  _globals['_PAYOUTSERVICE'].methods_by_name['ListPayouts']._loaded_options = None
+  _globals['_PAYOUTSERVICE'].methods_by_name['ListPayouts']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/payouts'
+  _globals['_PAYOUTSERVICE'].methods_by_name['WatchPayouts']._loaded_options = None
+  _globals['_PAYOUTSERVICE'].methods_by_name['WatchPayouts']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/payouts:watch'
+  _globals['_PAYOUTSERVICE'].methods_by_name['GetStatementDocument']._loaded_options = None
+  _globals['_PAYOUTSERVICE'].methods_by_name['GetStatementDocument']._serialized_options = b'\202\323\344\223\002\"\022 /v1/statements/{period}:document'
+  _globals['_DOCUMENTFORMAT']._serialized_start=2215
+  _globals['_DOCUMENTFORMAT']._serialized_end=2366
+  _globals['_EXPORTFORMAT']._serialized_start=2368
+  _globals['_EXPORTFORMAT']._serialized_end=2460
+  _globals['_GETSTATEMENTDOCUMENTREQUEST']._serialized_start=137
+  _globals['_GETSTATEMENTDOCUMENTREQUEST']._serialized_end=265
+  _globals['_GETSTATEMENTDOCUMENTRESPONSE']._serialized_start=268
+  _globals['_GETSTATEMENTDOCUMENTRESPONSE']._serialized_end=418
+  _globals['_EXPORTEVIDENCEREQUEST']._serialized_start=420
+  _globals['_EXPORTEVIDENCEREQUEST']._serialized_end=477
+  _globals['_EXPORTEVIDENCERESPONSE']._serialized_start=479
+  _globals['_EXPORTEVIDENCERESPONSE']._serialized_end=551
+  _globals['_CLOSEPERIODREQUEST']._serialized_start=553
+  _globals['_CLOSEPERIODREQUEST']._serialized_end=621
+  _globals['_CLOSEPERIODRESPONSE']._serialized_start=623
+  _globals['_CLOSEPERIODRESPONSE']._serialized_end=712
+  _globals['_STATEMENTFILTER']._serialized_start=714
+  _globals['_STATEMENTFILTER']._serialized_end=808
+  _globals['_GETSTATEMENTREQUEST']._serialized_start=810
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=894
+  _globals['_GETSTATEMENTRESPONSE']._serialized_start=896
+  _globals['_GETSTATEMENTRESPONSE']._serialized_end=962
+  _globals['_LISTSTATEMENTSREQUEST']._serialized_start=964
+  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=1066
+  _globals['_LISTSTATEMENTSRESPONSE']._serialized_start=1068
+  _globals['_LISTSTATEMENTSRESPONSE']._serialized_end=1169
+  _globals['_EXPORTSTATEMENTREQUEST']._serialized_start=1172
+  _globals['_EXPORTSTATEMENTREQUEST']._serialized_end=1303
+  _globals['_EXPORTSTATEMENTRESPONSE']._serialized_start=1305
+  _globals['_EXPORTSTATEMENTRESPONSE']._serialized_end=1403
+  _globals['_LISTPAYOUTSREQUEST']._serialized_start=1406
+  _globals['_LISTPAYOUTSREQUEST']._serialized_end=1542
+  _globals['_LISTPAYOUTSRESPONSE']._serialized_start=1544
+  _globals['_LISTPAYOUTSRESPONSE']._serialized_end=1629
+  _globals['_PAYPAYOUTSREQUEST']._serialized_start=1631
+  _globals['_PAYPAYOUTSREQUEST']._serialized_end=1686
+  _globals['_PAYPAYOUTSRESPONSE']._serialized_start=1688
+  _globals['_PAYPAYOUTSRESPONSE']._serialized_end=1777
+  _globals['_WATCHPAYOUTSREQUEST']._serialized_start=1779
+  _globals['_WATCHPAYOUTSREQUEST']._serialized_end=1885
+  _globals['_WATCHPAYOUTSRESPONSE']._serialized_start=1887
+  _globals['_WATCHPAYOUTSRESPONSE']._serialized_end=2003
+  _globals['_RECONCILECHECK']._serialized_start=2005
+  _globals['_RECONCILECHECK']._serialized_end=2097
+  _globals['_RECONCILEREQUEST']._serialized_start=2099
+  _globals['_RECONCILEREQUEST']._serialized_end=2133
+  _globals['_RECONCILERESPONSE']._serialized_start=2135
+  _globals['_RECONCILERESPONSE']._serialized_end=2212
+  _globals['_PAYOUTSERVICE']._serialized_start=2463
+  _globals['_PAYOUTSERVICE']._serialized_end=3524
 # @@protoc_insertion_point(module_scope)
