@@ -1,16 +1,21 @@
 """Every dashboard panel and alert rule has live data behind it after an end-to-end run.
 
 Signed usage (a generated month slice plus political renders) goes through Kafka into the
-real meter, ledger writer and alerts service processes (the metering engineer's
-``Pipeline`` harness), with a live WatchAlerts subscriber. Then every service's /metrics
+real meter, ledger writer, alerts and notify service processes (the metering engineer's
+``Pipeline`` harness), with a live WatchAlerts subscriber and a webhook receiver on
+loopback that finance registered with NotificationService. Then every service's /metrics
 is scraped, and the metric names parsed out of the Grafana dashboards and Prometheus
 rules must all appear as samples (not just HELP lines) in some service's exposition.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -26,6 +31,8 @@ from residuals.v1 import (
     alerts_pb2,
     common_pb2,
     ingest_pb2,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
 )
 from tests.support.alerts import StreamReader
 from tests.support.ingest import Gateway, Registry, envelope, render
@@ -35,6 +42,30 @@ from tests.support.observability_catalogue import SYNTHETIC, referenced_metrics,
 from tests.support.service_process import run_service
 
 POLITICAL = 5
+
+
+@contextmanager
+def receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """A webhook receiver on loopback that answers 204 and keeps the bodies."""
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_every_panel_and_rule_has_live_data(stack: StackSettings, tmp_path: Path) -> None:
@@ -67,14 +98,30 @@ def test_every_panel_and_rule_has_live_data(stack: StackSettings, tmp_path: Path
         # dead-letters that event: live data for the dead-letter panels too.
         tenant = Registry(run.dsn, run.run_id).vendor("gw")
         gateway_env = {**run.service_env("ingest"), "INGEST_ACK_TIMEOUT_SECONDS": "10"}
+        notify_env = {
+            **run.service_env("notify"),
+            "NOTIFY_ALLOW_NETWORKS": "127.0.0.0/8",
+            "NOTIFY_ALLOW_HTTP": "true",
+        }
         with (
             run_service("alerts", alerts_env, tmp_path) as alerts,
             run_service("ingest", gateway_env, tmp_path) as gateway,
+            run_service("notify", notify_env, tmp_path) as notify,
+            receiver() as (hook_url, hook_bodies),
         ):
             meter.start()
             ledger.start()
             try:
                 alerts.wait_healthy()
+                notify.wait_healthy()
+                with grpc.insecure_channel(f"127.0.0.1:{notify.grpc_port}") as hooks:
+                    notification_service_pb2_grpc.NotificationServiceStub(hooks).CreateEndpoint(
+                        notification_service_pb2.CreateEndpointRequest(
+                            url=hook_url, event_types=["alert.raised"]
+                        ),
+                        metadata=[("authorization", f"Bearer {key}")],
+                        timeout=10,
+                    )
                 channel = grpc.insecure_channel(f"127.0.0.1:{alerts.grpc_port}")
                 reader = StreamReader(
                     channel,
@@ -104,12 +151,17 @@ def test_every_panel_and_rule_has_live_data(stack: StackSettings, tmp_path: Path
                     metadata=[("authorization", f"Bearer {key}")],
                 )
                 channel.close()
+                deadline = time.monotonic() + 60
+                while not hook_bodies and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert hook_bodies, "no webhook reached the receiver"
                 time.sleep(6)  # librdkafka statistics (lag) are emitted every 5 s
                 import urllib.request
 
                 exported: dict[str, set[str]] = {
                     "alerts": sample_names(alerts.metrics_text()),
                     "ingest": sample_names(gateway.metrics_text()),
+                    "notify": sample_names(notify.metrics_text()),
                 }
                 for service in (meter, ledger):
                     url = f"http://127.0.0.1:{service.metrics_port}/metrics"

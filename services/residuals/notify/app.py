@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from residuals.domain.notifications import EVENT_TYPES, WEBHOOK_TEST
+from residuals.domain.notifications import EVENT_TYPES, WEBHOOK_TEST, Outcome
 from residuals.licensing.directory import PostgresAuthenticator
 from residuals.notify.dispatcher import Dispatcher
 from residuals.notify.intake import CONSUMER, NotifyIntake, Taken, source_topics
@@ -167,6 +167,13 @@ class NotifyApp(GrpcApp):
             self.metrics.endpoints.labels(state)
         for source in (LICENCE, DEAD_LETTER):
             self.metrics.skipped.labels(source)
+        for outcome in Outcome:
+            self.metrics.attempts.labels(outcome.value)
+            self.metrics.attempt_seconds.labels(outcome.value)
+        for attempt in ("first", "retry"):
+            self.metrics.lag.labels(attempt)
+        for reason in ("gone", "failing"):
+            self.metrics.disabled.labels(reason)
 
     def _run_sink(self, stop: threading.Event) -> None:
         assert self.sink is not None
