@@ -105,6 +105,71 @@ def test_the_router_prefers_verbs_and_answers_405_with_allow() -> None:
     assert missing.value.allowed == ()
 
 
+NOTIFY_ROUTES = [
+    ("POST", "/v1/webhooks/endpoints", "CreateEndpoint", "*"),
+    ("GET", "/v1/webhooks/endpoints/{endpoint_id}", "GetEndpoint", ""),
+    ("GET", "/v1/webhooks/endpoints", "ListEndpoints", ""),
+    ("PATCH", "/v1/webhooks/endpoints/{endpoint_id}", "UpdateEndpoint", "*"),
+    ("DELETE", "/v1/webhooks/endpoints/{endpoint_id}", "DeleteEndpoint", ""),
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}:rotateSecret", "RotateEndpointSecret", "*"),
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}:sendTest", "SendTestEvent", "*"),
+    ("GET", "/v1/webhooks/deliveries", "ListDeliveries", ""),
+    ("POST", "/v1/webhooks/deliveries/{delivery_id}:redeliver", "Redeliver", "*"),
+    ("GET", "/v1/webhooks/eventTypes", "ListEventTypes", ""),
+    ("GET", "/v1/rejections:watch", "WatchRejections", ""),
+]
+
+
+def test_every_notification_method_has_its_route() -> None:
+    routes = [r for r in load_routes() if r.service == "residuals.v1.NotificationService"]
+    assert sorted((r.http_method, r.template.text, r.method.name, r.body) for r in routes) == (
+        sorted(NOTIFY_ROUTES)
+    )
+    assert {r.backend for r in routes} == {"notify"}
+    assert [r.name for r in routes if r.streaming] == ["NotificationService.WatchRejections"]
+
+
+def test_patch_and_delete_route_and_share_a_path_with_get() -> None:
+    router = Router(load_routes())
+    path = "/v1/webhooks/endpoints/whe-1"
+    for method, name in (
+        ("GET", "GetEndpoint"),
+        ("PATCH", "UpdateEndpoint"),
+        ("DELETE", "DeleteEndpoint"),
+    ):
+        found = router.match(method, path)
+        assert (found.route.method.name, found.variables) == (name, {"endpoint_id": "whe-1"})
+    with pytest.raises(NoRoute) as wrong:
+        router.match("PUT", path)
+    assert wrong.value.allowed == ("DELETE", "GET", "PATCH")
+    # A verb path is never an endpoint id, whatever the method.
+    with pytest.raises(NoRoute) as verb:
+        router.match("DELETE", f"{path}:rotateSecret")
+    assert verb.value.allowed == ("POST",)
+
+
+def test_update_endpoint_keeps_presence_of_optional_fields() -> None:
+    route = _route("NotificationService.UpdateEndpoint")
+    request = build_request(route, {"endpoint_id": "whe-1"}, [], {"enabled": False})
+    assert request.endpoint_id == "whe-1"
+    assert request.HasField("enabled") and request.enabled is False
+    assert not request.HasField("url") and not request.HasField("min_severity")
+    redeliver = build_request(
+        _route("NotificationService.Redeliver"), {"delivery_id": "42"}, [], None
+    )
+    assert redeliver.delivery_id == 42
+    with pytest.raises(Violation) as bad:
+        build_request(_route("NotificationService.Redeliver"), {"delivery_id": "x"}, [], None)
+    assert bad.value.field == "delivery_id"
+    deliveries = build_request(
+        _route("NotificationService.ListDeliveries"),
+        {},
+        [("endpointId", "whe-1"), ("states", "DELIVERY_STATE_PENDING")],
+        None,
+    )
+    assert deliveries.endpoint_id == "whe-1" and len(deliveries.states) == 1
+
+
 def test_duplicate_bindings_are_refused() -> None:
     routes = load_routes()
     from residuals.gateway import routes as routes_module

@@ -22,61 +22,84 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from residuals.v1 import common_pb2 as residuals_dot_v1_dot_common__pb2
 from residuals.v1 import notifications_pb2 as residuals_dot_v1_dot_notifications__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'residuals/v1/notification_service.proto\x12\x0cresiduals.v1\x1a\x19residuals/v1/common.proto\x1a residuals/v1/notifications.proto\"|\n\x15\x43reateEndpointRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12,\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x16.residuals.v1.Severity\"Y\n\x16\x43reateEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x0e\n\x06secret\x18\x02 \x01(\t\")\n\x12GetEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"F\n\x13GetEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x15ListEndpointsResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x02\n\x15UpdateEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x10\n\x03url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x1b\n\x13replace_event_types\x18\x05 \x01(\x08\x12\x31\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x16.residuals.v1.SeverityH\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x06\n\x04_urlB\x0e\n\x0c_descriptionB\x0f\n\r_min_severityB\n\n\x08_enabled\"I\n\x16UpdateEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\",\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"S\n\x1bRotateEndpointSecretRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x1f\n\x17previous_secret_seconds\x18\x02 \x01(\r\"_\n\x1cRotateEndpointSecretResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x0e\n\x06secret\x18\x02 \x01(\t\"+\n\x14SendTestEventRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"A\n\x15SendTestEventResponse\x12(\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Delivery\"\x80\x01\n\x15ListDeliveriesRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.residuals.v1.DeliveryState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x16ListDeliveriesResponse\x12*\n\ndeliveries\x18\x01 \x03(\x0b\x32\x16.residuals.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x10RedeliverRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\"=\n\x11RedeliverResponse\x12(\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Delivery\"\x17\n\x15ListEventTypesRequest\"F\n\x16ListEventTypesResponse\x12,\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x17.residuals.v1.EventType\"q\n\x16WatchRejectionsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x11\n\tlive_only\x18\x02 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\r\x12\x11\n\tvendor_id\x18\x04 \x01(\t\"}\n\x17WatchRejectionsResponse\x12,\n\trejection\x18\x01 \x01(\x0b\x32\x17.residuals.v1.RejectionH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item2\x8d\x08\n\x13NotificationService\x12[\n\x0e\x43reateEndpoint\x12#.residuals.v1.CreateEndpointRequest\x1a$.residuals.v1.CreateEndpointResponse\x12R\n\x0bGetEndpoint\x12 .residuals.v1.GetEndpointRequest\x1a!.residuals.v1.GetEndpointResponse\x12X\n\rListEndpoints\x12\".residuals.v1.ListEndpointsRequest\x1a#.residuals.v1.ListEndpointsResponse\x12[\n\x0eUpdateEndpoint\x12#.residuals.v1.UpdateEndpointRequest\x1a$.residuals.v1.UpdateEndpointResponse\x12[\n\x0e\x44\x65leteEndpoint\x12#.residuals.v1.DeleteEndpointRequest\x1a$.residuals.v1.DeleteEndpointResponse\x12m\n\x14RotateEndpointSecret\x12).residuals.v1.RotateEndpointSecretRequest\x1a*.residuals.v1.RotateEndpointSecretResponse\x12X\n\rSendTestEvent\x12\".residuals.v1.SendTestEventRequest\x1a#.residuals.v1.SendTestEventResponse\x12[\n\x0eListDeliveries\x12#.residuals.v1.ListDeliveriesRequest\x1a$.residuals.v1.ListDeliveriesResponse\x12L\n\tRedeliver\x12\x1e.residuals.v1.RedeliverRequest\x1a\x1f.residuals.v1.RedeliverResponse\x12[\n\x0eListEventTypes\x12#.residuals.v1.ListEventTypesRequest\x1a$.residuals.v1.ListEventTypesResponse\x12`\n\x0fWatchRejections\x12$.residuals.v1.WatchRejectionsRequest\x1a%.residuals.v1.WatchRejectionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'residuals/v1/notification_service.proto\x12\x0cresiduals.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19residuals/v1/common.proto\x1a residuals/v1/notifications.proto\"|\n\x15\x43reateEndpointRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12,\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x16.residuals.v1.Severity\"Y\n\x16\x43reateEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x0e\n\x06secret\x18\x02 \x01(\t\")\n\x12GetEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"F\n\x13GetEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x15ListEndpointsResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x02\n\x15UpdateEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x10\n\x03url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x1b\n\x13replace_event_types\x18\x05 \x01(\x08\x12\x31\n\x0cmin_severity\x18\x06 \x01(\x0e\x32\x16.residuals.v1.SeverityH\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x42\x06\n\x04_urlB\x0e\n\x0c_descriptionB\x0f\n\r_min_severityB\n\n\x08_enabled\"I\n\x16UpdateEndpointResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\",\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"S\n\x1bRotateEndpointSecretRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x1f\n\x17previous_secret_seconds\x18\x02 \x01(\r\"_\n\x1cRotateEndpointSecretResponse\x12/\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1d.residuals.v1.WebhookEndpoint\x12\x0e\n\x06secret\x18\x02 \x01(\t\"+\n\x14SendTestEventRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"A\n\x15SendTestEventResponse\x12(\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Delivery\"\x80\x01\n\x15ListDeliveriesRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.residuals.v1.DeliveryState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x16ListDeliveriesResponse\x12*\n\ndeliveries\x18\x01 \x03(\x0b\x32\x16.residuals.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x10RedeliverRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\"=\n\x11RedeliverResponse\x12(\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x16.residuals.v1.Delivery\"\x17\n\x15ListEventTypesRequest\"F\n\x16ListEventTypesResponse\x12,\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x17.residuals.v1.EventType\"q\n\x16WatchRejectionsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\x12\x11\n\tlive_only\x18\x02 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\r\x12\x11\n\tvendor_id\x18\x04 \x01(\t\"}\n\x17WatchRejectionsResponse\x12,\n\trejection\x18\x01 \x01(\x0b\x32\x17.residuals.v1.RejectionH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.residuals.v1.HeartbeatH\x00\x42\x06\n\x04item2\xf7\x0b\n\x13NotificationService\x12~\n\x0e\x43reateEndpoint\x12#.residuals.v1.CreateEndpointRequest\x1a$.residuals.v1.CreateEndpointResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/webhooks/endpoints:\x01*\x12\x80\x01\n\x0bGetEndpoint\x12 .residuals.v1.GetEndpointRequest\x1a!.residuals.v1.GetEndpointResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/webhooks/endpoints/{endpoint_id}\x12x\n\rListEndpoints\x12\".residuals.v1.ListEndpointsRequest\x1a#.residuals.v1.ListEndpointsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/webhooks/endpoints\x12\x8c\x01\n\x0eUpdateEndpoint\x12#.residuals.v1.UpdateEndpointRequest\x1a$.residuals.v1.UpdateEndpointResponse\"/\x82\xd3\xe4\x93\x02)2$/v1/webhooks/endpoints/{endpoint_id}:\x01*\x12\x89\x01\n\x0e\x44\x65leteEndpoint\x12#.residuals.v1.DeleteEndpointRequest\x1a$.residuals.v1.DeleteEndpointResponse\",\x82\xd3\xe4\x93\x02&*$/v1/webhooks/endpoints/{endpoint_id}\x12\xab\x01\n\x14RotateEndpointSecret\x12).residuals.v1.RotateEndpointSecretRequest\x1a*.residuals.v1.RotateEndpointSecretResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/v1/webhooks/endpoints/{endpoint_id}:rotateSecret:\x01*\x12\x92\x01\n\rSendTestEvent\x12\".residuals.v1.SendTestEventRequest\x1a#.residuals.v1.SendTestEventResponse\"8\x82\xd3\xe4\x93\x02\x32\"-/v1/webhooks/endpoints/{endpoint_id}:sendTest:\x01*\x12|\n\x0eListDeliveries\x12#.residuals.v1.ListDeliveriesRequest\x1a$.residuals.v1.ListDeliveriesResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/webhooks/deliveries\x12\x88\x01\n\tRedeliver\x12\x1e.residuals.v1.RedeliverRequest\x1a\x1f.residuals.v1.RedeliverResponse\":\x82\xd3\xe4\x93\x02\x34\"//v1/webhooks/deliveries/{delivery_id}:redeliver:\x01*\x12|\n\x0eListEventTypes\x12#.residuals.v1.ListEventTypesRequest\x1a$.residuals.v1.ListEventTypesResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/webhooks/eventTypes\x12~\n\x0fWatchRejections\x12$.residuals.v1.WatchRejectionsRequest\x1a%.residuals.v1.WatchRejectionsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/rejections:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'residuals.v1.notification_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=118
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=242
-  _globals['_CREATEENDPOINTRESPONSE']._serialized_start=244
-  _globals['_CREATEENDPOINTRESPONSE']._serialized_end=333
-  _globals['_GETENDPOINTREQUEST']._serialized_start=335
-  _globals['_GETENDPOINTREQUEST']._serialized_end=376
-  _globals['_GETENDPOINTRESPONSE']._serialized_start=378
-  _globals['_GETENDPOINTRESPONSE']._serialized_end=448
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=450
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=511
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=513
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=611
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=614
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=878
-  _globals['_UPDATEENDPOINTRESPONSE']._serialized_start=880
-  _globals['_UPDATEENDPOINTRESPONSE']._serialized_end=953
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=955
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=999
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1001
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1025
-  _globals['_ROTATEENDPOINTSECRETREQUEST']._serialized_start=1027
-  _globals['_ROTATEENDPOINTSECRETREQUEST']._serialized_end=1110
-  _globals['_ROTATEENDPOINTSECRETRESPONSE']._serialized_start=1112
-  _globals['_ROTATEENDPOINTSECRETRESPONSE']._serialized_end=1207
-  _globals['_SENDTESTEVENTREQUEST']._serialized_start=1209
-  _globals['_SENDTESTEVENTREQUEST']._serialized_end=1252
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=1254
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=1319
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=1322
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1450
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1452
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1545
-  _globals['_REDELIVERREQUEST']._serialized_start=1547
-  _globals['_REDELIVERREQUEST']._serialized_end=1586
-  _globals['_REDELIVERRESPONSE']._serialized_start=1588
-  _globals['_REDELIVERRESPONSE']._serialized_end=1649
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=1651
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=1674
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=1676
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=1746
-  _globals['_WATCHREJECTIONSREQUEST']._serialized_start=1748
-  _globals['_WATCHREJECTIONSREQUEST']._serialized_end=1861
-  _globals['_WATCHREJECTIONSRESPONSE']._serialized_start=1863
-  _globals['_WATCHREJECTIONSRESPONSE']._serialized_end=1988
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1991
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=3028
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['CreateEndpoint']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['CreateEndpoint']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/webhooks/endpoints:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['GetEndpoint']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['GetEndpoint']._serialized_options = b'\202\323\344\223\002&\022$/v1/webhooks/endpoints/{endpoint_id}'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListEndpoints']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListEndpoints']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/webhooks/endpoints'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['UpdateEndpoint']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['UpdateEndpoint']._serialized_options = b'\202\323\344\223\002)2$/v1/webhooks/endpoints/{endpoint_id}:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['DeleteEndpoint']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['DeleteEndpoint']._serialized_options = b'\202\323\344\223\002&*$/v1/webhooks/endpoints/{endpoint_id}'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['RotateEndpointSecret']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['RotateEndpointSecret']._serialized_options = b'\202\323\344\223\0026\"1/v1/webhooks/endpoints/{endpoint_id}:rotateSecret:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendTestEvent']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendTestEvent']._serialized_options = b'\202\323\344\223\0022\"-/v1/webhooks/endpoints/{endpoint_id}:sendTest:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListDeliveries']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListDeliveries']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/webhooks/deliveries'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['Redeliver']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['Redeliver']._serialized_options = b'\202\323\344\223\0024\"//v1/webhooks/deliveries/{delivery_id}:redeliver:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListEventTypes']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListEventTypes']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/webhooks/eventTypes'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['WatchRejections']._loaded_options = None
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['WatchRejections']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/rejections:watch'
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=148
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=272
+  _globals['_CREATEENDPOINTRESPONSE']._serialized_start=274
+  _globals['_CREATEENDPOINTRESPONSE']._serialized_end=363
+  _globals['_GETENDPOINTREQUEST']._serialized_start=365
+  _globals['_GETENDPOINTREQUEST']._serialized_end=406
+  _globals['_GETENDPOINTRESPONSE']._serialized_start=408
+  _globals['_GETENDPOINTRESPONSE']._serialized_end=478
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=480
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=541
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=543
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=641
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=644
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=908
+  _globals['_UPDATEENDPOINTRESPONSE']._serialized_start=910
+  _globals['_UPDATEENDPOINTRESPONSE']._serialized_end=983
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=985
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1029
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1031
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1055
+  _globals['_ROTATEENDPOINTSECRETREQUEST']._serialized_start=1057
+  _globals['_ROTATEENDPOINTSECRETREQUEST']._serialized_end=1140
+  _globals['_ROTATEENDPOINTSECRETRESPONSE']._serialized_start=1142
+  _globals['_ROTATEENDPOINTSECRETRESPONSE']._serialized_end=1237
+  _globals['_SENDTESTEVENTREQUEST']._serialized_start=1239
+  _globals['_SENDTESTEVENTREQUEST']._serialized_end=1282
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=1284
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=1349
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=1352
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=1480
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=1482
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=1575
+  _globals['_REDELIVERREQUEST']._serialized_start=1577
+  _globals['_REDELIVERREQUEST']._serialized_end=1616
+  _globals['_REDELIVERRESPONSE']._serialized_start=1618
+  _globals['_REDELIVERRESPONSE']._serialized_end=1679
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=1681
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=1704
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=1706
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=1776
+  _globals['_WATCHREJECTIONSREQUEST']._serialized_start=1778
+  _globals['_WATCHREJECTIONSREQUEST']._serialized_end=1891
+  _globals['_WATCHREJECTIONSRESPONSE']._serialized_start=1893
+  _globals['_WATCHREJECTIONSRESPONSE']._serialized_end=2018
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=2021
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=3548
 # @@protoc_insertion_point(module_scope)
