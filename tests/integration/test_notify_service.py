@@ -10,7 +10,6 @@ checked is what was stored and queued (deliveries are rows).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import queue
@@ -30,12 +29,10 @@ from confluent_kafka.admin import NewTopic
 from residuals.codecs.timestamps import set_timestamp
 from residuals.domain.notifications import message_id
 from residuals.notify.app import NotifyApp
-from residuals.notify.settings import DeliverySettings, NotifySettings
+from residuals.notify.settings import NotifySettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator
-from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
-from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.config import KafkaSettings
 from residuals.platform.kafka import make_admin, make_producer, topic_name
-from residuals.platform.roles import database_role
 from residuals.platform.topics import ALERTS, APPROVALS, LICENCES, PAYOUTS, USAGE_DLQ
 from residuals.stack.settings import StackSettings
 from residuals.v1 import (
@@ -47,14 +44,17 @@ from residuals.v1 import (
     notification_service_pb2_grpc,
     notifications_pb2,
     payouts_pb2,
-    usage_pb2,
 )
 from tests.support.bad_request import bad_field, rpc_error
+from tests.support.notify import (
+    SOURCE_TOPICS,
+    dead_letter,
+    notify_settings,
+    start_notify,
+)
 from tests.support.payouts import migrated_database
 
-SOURCE_TOPICS = (ALERTS, LICENCES, APPROVALS, PAYOUTS, USAGE_DLQ)
 HOOK = "http://127.0.0.1:9/hook"
-SECRETS_KEY = base64.b64encode(b"k" * 32).decode()
 
 
 def unique(prefix: str) -> str:
@@ -134,26 +134,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
         time.sleep(0.1)
 
 
-def settings_for(kafka: KafkaSettings, dsn: str, group: str) -> NotifySettings:
-    return NotifySettings(
-        kafka=kafka,
-        postgres=PostgresSettings(dsn=dsn, pool_min=1, pool_max=8, user=database_role("notify")),
-        telemetry=TelemetrySettings(service_name="notify"),
-        grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=32),
-        delivery=DeliverySettings(allow_http=True, allow_networks=("127.0.0.0/8",)),
-        consumer_group=group,
-        heartbeat_seconds=1.0,
-        statements_poll_seconds=0.2,
-        secrets_key=SECRETS_KEY,
-    )
-
-
-def start(settings: NotifySettings, auth: StaticAuthenticator) -> NotifyApp:
-    app = NotifyApp(settings, authenticator=auth).start()
-    assert app.sink is not None and app.sink.assigned.wait(60), "no partitions assigned"
-    return app
-
-
 @pytest.fixture(scope="module")
 def env(stack: StackSettings) -> Iterator[Env]:
     kafka = KafkaSettings(
@@ -171,8 +151,8 @@ def env(stack: StackSettings) -> Iterator[Env]:
     # notify_rejections is unique on the dead letter's position alone (a fresh topic's
     # offsets 0, 1, ... would meet earlier runs' rows in a shared database).
     with migrated_database(stack) as dsn:
-        settings = settings_for(kafka, dsn, "notify-test")
-        app = start(settings, auth)
+        settings = notify_settings(kafka, dsn, "notify-test")
+        app = start_notify(settings, auth)
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         env = Env(kafka, settings, auth, dsn, app, channel, make_producer(kafka))
         try:
@@ -209,22 +189,6 @@ def alert(party: Party, kind: int = common_pb2.VIOLATION_KIND_FORBIDDEN_CATEGORY
     set_timestamp(message.occurred_at, now())
     set_timestamp(message.raised_at, now())
     return message.SerializeToString()
-
-
-def dead_letter(vendor_id: str, event_id: str) -> usage_pb2.DeadLetter:
-    letter = usage_pb2.DeadLetter(
-        reason=common_pb2.REJECT_REASON_INVALID_QUANTITY,
-        detail="quantity 0 outside 1..1000000",
-        vendor_id=vendor_id,
-        event_id=event_id,
-        licence_id="LIC-x",
-        original=b"secret payload bytes",
-        source_topic="residuals.usage.v1",
-        source_partition=2,
-        source_offset=41,
-    )
-    set_timestamp(letter.received_at, now())
-    return letter
 
 
 # --- intake and routing -------------------------------------------------------------------
@@ -737,8 +701,8 @@ def test_a_restart_rereads_everything_and_stores_nothing_twice(env: Env) -> None
     reader.cancel()
     # Stop the app; a new one with a fresh consumer group re-reads every topic from the start.
     env.app.stop()
-    settings = settings_for(env.kafka, env.dsn, "notify-test-reread")
-    env.app = start(settings, env.auth)
+    settings = notify_settings(env.kafka, env.dsn, "notify-test-reread")
+    env.app = start_notify(settings, env.auth)
     env.channel.close()
     env.channel = grpc.insecure_channel(f"127.0.0.1:{env.app.port}")
     topics = [topic_name(env.kafka, t) for t in SOURCE_TOPICS]
