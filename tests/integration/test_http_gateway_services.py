@@ -43,8 +43,8 @@ from residuals.platform.topics import PAYOUTS, USAGE_DLQ
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
 from residuals.v1 import approval_service_pb2 as aps
+from residuals.v1 import approvals_pb2, notification_service_pb2_grpc, payout_service_pb2_grpc
 from residuals.v1 import notification_service_pb2 as ns
-from residuals.v1 import notification_service_pb2_grpc, payout_service_pb2_grpc
 from residuals.v1 import payout_service_pb2 as ps
 from tests.support import approvals as approval_support
 from tests.support.alerts import delete_topics, unique
@@ -156,9 +156,8 @@ def test_review_before_use_over_http(approvals: Approvals) -> None:
         approvals.http("GET", "/v1/approvals?statuses=APPROVAL_STATUS_PENDING", role="talent")
     )
     assert approval_id in [a["approvalId"] for a in listed["approvals"]]
-    grpc_listed = world.call(
-        "ListApprovals", aps.ListApprovalsRequest(statuses=[1]), "talent"
-    )  # PENDING
+    pending = aps.ListApprovalsRequest(statuses=[approvals_pb2.APPROVAL_STATUS_PENDING])
+    grpc_listed = world.call("ListApprovals", pending, "talent")
     assert listed == as_json(grpc_listed)
     other = call(
         approvals.gateway.port,
