@@ -620,7 +620,9 @@ def test_egress_to_kafka_and_postgresql_only_for_the_services_that_use_them() ->
 def test_the_gateway_may_reach_only_dns_otlp_and_the_grpc_apis() -> None:
     """No Kafka, no PostgreSQL: the gateway's NetworkPolicy opens DNS, the OTLP endpoint and
     the release's pods on the gRPC port, and nothing else; callers reach it on http."""
-    (policy,) = [p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == "residuals-gateway"]
+    (policy,) = [
+        p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == "residuals-gateway"
+    ]
     egress = policy["spec"]["egress"]
     assert _egress_ports(policy) == {53, VALUES["telemetry"]["otlpPort"], VALUES["grpcPort"]}
     assert not set(VALUES["kafka"]["ports"]) & _egress_ports(policy)
@@ -829,8 +831,10 @@ def test_the_principals_table_in_deploy_k8s_readme_is_generated() -> None:
     )
     for service in with_kafka():
         assert f"| `{service.principal}` |" in readme
-    assert "No Kafka access (no principal, no KafkaUser, no Kafka settings or egress): " \
+    assert (
+        "No Kafka access (no principal, no KafkaUser, no Kafka settings or egress): "
         "`gateway`." in readme
+    )
 
 
 def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
