@@ -175,8 +175,9 @@ spec:
         {{- end }}
       {{- end }}
       {{- if $http }}
-      # An HTTP API: /healthz answers while the process serves, /readyz once it can
-      # forward (503 before). It serves plain HTTP; TLS ends at an Ingress or mesh.
+      # An HTTP API: /healthz answers while the process serves; /readyz once it listens,
+      # 503 again while it stops (it leaves the Service first). Plain HTTP: TLS ends at an
+      # Ingress or mesh.
       startupProbe:
         httpGet:
           path: /healthz
