@@ -166,10 +166,37 @@ def test_the_code_to_acl_check_catches_an_ungranted_topic(tmp_path: Path) -> Non
     assert "topics.PAYOUTS" in problems[0] and "topics.USAGE_RATED" in problems[1]
 
 
+def with_kafka() -> list[services.Service]:
+    return [s for s in services.SERVICES if s.kafka is not None]
+
+
+def test_a_service_without_kafka_access_has_no_principal_and_no_acls() -> None:
+    """The HTTP gateway only calls the gRPC services: no KafkaUser, no ACL, no script line."""
+    assert [s.name for s in services.SERVICES if s.kafka is None] == ["gateway"]
+    gateway = services.by_name("gateway")
+    assert gateway.principal is None and service_acls(gateway) == []
+    entry = catalogue.catalogue()["services"]["gateway"]
+    assert (entry["kafka"], entry["principal"], entry["acls"]) == (False, None, [])
+    assert all(catalogue.catalogue()["services"][s.name]["kafka"] for s in with_kafka())
+    assert "residuals-gateway" not in acl_script([])
+    assert not [d for d in of_kind("KafkaUser") if "gateway" in d["metadata"]["name"]]
+
+
+def test_an_http_service_names_its_own_port_variable() -> None:
+    with pytest.raises(ValueError, match="port_env"):
+        services.Service("x", services.Kind.HTTP, "x", kafka=None, database=False)
+    with pytest.raises(ValueError, match="port_env"):
+        services.Service("x", services.Kind.GRPC, "x", kafka=None, port_env="X_PORT")
+    assert {s.name: s.port_env for s in services.SERVICES if s.kind is services.Kind.HTTP} == {
+        "gateway": "GATEWAY_PORT"
+    }
+
+
 def test_kafkausers_carry_the_generated_acls() -> None:
     users = {d["metadata"]["name"]: d for d in of_kind("KafkaUser")}
-    assert set(users) == {s.principal for s in services.SERVICES}
-    for service in services.SERVICES:
+    assert set(users) == {s.principal for s in with_kafka()}
+    for service in with_kafka():
+        assert service.principal is not None
         acls = users[service.principal]["spec"]["authorization"]["acls"]
         expected = service_acls(service)
         assert len(acls) == len(expected)
@@ -196,6 +223,7 @@ def test_acl_script_grants_the_same_rules(tmp_path: Path) -> None:
     ) in script
     # The alerts group is not prefixed by the service, so it is not prefixed here either.
     assert "--group residuals-alerts --resource-pattern-type prefixed" in script
+    assert "residuals-gateway" not in script  # no Kafka access, no principal
     path = tmp_path / "acls.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
@@ -323,7 +351,7 @@ def test_strimzi_resources_use_only_crd_fields() -> None:
 # --- workloads ---------------------------------------------------------------------------
 
 
-def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
+def test_every_service_is_deployed_hardened_with_probes_of_its_kind() -> None:
     deployments = workloads()
     assert set(deployments) == {s.name for s in services.SERVICES}
     assert len(of_kind("Deployment")) + len(of_kind("StatefulSet")) == len(deployments)
@@ -331,11 +359,22 @@ def test_every_service_is_deployed_hardened_with_grpc_probes() -> None:
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"] == ["python", "-m", f"residuals.{name}"]
-        # The APIs serve TLS, which the kubelet's gRPC probe cannot speak: it asks their
-        # plaintext health-only port; the workers serve health on their gRPC port.
-        probed = 50052 if services.by_name(name).kind is services.Kind.GRPC else 50051
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == probed, (name, probe)
+        kind = services.by_name(name).kind
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if kind is services.Kind.HTTP:
+            # An HTTP API: HTTP probes on its own port, alive on /healthz, ready on /readyz.
+            assert ports == {"http": 8080, "metrics": 9464}, name
+            for probe, path in consistency.HTTP_PROBES.items():
+                assert "grpc" not in container[probe], (name, probe)
+                assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+        else:
+            # The APIs serve TLS, which the kubelet's gRPC probe cannot speak: it asks their
+            # plaintext health-only port; the workers serve health on their gRPC port.
+            probed = 50052 if kind is services.Kind.GRPC else 50051
+            assert ports["grpc"] == 50051 and "http" not in ports, name
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert "httpGet" not in container[probe], (name, probe)
+                assert container[probe]["grpc"]["port"] == probed, (name, probe)
         security = container["securityContext"]
         assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
         assert security["capabilities"]["drop"] == ["ALL"]
@@ -354,7 +393,11 @@ def test_the_default_manifests_are_secure() -> None:
     maps = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in of_kind("ConfigMap")}
     for service in services.SERVICES:
         data = maps[service.name]["data"]
-        assert data["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        if service.kafka is None:
+            assert not [var for var in data if var.startswith("KAFKA_")], service.name
+            assert not [v for v in pod_env(workloads()[service.name]) if v.startswith("KAFKA_")]
+        else:
+            assert data["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
         assert data.get("DATABASE_USER") == (
             roles.database_role(service.name) if service.database else None
         )
@@ -362,6 +405,21 @@ def test_the_default_manifests_are_secure() -> None:
     alerts = maps["alerts"]["data"]
     assert alerts["ALERTS_LICENSING_TLS"] == "true"
     assert alerts["ALERTS_LICENSING_TLS_CA"] == "/etc/residuals/grpc-tls/ca.crt"
+    # The gateway reaches every gRPC API of the release over TLS, trusting the same CA,
+    # from the Secret mounted read-only (no client certificate without clientAuth).
+    gateway = maps["gateway"]["data"]
+    assert {k: v for k, v in gateway.items() if k.endswith("_ADDRESS")} == {
+        f"GATEWAY_{name.upper()}_ADDRESS": f"residuals-{name}:50051"
+        for name in ("ingest", "licensing", "alerts", "payouts", "notify")
+    }
+    assert gateway["GATEWAY_BACKEND_TLS"] == "true"
+    assert gateway["GATEWAY_BACKEND_TLS_CA"] == "/etc/residuals/grpc-tls/ca.crt"
+    assert gateway["GATEWAY_BACKEND_TLS_CERT"] == gateway["GATEWAY_BACKEND_TLS_KEY"] == ""
+    assert gateway["GATEWAY_PORT"] == "8080" and "GRPC_PORT" not in gateway
+    pod = workloads()["gateway"]["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "grpc-tls"]
+    assert mount == {"name": "grpc-tls", "mountPath": "/etc/residuals/grpc-tls", "readOnly": True}
+    assert pod_env(workloads()["gateway"]) == {}  # no Secret reference: no credential at all
     (job,) = of_kind("Job")
     env = {
         e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -401,6 +459,7 @@ def test_the_stream_workers_are_static_members_named_after_their_pods() -> None:
         "payouts": "Deployment",
         "alerts": "Deployment",
         "notify": "Deployment",
+        "gateway": "Deployment",
     }
     headless = {d["metadata"]["name"]: d for d in of_kind("Service")
                 if d["spec"].get("clusterIP") == "None"}  # fmt: skip
@@ -478,6 +537,12 @@ def test_the_catalogue_flags_agree_with_the_settings(monkeypatch: pytest.MonkeyP
         "RESIDUALS_RECEIPT_KEY",
         "meter: member_id=METER_ID in residuals.deploy.services but MeterSettings does not read it",
     ]
+    gateway = dataclasses.replace(services.by_name("gateway"), port_env="GATEWAY_HTTP_PORT")
+    monkeypatch.setattr(consistency, "SERVICES", (gateway,))
+    assert consistency.env_problems(k8s_docs()) == [
+        "gateway: port_env=GATEWAY_HTTP_PORT in residuals.deploy.services but GatewaySettings "
+        "does not read it"
+    ]
 
 
 def test_the_security_check_names_what_is_missing() -> None:
@@ -491,6 +556,24 @@ def test_the_security_check_names_what_is_missing() -> None:
         "ingest: Kafka without SASL (PLAINTEXT)",
         "ingest: does not connect as residuals_ingest",
         "ingest: GRPC_TLS_CERT='/tmp/tls.crt' is not in a mounted Secret",
+    ]
+
+
+def test_the_security_check_holds_the_gateway_to_http_probes_and_no_kafka() -> None:
+    docs = [d for path in sorted(K8S.glob("*.yaml")) for d in chart.documents(path.read_text())]
+    for doc in docs:
+        if doc["metadata"]["name"] != "residuals-gateway":
+            continue
+        if doc["kind"] == "ConfigMap":
+            doc["data"]["KAFKA_BOOTSTRAP_SERVERS"] = "kafka:9092"
+        elif doc["kind"] == "Deployment":
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            container["readinessProbe"] = {"grpc": {"port": 50051}}
+            container["ports"][0]["containerPort"] = 8081
+    assert consistency.security_problems(docs) == [
+        "gateway: has no Kafka access but gets KAFKA_BOOTSTRAP_SERVERS",
+        "gateway: container port http (8081) is not GATEWAY_PORT (8080)",
+        "gateway: readinessProbe is not an HTTP GET of /readyz on port http",
     ]
 
 
@@ -518,6 +601,51 @@ def test_pdbs_networkpolicies_and_the_meter_hpa() -> None:
     assert ledger["spec"]["replicas"] <= VALUES["kafka"]["partitions"]
     (job,) = of_kind("Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["residuals", "migrate"]
+
+
+def _egress_ports(policy: dict[str, Any]) -> set[int]:
+    return {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+
+
+def test_egress_to_kafka_and_postgresql_only_for_the_services_that_use_them() -> None:
+    kafka_ports = set(VALUES["kafka"]["ports"])
+    postgres_port = VALUES["postgres"]["port"]
+    for policy in of_kind("NetworkPolicy"):
+        service = services.by_name(policy["metadata"]["labels"]["app.kubernetes.io/component"])
+        ports = _egress_ports(policy)
+        assert (kafka_ports <= ports) == (service.kafka is not None), service.name
+        assert (postgres_port in ports) == service.database, service.name
+
+
+def test_the_gateway_may_reach_only_dns_otlp_and_the_grpc_apis() -> None:
+    """No Kafka, no PostgreSQL: the gateway's NetworkPolicy opens DNS, the OTLP endpoint and
+    the release's pods on the gRPC port, and nothing else; callers reach it on http."""
+    (policy,) = [
+        p for p in of_kind("NetworkPolicy") if p["metadata"]["name"] == "residuals-gateway"
+    ]
+    egress = policy["spec"]["egress"]
+    assert _egress_ports(policy) == {53, VALUES["telemetry"]["otlpPort"], VALUES["grpcPort"]}
+    assert not set(VALUES["kafka"]["ports"]) & _egress_ports(policy)
+    assert VALUES["postgres"]["port"] not in _egress_ports(policy)
+    (to_apis,) = [rule for rule in egress if rule.get("to")]
+    assert to_apis["to"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "residuals",
+                    "app.kubernetes.io/instance": "residuals",
+                }
+            }
+        }
+    ]
+    assert to_apis["ports"] == [{"port": VALUES["grpcPort"], "protocol": "TCP"}]
+    ingress = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress == {"http", "metrics"}
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "residuals-gateway"]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "http": 8080,
+        "metrics": 9464,
+    }
 
 
 def test_only_notify_reaches_beyond_the_cluster_and_never_private_addresses() -> None:
@@ -626,12 +754,8 @@ def test_compose_runs_the_whole_system_with_health_checks() -> None:
         "grafana",
         "otel-collector",
         "jaeger",
-        # The HTTP gateway runs in compose but is not in the chart's SERVICES yet (it serves
-        # HTTP, which the chart's gRPC/worker kinds do not model).
-        "gateway",
     }
     assert set(svc) == expected
-    assert svc["gateway"]["healthcheck"]["test"][1:3] == ["residuals", "probe"]
     for name in [s.name for s in services.SERVICES] + [
         "kafka",
         "postgres",
@@ -643,8 +767,19 @@ def test_compose_runs_the_whole_system_with_health_checks() -> None:
         spec = svc[s.name]
         assert spec["environment"]["OTEL_SERVICE_NAME"] == s.name
         assert spec["command"] == ["python", "-m", s.module]
-        assert spec["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        if s.kafka is not None or s.database:  # topics and schema first
+            assert spec["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        else:  # the gateway: after the gRPC services it calls
+            assert set(spec["depends_on"]) == {
+                t.name for t in services.SERVICES if t.kind is services.Kind.GRPC
+            }, s.name
         assert spec["read_only"] is True
+        probe = spec["healthcheck"]["test"]
+        if s.kind is services.Kind.HTTP:  # the probe the chart's readinessProbe makes
+            port = spec["environment"][s.port_env]
+            assert probe == ["CMD", "residuals", "probe", "http", f"http://127.0.0.1:{port}/readyz"]
+        else:
+            assert probe == ["CMD", "residuals", "probe", "grpc", "127.0.0.1:50051"], s.name
         if s.database:  # least privilege holds locally too: each service its own role
             role = roles.database_role(s.name)
             assert spec["environment"]["DATABASE_URL"].startswith(f"postgresql://{role}@")
@@ -694,8 +829,12 @@ def test_the_principals_table_in_deploy_k8s_readme_is_generated() -> None:
     assert readme == catalogue.with_principals(readme), (
         "deploy/k8s/README.md principals table is stale: run `residuals deploy generate`"
     )
-    for service in services.SERVICES:
+    for service in with_kafka():
         assert f"| `{service.principal}` |" in readme
+    assert (
+        "No Kafka access (no principal, no KafkaUser, no Kafka settings or egress): "
+        "`gateway`." in readme
+    )
 
 
 def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:

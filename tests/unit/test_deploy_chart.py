@@ -125,6 +125,20 @@ def test_every_optional_feature_renders_consistently(helm: Path) -> None:
         "/etc/residuals/grpc-tls/tls.crt"
     )
     assert "GRPC_TLS_CLIENT_CA" not in maps["residuals-meter"]
+    # The gateway presents the same client certificate to the APIs, and a disabled
+    # service (payouts) is left unconfigured: its routes answer 503.
+    gateway = maps["residuals-gateway"]
+    assert gateway["GATEWAY_BACKEND_TLS_CERT"] == "/etc/residuals/grpc-tls/tls.crt"
+    assert gateway["GATEWAY_BACKEND_TLS_KEY"] == "/etc/residuals/grpc-tls/tls.key"
+    assert gateway["GATEWAY_PAYOUTS_ADDRESS"] == ""
+    assert gateway["GATEWAY_INGEST_ADDRESS"] == "residuals-ingest:50051"
+    assert "GRPC_TLS_CLIENT_CA" not in gateway and "GRPC_TLS_CERT" not in gateway
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"
+                 and d["metadata"]["name"] == "residuals-gateway"]  # fmt: skip
+    (http_rule,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "http"]
+    assert http_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
     # alerts opted in to static membership: a StatefulSet of a gRPC API, its headless
     # Service (serving gRPC) as governing Service, each pod its own sink member id.
     alerts = workloads(docs)["alerts"]
@@ -156,6 +170,11 @@ def test_each_secure_default_has_a_working_opt_out(helm: Path) -> None:
     for var in ("KAFKA_SECURITY_PROTOCOL", "GRPC_TLS_CERT", "GRPC_HEALTH_PORT", "DATABASE_USER"):
         assert var not in ingest
     assert maps["residuals-alerts"]["ALERTS_LICENSING_TLS"] == "false"
+    gateway = maps["residuals-gateway"]
+    assert gateway["GATEWAY_BACKEND_TLS"] == "false"
+    assert gateway["GATEWAY_BACKEND_TLS_CA"] == gateway["GATEWAY_BACKEND_TLS_CERT"] == ""
+    gateway_pod = workloads(docs)["gateway"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in gateway_pod["volumes"]] == ["tmp"]
     deployment = next(d for d in docs if d["metadata"]["name"] == "residuals-ingest"
                       and d["kind"] == "Deployment")  # fmt: skip
     pod = deployment["spec"]["template"]["spec"]
@@ -228,6 +247,36 @@ def test_the_chart_refuses_a_hand_set_membership_id_or_a_plain_receipt_key(helm:
         )
     with pytest.raises(chart.DeployError, match="does not belong in a ConfigMap"):
         render(helm, **{"services.ingest.env.RESIDUALS_RECEIPT_KEY": "00" * 32})
+    # The port is the chart's: container port, Service and probes follow it, not env.
+    with pytest.raises(chart.DeployError, match=r"services\.gateway\.env\.GATEWAY_PORT.*httpPort"):
+        render(helm, **{"services.gateway.env.GATEWAY_PORT": "9000"})
+    with pytest.raises(chart.DeployError, match=r"services\.ingest\.env\.GRPC_PORT.*grpcPort"):
+        render(helm, **{"services.ingest.env.GRPC_PORT": "9000"})
+
+
+def test_the_gateway_follows_http_port_and_can_be_left_out(helm: Path) -> None:
+    docs = render(helm, httpPort="9000")
+    gateway = workloads(docs)["gateway"]
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == 9000
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"] == "residuals-gateway"]  # fmt: skip
+    assert config["data"]["GATEWAY_PORT"] == "9000"
+    (service,) = [d for d in docs if d["kind"] == "Service"
+                  and d["metadata"]["name"] == "residuals-gateway"]  # fmt: skip
+    assert service["spec"]["ports"][0] == {
+        "name": "http",
+        "port": 9000,
+        "targetPort": "http",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    assert consistency.security_problems(docs) == []
+    assert consistency.env_problems(docs) == []
+    docs = render(helm, **{"services.gateway.enabled": "false"})
+    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component")
+                == "gateway"]  # fmt: skip
+    assert consistency.env_problems(docs) == ["gateway: the chart does not run it"]
 
 
 def test_topics_through_the_job_need_an_admin_principal_under_sasl(helm: Path) -> None:

@@ -9,14 +9,17 @@ render the chart and compare with residuals.platform.config.describe (`residuals
 {{- $secure := include "residuals.security" (dict "root" $root "spec" .spec) | fromYaml -}}
 {{- $data := dict
   "OTEL_SERVICE_NAME" .name
-  "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers
-  "RESIDUALS_TOPIC_PREFIX" $root.Values.kafka.topicPrefix
-  "RESIDUALS_TOPIC_PARTITIONS" (toString $root.Values.kafka.partitions)
   "METRICS_PORT" (toString $root.Values.telemetry.metricsPort)
   "LOG_LEVEL" $root.Values.telemetry.logLevel
   "LOG_FORMAT" $root.Values.telemetry.logFormat
-  "GRPC_PORT" (toString $root.Values.grpcPort)
 -}}
+{{- /* The port it serves: GRPC_PORT, or an HTTP service's own variable (catalogue portEnv). */ -}}
+{{- $_ := set $data .spec.portEnv (include "residuals.servicePort" (dict "root" $root "spec" .spec)) -}}
+{{- if $secure.kafka }}
+{{- $_ := set $data "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
+{{- $_ := set $data "RESIDUALS_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
+{{- $_ := set $data "RESIDUALS_TOPIC_PARTITIONS" (toString $root.Values.kafka.partitions) -}}
+{{- end }}
 {{- with $root.Values.telemetry.otlpEndpoint }}
 {{- $_ := set $data "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
 {{- end }}

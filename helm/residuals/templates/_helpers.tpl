@@ -91,15 +91,40 @@ seccompProfile:
 
 {{/*
 What a service's pods get for the secure defaults; (dict "root" $ "spec" <catalogue entry>)
--> YAML {sasl, kafkaCa, grpcTls, dbRole, receiptKey}: booleans the templates share, so the
-ConfigMap, the pod template's env, volumes and probes cannot disagree.
+-> YAML {kafka, sasl, kafkaCa, grpcTls, grpcTlsFiles, dbRole, receiptKey}: booleans the
+templates share, so the ConfigMap, the pod template's env, volumes and probes cannot
+disagree. kafka: the service has Kafka access at all (the HTTP gateway has none).
+grpcTls: it serves gRPC over TLS; grpcTlsFiles: the Secret is mounted, for serving or (an
+HTTP service calling the gRPC APIs) to trust ca.crt and present tls.crt.
 */}}
 {{- define "residuals.security" -}}
 {{- $v := .root.Values -}}
-{{- $sasl := $v.kafka.sasl.enabled -}}
+{{- $kafka := .spec.kafka | default false -}}
+{{- $sasl := and $kafka $v.kafka.sasl.enabled -}}
+kafka: {{ $kafka }}
 sasl: {{ $sasl }}
 kafkaCa: {{ and $sasl (hasSuffix "SSL" $v.kafka.sasl.securityProtocol) (ne $v.kafka.tls.caSecret "") }}
 grpcTls: {{ and $v.grpcTls.enabled (eq .spec.kind "grpc") }}
+grpcTlsFiles: {{ and $v.grpcTls.enabled (has .spec.kind (list "grpc" "http")) }}
 dbRole: {{ and .spec.database $v.postgres.roles.enabled }}
 receiptKey: {{ and .spec.receiptKey $v.receiptKey.enabled }}
+{{- end -}}
+
+{{/* The port a service serves on (its catalogue portEnv): httpPort for the HTTP kind,
+grpcPort for the gRPC APIs and the workers (grpc.health). (dict "root" $ "spec" <entry>) */}}
+{{- define "residuals.servicePort" -}}
+{{- if eq .spec.kind "http" -}}{{ .root.Values.httpPort }}{{- else -}}{{ .root.Values.grpcPort }}{{- end -}}
+{{- end -}}
+
+{{/*
+host:port of a gRPC service of this release, or "" when it is disabled (a client then
+treats it as unconfigured). For env values: {{ include "residuals.grpcAddress" (list . "ingest") }}
+*/}}
+{{- define "residuals.grpcAddress" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $values := include "residuals.serviceValues" (dict "root" $root "name" $name) | fromYaml -}}
+{{- if $values.enabled -}}
+{{- printf "%s-%s:%v" (include "residuals.fullname" $root) $name $root.Values.grpcPort -}}
+{{- end -}}
 {{- end -}}

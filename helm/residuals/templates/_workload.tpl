@@ -30,6 +30,9 @@ StatefulSet's pod name (<release>-<service>-<ordinal>) gives. Deployment otherwi
 {{- fail (printf "services.%s: %s must be unique per replica and stable across its restarts; do not set it, set services.%s.staticMembership (true: the pod name of a StatefulSet; false: dynamic membership)" $name . $name) }}
 {{- end }}
 {{- end }}
+{{- if hasKey ($values.env | default dict) .spec.portEnv }}
+{{- fail (printf "services.%s.env.%s: the port is the chart's (%s), which the container port, Service and probes follow; set that instead" $name .spec.portEnv (ternary "httpPort" "grpcPort" (eq .spec.kind "http"))) }}
+{{- end }}
 {{- if hasKey ($values.env | default dict) "RESIDUALS_RECEIPT_KEY" }}
 {{- fail (printf "services.%s.env.RESIDUALS_RECEIPT_KEY: a secret does not belong in a ConfigMap; use receiptKey (a Secret)" $name) }}
 {{- end }}
@@ -60,6 +63,7 @@ spec:
 {{- $static := eq (include "residuals.workloadKind" .) "StatefulSet" -}}
 {{- $secure := include "residuals.security" (dict "root" $root "spec" $spec) | fromYaml -}}
 {{- $probePort := ternary $root.Values.grpcTls.healthPort $root.Values.grpcPort $secure.grpcTls -}}
+{{- $http := eq $spec.kind "http" -}}
 metadata:
   labels:
     {{- include "residuals.labels" (dict "root" $root "component" $name) | nindent 4 }}
@@ -99,9 +103,15 @@ spec:
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       command: ["python", "-m", {{ $spec.module | quote }}]
       ports:
+        {{- if $http }}
+        - name: http
+          containerPort: {{ $root.Values.httpPort }}
+          protocol: TCP
+        {{- else }}
         - name: grpc
           containerPort: {{ $root.Values.grpcPort }}
           protocol: TCP
+        {{- end }}
         - name: metrics
           containerPort: {{ $root.Values.telemetry.metricsPort }}
           protocol: TCP
@@ -164,6 +174,30 @@ spec:
               optional: {{ $ref.optional | default false }}
         {{- end }}
       {{- end }}
+      {{- if $http }}
+      # An HTTP API: /healthz answers while the process serves; /readyz once it listens,
+      # 503 again while it stops (it leaves the Service first). Plain HTTP: TLS ends at an
+      # Ingress or mesh.
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        periodSeconds: 2
+        failureThreshold: 90
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: http
+        periodSeconds: 5
+        failureThreshold: 2
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      {{- else }}
       # grpc.health.v1: the APIs report SERVING once their dependencies answer; the
       # stream workers (meter, ledger) serve health only, SERVING once they consume.
       # With TLS the kubelet asks the plaintext health-only port (its gRPC probe
@@ -184,6 +218,7 @@ spec:
         periodSeconds: 10
         timeoutSeconds: 3
         failureThreshold: 3
+      {{- end }}
       resources:
         {{- toYaml $values.resources | nindent 8 }}
       securityContext:
@@ -196,7 +231,7 @@ spec:
           mountPath: {{ include "residuals.kafkaCaDir" $root }}
           readOnly: true
         {{- end }}
-        {{- if $secure.grpcTls }}
+        {{- if $secure.grpcTlsFiles }}
         - name: grpc-tls
           mountPath: {{ include "residuals.grpcTlsDir" $root }}
           readOnly: true
@@ -214,7 +249,7 @@ spec:
             path: ca.crt
         defaultMode: 0444
     {{- end }}
-    {{- if $secure.grpcTls }}
+    {{- if $secure.grpcTlsFiles }}
     - name: grpc-tls
       secret:
         secretName: {{ $root.Values.grpcTls.secretName }}

@@ -4,8 +4,8 @@ Nothing here runs inside a service. It turns the code's own catalogues (topics, 
 settings, who reads and writes which topic) into deployment artefacts and checks that the
 committed artefacts still match them, so a topic, a setting or an ACL is declared once:
 
-* :mod:`.services` - the six services, their kind (gRPC API or stream worker) and their
-  Kafka access, plus discovery of each service's settings dataclass;
+* :mod:`.services` - the services, their kind (gRPC API, stream worker or HTTP API) and
+  their Kafka access, plus discovery of each service's settings dataclass;
 * :mod:`.catalogue` - ``helm/residuals/files/catalogue.json`` (topics and access), read
   by the chart's KafkaTopic / KafkaUser templates;
 * :mod:`.kafka_admin` - the one-shot topic set-up for clusters without an operator and the

@@ -64,9 +64,11 @@ _IDEMPOTENT = AclRule("cluster", "", "literal", ("IdempotentWrite",))
 
 
 def service_acls(service: Service) -> list[AclRule]:
-    """Least-privilege ACLs of a service's principal."""
+    """Least-privilege ACLs of a service's principal (none: no Kafka access)."""
     access = service.kafka
     rules: list[AclRule] = []
+    if access is None:
+        return rules
     writes = {t.name for t in access.writes}
     reads = {t.name for t in access.reads}
     for name in sorted(reads | writes):
@@ -155,9 +157,12 @@ def catalogue(services: Iterable[Service] = SERVICES) -> dict[str, Any]:
             s.name: {
                 "kind": s.kind.value,
                 "module": s.module,
+                "portEnv": s.port_env,
                 "summary": s.summary,
                 "database": s.database,
                 "databaseRole": database_role(s.name) if s.database else None,
+                # Without Kafka access: no principal (no KafkaUser, no Kafka settings).
+                "kafka": s.kafka is not None,
                 "principal": s.principal,
                 "memberIdEnv": s.member_id,
                 "receiptKey": s.receipt_key,
@@ -233,13 +238,16 @@ def _names(items: Iterable[str]) -> str:
 
 
 def principals_markdown() -> str:
-    """The table of Kafka principals and what each may do, from the same rules."""
+    """The table of Kafka principals and what each may do, from the same rules, and the
+    services that have none."""
     lines = [
         "| principal | reads | writes | consumer groups (prefix) | also |",
         "|---|---|---|---|---|",
     ]
     for s in SERVICES:
         access = s.kafka
+        if access is None:
+            continue
         also = []
         if access.internal:
             also.append(f"faust app `{access.internal}`: its group and the topics it creates")
@@ -256,6 +264,13 @@ def principals_markdown() -> str:
         f"| `vendor-<id>` | - | {_names(t.name for t in VENDOR_WRITES)} | - "
         "| transactional ids `vendor-<id>*`; IdempotentWrite; optional produce quota |"
     )
+    without = [s.name for s in SERVICES if s.kafka is None]
+    if without:
+        lines.append("")
+        lines.append(
+            f"No Kafka access (no principal, no KafkaUser, no Kafka settings or egress): "
+            f"{_names(without)}."
+        )
     return "\n".join(lines)
 
 

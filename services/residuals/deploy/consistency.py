@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from residuals.deploy.services import SERVICES, Service, settings_class
+from residuals.deploy.services import SERVICES, Kind, Service, settings_class
 from residuals.platform import topics
 from residuals.platform.config import describe
 
@@ -80,7 +80,8 @@ def env_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def compose_env(compose: Mapping[str, Any]) -> dict[str, set[str]]:
-    """{service: variable names} of the six services in a (``config``-resolved) compose."""
+    """{service: variable names} of the catalogue services in a (``config``-resolved)
+    compose."""
     names = {s.name for s in SERVICES}
     return {
         name: set((spec.get("environment") or {}).keys())
@@ -119,6 +120,11 @@ def settings_problems(given: Mapping[str, set[str]], where: str) -> list[str]:
                     f"{service.name}: {flag}={value} in residuals.deploy.services "
                     f"but {cls.__name__} {'reads' if var in known else 'lacks'} {var}"
                 )
+        if service.port_env not in known:
+            problems.append(
+                f"{service.name}: port_env={service.port_env} in residuals.deploy.services "
+                f"but {cls.__name__} does not read it"
+            )
         if service.member_id is not None and service.member_id not in known:
             problems.append(
                 f"{service.name}: member_id={service.member_id} in residuals.deploy.services "
@@ -164,7 +170,11 @@ def acl_problems(services_dir: Path, services: Iterable[Service] = SERVICES) -> 
         if not package.is_dir():
             continue
         access = service.kafka
-        granted = {t.name for t in (*access.reads, *access.writes, *access.mentions)}
+        granted = (
+            set()
+            if access is None
+            else {t.name for t in (*access.reads, *access.writes, *access.mentions)}
+        )
         for constant in sorted(topics_named(package)):
             topic: topics.Topic = getattr(topics, constant)
             if topic.name not in granted:
@@ -276,8 +286,9 @@ def _secret_mounts(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list
 
 def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
     """What the chart's defaults must give every service: its own SCRAM principal over
-    Kafka, its own PostgreSQL role, and (gRPC APIs) TLS from a mounted Secret, with the
-    kubelet probing a port it can speak to."""
+    Kafka (and nothing Kafka's without Kafka access), its own PostgreSQL role, and (gRPC
+    APIs) TLS from a mounted Secret, with the kubelet probing a port it can speak to
+    (HTTP services: HTTP probes on their own port)."""
     from residuals.platform.roles import database_role
 
     docs = list(docs)
@@ -292,12 +303,19 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
         (container,) = pod["containers"]
         env = _container_env(doc)
         data = config.get(name, {})
-        if not data.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL_"):
-            problems.append(f"{name}: Kafka without SASL ({data.get('KAFKA_SECURITY_PROTOCOL')})")
-        if data.get("KAFKA_SASL_USERNAME") != service.principal:
-            problems.append(f"{name}: not Kafka principal {service.principal}")
-        if not _from_secret(env, "KAFKA_SASL_PASSWORD"):
-            problems.append(f"{name}: KAFKA_SASL_PASSWORD does not come from a Secret")
+        if service.kafka is None:
+            # No Kafka access: no Kafka settings and no credentials either.
+            given = sorted(v for v in (*data, *env) if v.startswith("KAFKA_"))
+            if given:
+                problems.append(f"{name}: has no Kafka access but gets {', '.join(given)}")
+        else:
+            protocol = data.get("KAFKA_SECURITY_PROTOCOL")
+            if not (protocol or "").startswith("SASL_"):
+                problems.append(f"{name}: Kafka without SASL ({protocol})")
+            if data.get("KAFKA_SASL_USERNAME") != service.principal:
+                problems.append(f"{name}: not Kafka principal {service.principal}")
+            if not _from_secret(env, "KAFKA_SASL_PASSWORD"):
+                problems.append(f"{name}: KAFKA_SASL_PASSWORD does not come from a Secret")
         if service.database:
             if data.get("DATABASE_USER") != database_role(name):
                 problems.append(f"{name}: does not connect as {database_role(name)}")
@@ -305,7 +323,9 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
                 problems.append(f"{name}: DATABASE_PASSWORD does not come from a Secret")
         if service.receipt_key and not _from_secret(env, RECEIPT_KEY):
             problems.append(f"{name}: {RECEIPT_KEY} does not come from a Secret")
-        if service.kind.value != "grpc":
+        if service.kind is Kind.HTTP:
+            problems += _http_probe_problems(service, container, data)
+        if service.kind is not Kind.GRPC:
             continue
         mounts = _secret_mounts(pod, container)
         for var in ("GRPC_TLS_CERT", "GRPC_TLS_KEY"):
@@ -317,6 +337,31 @@ def security_problems(docs: Iterable[Mapping[str, Any]]) -> list[str]:
             port = container[probe]["grpc"]["port"]
             if port == grpc_port or str(port) != data.get("GRPC_HEALTH_PORT"):
                 problems.append(f"{name}: {probe} is not on the plaintext health port")
+    return problems
+
+
+#: An HTTP service's probes: alive (the process answers) and ready (it can serve).
+HTTP_PROBES = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+
+
+def _http_probe_problems(
+    service: Service, container: Mapping[str, Any], data: Mapping[str, str]
+) -> list[str]:
+    """An HTTP service is probed over HTTP on the port it serves (port_env), not gRPC."""
+    name = service.name
+    problems: list[str] = []
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if "grpc" in ports:
+        problems.append(f"{name}: an HTTP service with a grpc container port")
+    if str(ports.get("http")) != data.get(service.port_env):
+        problems.append(
+            f"{name}: container port http ({ports.get('http')}) is not "
+            f"{service.port_env} ({data.get(service.port_env)})"
+        )
+    for probe, path in HTTP_PROBES.items():
+        get = (container.get(probe) or {}).get("httpGet") or {}
+        if get.get("path") != path or get.get("port") != "http":
+            problems.append(f"{name}: {probe} is not an HTTP GET of {path} on port http")
     return problems
 
 

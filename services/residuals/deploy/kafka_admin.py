@@ -231,6 +231,8 @@ def acl_script(
         "}",
     ]
     for service in SERVICES:
+        if service.principal is None:
+            continue  # no Kafka access: no principal
         out.append("")
         out.append(f"# {service.name}: {service.summary}")
         out.append(f"user {service.principal}")

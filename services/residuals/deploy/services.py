@@ -6,7 +6,8 @@ Service, Helm values key and ``OTEL_SERVICE_NAME``.
 
 Kafka access is least privilege and written once, here: the chart's KafkaUser ACLs and
 the ACL script for clusters without Strimzi are both generated from it, and a unit test
-checks that every catalogue topic a service's code references is covered.
+checks that every catalogue topic a service's code references is covered. A service
+without Kafka access (``kafka=None``: the HTTP gateway) has no principal at all.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ METRICS_PORT = 9464
 
 class Kind(StrEnum):
     """``grpc``: serves an API to callers. ``worker``: a stream processor that serves only
-    gRPC health (for probes) and metrics; it scales with topic partitions."""
+    gRPC health (for probes) and metrics; it scales with topic partitions. ``http``: serves
+    an HTTP API, with ``/healthz`` (alive) and ``/readyz`` (ready) for probes; no gRPC
+    server of its own (it may call the gRPC services)."""
 
     GRPC = "grpc"
     WORKER = "worker"
+    HTTP = "http"
 
 
 @dataclass(frozen=True)
@@ -73,15 +77,26 @@ class Service:
     its restarts and rollouts, so the chart runs such a service as a StatefulSet and takes
     the value from the pod name. ``receipt_key``: it stamps or verifies the gateway's
     receipt times, so it gets the shared ``RESIDUALS_RECEIPT_KEY`` from a Secret.
-    ``residuals deploy check`` compares all three flags with the settings the code reads."""
+    ``kafka`` None: no Kafka client at all (no principal, no KafkaUser, no Kafka settings
+    or egress). ``port_env``: the variable the port it serves is set by (``GRPC_PORT``
+    for the gRPC and worker kinds, the HTTP server's own for :attr:`Kind.HTTP`).
+    ``residuals deploy check`` compares these flags with the settings the code reads."""
 
     name: str
     kind: Kind
     summary: str
-    kafka: KafkaAccess
+    kafka: KafkaAccess | None
     database: bool = True
     member_id: str | None = None
     receipt_key: bool = False
+    port_env: str = "GRPC_PORT"
+
+    def __post_init__(self) -> None:
+        if (self.kind is Kind.HTTP) == (self.port_env == "GRPC_PORT"):
+            raise ValueError(
+                f"{self.name}: an HTTP service names its own port variable (port_env); "
+                "the gRPC and worker kinds serve on GRPC_PORT"
+            )
 
     @property
     def module(self) -> str:
@@ -89,9 +104,9 @@ class Service:
         return f"residuals.{self.name}"
 
     @property
-    def principal(self) -> str:
-        """Kafka principal (SASL/SCRAM user) of the service."""
-        return f"residuals-{self.name}"
+    def principal(self) -> str | None:
+        """Kafka principal (SASL/SCRAM user) of the service; None without Kafka access."""
+        return None if self.kafka is None else f"residuals-{self.name}"
 
 
 SERVICES: tuple[Service, ...] = (
@@ -172,6 +187,16 @@ SERVICES: tuple[Service, ...] = (
             groups=(Group("residuals-notify"),),
         ),
         member_id="SINK_GROUP_INSTANCE_ID",
+    ),
+    Service(
+        "gateway",
+        Kind.HTTP,
+        "HTTP/JSON gateway: the gRPC APIs as JSON routes (and Watch streams as server-sent "
+        "events), forwarded with the caller's API key",
+        # It only calls the gRPC services: no Kafka client, no principal, no database.
+        kafka=None,
+        database=False,
+        port_env="GATEWAY_PORT",
     ),
 )
 

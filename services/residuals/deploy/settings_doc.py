@@ -31,7 +31,7 @@ def settings_markdown() -> str:
         "# Service settings",
         "",
         "Printed by `residuals deploy settings` from each service's settings dataclass",
-        "(`residuals.<service>.config`). Every service reads only its",
+        "(`residuals.<service>.config` or `.settings`). Every service reads only its",
         "environment; the Helm chart sets these through a ConfigMap per service",
         "(`services.<name>.env`) and Secret references (`DATABASE_URL`, API keys, Kafka",
         "credentials). A missing or malformed value stops the service at start-up with",
@@ -46,7 +46,8 @@ def settings_markdown() -> str:
         cls = settings_class(service.name)
         if cls is None:
             out.append(
-                f"_Not in this tree yet: its table appears when `{service.module}.config` lands._"
+                f"_Not in this tree yet: its table appears when `{service.module}.config` "
+                "(or `.settings`) lands._"
             )
         else:
             out.append(f"Settings class: `{cls.__module__}.{cls.__qualname__}`.")
