@@ -176,7 +176,9 @@ def main() -> int:
     kafka = KafkaSettings(
         bootstrap_servers=stack.bootstrap_servers, topic_prefix=f"bench-{run}.", topic_partitions=6
     )
-    sources = [topic_name(kafka, t) for t in by_name("notify").kafka.reads]
+    access = by_name("notify").kafka
+    assert access is not None, "notify reads Kafka"
+    sources = [topic_name(kafka, t) for t in access.reads]
     admin = make_admin(kafka)
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=6) for t in sources], operation_timeout=30
