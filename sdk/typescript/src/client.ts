@@ -180,17 +180,17 @@ export class UsageClient {
   // --- publishing --------------------------------------------------------------------
 
   /** Report `quantity` rendered videos showing the avatar; resolves with the event id once spooled. */
-  render(args: RenderArgs): Promise<string> {
+  async render(args: RenderArgs): Promise<string> {
     return this.publish(build.render({ ...args, eventId: args.eventId ?? uuid7(), vendorId: this.vendorId }));
   }
 
   /** Report `quantity` views of the video `renderId`; resolves with the event id once spooled. */
-  view(args: ViewArgs): Promise<string> {
+  async view(args: ViewArgs): Promise<string> {
     return this.publish(build.view({ ...args, eventId: args.eventId ?? uuid7(), vendorId: this.vendorId }));
   }
 
   /** Report ad impressions and the revenue they earned (a decimal string, never a float). */
-  adImpression(args: AdImpressionArgs): Promise<string> {
+  async adImpression(args: AdImpressionArgs): Promise<string> {
     return this.publish(build.adImpression({ ...args, eventId: args.eventId ?? uuid7(), vendorId: this.vendorId }));
   }
 
@@ -198,7 +198,7 @@ export class UsageClient {
    * Withdraw this vendor's earlier event. `licenceId` is the original event's licence (it
    * routes the retraction to the original's partition); pass null only if truly unknown.
    */
-  retract(args: RetractArgs): Promise<string> {
+  async retract(args: RetractArgs): Promise<string> {
     return this.publish(build.retraction({ ...args, eventId: args.eventId ?? uuid7(), vendorId: this.vendorId }));
   }
 
