@@ -85,6 +85,20 @@ interface Entry {
   attempts: number;
 }
 
+const TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+/**
+ * The trace context as sdk/SIGNING.md §4 wants it in an envelope: only with a well-formed
+ * version-00 `traceparent` (else none); a `tracestate` over 512 characters or not printable
+ * ASCII is dropped.
+ */
+export function sanitizeTrace(trace: TraceContext | undefined): TraceContext | undefined {
+  if (!trace || !TRACEPARENT.test(trace.traceparent)) return undefined;
+  const state = trace.tracestate;
+  const keep = state.length <= 512 && /^[\x20-\x7e]*$/.test(state);
+  return { ...trace, tracestate: keep ? state : "" };
+}
+
 /**
  * `[lo, hi)` ranges splitting `count` items into the fewest chunks of at most `most`, of
  * near-equal sizes (257 events sign as 129 + 128, not 256 + a lone 1).
@@ -223,7 +237,7 @@ export class UsageClient {
       if (event.kind === UsageKind.UNSPECIFIED) throw new Error("event kind is required");
       keys.push(build.routingKey(event));
     }
-    const trace = this.traceContext?.();
+    const trace = sanitizeTrace(this.traceContext?.());
     const prepared: NewEvent[] = [];
     for (const [lo, hi] of chunks(events.length, this.signatureBatchSize)) {
       const chunk = events.slice(lo, hi);

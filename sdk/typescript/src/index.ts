@@ -13,3 +13,4 @@ export { DeliveryStatus, type DeliveryReport, type DeliveryCallback } from "./re
 export { Spool, type SpoolOptions, type SpooledEvent, type NewEvent, type Durability } from "./spool.js";
 export { HttpTransport, PUBLISH_PATH, parseRetryAfter, type HttpTransportOptions } from "./transports/http.js";
 export type { Transport, Outcome } from "./transports/base.js";
+export { verifyEnvelope, auditPathLength, type RegisteredKey, type Verdict, type VerifyOptions } from "./verify.js";

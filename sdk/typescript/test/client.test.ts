@@ -217,6 +217,18 @@ describe("UsageClient over HTTP", () => {
     assert.throws(() => client({ baseUrl: "http://gateway.example.com" }), InsecureTransportError);
   });
 
+  it("puts the caller's trace context in the envelope (outside the signature), only when well-formed", async () => {
+    let trace = { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", tracestate: "a=1" };
+    const c = client({ traceContext: () => trace as any });
+    await c.render(USE);
+    trace = { traceparent: "01-not-a-traceparent", tracestate: "a=1" };
+    await c.render(USE);
+    assert.equal(await c.flush(5000), 0);
+    const sent = gateway.requests.flatMap((r) => JSON.parse(r.body).events);
+    assert.deepEqual(sent[0].trace, { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", tracestate: "a=1" });
+    assert.equal(sent[1].trace, undefined);
+  });
+
   it("parses Retry-After", () => {
     assert.equal(parseRetryAfter("3"), 3);
     assert.equal(parseRetryAfter(null), 0);

@@ -4,7 +4,7 @@
 // fail, delay or refuse.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { create, fromBinary, fromJson, toJsonString } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJson, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { RejectReason } from "../src/gen/residuals/v1/common_pb.js";
 import {
   PublishBatchRequestSchema,
@@ -13,9 +13,8 @@ import {
   PublishStatus,
   type PublishResult,
 } from "../src/gen/residuals/v1/ingest_pb.js";
-import { UsageEventSchema, type SignedUsageEvent } from "../src/gen/residuals/v1/usage_pb.js";
-import { batchMessage, rootFromPath } from "../src/merkle.js";
-import { verifySignature } from "../src/signing.js";
+import { SignedUsageEventSchema, UsageEventSchema, type SignedUsageEvent } from "../src/gen/residuals/v1/usage_pb.js";
+import { verifyEnvelope } from "../src/verify.js";
 
 export interface Scripted {
   status: number;
@@ -35,6 +34,8 @@ export class FakeGateway {
   readonly server: Server;
   url = "";
   apiKey = "rsd_test_secret";
+  /** The vendor the API key authenticates (its signing keys are registered to it). */
+  vendorId = "vendor-acme";
   /** key id → raw public key. */
   keys = new Map<string, Uint8Array>();
   /** event id → accepted payload (hex). */
@@ -103,15 +104,11 @@ export class FakeGateway {
   private one(signed: SignedUsageEvent, index: number): PublishResult {
     const result = (status: PublishStatus, eventId = "", reason = RejectReason.UNSPECIFIED, detail = "") =>
       create(PublishResultSchema, { index, eventId, status, reason, detail });
-    const key = this.keys.get(signed.keyId);
-    let ok = false;
-    if (key) {
-      if (signed.batch) {
-        const root = rootFromPath(signed.payload, Number(signed.batch.leafIndex), Number(signed.batch.leafCount), signed.batch.auditPath);
-        ok = root !== null && verifySignature(key, batchMessage(signed.batch.leafCount, root), signed.signature);
-      } else ok = verifySignature(key, signed.payload, signed.signature);
-    }
-    if (!ok) return result(PublishStatus.REJECTED, "", RejectReason.BAD_SIGNATURE, "signature does not verify");
+    const verdict = verifyEnvelope(toBinary(SignedUsageEventSchema, signed), (keyId) => {
+      const publicKey = this.keys.get(keyId);
+      return publicKey && { keyId, vendorId: this.vendorId, publicKey };
+    }, { authenticatedVendor: this.vendorId });
+    if (!verdict.ok) return result(PublishStatus.REJECTED, "", RejectReason[verdict.reason], verdict.detail);
     const event = fromBinary(UsageEventSchema, signed.payload);
     const payload = Buffer.from(signed.payload).toString("hex");
     const seen = this.accepted.get(event.eventId);
