@@ -17,7 +17,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const pkg = resolve(here, "..");
 const repo = resolve(pkg, "../..");
 /** The contracts the SDK carries (as the Python SDK's common, usage, ingest). */
-export const PROTOS = ["common", "usage", "ingest"].map((n) => `protos/residuals/v1/${n}.proto`);
+export const PROTOS = ["common", "usage", "ingest"].map((n) => `residuals/v1/${n}.proto`);
 const GEN = join(pkg, "src", "gen");
 const bin = join(pkg, "node_modules", ".bin");
 
@@ -28,6 +28,35 @@ function files(dir) {
     if (entry.isFile()) out.push(relative(dir, join(entry.parentPath ?? entry.path, entry.name)));
   }
   return out.sort();
+}
+
+/** The module roots of the repository's buf.yaml (`- path: X` lines), e.g. protos. */
+function moduleRoots() {
+  const text = readFileSync(join(repo, "buf.yaml"), "utf8");
+  const roots = [...text.matchAll(/^\s*-\s*path:\s*(\S+)\s*$/gm)].map((m) => m[1]);
+  return roots.length ? roots : ["protos"];
+}
+
+/**
+ * PROTOS and every file they import, transitively, except the well-known types (which
+ * @bufbuild/protobuf ships): generated code imports the generated code of its imports
+ * (e.g. google/api/annotations.proto for HTTP annotations), so those are generated too.
+ */
+export function closure() {
+  const roots = moduleRoots();
+  const locate = (name) => {
+    for (const root of roots) if (existsSync(join(repo, root, name))) return join(repo, root, name);
+    throw new Error(`${name} is in none of buf.yaml's modules (${roots.join(", ")})`);
+  };
+  const seen = new Map();
+  const visit = (name) => {
+    if (seen.has(name) || name.startsWith("google/protobuf/")) return;
+    const path = locate(name);
+    seen.set(name, path);
+    for (const m of readFileSync(path, "utf8").matchAll(/^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;/gm)) visit(m[1]);
+  };
+  PROTOS.forEach(visit);
+  return [...seen.values()].sort();
 }
 
 function generate(out) {
@@ -42,7 +71,7 @@ function generate(out) {
     const text = readFileSync(join(pkg, "buf.gen.yaml"), "utf8").replace(/out: src\/gen/, `out: ${join(work, "out")}`);
     writeFileSync(template, text);
     const args = ["generate", repo, "--template", template];
-    for (const p of PROTOS) args.push("--path", join(repo, p));
+    for (const p of closure()) args.push("--path", p);
     const run = spawnSync(buf, args, {
       cwd: pkg,
       encoding: "utf8",

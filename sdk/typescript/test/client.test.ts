@@ -185,13 +185,16 @@ describe("UsageClient over HTTP", () => {
     assert.equal(body.events[0].batch.leafCount, "200", "600 events sign as 3 chunks of 200");
   });
 
-  it("halves the batch after HTTP 413 and re-sends", async () => {
-    gateway.script = [{ status: 413, body: '{"title":"Payload Too Large","detail":"at most 10 events"}' }];
+  it("halves the batch after HTTP 413, or 429 without Retry-After, and re-sends", async () => {
+    gateway.script = [
+      { status: 413, body: '{"title":"Payload Too Large","detail":"body over 4 MiB"}' },
+      { status: 429, body: '{"title":"Too Many Requests","detail":"at most 10 events per batch"}' },
+    ];
     const c = client();
     await c.publishMany(Array.from({ length: 40 }, (_, i) => events.render({ ...USE, eventId: `b-${i}`, vendorId: VENDOR })));
     assert.equal(await c.flush(5000), 0);
     assert.equal(gateway.accepted.size, 40);
-    assert.ok(gateway.requests.slice(1).every((r) => r.events <= 20));
+    assert.ok(gateway.requests.slice(2).every((r) => r.events <= 10));
   });
 
   it("validates at the call site, as the Python SDK", async () => {

@@ -10,7 +10,8 @@
  *
  * Failures: 429 and 503 (and 408, 500, 502, 504) and network errors/timeouts are retried by
  * the client with backoff, never below the server's `Retry-After` (seconds or HTTP date).
- * 413 with more than one event halves the batch size and re-sends. Any other 4xx is a
+ * 413, or 429 without Retry-After (a batch over the gateway's batch limit), with more than
+ * one event halves the batch size and re-sends. Any other 4xx is a
  * refusal retrying cannot fix (bad API key, forbidden): GatewayRefusedError with the RFC 9457
  * problem `detail`; the events stay in the spool.
  *
@@ -137,7 +138,11 @@ export class HttpTransport implements Transport {
     const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
     const problem = parseProblem(text);
     const detail = `HTTP ${status}${problem.title ? ` ${problem.title}` : ""}${problem.detail ? `: ${problem.detail}` : ""}`;
-    if (status === 413 && events.length > 1) {
+    // Over the gateway's limits: 413 (body too large), or 429 without a retry delay (the
+    // service's RESOURCE_EXHAUSTED for a batch over its batch limit; a rate limit carries
+    // Retry-After), as the Python SDK's gRPC transport reads RESOURCE_EXHAUSTED.
+    const tooBig = status === 413 || (status === 429 && !response.headers.has("retry-after"));
+    if (tooBig && events.length > 1) {
       this.maxBatchEvents = Math.max(1, Math.floor(events.length / 2));
       process.emitWarning(`residuals SDK: gateway refused a batch of ${events.length} events (${detail}); batches now at most ${this.maxBatchEvents}`);
       return retryAll(detail, retryAfter);
