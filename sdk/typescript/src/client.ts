@@ -317,25 +317,26 @@ export class UsageClient {
   private settle(outcomes: Outcome[]): void {
     if (this.closed) return;
     const done: Outcome[] = [];
-    const later = new Map<number, SpooledEvent[]>();
+    // The transient failures of one request retry together, after one backoff (by the most
+    // attempts among them, never below the gateway's largest Retry-After), so they go back
+    // as one batch instead of trickling out one jittered timer at a time.
+    const again: Entry[] = [];
+    let retryAfter = 0;
     for (const outcome of outcomes) {
       const entry = this.inFlight.get(outcome.event.seq);
       if (!entry) continue;
       if (outcome.status === null) {
-        const delay = this.retry.delay(entry.attempts, outcome.retryAfter ?? 0);
-        entry.attempts += 1;
-        const ms = Math.round(delay * 1000);
-        const list = later.get(ms) ?? [];
-        list.push(entry.event);
-        later.set(ms, list);
-        continue;
-      }
-      done.push(outcome);
+        again.push(entry);
+        retryAfter = Math.max(retryAfter, outcome.retryAfter ?? 0);
+      } else done.push(outcome);
     }
-    for (const [ms, events] of later) {
+    if (again.length > 0) {
+      const attempts = Math.max(...again.map((e) => e.attempts));
+      const ms = Math.round(this.retry.delay(attempts, retryAfter) * 1000);
+      for (const e of again) e.attempts += 1;
       const timer = setTimeout(() => {
         this.timers.delete(timer);
-        this.ready.push(...events.filter((e) => this.inFlight.has(e.seq)));
+        this.ready.push(...again.filter((e) => this.inFlight.has(e.event.seq)).map((e) => e.event));
         this.kick();
       }, ms);
       timer.unref();

@@ -190,10 +190,11 @@ describe("UsageClient over HTTP", () => {
       { status: 413, body: '{"title":"Payload Too Large","detail":"body over 4 MiB"}' },
       { status: 429, body: '{"title":"Too Many Requests","detail":"at most 10 events per batch"}' },
     ];
-    const c = client();
+    const c = client({ maxConcurrentRequests: 1 }); // one request at a time: 40, 20, then 10s
     await c.publishMany(Array.from({ length: 40 }, (_, i) => events.render({ ...USE, eventId: `b-${i}`, vendorId: VENDOR })));
     assert.equal(await c.flush(5000), 0);
     assert.equal(gateway.accepted.size, 40);
+    assert.deepEqual(gateway.requests.map((r) => r.events).slice(0, 2), [40, 20]);
     assert.ok(gateway.requests.slice(2).every((r) => r.events <= 10));
   });
 

@@ -83,6 +83,11 @@ export class FakeGateway {
     const problem = (status: number, title: string, detail: string) =>
       send(status, JSON.stringify({ type: "about:blank", title, status, detail }), { "content-type": "application/problem+json" });
     if (req.method !== "POST" || req.url !== "/v1/ingest:publishBatch") return problem(404, "Not Found", `no route ${req.method} ${req.url}`);
+    try {
+      log.events = (JSON.parse(body).events ?? []).length;
+    } catch {
+      log.events = 0;
+    }
     const scripted = this.script.shift();
     if (scripted) return send(scripted.status, scripted.body ?? "", scripted.headers);
     if (req.headers.authorization !== `Bearer ${this.apiKey}`) return problem(401, "Unauthorized", "unknown API key");
@@ -93,7 +98,6 @@ export class FakeGateway {
     } catch (err) {
       return problem(400, "Bad Request", (err as Error).message);
     }
-    log.events = events.length;
     const results = events.map((e, index) => this.one(e, index));
     this.onProcessed?.();
     if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
