@@ -10,7 +10,8 @@
  *
  * Layout of the directory (one per client):
  *
- * - `<seq>.batch`: the events of one append (one publishing call), written to
+ * - `<seq>.batch`: the events of one append (one publishing call, or several that arrived
+ *   while the previous file was being written: group commit), written to
  *   `<seq>.batch.tmp`, fsync'd, renamed, and the directory fsync'd: a batch file is whole or
  *   absent, never torn. `<seq>` is the first event's sequence number (16 digits).
  *   Header `RSPL`, version 1, event count (u32 BE), first seq (u64 BE); then per event:
@@ -231,6 +232,14 @@ export class Spool {
   private bytesValue = 0;
   private closed = false;
   private lockPath: string | null = null;
+  private pendingAppends: {
+    events: readonly NewEvent[];
+    sizes: number[];
+    size: number;
+    resolve: (events: SpooledEvent[]) => void;
+    reject: (err: Error) => void;
+  }[] = [];
+  private writing = false;
   private lockToken = "";
 
   private constructor(dir: string | null, options: SpoolOptions) {
@@ -410,45 +419,77 @@ export class Spool {
   // --- operations ----------------------------------------------------------------------
 
   /**
-   * Store events as one batch (all or none), durably before the promise resolves; returns
-   * them with their sequence numbers. Raises SpoolFullError when they do not fit.
+   * Store events (all or none), durably before the promise resolves; returns them with
+   * their sequence numbers. Raises SpoolFullError when they do not fit.
+   *
+   * Group commit: one batch file is written at a time; appends that arrive meanwhile are
+   * written together in the next file, with one fsync for all of them.
    */
-  async appendMany(events: readonly NewEvent[]): Promise<SpooledEvent[]> {
+  appendMany(events: readonly NewEvent[]): Promise<SpooledEvent[]> {
     this.ensureOpen();
-    if (events.length === 0) return [];
+    if (events.length === 0) return Promise.resolve([]);
     const sizes = events.map(eventSize);
     const size = sizes.reduce((a, b) => a + b, 0);
     if (this.countValue + events.length > this.maxEvents || this.bytesValue + size > this.maxBytes) {
-      throw new SpoolFullError(
-        `spool full (${this.countValue.toLocaleString("en-US")} events, ${this.bytesValue.toLocaleString("en-US")} bytes of ` +
-          `${this.maxEvents.toLocaleString("en-US")} / ${this.maxBytes.toLocaleString("en-US")}): events are not being ` +
-          "delivered fast enough (is the gateway reachable?); the event was not accepted",
+      return Promise.reject(
+        new SpoolFullError(
+          `spool full (${this.countValue.toLocaleString("en-US")} events, ${this.bytesValue.toLocaleString("en-US")} bytes of ` +
+            `${this.maxEvents.toLocaleString("en-US")} / ${this.maxBytes.toLocaleString("en-US")}): events are not being ` +
+            "delivered fast enough (is the gateway reachable?); the event was not accepted",
+        ),
       );
     }
     // Reserve synchronously, so concurrent appends cannot overshoot the bounds.
-    const start = this.nextSeq;
-    this.nextSeq += events.length;
     this.countValue += events.length;
     this.bytesValue += size;
-    const spooled = events.map((e, i) => ({
-      seq: start + i,
-      eventId: e.eventId,
-      routingKey: e.routingKey,
-      envelope: e.envelope,
-      size: sizes[i]!,
-    }));
-    const batch: Batch = { start, count: events.length, settled: new Uint8Array(events.length), remaining: events.length, sizes };
-    try {
-      if (this.dir === null) batch.events = spooled;
-      else await this.writeBatch(start, encodeBatch(start, events, Date.now()));
-    } catch (err) {
-      this.countValue -= events.length;
-      this.bytesValue -= size;
-      throw err;
+    return new Promise((resolve, reject) => {
+      this.pendingAppends.push({ events, sizes, size, resolve, reject });
+      void this.commit();
+    });
+  }
+
+  private async commit(): Promise<void> {
+    if (this.writing || this.pendingAppends.length === 0) return;
+    this.writing = true;
+    const group = this.pendingAppends.splice(0);
+    const start = this.nextSeq;
+    const all: SpooledEvent[] = [];
+    const slices: SpooledEvent[][] = [];
+    for (const append of group) {
+      const mine = append.events.map((e, i) => ({
+        seq: start + all.length + i,
+        eventId: e.eventId,
+        routingKey: e.routingKey,
+        envelope: e.envelope,
+        size: append.sizes[i]!,
+      }));
+      all.push(...mine);
+      slices.push(mine);
     }
-    if (this.closed) throw new Error("spool is closed");
-    this.addBatch(batch);
-    return spooled;
+    this.nextSeq += all.length;
+    const batch: Batch = {
+      start,
+      count: all.length,
+      settled: new Uint8Array(all.length),
+      remaining: all.length,
+      sizes: all.map((e) => e.size),
+    };
+    try {
+      if (this.dir === null) batch.events = all;
+      else await this.writeBatch(start, encodeBatch(start, all, Date.now()));
+      if (this.closed) throw new Error("spool is closed");
+      this.addBatch(batch);
+      group.forEach((append, i) => append.resolve(slices[i]!));
+    } catch (err) {
+      for (const append of group) {
+        this.countValue -= append.events.length;
+        this.bytesValue -= append.size;
+        append.reject(err as Error);
+      }
+    } finally {
+      this.writing = false;
+    }
+    void this.commit();
   }
 
   private async writeBatch(start: number, data: Buffer): Promise<void> {

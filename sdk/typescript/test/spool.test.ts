@@ -52,6 +52,20 @@ describe("Spool", () => {
     s.close();
   });
 
+  it("group-commits concurrent appends: fewer files, every event once, sequence in call order", async () => {
+    const s = Spool.open(dir);
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => s.appendMany([ev(i)])));
+    const seqs = results.map((r) => r[0]!.seq);
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    assert.equal(new Set(seqs).size, 50);
+    const files = readdirSync(dir).filter((f) => f.endsWith(".batch"));
+    assert.ok(files.length < 50, `${files.length} batch files for 50 concurrent appends`);
+    s.close();
+    const again = Spool.open(dir);
+    assert.deepEqual(ids(again.readAfter(0, 100)), Array.from({ length: 50 }, (_, i) => `e-${i}`));
+    again.close();
+  });
+
   it("is bounded in events and bytes, all or nothing", async () => {
     const s = Spool.open(dir, { maxEvents: 3 });
     await s.appendMany([ev(1), ev(2)]);
