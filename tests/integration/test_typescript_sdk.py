@@ -12,8 +12,10 @@ with a message saying so, it never skips.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,21 @@ def test_typescript_sdk_npm_test() -> None:
     if not (SDK / "node_modules").is_dir():
         _run([npm, "ci", "--no-audit", "--no-fund"], timeout=600)
     _run([npm, "test"], timeout=600)
+
+
+def test_typescript_sdk_python_vectors_are_fresh() -> None:
+    """sdk/typescript/test/vectors/python-sdk.json is what the Python SDK makes today."""
+    root = SDK.parents[1]
+    script = SDK / "scripts" / "make_vectors.py"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "services"), str(root / "sdk/python/src")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
