@@ -1,0 +1,16 @@
+export * from "./errors.js";
+export { uuid7, uuid7Millis, UUIDv7Generator } from "./ids.js";
+export * as merkle from "./merkle.js";
+export * as events from "./events.js";
+export { SigningKey, payloadBytes, signEvent, signBatch, verifySignature, envelopeBytes } from "./signing.js";
+export * from "./gen/residuals/v1/common_pb.js";
+export * from "./gen/residuals/v1/usage_pb.js";
+export * from "./gen/residuals/v1/ingest_pb.js";
+export { UsageClient, chunks, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SIGNATURE_BATCH_SIZE } from "./client.js";
+export type { ClientOptions, HttpClientOptions, RenderArgs, ViewArgs, AdImpressionArgs, RetractArgs } from "./client.js";
+export { RetryPolicy, type RetryOptions } from "./retry.js";
+export { DeliveryStatus, type DeliveryReport, type DeliveryCallback } from "./report.js";
+export { Spool, type SpoolOptions, type SpooledEvent, type NewEvent, type Durability } from "./spool.js";
+export { HttpTransport, PUBLISH_PATH, parseRetryAfter, type HttpTransportOptions } from "./transports/http.js";
+export type { Transport, Outcome } from "./transports/base.js";
+export { verifyEnvelope, auditPathLength, type RegisteredKey, type Verdict, type VerifyOptions } from "./verify.js";
