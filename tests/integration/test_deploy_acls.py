@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from residuals.deploy.kafka_admin import acl_script, ensure_topics
+from residuals.deploy.services import SERVICES
 from residuals.platform import topics
 from residuals.platform.config import KafkaSettings
 from residuals.platform.ports import free_port
@@ -154,7 +155,9 @@ def test_generated_acls_grant_exactly_what_each_principal_needs(
     passwords = tmp_path / "passwords"
     passwords.mkdir()
     secret = {name: f"{name}-pw" for name in PRINCIPALS}
-    for name in ("residuals-licensing", "residuals-payouts", "residuals-alerts", *PRINCIPALS):
+    # Every principal the script makes (each service with Kafka access, and the vendor).
+    service_principals = [s.principal for s in SERVICES if s.kafka is not None]
+    for name in {*service_principals, *PRINCIPALS}:
         (passwords / name).write_text(secret.get(name, f"{name}-pw"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
