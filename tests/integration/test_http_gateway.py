@@ -27,16 +27,15 @@ from residuals.gateway.openapi import render as render_openapi
 from residuals.gateway.routes import load_routes
 from residuals.gateway.settings import BackendSettings, GatewaySettings
 from residuals.ingest.app import IngestApp
-from residuals.ingest.settings import IngestSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator
-from residuals.platform.config import PostgresSettings, TelemetrySettings, load
+from residuals.platform.config import PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcSettings
-from residuals.platform.roles import database_role, role_env
+from residuals.platform.roles import database_role
 from residuals.stack.settings import StackSettings
 from residuals.v1 import alert_service_pb2, alert_service_pb2_grpc, ingest_pb2, usage_pb2
 from tests.support import alerts as alert_support
 from tests.support.gateway import EventStream, call
-from tests.support.ingest import Gateway, Registry, Tenant, Topics, envelope, render
+from tests.support.ingest import Gateway, Registry, Tenant, Topics, envelope, render, start_ingest
 
 PUBLISH = "/v1/ingest:publishBatch"
 #: A small body limit, so "too large" is cheap to send.
@@ -76,19 +75,7 @@ def world(stack: StackSettings) -> Iterator[World]:
     run_id = uuid.uuid4().hex[:8]
     registry = Registry(stack.dsn, run_id)
     topics = Topics(stack, f"gateway-{run_id}.").create()
-    ingest = IngestApp(
-        load(
-            IngestSettings,
-            {
-                **topics.env(),
-                "DATABASE_URL": stack.dsn,
-                **role_env("ingest"),
-                "GRPC_HOST": "127.0.0.1",
-                "GRPC_PORT": "0",
-                "INGEST_ACK_TIMEOUT_SECONDS": "10",
-            },
-        )
-    ).start()
+    ingest = start_ingest(stack, topics)
     kafka = alert_support.isolated_kafka(stack, "gateway-alerts")
     alert_auth = StaticAuthenticator()
     alerts = AlertsApp(

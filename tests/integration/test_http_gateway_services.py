@@ -28,17 +28,16 @@ from prometheus_client import CollectorRegistry
 from residuals.gateway.app import GatewayApp
 from residuals.gateway.settings import BackendSettings, GatewaySettings
 from residuals.ingest.app import IngestApp
-from residuals.ingest.settings import IngestSettings
 from residuals.notify.app import NotifyApp
 from residuals.payouts.app import PayoutsApp
 from residuals.payouts.metrics import PayoutMetrics
 from residuals.payouts.rails import TestRail
 from residuals.payouts.settings import PayoutsSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
-from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings, load
+from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
 from residuals.platform.grpc_server import GrpcSettings
 from residuals.platform.kafka import make_admin, make_producer, topic_name
-from residuals.platform.roles import database_role, role_env
+from residuals.platform.roles import database_role
 from residuals.platform.topics import PAYOUTS, USAGE_DLQ
 from residuals.replay.casefile import expand_repeats, load_case
 from residuals.stack.settings import StackSettings
@@ -49,7 +48,7 @@ from residuals.v1 import payout_service_pb2 as ps
 from tests.support import approvals as approval_support
 from tests.support.alerts import delete_topics, unique
 from tests.support.gateway import Answer, EventStream, call
-from tests.support.ingest import Registry, Tenant, Topics, envelope, render
+from tests.support.ingest import Registry, Tenant, Topics, envelope, render, start_ingest
 from tests.support.notify import SOURCE_TOPICS, dead_letter, notify_settings, start_notify
 from tests.support.payouts import memory_sources, migrated_database
 
@@ -259,23 +258,14 @@ def limited(stack: StackSettings, approvals: Approvals) -> Iterator[Limited]:
     run_id = uuid.uuid4().hex[:8]
     tenant = Registry(stack.dsn, run_id).vendor("LIMIT")
     topics = Topics(stack, f"gateway-limit-{run_id}.").create()
-    ingest = IngestApp(
-        load(
-            IngestSettings,
-            {
-                **topics.env(),
-                "DATABASE_URL": stack.dsn,
-                **role_env("ingest"),
-                "GRPC_HOST": "127.0.0.1",
-                "GRPC_PORT": "0",
-                "INGEST_ACK_TIMEOUT_SECONDS": "10",
-                # Three events at once, then one a second.
-                "INGEST_VENDOR_RATE": "1",
-                "INGEST_VENDOR_BURST": "3",
-                "INGEST_MAX_BATCH_EVENTS": "3",
-            },
-        )
-    ).start()
+    ingest = start_ingest(
+        stack,
+        topics,
+        # Three events at once, then one a second.
+        INGEST_VENDOR_RATE="1",
+        INGEST_VENDOR_BURST="3",
+        INGEST_MAX_BATCH_EVENTS="3",
+    )
     gateway = _gateway(ingest=f"127.0.0.1:{ingest.port}")
     try:
         yield Limited(ingest, gateway, tenant)

@@ -36,13 +36,10 @@ from residuals_sdk import uuid7
 
 from residuals.gateway.app import GatewayApp
 from residuals.gateway.settings import BackendSettings, GatewaySettings
-from residuals.ingest.app import IngestApp
-from residuals.ingest.settings import IngestSettings
-from residuals.platform.config import TelemetrySettings, load
-from residuals.platform.roles import role_env
+from residuals.platform.config import TelemetrySettings
 from residuals.stack.settings import StackSettings
 from residuals.v1 import usage_pb2
-from tests.support.ingest import Registry, Tenant, Topics, read_topic
+from tests.support.ingest import Registry, Tenant, Topics, read_topic, start_ingest
 
 pytestmark = pytest.mark.integration
 
@@ -117,19 +114,7 @@ def served(stack: StackSettings) -> Iterator[Served]:
     run_id = uuid.uuid4().hex[:8]
     registry = Registry(stack.dsn, run_id)
     topics = Topics(stack, f"tssdk-{run_id}.").create()
-    ingest = IngestApp(
-        load(
-            IngestSettings,
-            {
-                **topics.env(),
-                "DATABASE_URL": stack.dsn,
-                **role_env("ingest"),
-                "GRPC_HOST": "127.0.0.1",
-                "GRPC_PORT": "0",
-                "INGEST_ACK_TIMEOUT_SECONDS": "10",
-            },
-        )
-    ).start()
+    ingest = start_ingest(stack, topics)
     gateway = GatewayApp(
         GatewaySettings(
             telemetry=TelemetrySettings(service_name="gateway"),

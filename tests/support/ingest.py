@@ -178,6 +178,26 @@ class Topics:
         }
 
 
+def start_ingest(stack: StackSettings, topics: Topics, **env: str) -> Any:
+    """A real ingest service (in-process, its own role, an ephemeral gRPC port) publishing
+    to ``topics``; ``env`` adds or overrides settings (limits, timeouts)."""
+    from residuals.ingest.app import IngestApp
+    from residuals.ingest.settings import IngestSettings
+    from residuals.platform.config import load
+    from residuals.platform.roles import role_env
+
+    settings = {
+        **topics.env(),
+        "DATABASE_URL": stack.dsn,
+        **role_env("ingest"),
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": "0",
+        "INGEST_ACK_TIMEOUT_SECONDS": "10",
+        **env,
+    }
+    return IngestApp(load(IngestSettings, settings)).start()
+
+
 def read_topic(
     kafka: KafkaSettings, topic: str, *, expect: int, timeout: float = 60.0, settle: float = 1.0
 ) -> list[Any]:
