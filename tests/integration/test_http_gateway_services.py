@@ -23,34 +23,27 @@ import pytest
 from confluent_kafka.admin import NewTopic
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from prometheus_client import CollectorRegistry
 
 from residuals.gateway.app import GatewayApp
 from residuals.gateway.settings import BackendSettings, GatewaySettings
 from residuals.ingest.app import IngestApp
 from residuals.notify.app import NotifyApp
 from residuals.payouts.app import PayoutsApp
-from residuals.payouts.metrics import PayoutMetrics
-from residuals.payouts.rails import TestRail
-from residuals.payouts.settings import PayoutsSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
-from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
-from residuals.platform.grpc_server import GrpcSettings
+from residuals.platform.config import KafkaSettings, TelemetrySettings
 from residuals.platform.kafka import make_admin, make_producer, topic_name
-from residuals.platform.roles import database_role
-from residuals.platform.topics import PAYOUTS, USAGE_DLQ
-from residuals.replay.casefile import expand_repeats, load_case
+from residuals.platform.topics import USAGE_DLQ
 from residuals.stack.settings import StackSettings
 from residuals.v1 import approval_service_pb2 as aps
 from residuals.v1 import approvals_pb2, notification_service_pb2_grpc, payout_service_pb2_grpc
 from residuals.v1 import notification_service_pb2 as ns
 from residuals.v1 import payout_service_pb2 as ps
 from tests.support import approvals as approval_support
-from tests.support.alerts import delete_topics, unique
+from tests.support.alerts import unique
 from tests.support.gateway import Answer, EventStream, call
 from tests.support.ingest import Registry, Tenant, Topics, envelope, render, start_ingest
 from tests.support.notify import SOURCE_TOPICS, dead_letter, notify_settings, start_notify
-from tests.support.payouts import memory_sources, migrated_database
+from tests.support.payouts import case_sources, migrated_database, running_payouts
 
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
 HOOK = "http://127.0.0.1:9/hook"
@@ -331,43 +324,26 @@ class Payouts:
 
 @pytest.fixture(scope="module")
 def payouts(stack: StackSettings) -> Iterator[Payouts]:
-    kafka = KafkaSettings(
-        bootstrap_servers=stack.bootstrap_servers,
-        topic_prefix=f"{unique('gwpay')}.",
-        topic_partitions=1,
-    )
-    name = topic_name(kafka, PAYOUTS)
-    admin = make_admin(kafka)
-    admin.create_topics([NewTopic(name, num_partitions=1)], operation_timeout=30)[name].result(60)
-    case = load_case(CASE)
-    sources, events, _ = memory_sources(case.licences)
-    for raw in case.raw_events:
-        events.extend(expand_repeats(raw, "event"))
+    sources, _events = case_sources(CASE)
     auth = StaticAuthenticator()
     keys = {
         "finance": auth.add(Principal("p-fin", Role.FINANCE)),
         "gus": auth.add(Principal("p-gus", Role.TALENT, talent_id="TAL-GUS")),
         "acme": auth.add(Principal("p-acme", Role.VENDOR, vendor_id="VEN-ACME")),
     }
-    with migrated_database(stack) as dsn:
-        settings = PayoutsSettings(
-            kafka=kafka,
-            postgres=PostgresSettings(
-                dsn=dsn, pool_min=1, pool_max=8, user=database_role("payouts")
-            ),
-            telemetry=TelemetrySettings(service_name="payouts"),
-            grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=16),
+    with (
+        migrated_database(stack) as dsn,
+        running_payouts(
+            stack,
+            dsn,
+            "gwpay",
+            sources=sources,
+            authenticator=auth,
             thresholds_text="USD=25.00",
             poll_seconds=0.05,
             heartbeat_seconds=5.0,
-        )
-        app = PayoutsApp(
-            settings,
-            sources=sources,
-            rail=TestRail(),
-            authenticator=auth,
-            metrics=PayoutMetrics(CollectorRegistry()),
-        ).start()
+        ) as app,
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         gateway = _gateway(payouts=f"127.0.0.1:{app.port}")
         try:
@@ -375,8 +351,6 @@ def payouts(stack: StackSettings) -> Iterator[Payouts]:
         finally:
             gateway.stop()
             channel.close()
-            app.stop()
-            delete_topics(kafka)
 
 
 def test_statement_and_payout_reads_over_http(payouts: Payouts) -> None:

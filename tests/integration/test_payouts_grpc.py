@@ -17,26 +17,21 @@ from typing import Any
 
 import grpc
 import pytest
-from confluent_kafka.admin import NewTopic
 
 from residuals.domain.closing import content_hash
 from residuals.payouts.app import PayoutsApp
-from residuals.payouts.metrics import PayoutMetrics
 from residuals.payouts.rails import TestRail
-from residuals.payouts.settings import PayoutsSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
-from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
-from residuals.platform.grpc_server import GrpcSettings
-from residuals.platform.kafka import make_admin, make_consumer, topic_name
-from residuals.platform.roles import database_role
+from residuals.platform.config import KafkaSettings
+from residuals.platform.kafka import make_consumer, topic_name
 from residuals.platform.topics import PAYOUTS
-from residuals.replay.casefile import expand_repeats, load_case
+from residuals.replay.casefile import load_case
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payout_service_pb2 as ps
 from residuals.v1 import payout_service_pb2_grpc, payouts_pb2
-from tests.support.alerts import delete_topics, unique
+from tests.support.alerts import unique
 from tests.support.bad_request import INJECTIONS, UNSTORABLE, bad_field
-from tests.support.payouts import MemoryEvents, memory_sources, migrated_database
+from tests.support.payouts import MemoryEvents, case_sources, migrated_database, running_payouts
 
 CASE = Path(__file__).parents[1] / "data" / "royalty-cases" / "07-advance-and-threshold.yaml"
 
@@ -57,18 +52,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(stack: StackSettings) -> Iterator[Env]:
-    kafka = KafkaSettings(
-        bootstrap_servers=stack.bootstrap_servers,
-        topic_prefix=f"{unique('payouts')}.",
-        topic_partitions=1,
-    )
-    name = topic_name(kafka, PAYOUTS)
-    admin = make_admin(kafka)
-    admin.create_topics([NewTopic(name, num_partitions=1)], operation_timeout=30)[name].result(60)
-    case = load_case(CASE)
-    sources, events, _ = memory_sources(case.licences)
-    for raw in case.raw_events:
-        events.extend(expand_repeats(raw, "event"))
+    sources, events = case_sources(CASE)
     auth = StaticAuthenticator()
     keys = {
         "finance": auth.add(Principal("p-fin", Role.FINANCE)),
@@ -78,27 +62,20 @@ def env(stack: StackSettings) -> Iterator[Env]:
         "acme": auth.add(Principal("p-acme", Role.VENDOR, vendor_id="VEN-ACME")),
     }
     rail = TestRail()
-    with migrated_database(stack) as dsn:
-        settings = PayoutsSettings(
-            kafka=kafka,
-            postgres=PostgresSettings(
-                dsn=dsn, pool_min=1, pool_max=8, user=database_role("payouts")
-            ),
-            telemetry=TelemetrySettings(service_name="payouts"),
-            grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=16),
+    with (
+        migrated_database(stack) as dsn,
+        running_payouts(
+            stack,
+            dsn,
+            "payouts",
+            sources=sources,
+            authenticator=auth,
+            rail=rail,
             thresholds_text="USD=25.00",
             poll_seconds=0.05,
             heartbeat_seconds=5.0,
-        )
-        from prometheus_client import CollectorRegistry
-
-        app = PayoutsApp(
-            settings,
-            sources=sources,
-            rail=rail,
-            authenticator=auth,
-            metrics=PayoutMetrics(CollectorRegistry()),
-        ).start()
+        ) as app,
+    ):
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         try:
             yield Env(
@@ -107,13 +84,11 @@ def env(stack: StackSettings) -> Iterator[Env]:
                 channel,
                 rail,
                 events,
-                kafka,
+                app.settings.kafka,
                 keys,
             )
         finally:
             channel.close()
-            app.stop()
-            delete_topics(kafka)
 
 
 def _code(call: Any) -> grpc.StatusCode:

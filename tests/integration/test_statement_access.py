@@ -13,28 +13,17 @@ from typing import Any
 
 import grpc
 import pytest
-from confluent_kafka.admin import NewTopic
-from prometheus_client import CollectorRegistry
 
 from residuals.evidence.verify import verify_bundle
 from residuals.payouts.adapters import stored_sources
-from residuals.payouts.app import PayoutsApp
-from residuals.payouts.metrics import PayoutMetrics
-from residuals.payouts.rails import TestRail
-from residuals.payouts.settings import PayoutsSettings
 from residuals.platform.auth import Principal, Role, StaticAuthenticator, bearer_metadata
-from residuals.platform.config import KafkaSettings, PostgresSettings, TelemetrySettings
-from residuals.platform.grpc_server import GrpcSettings
-from residuals.platform.kafka import make_admin, topic_name
+from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
-from residuals.platform.roles import database_role
-from residuals.platform.topics import PAYOUTS
 from residuals.stack.settings import StackSettings
 from residuals.v1 import payout_service_pb2 as ps
 from residuals.v1 import payout_service_pb2_grpc
-from tests.support.alerts import delete_topics, unique
 from tests.support.evidence import SignedMonth, signed_month
-from tests.support.payouts import migrated_database
+from tests.support.payouts import migrated_database, running_payouts
 
 
 @dataclass
@@ -56,14 +45,6 @@ def env(stack: StackSettings) -> Iterator[Env]:
         "agent": auth.add(Principal("p-agt", Role.TALENT, talent_id="AGT-1")),
         "vendor": auth.add(Principal("p-ven", Role.VENDOR, vendor_id="VEN-1")),
     }
-    kafka = KafkaSettings(
-        bootstrap_servers=stack.bootstrap_servers,
-        topic_prefix=f"{unique('statements')}.",
-        topic_partitions=1,
-    )
-    topic = topic_name(kafka, PAYOUTS)
-    admin = make_admin(kafka)
-    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(60)
     with migrated_database(stack) as dsn:
         db = Database(PostgresSettings(dsn=dsn, pool_min=1, pool_max=2), application_name="t")
         db.open()
@@ -71,28 +52,14 @@ def env(stack: StackSettings) -> Iterator[Env]:
             month = signed_month(dsn, db)
         finally:
             db.close()
-        settings = PayoutsSettings(
-            kafka=kafka,
-            postgres=PostgresSettings(
-                dsn=dsn, pool_min=1, pool_max=4, user=database_role("payouts")
-            ),
-            telemetry=TelemetrySettings(service_name="payouts"),
-            grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=8),
-        )
-        app = PayoutsApp(
-            settings,
-            sources=stored_sources(),
-            rail=TestRail(),
-            authenticator=auth,
-            metrics=PayoutMetrics(CollectorRegistry()),
-        ).start()
-        channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-        try:
-            yield Env(month, payout_service_pb2_grpc.PayoutServiceStub(channel), keys)
-        finally:
-            channel.close()
-            app.stop()
-            delete_topics(kafka)
+        with running_payouts(
+            stack, dsn, "statements", sources=stored_sources(), authenticator=auth, pool_max=4
+        ) as app:
+            channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+            try:
+                yield Env(month, payout_service_pb2_grpc.PayoutServiceStub(channel), keys)
+            finally:
+                channel.close()
 
 
 def _code(call: Any) -> grpc.StatusCode:

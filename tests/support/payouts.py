@@ -287,3 +287,70 @@ def record_request(dsn: str, approval: Approval, status: str = "approved") -> No
              decided, None if status == "pending" else decided,
              None if status == "pending" else "TAL-1"),
         )  # fmt: skip
+
+
+@contextmanager
+def running_payouts(
+    stack: StackSettings,
+    dsn: str,
+    name: str,
+    *,
+    sources: Sources,
+    authenticator: Any,
+    rail: Any = None,
+    pool_max: int = 8,
+    **settings: Any,
+) -> Iterator[Any]:
+    """A real PayoutsApp (in-process, its own role, an ephemeral gRPC port) on the migrated
+    database ``dsn``, with its payouts topic under a fresh prefix made from ``name``."""
+    from confluent_kafka.admin import NewTopic
+    from prometheus_client import CollectorRegistry
+
+    from residuals.payouts.app import PayoutsApp
+    from residuals.payouts.metrics import PayoutMetrics
+    from residuals.payouts.rails import TestRail
+    from residuals.payouts.settings import PayoutsSettings
+    from residuals.platform.config import KafkaSettings, TelemetrySettings
+    from residuals.platform.grpc_server import GrpcSettings
+    from residuals.platform.kafka import make_admin, topic_name
+    from residuals.platform.topics import PAYOUTS
+    from tests.support.alerts import delete_topics, unique
+
+    kafka = KafkaSettings(
+        bootstrap_servers=stack.bootstrap_servers,
+        topic_prefix=f"{unique(name)}.",
+        topic_partitions=1,
+    )
+    topic = topic_name(kafka, PAYOUTS)
+    admin = make_admin(kafka)  # kept referenced until the topic exists
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(60)
+    config = PayoutsSettings(
+        kafka=kafka,
+        postgres=PostgresSettings(
+            dsn=dsn, pool_min=1, pool_max=pool_max, user=database_role("payouts")
+        ),
+        telemetry=TelemetrySettings(service_name="payouts"),
+        grpc=GrpcSettings(host="127.0.0.1", port=0, max_workers=16),
+        **settings,
+    )
+    app = PayoutsApp(
+        config,
+        sources=sources,
+        rail=rail if rail is not None else TestRail(),
+        authenticator=authenticator,
+        metrics=PayoutMetrics(CollectorRegistry()),
+    ).start()
+    try:
+        yield app
+    finally:
+        app.stop()
+        delete_topics(kafka)
+
+
+def case_sources(path: Path) -> tuple[Sources, MemoryEvents]:
+    """Sources holding a royalty case's licences and events (repeats expanded)."""
+    case = load_case(path)
+    sources, events, _ = memory_sources(case.licences)
+    for raw in case.raw_events:
+        events.extend(expand_repeats(raw, "event"))
+    return sources, events
