@@ -122,6 +122,7 @@ class Fleet:
     on_report: Callable[[Published], None] = lambda p: None
     http_url: str = ""  # the HTTP gateway's base URL (vendors with transport HTTP)
     node: str = "node"  # the Node.js executable the HTTP vendors run under
+    child_env: Mapping[str, str] = field(default_factory=dict)  # extra env of those processes
     clients: dict[str, Any] = field(default_factory=dict)
     published: list[Published] = field(default_factory=list)
     _pending: dict[tuple[str, str], deque[Published]] = field(default_factory=dict)
@@ -157,6 +158,7 @@ class Fleet:
                 api_key=self.api_keys[vendor_id],
                 spool_dir=spool,
                 on_delivery=callback,
+                extra_env=self.child_env,
             )
         if transport == GRPC:
             return sdk.UsageClient.grpc(
@@ -315,6 +317,7 @@ class NodeVendor:
         api_key: str,
         spool_dir: Path,
         on_delivery: Callable[[Any], None],
+        extra_env: Mapping[str, str] | None = None,
     ) -> NodeVendor:
         from residuals.demo.typescript import vendor_program
 
@@ -333,6 +336,7 @@ class NodeVendor:
             "RESIDUALS_SIGNING_KEY_ID": signing_key.key_id,
             "RESIDUALS_SIGNING_KEY_FILE": str(key_file),
             "RESIDUALS_SPOOL_DIR": str(spool_dir),
+            **(extra_env or {}),
         }
         log = spool_dir.parent / f"{spool_dir.name}.node.log"
         with log.open("wb") as stderr:

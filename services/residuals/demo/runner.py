@@ -476,6 +476,8 @@ class Demo:
             on_report=self._on_report,
             http_url=self.gateway_url,
             node=self.node,
+            # The run's marker: what it started is found (and checked stopped) by it.
+            child_env={RUN_MARKER: self.run_id},
         ).open()
         self.say(
             "publishing: "
