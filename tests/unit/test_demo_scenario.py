@@ -10,11 +10,13 @@ from decimal import Decimal
 
 import pytest
 
+from residuals.demo import hostile_vendor
+from residuals.demo import scenario as scenario_module
 from residuals.demo.fleet import Published, json_raw, sdk_event
 from residuals.demo.live import Frame, LiveView, Progress
 from residuals.demo.replaycase import licence_spec, streaming_rejections, without_streaming_only
 from residuals.demo.report import talent_rows
-from residuals.demo.scenario import ATTACKER, GRPC, Scenario, build_scenario
+from residuals.demo.scenario import ATTACKER, GRPC, HTTP, KAFKA, Scenario, build_scenario
 from residuals.demo.timeline import (
     CANONICAL_MONTH,
     CANONICAL_SECONDS,
@@ -108,7 +110,25 @@ def test_every_licence_passes_the_registry_rules_and_round_trips_as_a_case() -> 
     currencies = {lic["currency"] for lic in scenario.licences}
     assert currencies == {"USD", "EUR", "GBP", "JPY"}
     assert len(scenario.talents) == 12 and len({a for t in scenario.talents for a, _ in t.avatars})
-    assert {v.transport for v in scenario.vendors} == {"kafka", GRPC}
+    assert {v.transport for v in scenario.vendors} == {KAFKA, GRPC, HTTP}
+    # One vendor of each SDK transport; the poisoner writes to Kafka itself, as before.
+    assert [v.vendor_id for v in scenario.vendors if v.transport == HTTP] == ["VEN-MUSEAI"]
+    assert hostile_vendor.poisoner(scenario).vendor_id == "VEN-PIXELFORGE"
+
+
+def test_a_vendors_transport_does_not_change_its_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MuseAI moved from Kafka to the TypeScript SDK over HTTP: the same month, event for
+    event (only the way its events travel changed)."""
+    window = choose_window(NOW)
+    over_http = build_scenario(7, 3000, window)
+    kafka_only = tuple(
+        scenario_module.Vendor(v.vendor_id, v.name, KAFKA, v.short) if v.transport == HTTP else v
+        for v in scenario_module.VENDORS
+    )
+    monkeypatch.setattr(scenario_module, "VENDORS", kafka_only)
+    over_kafka = build_scenario(7, 3000, window)
+    assert [v.transport for v in over_kafka.vendors].count(HTTP) == 0
+    assert over_http.events == over_kafka.events
 
 
 def test_the_month_has_its_misuse_and_corner_cases() -> None:
@@ -167,10 +187,14 @@ def test_expected_block_leaves_out_only_streaming_decisions() -> None:
     duplicate = Published(2, "VEN-CASTLY", {}, "", "DUPLICATE", via=GRPC)
     forged_at_gateway = Published(3, "VEN-CASTLY", {}, "", "REJECTED", "BAD_SIGNATURE", via=GRPC)
     kafka_refused = Published(4, "VEN-DUBLY", {}, "", "REJECTED", "MSG_SIZE_TOO_LARGE")
+    http_rejected = Published(5, "VEN-MUSEAI", {}, "", "REJECTED", "VENDOR_MISMATCH", via=HTTP)
+    http_duplicate = Published(6, "VEN-MUSEAI", {}, "", "DUPLICATE", via=HTTP)
     assert rejected.replayable and rejected.stored and not rejected.streaming_only
     assert not duplicate.replayable and not duplicate.stored
     assert forged_at_gateway.streaming_only and forged_at_gateway.stored
     assert not kafka_refused.stored and not kafka_refused.replayable
+    assert http_rejected.replayable and http_rejected.stored and not http_rejected.streaming_only
+    assert not http_duplicate.replayable and not http_duplicate.stored
     assert forged[0].streaming_only and not forged[0].replayable and forged[0].stored
 
 

@@ -58,7 +58,7 @@ class Landed:
 
 def poisoner(scenario: Any) -> Any:
     """The vendor that writes the poison: the first that publishes straight to Kafka."""
-    return next(v for v in scenario.vendors if v.transport != "grpc")
+    return next(v for v in scenario.vendors if v.transport == "kafka")
 
 
 def refused_cases(who: Identity, now: Any) -> list[Hostile]:

@@ -2,8 +2,9 @@
 
 The demo orchestrates; it never re-implements a rule. Every service runs as the real
 process (``python -m residuals.<service>``) and the demo talks to them as users do: the
-admin CLI and ``LicenceService`` to set up the registry, the vendor SDK to publish (Kafka
-and the gRPC gateway), ``WatchAlerts`` for alerts, Prometheus and the ledger's running
+admin CLI and ``LicenceService`` to set up the registry, the vendor SDKs to publish (the
+Python SDK over Kafka and the gRPC gateway, the TypeScript SDK through the HTTP gateway,
+``residuals.gateway``), ``WatchAlerts`` for alerts, Prometheus and the ledger's running
 totals for progress, ``PayoutService`` to close, export, pay and reconcile. Anything that
 fails stops the demo loudly with the step, the reason and the service log's tail.
 
@@ -35,12 +36,12 @@ from typing import Any, TextIO
 
 import psycopg
 
-from residuals.demo import RUN_MARKER, environment, hostile_vendor, report
+from residuals.demo import RUN_MARKER, environment, hostile_vendor, report, typescript
 from residuals.demo.administration import RegistryClient, RegistryError, bootstrap_admin
 from residuals.demo.documents import Documents, DocumentsError, prove, write_documents
 from residuals.demo.environment import Claim, Stack
 from residuals.demo.finance import FinanceClient, FinanceError, MonthEnd
-from residuals.demo.fleet import Fleet, Published, SdkMissing, sdk_module
+from residuals.demo.fleet import Fleet, Published, SdkMissing, VendorFailed, sdk_module
 from residuals.demo.hostile import Identity
 from residuals.demo.live import AlertLine, AlertWatcher, Frame, LiveView, Probe, scrape
 from residuals.demo.replaycase import (
@@ -53,13 +54,14 @@ from residuals.demo.replaycase import (
 )
 from residuals.demo.review import ReviewFailed, ReviewScene
 from residuals.demo.review import licence_specs as review_licences
-from residuals.demo.scenario import ATTACKER, Scenario, build_scenario
+from residuals.demo.scenario import ATTACKER, GATEWAY, HTTP, Scenario, build_scenario
 from residuals.demo.timeline import CANONICAL_SECONDS, DAY, choose_window
 from residuals.demo.webhooks import TALENT_TYPES, VENDOR_TYPES, WEBHOOK_TALENT, WebhookScene
 from residuals.domain.closing import content_hash, licences_for_period
 from residuals.platform.auth import Role
 from residuals.platform.config import KafkaSettings, load
 from residuals.platform.kafka import AcknowledgedProducer, topic_name
+from residuals.platform.ports import free_port
 from residuals.platform.processes import ServiceFailed, ServiceGroup, ServiceProcess
 from residuals.platform.roles import role_env
 from residuals.platform.topics import LICENCES, SIGNING_KEYS, USAGE
@@ -123,6 +125,9 @@ class Demo:
         self.probe: Probe | None = None
         self.keys: dict[str, Any] = {}
         self.database_url = ""
+        #: Node.js (the TypeScript SDK's vendor runs under it) and the HTTP gateway's URL.
+        self.node = "node"
+        self.gateway_url = ""
         #: The hostile vendor's records on the usage topic, and its display name.
         self.hostile_sent: list[hostile_vendor.Sent] = []
         self.hostile_name = ""
@@ -156,6 +161,8 @@ class Demo:
             RegistryError,
             FinanceError,
             SdkMissing,
+            typescript.TypeScriptSdkMissing,
+            VendorFailed,
             ReviewFailed,
         ) as failure:
             self.view.finish()
@@ -191,6 +198,8 @@ class Demo:
             f" statement period {window.period} (simulated {window.start:%Y-%m-%d %H:%M} →"
             f" {window.end:%Y-%m-%d %H:%M} UTC); output {self.out}"
         )
+        if any(v.transport == HTTP for v in scenario.vendors):
+            self.node = typescript.ensure_built(self.say)
         t = time.monotonic()
         database_url = self._environment()
         self._phase("stack and database", t)
@@ -288,6 +297,16 @@ class Demo:
         # stamps made with this run's secret (and broker time otherwise).
         self.receipt_key = os.urandom(32).hex()
         self._service("ingest", database_url, RESIDUALS_RECEIPT_KEY=self.receipt_key)
+        # The HTTP/JSON gateway in front of the ingest service (the TypeScript SDK's vendor).
+        http_port = free_port()
+        self.gateway_url = f"http://127.0.0.1:{http_port}"
+        self._service(
+            "gateway",
+            database_url,
+            GATEWAY_HOST="127.0.0.1",
+            GATEWAY_PORT=str(http_port),
+            GATEWAY_INGEST_ADDRESS=self.services["ingest"].address,
+        )
         self._service(
             "payouts",
             database_url,
@@ -317,7 +336,7 @@ class Demo:
                     f"vendor-{v.short}", Role.VENDOR, vendor_id=v.vendor_id
                 )
                 for v in scenario.vendors
-                if v.transport == "grpc"
+                if v.transport in GATEWAY
             },
         }
         self.review = ReviewScene(
@@ -358,10 +377,19 @@ class Demo:
             NOTIFY_SECRETS_KEY=base64.b64encode(os.urandom(32)).decode("ascii"),
         )
         self._wait_healthy("ledger", "ingest", "payouts", "meter", "alerts", "notify")
+        self.services["gateway"].wait_http_ready(
+            f"{self.gateway_url}/readyz", SERVICE_START_SECONDS
+        )
         self._register_webhooks(scenario)
-        self.say("services up (gRPC health SERVING); Prometheus metrics:")
+        self.say("services up (gRPC health SERVING, gateway /readyz); Prometheus metrics:")
         for service in self.services.services.values():
-            self.say(f"  {service.name:<10} {service.metrics_url}   gRPC {service.address}")
+            http = service.name == "gateway"
+            serves = f"HTTP {self.gateway_url}" if http else f"gRPC {service.address}"
+            self.say(f"  {service.name:<10} {service.metrics_url}   {serves}")
+        self.say(
+            f"HTTP gateway (residuals.gateway): {self.gateway_url}/v1/ingest:publishBatch"
+            f" -> IngestService at {self.services['ingest'].address}"
+        )
         return keys
 
     def _register_webhooks(self, scenario: Scenario) -> None:
@@ -423,10 +451,11 @@ class Demo:
         self.view.alert(line)
 
     def _on_report(self, item: Published) -> None:
+        gateway = "HTTP gateway" if item.via == HTTP else "gateway"
         if item.status == "REJECTED":
-            self.notes.append(f"gateway rejected {item.raw.get('event_id')}: {item.reason}")
+            self.notes.append(f"{gateway} rejected {item.raw.get('event_id')}: {item.reason}")
         elif item.status == "DUPLICATE":
-            self.notes.append(f"gateway answered DUPLICATE for {item.raw.get('event_id')}")
+            self.notes.append(f"{gateway} answered DUPLICATE for {item.raw.get('event_id')}")
 
     def _month(self, scenario: Scenario, keys: dict[str, Any], database_url: str) -> None:
         assert self.kafka is not None and self.registry is not None
@@ -445,6 +474,10 @@ class Demo:
             signing_keys=keys["signing"],
             spool_root=self.out / ".work" / "spool",
             on_report=self._on_report,
+            http_url=self.gateway_url,
+            node=self.node,
+            # The run's marker: what it started is found (and checked stopped) by it.
+            child_env={RUN_MARKER: self.run_id},
         ).open()
         self.say(
             "publishing: "
@@ -482,6 +515,7 @@ class Demo:
                 self._hostile_vendor(scenario, keys, canonical / DAY)
             if now >= next_check:
                 self.services.check_running()
+                self.fleet.check()
                 next_check = now + 2.0
             if now >= next_frame:
                 self._show(scenario, index, canonical / DAY)
@@ -684,6 +718,7 @@ class Demo:
         assert self.webhooks is not None
         hooks = self.webhooks.settle(out / "webhooks")
         talents, agents = report.talent_rows(scenario, end.document, end.payouts)
+        over_http = self._over_http(scenario, published)
         summary = [
             "",
             f"Statement {end.statement_id} for {scenario.window.period}  sha256 {end.content_hash}",
@@ -694,6 +729,8 @@ class Demo:
             "",
             "Violations",
             *report.violation_lines(end.document, self.watcher.raised()),
+            "",
+            *(line for _, line in over_http.values()),
             "",
             *hostile_vendor.summary(hostile, self.hostile_name),
             "",
@@ -736,6 +773,7 @@ class Demo:
             "reconciled": end.reconciled,
             "alerts": len(alerts),
             "webhooks": hooks.summary,
+            "typescript_sdk": {vendor: counts for vendor, (counts, _) in over_http.items()},
             "timings_seconds": self.timings,
             "run_id": self.run_id,
         }
@@ -764,6 +802,27 @@ class Demo:
                 f"{len(wrong)} hostile records did not get the expected verdict: see"
                 f" {out / 'hostile.jsonl'}"
             )
+
+    def _over_http(
+        self, scenario: Scenario, published: list[Published]
+    ) -> dict[str, tuple[dict[str, int], str]]:
+        """Per vendor publishing with the TypeScript SDK over HTTP: its events' outcomes,
+        and the summary line saying so."""
+        out: dict[str, tuple[dict[str, int], str]] = {}
+        for vendor in scenario.vendors:
+            if vendor.transport != HTTP:
+                continue
+            c = Counter(p.status for p in published if p.sender == vendor.vendor_id)
+            counts = {"published": sum(c.values()), **{s.lower(): c[s] for s in sorted(c)}}
+            rest = "".join(f", {c[s]:,} {s.lower()}" for s in ("REJECTED", "DUPLICATE") if c[s])
+            line = (
+                f"TypeScript SDK over HTTP: {vendor.name.split(' ')[0]} ({vendor.vendor_id})"
+                f" published {counts['published']:,} events through the HTTP gateway"
+                f" ({self.gateway_url}/v1/ingest:publishBatch): {c['DELIVERED']:,} delivered"
+                f"{rest}"
+            )
+            out[vendor.vendor_id] = (counts, line)
+        return out
 
     def _names(self, scenario: Scenario) -> dict[str, str]:
         return {**scenario.talent_names(), **{p.payee_id: p.name for p in scenario.payees}}

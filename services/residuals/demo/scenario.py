@@ -6,8 +6,8 @@ through the real services. The same seed and size give the same month byte for b
 
 What a month holds, on top of ordinary renders, views and ad impressions:
 
-* four vendors: three publish with the SDK over Kafka, one (Castly) through the gRPC
-  ingest gateway;
+* four vendors: two publish with the Python SDK over Kafka, one (Castly) through the gRPC
+  ingest gateway, one (MuseAI) with the TypeScript SDK through the HTTP gateway;
 * twelve talents, thirteen avatars, thirteen licences in USD, EUR, GBP and JPY with
   graduated tiers, CPM views, ad revenue shares with floors, channel multipliers, a
   render quota that blocks, a view quota that only alerts, a minimum guarantee, an
@@ -39,6 +39,9 @@ from residuals.demo.timeline import CANONICAL_SECONDS, DAY, Window
 ATTACKER = "attacker"
 KAFKA = "kafka"
 GRPC = "grpc"
+HTTP = "http"  # the TypeScript SDK through the HTTP gateway (sdk/typescript)
+#: Transports that go through the ingest gateway, which answers each event itself.
+GATEWAY = frozenset({GRPC, HTTP})
 
 #: Default payout thresholds of the demo (also written into the exported case file).
 THRESHOLDS: dict[str, str] = {"EUR": "25.00", "GBP": "25.00", "JPY": "2500", "USD": "25.00"}
@@ -52,7 +55,7 @@ FORBIDDEN = ("adult", "gambling", "political")
 class Vendor:
     vendor_id: str
     name: str
-    transport: str  # KAFKA or GRPC
+    transport: str  # KAFKA, GRPC or HTTP
     short: str  # event id prefix
 
 
@@ -139,7 +142,7 @@ class Scenario:
 
 VENDORS = (
     Vendor("VEN-PIXELFORGE", "PixelForge (AI video studio)", KAFKA, "pxf"),
-    Vendor("VEN-MUSEAI", "MuseAI (ad creative platform)", KAFKA, "mus"),
+    Vendor("VEN-MUSEAI", "MuseAI (ad creative platform)", HTTP, "mus"),
     Vendor("VEN-DUBLY", "Dubly (dubbing and localisation)", KAFKA, "dub"),
     Vendor("VEN-CASTLY", "Castly (support avatars, no Kafka)", GRPC, "cst"),
 )
@@ -436,7 +439,11 @@ def _bulk(month: _Month, count: int) -> None:
     rng = month.rng
     ids = sorted(WEIGHTS)
     weights = [WEIGHTS[i] for i in ids]
-    kafka_senders = {v.vendor_id for v in VENDORS if v.transport == KAFKA}
+    # Bulk re-sends and retractions come from every vendor but Castly. A vendor's events do
+    # not depend on whether it publishes over Kafka or HTTP (MuseAI published over Kafka
+    # before it moved to the TypeScript SDK; its month stayed the same). The HTTP gateway
+    # answers MuseAI's exact re-sends DUPLICATE; over Kafka the meter drops them.
+    kafka_senders = {v.vendor_id for v in VENDORS if v.transport != GRPC}
     for n in range(count):
         at = min(CANONICAL_SECONDS - 1, int(CANONICAL_SECONDS * (n + rng.random()) / count))
         licence_id = rng.choices(ids, weights)[0]

@@ -254,6 +254,22 @@ class ServiceProcess:
                     raise self._not_ready("not healthy", timeout)
                 time.sleep(0.2)
 
+    def wait_http_ready(self, url: str, timeout: float = 60.0) -> None:
+        """Wait until ``url`` (an HTTP service's readiness probe, e.g. ``/readyz``) answers
+        2xx, as ``residuals probe http`` checks it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_running()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if 200 <= int(response.status) < 300:
+                        return
+            except (OSError, ValueError):  # refused, not ready (HTTPError), timed out
+                pass
+            if time.monotonic() > deadline:
+                raise self._not_ready(f"not ready at {url}", timeout)
+            time.sleep(0.2)
+
     def wait_listening(self, timeout: float = 60.0) -> None:
         """Wait until the gRPC port accepts a connection."""
         with grpc.insecure_channel(self.address) as channel:
