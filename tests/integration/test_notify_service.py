@@ -783,3 +783,20 @@ def test_the_sdk_manages_endpoints_and_follows_rejections(env: Env) -> None:
         assert [next(resumed).event_id for _ in range(2)] == ids[1:]
         resumed.close()
         client.delete_endpoint(endpoint_id)
+
+
+def test_an_owner_may_have_only_so_many_endpoints(env: Env) -> None:
+    """Each endpoint costs a lane, a lease and deliveries: a tenant cannot make unbounded
+    work. The cap is per owner; deleting one makes room; another vendor is unaffected."""
+    vendor_key = env.key(Role.VENDOR, unique("VEN"))
+    cap = env.app.settings.max_endpoints_per_owner
+    made = [env.create(vendor_key).endpoint.endpoint_id for _ in range(cap)]
+    error = rpc_error(lambda: env.create(vendor_key))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"({cap})" in (error.details() or "")
+    assert env.create(env.key(Role.VENDOR, unique("VEN"))).endpoint.endpoint_id
+    env.stub.DeleteEndpoint(
+        notification_service_pb2.DeleteEndpointRequest(endpoint_id=made[0]),
+        metadata=bearer(vendor_key),
+    )
+    assert env.create(vendor_key).endpoint.endpoint_id

@@ -124,6 +124,7 @@ class NotifyApp(GrpcApp):
             signal=self.signal,
             poke=self.poke,
             heartbeat_seconds=settings.heartbeat_seconds,
+            max_endpoints=settings.max_endpoints_per_owner,
         )
         self.server = make_grpc_server(
             settings.grpc,

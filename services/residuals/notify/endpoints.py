@@ -75,6 +75,19 @@ FROM notify_endpoints e
 """
 
 
+def count_owned(conn: Conn, owner: Owner) -> int:
+    """How many endpoints ``owner`` has, counted under a per-owner transaction lock so two
+    concurrent creations cannot both pass the cap."""
+    tenant = f"{owner.role}:{owner.vendor_id or owner.talent_id}"
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"notify:{tenant}",))
+    row = conn.execute(
+        "SELECT count(*) FROM notify_endpoints WHERE owner_role = %s AND vendor_id = %s"
+        " AND talent_id = %s",
+        (owner.role, owner.vendor_id, owner.talent_id),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def create(
     conn: Conn,
     *,

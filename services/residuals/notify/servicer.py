@@ -151,8 +151,12 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
         poke: Poke | None = None,
         heartbeat_seconds: float = 5.0,
         poll_seconds: float = POLL_SECONDS,
+        max_endpoints: int = 50,
     ) -> None:
         self.db = db
+        #: Endpoints one owner (a vendor, a talent, all finance, all admin) may have:
+        #: each costs a lane, a lease and deliveries, so a tenant cannot make unbounded work.
+        self.max_endpoints = max_endpoints
         self.box = box
         self.metrics = metrics
         self.url_check = url_check
@@ -218,6 +222,14 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
         url = self._url(request.url)
         secret = n.new_secret()
         with self.db.connection() as conn:
+            held = endpoints.count_owned(conn, owner)
+            if held >= self.max_endpoints:
+                _abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{principal.describe()} already has {held} webhook endpoints, the most"
+                    f" one owner may have ({self.max_endpoints}); delete one first",
+                )
             row = endpoints.create(
                 conn,
                 endpoint_id=n.new_endpoint_id(),

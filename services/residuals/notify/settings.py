@@ -109,6 +109,13 @@ class NotifySettings:
         help="WatchRejections heartbeat interval when the request asks for none",
         minimum=0.1,
     )
+    max_endpoints_per_owner: int = env(
+        "NOTIFY_MAX_ENDPOINTS_PER_OWNER",
+        50,
+        help="webhook endpoints one owner may have (a vendor, a talent; all of finance's count"
+        " as one owner, as do admin's); CreateEndpoint answers RESOURCE_EXHAUSTED beyond",
+        minimum=1,
+    )
     statements_poll_seconds: float = env(
         "NOTIFY_STATEMENTS_POLL_SECONDS",
         5.0,
