@@ -121,6 +121,35 @@ def seek_committed_zero_too() -> None:
     AIOKafkaConsumer.seek_to_committed = seek_to_committed
 
 
+def seek_negative_offsets_from_start() -> None:
+    """Restore a changelog partition from its start when faust computes a negative offset.
+
+    faust-streaming's ``Recovery._seek_offsets`` maps an offset of -1 ("nothing read yet")
+    to 0 but passes any other negative one to aiokafka, whose ``seek`` raises
+    ``ValueError('Offset must be a positive integer')`` and crashes the worker. A meter
+    that joined while the group rebalanced again during its restore died that way in the
+    scale-out test (standby partitions, rebalance #3). Every negative offset means the same
+    ("nothing read"), so every one restores from 0: the full compacted changelog. Idempotent;
+    applied by :func:`make_faust_app`.
+    """
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery._seek_offsets, "_residuals_negative", False):
+        return
+    original = Recovery._seek_offsets
+
+    async def _seek_offsets(
+        self: Recovery, consumer: Any, tps: Any, offsets: Any, title: str
+    ) -> None:
+        clamped = Counter({tp: max(offsets[tp], -1) for tp in tps})
+        await original(self, consumer, tps, clamped, title)
+
+    _seek_offsets._residuals_negative = True  # type: ignore[attr-defined]
+    Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
+
+
 def make_faust_app(
     name: str,
     kafka: KafkaSettings,
@@ -139,6 +168,7 @@ def make_faust_app(
     import faust
 
     seek_committed_zero_too()
+    seek_negative_offsets_from_start()
     settings = faust_settings(kafka, data_dir=data_dir, web_port=web_port, **overrides)
     app = faust.App(f"{kafka.topic_prefix}{name}", **settings)
     without_per_record_monitor(app)
