@@ -13,13 +13,12 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import Connection
 
-from residuals.notify.sources import RejectionRow
+from residuals.notify.sources import Rejected, RejectionRow
 from residuals.platform.postgres import Database
 
 log = logging.getLogger(__name__)
@@ -31,27 +30,18 @@ REJECTIONS_CHANNEL = "residuals_notify_rejections"
 #: The advisory lock that orders rejection sequences ("notifyrj" as a number).
 SEQUENCE_LOCK = 0x6E6F74696679726A
 
+#: A StoredRejection's fields, in order.
 _COLUMNS = (
-    "sequence, vendor_id, event_id, reason, detail, licence_id, received_at, source_topic,"
-    " source_partition, source_offset, original_bytes, original_sha256, message_id"
+    "vendor_id, event_id, reason, detail, licence_id, received_at, source_topic,"
+    " source_partition, source_offset, original_bytes, original_sha256, message_id, sequence"
 )
 
 
 @dataclass(frozen=True)
-class StoredRejection:
+class StoredRejection(Rejected):
+    """A stored rejection with its place in the stream."""
+
     sequence: int
-    vendor_id: str
-    event_id: str
-    reason: int
-    detail: str
-    licence_id: str
-    received_at: datetime | None
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    original_bytes: int
-    original_sha256: str
-    message_id: str
 
 
 def store(conn: Conn, rows: Sequence[RejectionRow]) -> list[StoredRejection]:

@@ -327,8 +327,8 @@ def payout_events(event: payouts_pb2.PayoutEvent, *, fallback: datetime) -> list
 
 
 @dataclass(frozen=True)
-class RejectionRow:
-    """A ``notify_rejections`` row but its sequence (assigned when stored)."""
+class Rejected:
+    """What a vendor is told of one dead-lettered event (WatchRejections, usage.rejected)."""
 
     vendor_id: str
     event_id: str
@@ -342,6 +342,13 @@ class RejectionRow:
     original_bytes: int
     original_sha256: str
     message_id: str
+
+
+@dataclass(frozen=True)
+class RejectionRow(Rejected):
+    """A ``notify_rejections`` row to store: the rejection and the dead-letter record it
+    came from (which makes re-reading it store nothing); its sequence comes when stored."""
+
     dlq_topic: str
     dlq_partition: int
     dlq_offset: int
