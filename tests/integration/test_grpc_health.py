@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import CollectorRegistry
 
+from residuals.platform.failures import TRANSIENT_MESSAGE
 from residuals.platform.grpc_server import (
     GrpcMetrics,
     GrpcServer,
@@ -42,12 +44,16 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self) -> None:
         self.seen_trace_ids: list[int] = []
         self.seen_spans: list[trace.Span] = []
+        #: Raised by the next call, as a handler's bug or a database failure would be.
+        self.fail_with: Exception | None = None
 
     def PublishBatch(
         self, request: ingest_pb2.PublishBatchRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.PublishBatchResponse:
         self.seen_spans.append(trace.get_current_span())
         self.seen_trace_ids.append(trace.get_current_span().get_span_context().trace_id)
+        if self.fail_with is not None:
+            raise self.fail_with
         if not request.events:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch")
         return ingest_pb2.PublishBatchResponse(
@@ -61,11 +67,15 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
 class FakeAlerts(alert_service_pb2_grpc.AlertServiceServicer):
     def __init__(self) -> None:
         self.seen_trace_ids: list[int] = []
+        #: Raised after the first item of the next stream.
+        self.fail_with: Exception | None = None
 
     def WatchAlerts(
         self, request: alert_service_pb2.WatchAlertsRequest, context: grpc.ServicerContext
     ) -> Iterator[alert_service_pb2.WatchAlertsResponse]:
         for sequence in (1, 2, 3):
+            if sequence == 2 and self.fail_with is not None:
+                raise self.fail_with
             self.seen_trace_ids.append(trace.get_current_span().get_span_context().trace_id)
             yield alert_service_pb2.WatchAlertsResponse(
                 heartbeat=common_pb2.Heartbeat(latest_sequence=sequence)
@@ -305,3 +315,45 @@ def signed_event(payload: bytes = b"\x0a\x01a") -> Any:
     from residuals.v1 import usage_pb2
 
     return usage_pb2.SignedUsageEvent(payload=payload, signature=b"s" * 64, key_id="k")
+
+
+def test_a_handler_bug_answers_internal_without_its_text(harness: Harness) -> None:
+    """grpcio would answer UNKNOWN with the exception's text (SQL, table names)."""
+    stub = ingest_pb2_grpc.IngestServiceStub(harness.channel)
+    harness.ingest.fail_with = KeyError("SELECT secret FROM notify_endpoints")
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.PublishBatch(ingest_pb2.PublishBatchRequest(events=[signed_event()]), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert "notify_endpoints" not in failed.value.details()
+    trace_id = harness.ingest.seen_trace_ids[-1]
+    assert failed.value.details().endswith(f"trace {trace_id:032x}")
+    assert harness.handled(INGEST, "PublishBatch", "INTERNAL") == 1
+
+
+def test_a_deadlock_answers_unavailable_so_the_caller_retries(harness: Harness) -> None:
+    stub = ingest_pb2_grpc.IngestServiceStub(harness.channel)
+    harness.ingest.fail_with = psycopg.errors.DeadlockDetected("deadlock detected DETAIL: ...")
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.PublishBatch(ingest_pb2.PublishBatchRequest(events=[signed_event()]), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.value.details() == TRANSIENT_MESSAGE
+    # A deliberate abort keeps its own status and message.
+    harness.ingest.fail_with = None
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.PublishBatch(ingest_pb2.PublishBatchRequest(), timeout=5)
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty batch",
+    )
+
+
+def test_a_stream_failing_midway_ends_internal_after_what_it_sent(harness: Harness) -> None:
+    stub = alert_service_pb2_grpc.AlertServiceStub(harness.channel)
+    harness.alerts.fail_with = RuntimeError("/var/lib/residuals/secret.key")
+    received: list[int] = []
+    with pytest.raises(grpc.RpcError) as failed:
+        for reply in stub.WatchAlerts(alert_service_pb2.WatchAlertsRequest(), timeout=5):
+            received.append(reply.heartbeat.latest_sequence)
+    assert received == [1]
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in failed.value.details()

@@ -36,6 +36,7 @@ from residuals.domain.notifications import (
     timestamp_text,
 )
 from residuals.notify import store
+from residuals.notify.deliveries import Result, record
 from residuals.notify.dispatcher import Dispatcher
 from residuals.notify.events import NewEvent
 from residuals.notify.metrics import NotifyMetrics
@@ -655,3 +656,62 @@ def _run_from_env() -> None:
 
 if __name__ == "__main__":
     _run_from_env()
+
+
+class _PausingAfterDeliveries:
+    """A connection that stops after its UPDATE of notify_deliveries until told to go on:
+    the moment an owner's DeleteEndpoint once deadlocked with (on CI)."""
+
+    def __init__(self, conn: Any, paused: threading.Event, resume: threading.Event) -> None:
+        self.conn, self.paused, self.resume = conn, paused, resume
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        cursor = self.conn.execute(query, params)
+        if "UPDATE notify_deliveries" in query:
+            self.paused.set()
+            assert self.resume.wait(10)
+        return cursor
+
+
+def test_deleting_an_endpoint_while_its_outcomes_are_written_does_not_deadlock(
+    db: Database,
+) -> None:
+    endpoint_id, _ = add_endpoint(db, "http://127.0.0.1:9/hook", (v := vendor()))
+    add_events(db, v, 1)
+    (delivery,) = deliveries(db, endpoint_id)
+    failed = Result(
+        delivery["delivery_id"],
+        endpoint_id,
+        "pending",
+        datetime.now(UTC),
+        500,
+        "HTTP 500",
+        next_attempt_at=datetime.now(UTC) + timedelta(seconds=30),
+    )
+    paused, resume = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def delete() -> None:
+        assert paused.wait(10)
+        try:
+            with db.connection() as conn:
+                conn.execute("DELETE FROM notify_endpoints WHERE endpoint_id = %s", (endpoint_id,))
+            outcome["delete"] = None
+        except BaseException as error:  # reported by the assertion below
+            outcome["delete"] = error
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        with db.connection() as conn:
+            writer = _PausingAfterDeliveries(conn, paused, resume)
+            threading.Timer(1.5, resume.set).start()  # the delete is waiting by then
+            record(writer, [failed])  # type: ignore[arg-type]
+    finally:
+        resume.set()
+        deleter.join(15)
+    assert outcome == {"delete": None}
+    with db.connection() as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM notify_endpoints WHERE endpoint_id = %s", (endpoint_id,)
+        ).fetchone() == (0,)

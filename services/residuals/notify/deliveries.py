@@ -195,6 +195,13 @@ def record(conn: Conn, results: Sequence[Result]) -> Written:
     written = Written()
     if not results:
         return written
+    # Endpoints before their deliveries, in one order: deleting an endpoint locks its row
+    # and then cascades to its deliveries, so taking them the other way round deadlocks.
+    conn.execute(
+        "SELECT 1 FROM notify_endpoints WHERE endpoint_id = ANY(%s)"
+        " ORDER BY endpoint_id FOR NO KEY UPDATE",
+        (sorted({r.endpoint_id for r in results}),),
+    )
     conn.execute(
         _RECORD,
         (

@@ -44,6 +44,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from residuals.platform.auth import current_principal_id
 from residuals.platform.config import ConfigError, env
+from residuals.platform.failures import FailureBoundary
 from residuals.platform.handlers import (
     MethodWrapper,
     WrapperPipeline,
@@ -493,7 +494,8 @@ def make_grpc_server(
     """Build and bind a server with health, reflection, metrics and tracing.
 
     Interceptor order: tracing and metrics (outermost, so everything else runs inside the
-    span), then ``interceptors`` (authentication), then the stream caps of
+    span), then the :class:`~residuals.platform.failures.FailureBoundary` (no exception
+    text reaches a caller), then ``interceptors`` (authentication), then the stream caps of
     :mod:`residuals.platform.limits` (innermost: they need the authenticated caller); those
     that are :class:`~residuals.platform.handlers.MethodWrapper` (all of the platform's)
     run as one interceptor.
@@ -513,6 +515,7 @@ def make_grpc_server(
         interceptors=_pipelines(
             [
                 CallObserver(tracer, metrics),
+                FailureBoundary(),
                 *interceptors,
                 StreamLimitInterceptor(
                     StreamSlots(
