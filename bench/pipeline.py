@@ -50,6 +50,10 @@ from tests.support.month import make_events, make_licences
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: ``--quick``: small enough for CI and for checking each change, big enough that start-up
+#: is not the figure (CPU is counted from the first ledgered record).
+QUICK = {"events": 40_000, "licences": 10_000, "latency_events": 4_000, "rate": 1_000}
+
 
 def raw_consume_rate(run: Pipeline, count: int) -> float:
     """Records/s of a bare confluent-kafka consumer over the usage topic (the ceiling)."""
@@ -175,9 +179,18 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=400, help="latency phase events/s")
     parser.add_argument("--meter-batch", type=int, default=2000)
     parser.add_argument("--meters", type=int, default=1, help="meter worker processes")
+    parser.add_argument("--ledgers", type=int, default=1, help="ledger writer processes")
     parser.add_argument("--profile", action="store_true", help="py-spy the meter in phase 2")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the regression guard: {QUICK} (under two minutes); prints the figures' line",
+    )
     parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / ".data" / "pipeline")
     args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
     stack = load(StackSettings)
     shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -202,22 +215,27 @@ def main() -> int:
         # --- phase 2: drain the backlog ------------------------------------------------------
         meters = [
             run.meter(
+                f"meter-{i}" if i else "meter",
                 METER_BATCH_SIZE=str(args.meter_batch),
                 METER_DATA_DIR=str(args.work_dir / f"meter-data-{i}"),
             ).start()
             for i in range(args.meters)
         ]
         meter = meters[0]
-        ledger = run.ledger().start()
+        ledgers = [
+            run.ledger(f"ledger-{i}" if i else "ledger").start() for i in range(args.ledgers)
+        ]
+        ledger = ledgers[0]
+        services = [*meters, *ledgers]
         profile: list[subprocess.Popen[bytes]] | None = None
         try:
             # CPU is counted from the first ledgered record: start-up and loading the
             # 100,000 licences are not per-event costs.
-            run.wait_ledgered(1, 300, [*meters, ledger])
+            run.wait_ledgered(1, 300, services)
             head = len(run.stored_positions())
             cpu_start = {
                 "meter": sum(m.cpu_seconds() for m in meters),
-                "ledger": ledger.cpu_seconds(),
+                "ledger": sum(w.cpu_seconds() for w in ledgers),
                 **stack_cpu_seconds(stack),
             }
             if args.profile:
@@ -242,12 +260,12 @@ def main() -> int:
                     )
                     for name, service in (("meter", meter), ("ledger", ledger))
                 ]
-            run.wait_ledgered(args.events, 1800, [*meters, ledger])
+            run.wait_ledgered(args.events, 1800, services)
             window = ledger_window(run)
             rss, peak = meter.rss_kib()
             cpu = {
                 "meter": sum(m.cpu_seconds() for m in meters),
-                "ledger": ledger.cpu_seconds(),
+                "ledger": sum(w.cpu_seconds() for w in ledgers),
                 **stack_cpu_seconds(stack),
             }
             seconds = (window["last"] - window["first"]).total_seconds()
@@ -299,22 +317,37 @@ def main() -> int:
                 if delay > 0:
                     time.sleep(delay)
             producer.flush(60)
-            run.wait_ledgered(total, 600, [*meters, ledger])
+            run.wait_ledgered(total, 600, services)
             report["latency_publish_to_ledger"] = {
                 "rate_per_s": args.rate,
                 **latency_percentiles(run, since),
             }
         finally:
-            for m in meters:
-                m.stop()
-            ledger.stop()
+            for service in services:
+                service.stop()
     report["load_average_end"] = os.getloadavg()
     report["events"] = args.events
     report["licences"] = args.licences
     report["meters"] = args.meters
+    report["ledgers"] = args.ledgers
     report["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(report, indent=2, default=str))
+    print(summary_line(report))
     return 0
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The figures to compare between changes, on one line (CI prints it; no pass/fail)."""
+    cpu = report["cpu_us_per_event"]
+    latency = report["latency_publish_to_ledger"]
+    parts = ", ".join(f"{name} {us}" for name, us in cpu.items())
+    return (
+        f"pipeline: {report['throughput']['events_per_s']:,} exact events/s"
+        f" ({report['events']:,} events, {report['meters']} meter(s),"
+        f" {report['ledgers']} ledger writer(s)); CPU {sum(cpu.values())} µs/event ({parts});"
+        f" ratio to raw consume {report['ratio_to_raw_consume']};"
+        f" publish -> ledger p99 {latency['p99_s']} s at {latency['rate_per_s']}/s"
+    )
 
 
 if __name__ == "__main__":

@@ -357,9 +357,10 @@ class Pipeline:
             log_per_start=True,
         )
 
-    def ledger(self, **env: str) -> Service:
+    def ledger(self, name: str = "ledger", **env: str) -> Service:
+        """A ledger writer process; ``name`` tells several apart (log files)."""
         return Service(
-            "ledger",
+            name,
             "residuals.ledger",
             {**self.service_env("ledger"), **env},
             self.work_dir,
