@@ -1,6 +1,7 @@
 """Pre-flight CheckUse over a real PostgreSQL: the licence from the registry, the approval
 from the approvals table, the quota used and the approved renders from the ledger's rows,
-in one round trip; tenants see only their own licences."""
+in one round trip or from the state cache, which drops what PostgreSQL notifies as changed;
+tenants see only their own licences."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.licensing.errors import InvalidArgument, NotFound
 from residuals.licensing.metrics import PreflightMetrics
 from residuals.licensing.preflight import Preflight
+from residuals.licensing.preflight_cache import StateCache
 from residuals.licensing.registry import Registry
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.platform.config import PostgresSettings
@@ -26,6 +28,7 @@ from residuals.stack.settings import StackSettings
 from residuals.v1 import approval_service_pb2, common_pb2, licence_service_pb2
 from tests.support.licensing import create_request, register_licences
 from tests.support.payouts import migrated_database
+from tests.support.waiting import wait_until
 
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 ADMIN = Principal("p-admin", Role.ADMIN)
@@ -79,7 +82,11 @@ def world(stack: StackSettings) -> Iterator[World]:
                     _render(conn, f"r{i}", "apr-ok", "ACCEPTED")
                 _render(conn, "r-held", "apr-ok", "HELD", violation="UNAPPROVED_USE")
             metrics = PreflightMetrics(CollectorRegistry())
-            yield World(dsn, Preflight(db, clock=lambda: NOW, metrics=metrics), metrics)
+            # As the service runs it: the state kept in memory, dropped on notifications.
+            cache = StateCache(db.connect).start()
+            preflight = Preflight(db, clock=lambda: NOW, metrics=metrics, cache=cache)
+            yield World(dsn, preflight, metrics)
+            preflight.close()
         finally:
             db.close()
 
@@ -232,6 +239,7 @@ def test_a_licence_amendment_is_seen_by_the_next_check(world: World) -> None:
         approval_service_pb2.USE_VERDICT_NEEDS_APPROVAL
     )
     registry.amend_licence(ADMIN, request)
+    cache_of(world).sync()  # another connection's commit: seen once its notification is
     response = check(world, category="insurance")
     assert response.verdict == approval_service_pb2.USE_VERDICT_ALLOW
     assert response.licence_version == 2
@@ -251,3 +259,124 @@ def test_a_lost_connection_fails_the_check_and_the_next_one_connects_again(
     with pytest.raises(psycopg.OperationalError):
         check(world, category="education")
     assert check(world, category="education").verdict == approval_service_pb2.USE_VERDICT_ALLOW
+
+
+# --- the state cache ------------------------------------------------------------------------
+
+
+def cache_of(world: World) -> StateCache:
+    """The world's cache, listening (a test before may have cut its connection)."""
+    cache = world.preflight.cache
+    assert cache is not None
+    wait_until(lambda: cache.live, 10, "the pre-flight cache to listen")
+    return cache
+
+
+def test_a_repeated_check_is_answered_from_memory(world: World) -> None:
+    cache = cache_of(world)
+    cache.sync()
+    first = check(world, category="insurance", approval_id="apr-ok")
+    hits = cache.hits
+    again = check(world, category="insurance", approval_id="apr-ok")
+    assert cache.hits == hits + 1
+    assert again == first
+
+
+def test_running_totals_written_elsewhere_are_seen_after_their_notification(
+    world: World,
+) -> None:
+    cache = cache_of(world)
+    before = check(world).quota_remaining
+    renders = check(world, category="insurance", approval_id="apr-ok")
+    assert renders.approved_renders_remaining == 1
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ledger_totals SET units_priced = units_priced + 2"
+            " WHERE licence_id = 'LIC-MAI-VOXA' AND period = '2026-11' AND kind = 'RENDER'"
+        )
+        try:
+            cache.sync()
+            assert check(world).quota_remaining == before - 2
+            # A rendered use naming the approval is counted with its licence's totals.
+            _render(conn, "r-late", "apr-ok", "ACCEPTED")
+            conn.execute(
+                "UPDATE ledger_totals SET events = events + 1 WHERE licence_id = 'LIC-MAI-VOXA'"
+            )
+            cache.sync()
+            used_up = check(world, category="insurance", approval_id="apr-ok")
+            assert used_up.approved_renders_remaining == 0  # max 3: the third is stored
+        finally:
+            conn.execute("DELETE FROM usage_events WHERE event_id = 'r-late'")
+            conn.execute(
+                "UPDATE ledger_totals SET units_priced = units_priced - 2"
+                " WHERE licence_id = 'LIC-MAI-VOXA' AND period = '2026-11' AND kind = 'RENDER'"
+            )
+    cache.sync()
+    assert check(world).quota_remaining == before
+
+
+def test_an_approval_decided_elsewhere_is_seen_after_its_notification(world: World) -> None:
+    cache = cache_of(world)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        _approval(conn, "apr-later", "pending")
+        cache.sync()
+        # (The licence no longer needs approval for insurance since the amendment test: the
+        # approval's renders show whether it is known as approved.)
+        asked = check(world, category="insurance", approval_id="apr-later")
+        assert not asked.HasField("approved_renders_remaining")
+        conn.execute(
+            "UPDATE approvals SET status = 'approved', valid_from = '2026-11-05',"
+            " valid_until = '2026-11-20', max_renders = 5, decided_at = '2026-11-02',"
+            " decided_by = 'p-tal' WHERE approval_id = 'apr-later'"
+        )
+    cache.sync()
+    approved = check(world, category="insurance", approval_id="apr-later")
+    assert approved.approved_renders_remaining == 5
+
+
+def test_a_fill_that_raced_a_drop_is_not_kept(world: World) -> None:
+    """A query answered before a change, stored after the change's drop, would keep the
+    old state for good: it is refused."""
+    cache = cache_of(world)
+    key = ("LIC-MAI-VOXA", "", "2026-11", "RENDER")
+    check(world)
+    assert cache.get(*key) is not None
+    ticket = cache.ticket()
+    stale = cache.get(*key)
+    assert stale is not None
+    cache.forget_licence("LIC-MAI-VOXA")
+    cache.store(ticket, *key, stale)
+    assert cache.get(*key) is None
+    check(world)  # a fresh fill is kept
+    assert cache.get(*key) is not None
+
+
+def test_without_its_notifications_the_cache_is_bypassed_until_it_listens_again(
+    world: World,
+) -> None:
+    cache = cache_of(world)
+    check(world)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    wait_until(lambda: not cache.live, 10, "the cache to notice its connection is gone")
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ledger_totals SET units_priced = 99"
+            " WHERE licence_id = 'LIC-MAI-VOXA' AND period = '2026-11' AND kind = 'RENDER'"
+        )
+        try:
+            # Read through while deaf: the change is seen although no notification came.
+            assert check(world).quota_remaining == 1
+        finally:
+            conn.execute(
+                "UPDATE ledger_totals SET units_priced = 97"
+                " WHERE licence_id = 'LIC-MAI-VOXA' AND period = '2026-11' AND kind = 'RENDER'"
+            )
+    wait_until(lambda: cache.live, 10, "the cache to listen again")
+    assert check(world).quota_remaining == 3
+    hits = cache.hits
+    check(world)
+    assert cache.hits == hits + 1

@@ -22,6 +22,7 @@ from residuals.licensing.directory import PostgresAuthenticator
 from residuals.licensing.metrics import RelayMetrics
 from residuals.licensing.outbox import OutboxRelay
 from residuals.licensing.preflight import Preflight
+from residuals.licensing.preflight_cache import StateCache
 from residuals.licensing.registry import Registry
 from residuals.licensing.servicer import SERVICE_NAME as GRPC_SERVICE
 from residuals.licensing.servicer import servicer
@@ -66,7 +67,10 @@ class LicensingApp(GrpcApp):
         self.approvals = Approvals(self.db, backdate_skew=self.registry.backdate_skew)
         # Watch streams end when the service stops (before the server's grace period).
         self.approval_watch = ApprovalWatch(self.approvals, stop=self.workers.stop_event)
-        self.preflight = Preflight(self.db)
+        cached = settings.preflight_cache_licences
+        self.preflight = Preflight(
+            self.db, cache=StateCache(self.db.connect, licences=cached) if cached else None
+        )
         self.server: GrpcServer | None = None
         self.relay: OutboxRelay | None = None
 
@@ -76,6 +80,8 @@ class LicensingApp(GrpcApp):
 
     def start(self) -> LicensingApp:
         self.db.open()
+        if self.preflight.cache is not None:
+            self.preflight.cache.start()
         self.server = make_grpc_server(
             self.settings.grpc,
             servicers=[

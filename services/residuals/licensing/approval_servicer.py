@@ -31,6 +31,9 @@ class UseChecker(Protocol):
         self, principal: Principal, request: approval_service_pb2.CheckUseRequest
     ) -> approval_service_pb2.CheckUseResponse: ...
 
+    def forget_approval(self, approval_id: str) -> None:
+        """An approval this process just changed (the next check must not see it as it was)."""
+
 
 class ApprovalService(approval_service_pb2_grpc.ApprovalServiceServicer):
     def __init__(self, approvals: Approvals, watch: ApprovalWatch, preflight: UseChecker) -> None:
@@ -44,14 +47,14 @@ class ApprovalService(approval_service_pb2_grpc.ApprovalServiceServicer):
         )
 
     def ApproveUse(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return approval_service_pb2.ApproveUseResponse(
-            approval=handle(context, lambda p: self.approvals.approve_use(p, request))
-        )
+        approval = handle(context, lambda p: self.approvals.approve_use(p, request))
+        self.preflight.forget_approval(approval.approval_id)
+        return approval_service_pb2.ApproveUseResponse(approval=approval)
 
     def DenyUse(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return approval_service_pb2.DenyUseResponse(
-            approval=handle(context, lambda p: self.approvals.deny_use(p, request))
-        )
+        approval = handle(context, lambda p: self.approvals.deny_use(p, request))
+        self.preflight.forget_approval(approval.approval_id)
+        return approval_service_pb2.DenyUseResponse(approval=approval)
 
     def GetApproval(self, request: Any, context: grpc.ServicerContext) -> Any:
         return approval_service_pb2.GetApprovalResponse(

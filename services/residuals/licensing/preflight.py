@@ -1,10 +1,12 @@
 """Pre-flight ``CheckUse``: the verdict the meter would give a use, asked before rendering.
 
 The answer is :func:`residuals.domain.preflight.check_use`, the meter's own rule run on a
-copy of the state, so it cannot drift from the verdict the use will get. The state is read
-in ONE round trip: the licence's revision and tenants, the named approval, and the
-ledger's running totals (the quota used this period, the renders that used the approval:
-:mod:`residuals.ledger.directory`'s estimates, without uses still in flight). Licences are
+copy of the state, so it cannot drift from the verdict the use will get. The state comes
+from memory when the service keeps it (:mod:`residuals.licensing.preflight_cache`, dropped
+as PostgreSQL notifies changes), else it is read in ONE round trip: the licence's revision
+and tenants, the named approval, and the ledger's running totals (the quota used this
+period, the renders that used the approval: :mod:`residuals.ledger.directory`'s
+estimates, without uses still in flight). Licences are
 decoded once per revision and kept in a bounded LRU, so a check costs one indexed query
 and the rule; a licence changed in the registry is seen by the next check.
 
@@ -48,6 +50,7 @@ from residuals.ledger.directory import APPROVED_RENDERS_SQL, QUOTA_USED_SQL
 from residuals.licensing import access, store
 from residuals.licensing.errors import InvalidArgument, NotFound
 from residuals.licensing.metrics import PreflightMetrics, default_preflight_metrics
+from residuals.licensing.preflight_cache import StateCache
 from residuals.platform.auth import Principal
 from residuals.platform.errors import timestamp_field
 from residuals.platform.postgres import Database
@@ -105,8 +108,11 @@ class Preflight:
         clock: Callable[[], datetime] = utc_now,
         cache_size: int = DEFAULT_CACHE_SIZE,
         metrics: PreflightMetrics | None = None,
+        cache: StateCache | None = None,
     ) -> None:
         self.db = db
+        #: The state in memory (None: every check runs the query).
+        self.cache = cache
         counter = (metrics or default_preflight_metrics()).verdicts
         # Labelled once: every series exists from the start (at 0), and a check pays no
         # label lookup.
@@ -125,9 +131,16 @@ class Preflight:
         access.require_reader(principal)
         use = _Use.of(request, self.clock())
         period = str(Period.containing(use.occurred_at))
+        key = (use.licence_id, use.approval_id, period, use.kind.value)
+        cache = self.cache
+        row = cache.get(*key) if cache is not None else None
         session = self._session()
         try:
-            row = session.state(use.licence_id, use.approval_id, period, use.kind.value)
+            if row is None:
+                ticket = cache.ticket() if cache is not None else 0
+                row = session.state(*key)
+                if cache is not None:
+                    cache.store(ticket, *key, row)
             revision, talent_id, vendor_id = row[0], row[1], row[2]
             if revision is None or not access.sees_licence(
                 principal, vendor_id=vendor_id, talent_id=talent_id
@@ -153,6 +166,12 @@ class Preflight:
         verdict = check_use(event, licence, counters, approvals)
         self._verdicts[verdict.answer].inc()
         return _response(verdict, licence, event, approvals)
+
+    def forget_approval(self, approval_id: str) -> None:
+        """Drop an approval this process just decided from the cache (its notification
+        follows; this makes the decider's own next check see the decision)."""
+        if self.cache is not None:
+            self.cache.forget_approval(approval_id)
 
     def _session(self) -> _Session:
         """The calling thread's connection (made on first use)."""
@@ -183,6 +202,8 @@ class Preflight:
 
     def close(self) -> None:
         """Close every thread's connection (the service is stopping)."""
+        if self.cache is not None:
+            self.cache.close()
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []

@@ -49,6 +49,13 @@ class LicensingSettings:
         help="how long an API key lookup is cached (a revocation elsewhere shows within it)",
         minimum=0,
     )
+    preflight_cache_licences: int = env(
+        "LICENSING_PREFLIGHT_CACHE_LICENCES",
+        20_000,
+        help="licences whose CheckUse state (revision, quota used, approvals) is kept in"
+        " memory, dropped as PostgreSQL notifies changes; 0: every check queries the database",
+        minimum=0,
+    )
     backdate_skew_seconds: float = env(
         "LICENSING_BACKDATE_SKEW_SECONDS",
         300.0,
