@@ -51,7 +51,10 @@ import statistics
 import struct
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +63,7 @@ from typing import Any
 import grpc
 import psycopg
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 
 from residuals.domain.licence_spec import parse_licence
 from residuals.domain.period import Period
@@ -423,6 +427,58 @@ def drive_checkload(command: list[str], work: list[Use]) -> tuple[dict[str, Any]
     return result, cpu
 
 
+def state_reads(ports: list[int]) -> Counter[str]:
+    """CheckUse state reads by source (memory, database), summed over the replicas."""
+    found: Counter[str] = Counter()
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "residuals_checkuse_state_reads":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    found[sample.labels["source"]] += int(sample.value)
+    return found
+
+
+class LedgerCommits(threading.Thread):
+    """Commits that change running totals at a steady rate, as the ledger writer's batches
+    do while vendors check uses (``events`` only: no verdict changes)."""
+
+    def __init__(self, dsn: str, licences: int, rate: float, per_commit: int) -> None:
+        super().__init__(name="ledger-commits", daemon=True)
+        self.dsn, self.licences, self.rate, self.per_commit = dsn, licences, rate, per_commit
+        self.done = threading.Event()
+        self.commits = 0
+
+    def run(self) -> None:
+        if self.rate <= 0:
+            return
+        rng = random.Random(7)
+        period = str(Period.containing(datetime.now(UTC)))
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            started = time.monotonic()
+            while not self.done.is_set():
+                touched = [
+                    f"LIC-BENCH-{i:05d}"
+                    for i in rng.sample(range(self.licences), min(self.per_commit, self.licences))
+                ]
+                conn.execute(
+                    "UPDATE ledger_totals SET events = events + 1"
+                    " WHERE licence_id = ANY(%s) AND period = %s",
+                    (touched, period),
+                )
+                self.commits += 1
+                self.done.wait(max(0.0, started + self.commits / self.rate - time.monotonic()))
+
+    def stop(self) -> int:
+        self.done.set()
+        if self.is_alive():
+            self.join(10)
+        return self.commits
+
+
 class CpuWindow:
     """CPU used by the service, the load generator and this database's PostgreSQL
     backends over the run, and how busy the machine's cores were (Linux ``/proc``)."""
@@ -545,6 +601,16 @@ def main(argv: list[str] | None = None) -> int:
         help="run licensing process i on CPU pin[i %% len(pin)] alone (as Kubernetes' static"
         " CPU manager runs a Guaranteed pod with whole CPUs on CPUs of its own)",
     )
+    parser.add_argument(
+        "--ledger-commits",
+        type=float,
+        default=0.0,
+        help="meanwhile, commits per second that change running totals, as the ledger writer's"
+        " batches do (each drops its licences from the services' state caches)",
+    )
+    parser.add_argument(
+        "--ledger-licences", type=int, default=50, help="licences each such commit touches"
+    )
     args = parser.parse_args(argv)
 
     stack = load(StackSettings)
@@ -557,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         key = populate(dsn, args.licences, now)
         setup_s = time.perf_counter() - started
+        metrics_ports = [free_port() for _ in range(args.replicas)]
         env = {
             "DATABASE_URL": dsn,
             "DATABASE_USER": database_role("licensing"),
@@ -567,7 +634,11 @@ def main(argv: list[str] | None = None) -> int:
         services = [
             _start(
                 ServiceProcess(
-                    f"licensing-{i}", "residuals.licensing", env, Path(logs), grpc_port=free_port()
+                    f"licensing-{i}",
+                    "residuals.licensing",
+                    {**env, "METRICS_PORT": str(metrics_ports[i])},
+                    Path(logs),
+                    grpc_port=free_port(),
                 ),
                 {args.pin[i % len(args.pin)]} if args.pin else None,
             )
@@ -582,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
             wrong = [w for port in ports for w in check_verdicts(port, key, checked)]
             work = uses(args.licences, int(args.rate * args.seconds), args.seed)
             workdir = Path(logs)
+            reads_before = state_reads(metrics_ports)
+            ledger = LedgerCommits(dsn, args.licences, args.ledger_commits, args.ledger_licences)
+            ledger.start()
             if args.client == "c":
                 command = checkload_command(
                     checkload_binary(workdir), ports, key, work, args.rate, workdir
@@ -600,6 +674,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = asyncio.run(drive(ports[0], key, work, args.rate))
                 client_cpu = time.process_time() - before
             result.update(window.result(len(work), client_cpu))
+            result["ledger_commits"] = ledger.stop()
+            reads = state_reads(metrics_ports) - reads_before
+            result["state_from_memory_pct"] = round(
+                100 * reads.get("memory", 0) / max(1, reads.total()), 1
+            )
         finally:
             for service in services:
                 service.stop()

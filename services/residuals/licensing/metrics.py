@@ -53,6 +53,13 @@ class PreflightMetrics:
             ("verdict",),
             registry=registry,
         )
+        self.state_reads = Counter(
+            "residuals_checkuse_state_reads_total",
+            "Where CheckUse found the state it judged on: memory (the cache) or database (a"
+            " query: the licence was not cached, or changed since).",
+            ("source",),
+            registry=registry,
+        )
 
 
 @functools.cache

@@ -117,6 +117,8 @@ class Preflight:
         # Labelled once: every series exists from the start (at 0), and a check pays no
         # label lookup.
         self._verdicts = {answer: counter.labels(answer.value) for answer in Answer}
+        reads = (metrics or default_preflight_metrics()).state_reads
+        self._from_memory, self._from_database = reads.labels("memory"), reads.labels("database")
         self.clock = clock
         self.cache_size = cache_size
         self._licences: OrderedDict[str, tuple[int, Licence]] = OrderedDict()
@@ -139,8 +141,11 @@ class Preflight:
             if row is None:
                 ticket = cache.ticket() if cache is not None else 0
                 row = session.state(*key)
+                self._from_database.inc()
                 if cache is not None:
                     cache.store(ticket, *key, row)
+            else:
+                self._from_memory.inc()
             revision, talent_id, vendor_id = row[0], row[1], row[2]
             if revision is None or not access.sees_licence(
                 principal, vendor_id=vendor_id, talent_id=talent_id
