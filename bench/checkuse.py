@@ -32,11 +32,16 @@ Two phases:
    run once if it is missing; latency from its send), ``--client python`` the asyncio
    client (~390 µs of CPU per call).
 
+``--ledger-commits R`` changes the running totals of ``--ledger-licences`` (50) licences R
+times a second while the load runs, as the ledger writer's batches do: each commit drops
+those licences from the services' state caches, so their next checks query the database.
+
 Reported: achieved rate, latency p50/p90/p99/p99.9/max, errors, the CPU per request of the
-service, the load generator and this database's PostgreSQL backends, and the share of the
-machine's two cores busy during the run, with what was not ours ("other": other engineers'
-work on the same machine makes runs noisy; a run is only comparable to another with a
-similar figure).
+service, the load generator and this database's PostgreSQL backends, the share of checks
+answered from the state in memory (each replica's ``residuals_checkuse_state_reads_total``),
+and the share of the machine's two cores busy during the run, with what was not ours
+("other": other engineers' work on the same machine makes runs noisy; a run is only
+comparable to another with a similar figure).
 """
 
 from __future__ import annotations
