@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
-from psycopg import Connection
+from psycopg import Connection, pq
 
 from residuals.codecs.signed import signed_envelope
 from residuals.codecs.usage import to_raw
@@ -98,6 +99,7 @@ EVENT_COLUMNS = (
     "source_partition",
     "source_offset",
 )
+_SEQ_COLUMN = EVENT_COLUMNS.index("arrival_seq")
 
 REPEAT_COLUMNS = (
     "source_topic",
@@ -454,25 +456,13 @@ class LedgerStore:
     ) -> list[_Repeat]:
         if not uses:
             return []
-        with conn.cursor() as cur:
-            with cur.copy(
-                f"COPY ledger_batch_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
-            ) as cp:
-                for rated, seq in uses:
-                    row = _event_row(
-                        rated,
-                        seq,
-                        periods,
-                        licence_id=rated.event.licence_id or "",
-                        period=rated.period,
-                    )
-                    cp.write_row(row)
-            cur.execute(
-                f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
-                f"SELECT {', '.join(EVENT_COLUMNS)} FROM ledger_batch_events "
-                "ORDER BY arrival_seq ON CONFLICT DO NOTHING RETURNING arrival_seq"
+        rows = [
+            _event_row(
+                rated, seq, periods, licence_id=rated.event.licence_id or "", period=rated.period
             )
-            inserted = {int(r[0]) for r in cur.fetchall()}
+            for rated, seq in uses
+        ]
+        inserted = self._copy_new_uses(conn, rows) or self._insert_new_uses(conn, rows)
         left: list[tuple[Rated, int]] = []
         for rated, seq in uses:
             if seq in inserted:
@@ -504,6 +494,39 @@ class LedgerStore:
                 )
             )
         return repeats
+
+    def _copy_new_uses(self, conn: Connection[Any], rows: list[tuple[Any, ...]]) -> set[int]:
+        """COPY the rows straight into usage_events, when none of them is stored yet (the
+        usual batch); empty when one is (a re-delivery, a re-send), which is rolled back.
+
+        Half of PostgreSQL's work per event otherwise: every row written to a temporary
+        table first, then inserted again with a speculative check per unique index."""
+        if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
+            return set()  # a savepoint needs the caller's transaction (the sink's)
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                copy = f"COPY usage_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+                with cur.copy(copy) as cp:
+                    for row in rows:
+                        cp.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            return set()
+        return {int(row[_SEQ_COLUMN]) for row in rows}
+
+    def _insert_new_uses(self, conn: Connection[Any], rows: list[tuple[Any, ...]]) -> set[int]:
+        """Insert the rows not stored yet; the arrival numbers of those inserted."""
+        with conn.cursor() as cur:
+            with cur.copy(
+                f"COPY ledger_batch_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+            ) as cp:
+                for row in rows:
+                    cp.write_row(row)
+            cur.execute(
+                f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
+                f"SELECT {', '.join(EVENT_COLUMNS)} FROM ledger_batch_events "
+                "ORDER BY arrival_seq ON CONFLICT DO NOTHING RETURNING arrival_seq"
+            )
+            return {int(r[0]) for r in cur.fetchall()}
 
     def _identities(
         self, conn: Connection[Any], events: Iterable[UsageEvent]
