@@ -306,7 +306,6 @@ class LedgerStore:
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.usage_topic = usage_topic
-        self._types: list[str] | None = None
         self.rated_topic = rated_topic
         self.dlq_topic = dlq_topic
         #: Where other consumers publish what they set aside (stored as received).
@@ -504,30 +503,15 @@ class LedgerStore:
         table first, then inserted again with a speculative check per unique index."""
         if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
             return set()  # a savepoint needs the caller's transaction (the sink's)
-        types = self._event_types(conn)
         try:
             with conn.transaction(), conn.cursor() as cur:
-                copy = f"COPY usage_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+                copy = f"COPY usage_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
                 with cur.copy(copy) as cp:
-                    cp.set_types(types)
                     for row in rows:
                         cp.write_row(row)
         except psycopg.errors.UniqueViolation:
             return set()
         return {int(row[_SEQ_COLUMN]) for row in rows}
-
-    def _event_types(self, conn: Connection[Any]) -> list[str]:
-        """usage_events' column types in EVENT_COLUMNS order, for a binary COPY (PostgreSQL
-        then parses no text: timestamps, numbers and arrays arrive in its own format)."""
-        if self._types is None:
-            rows = conn.execute(
-                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-                " WHERE attrelid = 'usage_events'::regclass AND attnum > 0"
-                " AND NOT attisdropped"
-            ).fetchall()
-            found = {str(name): str(kind) for name, kind in rows}
-            self._types = [found[column] for column in EVENT_COLUMNS]
-        return self._types
 
     def _insert_new_uses(self, conn: Connection[Any], rows: list[tuple[Any, ...]]) -> set[int]:
         """Insert the rows not stored yet; the arrival numbers of those inserted."""
