@@ -18,7 +18,7 @@ from residuals.domain.licence_spec import parse_licence
 from residuals.licensing.errors import InvalidArgument, NotFound
 from residuals.licensing.metrics import PreflightMetrics
 from residuals.licensing.preflight import Preflight
-from residuals.licensing.preflight_cache import StateCache
+from residuals.licensing.preflight_cache import PER_LICENCE, StateCache
 from residuals.licensing.registry import Registry
 from residuals.platform.auth import PermissionDenied, Principal, Role
 from residuals.platform.config import PostgresSettings
@@ -380,3 +380,17 @@ def test_without_its_notifications_the_cache_is_bypassed_until_it_listens_again(
     hits = cache.hits
     check(world)
     assert cache.hits == hits + 1
+
+
+def test_made_up_approval_ids_and_times_do_not_grow_a_licences_entry(world: World) -> None:
+    """A caller picks approval ids and use times at will: unknown approvals are not kept,
+    and a licence keeps a bounded number of periods and approvals."""
+    cache = cache_of(world)
+    for i in range(3 * PER_LICENCE):
+        check(
+            world, approval_id=f"apr-made-up-{i}", occurred_at=datetime(2001 + i, 1, 2, tzinfo=UTC)
+        )
+    known = cache._licences["LIC-MAI-VOXA"]
+    assert len(known.quota) <= PER_LICENCE
+    assert not any(a.startswith("apr-made-up") for a in known.renders)
+    assert not any(a.startswith("apr-made-up") for a in cache._approvals)

@@ -41,6 +41,9 @@ SYNC_CHANNEL = "residuals_preflight_sync"
 EVERYTHING = "*"
 #: Licences kept (each a few hundred bytes with its periods and approvals).
 DEFAULT_LICENCES = 20_000
+#: Periods and kinds, and approvals, kept per licence: a caller choosing times and approval
+#: ids at will must not grow one licence's entry without bound.
+PER_LICENCE = 32
 #: How long the thread waits on the socket between checks of its stop flag.
 POLL_SECONDS = 1.0
 RECONNECT_SECONDS = 1.0
@@ -177,8 +180,12 @@ class StateCache:
             known = self._licences.get(licence_id)
             if known is None or known.meta != tuple(row[0:3]):
                 known = self._licences[licence_id] = _Licence(tuple(row[0:3]))
+            if len(known.quota) >= PER_LICENCE:
+                known.quota.clear()
             known.quota[(period, kind)] = row[9]
-            if approval_id:
+            if approval_id and row[3] is not None:  # unknown approval ids are not kept
+                if len(known.renders) >= PER_LICENCE:
+                    known.renders.clear()
                 known.renders[approval_id] = row[10]
                 self._approvals[approval_id] = tuple(row[3:9])
             self._licences.move_to_end(licence_id)
