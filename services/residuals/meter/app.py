@@ -136,8 +136,15 @@ class OutputTooLarge(ValueError):
 
 
 def make_publisher(kafka: KafkaSettings, client_id: str) -> AcknowledgedProducer:
-    """The meter's producer: batches acknowledged together, before the state is written."""
-    tuning: dict[str, Any] = {"linger.ms": 5}
+    """The meter's producer: batches acknowledged together, before the state is written.
+
+    Every send is followed by a barrier (``flush``, which sends at once whatever the
+    linger), so the linger only decides how often records go out *while* a batch is
+    rated: a short one sent a produce request every few milliseconds, a handful of records
+    each, and the broker's CPU is per request (600 produce requests/s at 3,500 events/s,
+    measured over JMX). Held to the barrier, a batch goes out in one request per topic.
+    """
+    tuning: dict[str, Any] = {"linger.ms": 1000}
     return AcknowledgedProducer(kafka, client_id=client_id, **tuning)
 
 
