@@ -2,8 +2,10 @@
 
 faust (at least once, never ``exactly_once``: docs/ARCHITECTURE.md) owns the consumer group,
 partition assignment, offset commits and the changelogged state table, which it restores
-on start and on rebalance. The agent rates records in batches (``take_events``), which
-amortises what costs per batch rather than per record (two producer flushes, metrics).
+on start and on rebalance. The usage topic's records reach the meter as the batches faust's
+consumer fetched (:mod:`residuals.platform.faust_batches`: faust's per-record streams cost
+more CPU than the rating), rated ``METER_BATCH_SIZE`` at a time, which amortises what costs
+per batch rather than per record (two producer flushes, metrics).
 
 Per batch, in this order (why: :mod:`residuals.meter.core`):
 
@@ -51,6 +53,7 @@ from residuals.meter.settings import MeterSettings
 from residuals.meter.state import expired
 from residuals.platform.config import KafkaSettings
 from residuals.platform.faust_app import make_faust_app
+from residuals.platform.faust_batches import Fetched, deliver_in_batches
 from residuals.platform.grpc_server import GrpcServer, make_grpc_server
 from residuals.platform.heap import freeze_long_lived
 from residuals.platform.kafka import AcknowledgedProducer, topic_name, trace_headers
@@ -160,18 +163,18 @@ def _headers(message: Any) -> dict[str, bytes]:
     return out
 
 
-def to_record(event: Any) -> Record:
-    """A faust event as the meter's :class:`Record`."""
-    message = event.message
+def record_from(partition: int, record: Any) -> Record:
+    """A fetched usage record (aiokafka's ``ConsumerRecord``) as the meter's :class:`Record`."""
+    timestamp = record.timestamp
     return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        timestamp=datetime.fromtimestamp(message.timestamp, UTC),
-        headers=_headers(message),
-        timestamp_type=message.timestamp_type or 0,
+        topic=record.topic,
+        partition=partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        timestamp=datetime.fromtimestamp((timestamp or 0) / 1000, UTC),
+        headers=_headers(record),
+        timestamp_type=record.timestamp_type or 0,
     )
 
 
@@ -374,8 +377,6 @@ class MeterService:
             kafka,
             data_dir=settings.data_dir,
             store=settings.store,
-            # Enough records in flight to fill a batch from every partition.
-            stream_buffer_maxsize=max(4096, settings.batch_size * 2),
             # Static membership: a meter that exits on a failed batch, a hole or a stall
             # (without leaving the group, so nothing past the failure is committed) and
             # comes back under the same id takes its partitions back at once; a dynamic
@@ -442,7 +443,7 @@ class MeterService:
         self.health: GrpcServer | None = None
         #: Called once the agent starts consuming (health: SERVING).
         self.on_ready: Callable[[], None] | None = None
-        self._register_agent()
+        self._register_batches()
 
     def _highwater(self, topic: str, partition: int) -> int | None:
         from faust.types import TP
@@ -499,35 +500,44 @@ class MeterService:
         )
         _exit_now(EXIT_STALLED)
 
-    def _register_agent(self) -> None:
-        settings = self.settings
+    def _register_batches(self) -> None:
+        """The usage topic's records come in whole fetched batches
+        (:mod:`residuals.platform.faust_batches`), rated ``batch_size`` at a time."""
+        batch_size = self.settings.batch_size
 
-        async def rate(stream: Any) -> None:
-            if self.runner is None:
-                self.runner = self._make_runner()
-                self.stall_watch.start()
+        async def rate(fetched: Fetched) -> None:
             runner = self.runner
+            if runner is None:
+                return  # not started: nothing acknowledged, read again once it is
+            records = [record_from(partition, r) for partition, rs in fetched for r in rs]
+            for start in range(0, len(records), batch_size):
+                await self._rate(runner, records[start : start + batch_size])
+
+        deliver_in_batches(self.app, self.usage_topic, rate)
+
+        async def started() -> None:
+            self.runner = self._make_runner()
+            self.stall_watch.start()
             if self.on_ready is not None:
                 self.on_ready()
-            async for events in stream.take_events(
-                settings.batch_size, within=settings.batch_within
-            ):
-                try:
-                    await runner.run([to_record(e) for e in events])
-                except asyncio.CancelledError:
-                    log.warning("stopped in the middle of a batch; exiting without committing it")
-                    _exit_now(0)
-                except InputGap as gap:
-                    log.error(
-                        "records missing from the input; exiting so they are read again",
-                        extra={"detail": str(gap), "generation": self.app.consumer_generation_id},
-                    )
-                    _exit_now(EXIT_INPUT_GAP)
-                except BaseException:
-                    log.exception("batch failed; exiting so the batch is read again")
-                    _exit_now(EXIT_BATCH_FAILED)
 
-        self.app.agent(self.usage_topic, name="rate", concurrency=1)(rate)
+        self.app.task(started)
+
+    async def _rate(self, runner: BatchRunner, records: list[Record]) -> None:
+        try:
+            await runner.run(records)
+        except asyncio.CancelledError:
+            log.warning("stopped in the middle of a batch; exiting without committing it")
+            _exit_now(0)
+        except InputGap as gap:
+            log.error(
+                "records missing from the input; exiting so they are read again",
+                extra={"detail": str(gap), "generation": self.app.consumer_generation_id},
+            )
+            _exit_now(EXIT_INPUT_GAP)
+        except BaseException:
+            log.exception("batch failed; exiting so the batch is read again")
+            _exit_now(EXIT_BATCH_FAILED)
 
     def prepare_offsets(self) -> None:
         """Before the first meter of a new group joins: a committed offset for every usage
