@@ -8,12 +8,16 @@ Fills a fresh 6-partition topic with ``--records`` records of 300 bytes, then
 
 1. a bare confluent-kafka consumer reads them all (the ceiling the pipeline benchmark
    compares with);
-2. a faust worker configured like the meter (``make_faust_app`` settings, raw bytes,
-   one agent, ``take_events(2000, within=0.05)``) reads them and does nothing else.
+2. a faust worker (``make_faust_app`` settings, raw bytes) reads them with one agent,
+   ``take_events(2000, within=0.05)``, and does nothing else ("streams": faust's
+   per-record path, what the meter used before issue 20);
+3. a faust worker reads them as the meter does now: whole fetched batches handed to a
+   handler (:mod:`residuals.platform.faust_batches`) that does nothing ("batches").
 
-Reports CPU microseconds per record and records/s for both, from the first record to the
-last. The difference is what faust's consumer, conductor and stream machinery cost per
-record on this machine; the meter pays it on top of its own work (bench/meter_cpu.py).
+Reports CPU microseconds per record and records/s for each, from the first record to the
+last. The differences are what faust's consumer, conductor and stream machinery cost per
+record on this machine; the meter pays the batch path's on top of its own work
+(bench/meter_cpu.py).
 """
 
 from __future__ import annotations
@@ -81,15 +85,19 @@ def raw_consume(kafka: KafkaSettings, topic: str, records: int) -> dict[str, Any
     return {"cpu_us_per_record": round(cpu * 1e6 / seen, 1), "records_per_s": round(seen / wall)}
 
 
-def faust_worker(topic: str, records: int, data_dir: str) -> None:
+def faust_worker(topic: str, records: int, data_dir: str, *, batches: bool) -> None:
     """Runs in a child process: faust owns the process (its worker, its event loop)."""
     from faust.worker import Worker
 
     from residuals.platform.faust_app import make_faust_app
+    from residuals.platform.faust_batches import deliver_in_batches
 
     kafka = load(KafkaSettings)
     app = make_faust_app(
-        f"faust-floor-{topic}", kafka, data_dir=Path(data_dir), stream_buffer_maxsize=4096
+        f"faust-floor-{topic}-{'batches' if batches else 'streams'}",
+        kafka,
+        data_dir=Path(data_dir),
+        stream_buffer_maxsize=4096,
     )
     source = app.topic(
         topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -112,42 +120,65 @@ def faust_worker(topic: str, records: int, data_dir: str) -> None:
                 (Path(data_dir) / "report.json").write_text(json.dumps(report))
                 os._exit(0)
 
-    app.agent(source, name="drain", concurrency=1)(drain)
+    async def drain_batches(fetched: Any) -> None:
+        if state["started"] is None:
+            state["started"] = (cpu_seconds(), time.perf_counter())
+        state["seen"] += sum(len(records) for _, records in fetched)
+        if state["seen"] >= records:
+            cpu = cpu_seconds() - state["started"][0]
+            wall = time.perf_counter() - state["started"][1]
+            report = {
+                "cpu_us_per_record": round(cpu * 1e6 / state["seen"], 1),
+                "records_per_s": round(state["seen"] / wall),
+            }
+            (Path(data_dir) / "report.json").write_text(json.dumps(report))
+            os._exit(0)
+
+    if batches:
+        deliver_in_batches(app, source, drain_batches)
+    else:
+        app.agent(source, name="drain", concurrency=1)(drain)
     Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--worker", nargs=2, metavar=("TOPIC", "DATA_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("TOPIC", "DATA_DIR", "MODE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
-        faust_worker(args.worker[0], args.records, args.worker[1])
+        topic, data_dir, mode = args.worker
+        faust_worker(topic, args.records, data_dir, batches=mode == "batches")
         return 0
     kafka = load(KafkaSettings)
     topic = f"{kafka.topic_prefix}faust-floor-{uuid.uuid4().hex[:8]}"
     fill(kafka, topic, args.records)
     report: dict[str, Any] = {"records": args.records, "load_average": os.getloadavg()}
     report["confluent_kafka"] = raw_consume(kafka, topic, args.records)
-    data_dir = ROOT / "bench" / ".data" / "faust-floor"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "report.json").unlink(missing_ok=True)
-    worker = ["--worker", topic, str(data_dir)]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.faust_floor", "--records", str(args.records), *worker],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if not (data_dir / "report.json").exists():
-        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-        return 1
-    report["faust"] = json.loads((data_dir / "report.json").read_text())
-    report["faust_over_raw_cpu"] = round(
-        report["faust"]["cpu_us_per_record"] / report["confluent_kafka"]["cpu_us_per_record"], 1
-    )
+    for mode in ("streams", "batches"):
+        data_dir = ROOT / "bench" / ".data" / f"faust-floor-{mode}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "report.json").unlink(missing_ok=True)
+        worker = ["--worker", topic, str(data_dir), mode]
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.faust_floor", "--records", str(args.records), *worker],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if not (data_dir / "report.json").exists():
+            print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+            return 1
+        report[f"faust_{mode}"] = json.loads((data_dir / "report.json").read_text())
+        report[f"faust_{mode}_over_raw_cpu"] = round(
+            report[f"faust_{mode}"]["cpu_us_per_record"]
+            / report["confluent_kafka"]["cpu_us_per_record"],
+            1,
+        )
     make_admin(kafka).delete_topics([topic])
     print(json.dumps(report, indent=2))
     return 0
