@@ -9,6 +9,8 @@ runs for real without a broker.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -21,8 +23,11 @@ from residuals.codecs.signed import SigningKeyRecord
 from residuals.codecs.signing import public_key_bytes, sign_batch
 from residuals.codecs.usage import from_domain, payload_bytes
 from residuals.domain.events import Rejection, UsageEvent
+from residuals.ledger import store
 from residuals.ledger.audit import row_problem, stored_envelope, unverified_rows
 from residuals.ledger.history import load_adjustments, load_period_events
+from residuals.ledger.records import decode_rated
+from residuals.ledger.store import EVENT_COLUMNS, _copy_line, _event_line, _event_row
 from residuals.platform.config import PostgresSettings
 from residuals.platform.postgres import Database
 from residuals.platform.roles import database_role
@@ -316,3 +321,55 @@ def test_a_zombie_writer_is_fenced_and_commits_nothing(
         with psycopg.connect(stack.dsn) as conn:
             conn.execute("DELETE FROM consumer_offsets WHERE group_id = %s", (group,))
         db.close()
+
+
+def test_the_copy_text_of_a_use_is_what_psycopg_writes(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger writes its COPY text itself (one f-string a row): PostgreSQL must store
+    exactly what psycopg's own dumpers would have sent, for every kind of value - NULLs,
+    escapes, bytea, decimals, arrays, times in other zones."""
+    kinds = [
+        ledger.event("plain"),
+        ledger.event("view\\back", kind="VIEW", channel="web", quantity=7, viewable=False),
+        ledger.event("ad", kind="AD_IMPRESSION", channel="web", ad_revenue="0.000000001"),
+        ledger.event("r", kind="RETRACTION", original_event_id="plain"),
+        ledger.event("apr", approval_id="apr 1", territory="G\\B"),
+    ]
+    items = [decode_rated(ledger.rated(e).value(), "t.usage") for e in kinds]
+    items[0].signature_proof = b"\x00\\proof\t\n"
+    items[1].notices = ["QUOTA_NEAR", "QUOTA_EXCEEDED"]
+    items[1].exclusion, items[1].violation, items[1].tier = "non_viewable", "USE_AFTER_EXPIRY", 3
+    items[2].estimated_amount = Decimal("1E+2")
+    items[2].held_amount = Decimal("-0.000")
+    items[3].rated_at = items[3].received_at.astimezone(timezone(timedelta(hours=-5)))
+    items[3].published_at = None
+    items[4].key_id = "k\t\r\n\b\f\v1"  # refused by the decoder, escaped all the same
+    items[3].currency = ""
+    adjustments = [None, "2999-01", None, None, "2999-02"]
+    licences = ["L1", "L\\1", "L1", "L1", "L1"]
+    general: list[object] = []  # rows written value by value (something to escape)
+    monkeypatch.setattr(store, "_copy_line", lambda row: general.append(row) or _copy_line(row))
+    columns = ", ".join(EVENT_COLUMNS)
+    rows = list(enumerate(zip(items, adjustments, licences, strict=True)))
+    with psycopg.connect(ledger.dsn) as conn, conn.cursor() as cur:
+        for table in ("by_psycopg", "by_ledger"):
+            cur.execute(f"CREATE TEMP TABLE {table} (LIKE usage_events INCLUDING DEFAULTS)")
+        with cur.copy(f"COPY by_psycopg ({columns}) FROM STDIN") as cp:
+            for seq, (r, adjustment, lic) in rows:
+                cp.write_row(_event_row(r, seq, adjustment, licence_id=lic, period=r.period))
+        with cur.copy(f"COPY by_ledger ({columns}) FROM STDIN") as cp:
+            for seq, (r, adjustment, lic) in rows:
+                cp.write(_event_line(r, seq, adjustment, licence_id=lic, period=r.period))
+        assert len(general) == 2  # rows with something to escape; the others: one f-string
+        read = "SELECT to_jsonb(t) - 'ledgered_at' FROM {} t ORDER BY arrival_seq"
+        by_psycopg = cur.execute(read.format("by_psycopg")).fetchall()
+        assert len(by_psycopg) == len(items)
+        assert cur.execute(read.format("by_ledger")).fetchall() == by_psycopg
+        # ...and every text, to the last digit and zone, not only equal values
+        text = "SELECT (to_jsonb(t) - 'ledgered_at')::text FROM {} t ORDER BY arrival_seq"
+        assert (
+            cur.execute(text.format("by_ledger")).fetchall()
+            == cur.execute(text.format("by_psycopg")).fetchall()
+        )
+        conn.rollback()

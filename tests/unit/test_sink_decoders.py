@@ -15,12 +15,15 @@ from residuals.cli.dlq import Entry, redrive_problem
 from residuals.cli.quarantine import decoded
 from residuals.codecs.inspect import describe_message
 from residuals.codecs.timestamps import set_timestamp
+from residuals.codecs.usage import PayloadError, from_domain, to_raw
+from residuals.domain.events import UsageEvent, parse_event
 from residuals.ledger.records import (
     UndecodableRecord,
     decode_dead,
     decode_quarantined,
     decode_rated,
     event_period,
+    normalised_event,
     published_at,
 )
 from residuals.platform.quarantine import Quarantined
@@ -205,3 +208,112 @@ def test_only_unprocessable_dead_letters_from_the_usage_topic_are_redriven() -> 
         redrive_problem(entry(common_pb2.REJECT_REASON_UNPROCESSABLE, original=b""), "usage")
     )
     assert redrive_problem(Entry(0, 1, RECEIVED, b"\xff", None), "usage") == "not a DeadLetter"
+
+
+# --- the rated record's event, read without parsing it again -------------------------------
+
+_TEXTS = st.one_of(
+    st.sampled_from(["", " ", "a", " a", "a ", "a b", "x" * 128, "x" * 129, "é", "\\", "\t"]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from([1, 2, 3, 4, 1, 2, 3, 4, 0, 5]),
+    changes=st.lists(st.tuples(st.integers(min_value=0, max_value=10), _TEXTS), max_size=3),
+    seconds=st.sampled_from(
+        [1_790_000_000, 1_790_000_000, 946_684_800, 253_402_300_799, 946_684_799, 2**40]
+    ),
+    nanos=st.sampled_from([0, 0, 123_456_789, 999_999_999, -1, 1_000_000_000]),
+    quantity=st.one_of(st.none(), st.sampled_from([0, 1, 2, 1_000_000, 1_000_001, 2**32 - 1])),
+    viewable=st.one_of(st.none(), st.booleans()),
+    ivt=st.one_of(st.none(), st.booleans()),
+    revenue=st.one_of(
+        st.none(),
+        st.sampled_from(["0", "1.25", "0.000000001", "1e3", "1_0", "1.2345678901"]),
+        st.sampled_from(["-1", "NaN", "Infinity", " 2", "3 EUR", "", "1e19", "x"]),
+        st.text(max_size=8),
+    ),
+    stamped=st.sampled_from([True, True, True, False]),
+)
+def test_a_normalised_event_is_read_as_parse_event_reads_it(
+    kind: int,
+    changes: list[tuple[int, str]],
+    seconds: int,
+    nanos: int,
+    quantity: int | None,
+    viewable: bool | None,
+    ivt: bool | None,
+    revenue: str | None,
+    stamped: bool,
+) -> None:
+    """The shortcut never decides differently from ``parse_event``: equal events (field
+    by field, down to the digits of a decimal), or it declines and the parser decides.
+    Texts are plain ids but for a few changed ones."""
+    texts = [f"id-{i}" for i in range(11)]
+    for index, text in changes:
+        texts[index] = text
+    event = usage_pb2.UsageEvent(kind=kind)  # type: ignore[arg-type]
+    names = (
+        "event_id",
+        "vendor_id",
+        "licence_id",
+        "avatar_id",
+        "render_id",
+        "category",
+        "territory",
+        "channel",
+        "ad_revenue_currency",
+        "original_event_id",
+        "approval_id",
+    )
+    for name, text in zip(names, texts, strict=True):
+        setattr(event, name, text)
+    if stamped:
+        event.occurred_at.seconds = seconds
+        event.occurred_at.nanos = nanos
+    for name, value in (("quantity", quantity), ("viewable", viewable), ("ivt", ivt)):
+        if value is not None:
+            setattr(event, name, value)
+    if revenue is not None:
+        event.ad_revenue = revenue
+    try:
+        expected: object = parse_event(to_raw(event))
+    except PayloadError:
+        expected = None
+    fast = normalised_event(event)
+    if fast is not None:
+        assert isinstance(expected, UsageEvent)
+        assert repr(tuple(fast)) == repr(tuple(expected))
+        assert fast.occurred_at.tzinfo is expected.occurred_at.tzinfo
+    else:  # plain ids of a render, view or retraction are declined only when invalid
+        plain = not changes and stamped and kind in (1, 2, 4) and 0 <= nanos < 10**9
+        valid_quantity = quantity is None or 1 <= quantity <= 1_000_000
+        assert not (plain and valid_quantity and 946_684_800 <= seconds <= 253_402_300_799)
+
+
+def test_what_the_meter_forwards_takes_the_shortcut() -> None:
+    """Events as a vendor's SDK sends them (normal form) are not parsed twice."""
+    when = datetime(2026, 10, 3, 12, 0, 0, 123456, tzinfo=UTC)
+    for raw in (
+        {"kind": "RENDER", "licence_id": "L", "avatar_id": "A", "render_id": "r"},
+        {"kind": "VIEW", "channel": "web", "quantity": 3, "viewable": False, "ivt": True},
+        {"kind": "AD_IMPRESSION", "channel": "web", "ad_revenue": "1.50", "currency": "EUR"},
+        {"kind": "RETRACTION", "original_event_id": "e0"},
+    ):
+        base = {
+            "event_id": "e1",
+            "vendor_id": "v",
+            "licence_id": "L",
+            "avatar_id": "A",
+            "render_id": "r",
+            "category": "product_demo",
+            "territory": "GB",
+            "occurred_at": when,
+            "approval_id": "apr-1",
+        }
+        parsed = parse_event({**base, **raw})
+        assert isinstance(parsed, UsageEvent), parsed
+        message = from_domain(parsed)
+        assert normalised_event(message) == parsed == parse_event(to_raw(message))
