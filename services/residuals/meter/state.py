@@ -177,10 +177,13 @@ class Suspension:
     @classmethod
     def decode(cls, raw: bytes | None) -> Suspension:
         if raw is None:
-            return cls()
+            return _NOT_SUSPENDED  # immutable: one for every licence never suspended
         doc = json.loads(raw)
         since = doc.get("s")
         return cls(int(doc["o"]), datetime.fromisoformat(since) if since else None)
+
+
+_NOT_SUSPENDED = Suspension()
 
 
 @dataclass(frozen=True, slots=True)
