@@ -45,9 +45,9 @@ from residuals.codecs.signed import (
     decode_payload,
     signature_problem,
 )
-from residuals.codecs.usage import PayloadError, kind_name, to_raw
+from residuals.codecs.usage import PayloadError, kind_name, parse_message
 from residuals.domain.bounds import MAX_ID_CHARS, printable, text_problem
-from residuals.domain.events import Rejection, UsageEvent, parse_event
+from residuals.domain.events import Rejection, UsageEvent
 from residuals.domain.licences import Licence
 from residuals.domain.validation import check_against, check_window
 from residuals.domain.vocabulary import Kind, RejectReason
@@ -185,10 +185,9 @@ def admit(
         detail = f"payload is not a UsageEvent: {printable(str(error))}"
         return Refused(RejectReason.MALFORMED, detail, signer, trace=trace)
     try:
-        fields = to_raw(message)
+        parsed = parse_message(message)  # parse_event(to_raw(message)), most without the mapping
     except PayloadError as error:
         return _refuse(RejectReason.MALFORMED, str(error), signer, message, trace)
-    parsed = parse_event(fields)
     if isinstance(parsed, Rejection):
         return _refuse(parsed.reason, parsed.detail, signer, message, trace)
     event = parsed

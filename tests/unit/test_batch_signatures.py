@@ -210,6 +210,9 @@ def _tamper_cases() -> list[tuple[str, Callable[[usage_pb2.SignedUsageEvent], No
     def path_element(e: usage_pb2.SignedUsageEvent) -> None:
         e.batch.audit_path[1] = bytes(32)
 
+    def upper_path_element(e: usage_pb2.SignedUsageEvent) -> None:
+        e.batch.audit_path[3] = bytes(32)  # above the level where proven paths are shared
+
     def short_element(e: usage_pb2.SignedUsageEvent) -> None:
         e.batch.audit_path[0] = bytes(31)
 
@@ -242,6 +245,7 @@ def _tamper_cases() -> list[tuple[str, Callable[[usage_pb2.SignedUsageEvent], No
     return [
         ("payload", payload, mismatch + " 5 of 11 for key 'k1'"),
         ("path element", path_element, mismatch),
+        ("upper path element", upper_path_element, mismatch),
         ("short path element", short_element, r"audit_path\[0\] is 31 bytes, SHA-256 needs 32"),
         (
             "lengths that add up",
@@ -273,6 +277,43 @@ def test_tampered_batch_envelopes_are_refused_with_the_reason(
     found = problem(bad)
     assert found is not None
     assert re.search(detail, found), found
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [(change, detail) for _, change, detail in _tamper_cases()],
+    ids=[name for name, _, _ in _tamper_cases()],
+)
+def test_tampered_envelopes_are_refused_after_a_neighbour_proved_the_shared_path(
+    change: Callable[[usage_pb2.SignedUsageEvent], None], detail: str
+) -> None:
+    envelopes = sign_batch([render(i) for i in range(11)], "k1", KEY)
+    assert problem(envelopes[4]) is None  # leaves 4 to 7 share the path above level 2
+    assert problem(envelopes[5]) is None
+    bad = copy_of(envelopes[5])
+    change(bad)
+    found = problem(bad)
+    assert found is not None
+    assert re.search(detail, found), found
+
+
+def test_a_path_joining_a_proven_one_is_not_hashed_to_the_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    envelopes = sign_batch([render(i) for i in range(16)], "k1", KEY)
+    assert problem(envelopes[0]) is None
+    whole: list[int] = []
+    real = merkle.root_from_path
+
+    def counting(payload: bytes, index: int, count: int, path: Any) -> bytes:
+        whole.append(index)
+        return real(payload, index, count, path)
+
+    monkeypatch.setattr(merkle, "root_from_path", counting)
+    assert all(problem(e) is None for e in envelopes[1:8])
+    assert whole == [4]  # leaves 1-3 join leaf 0's path two levels up, 5-7 leaf 4's
+    signed.VERIFIED.clear()
+    assert problem(envelopes[1]) is None and whole == [4, 1]
 
 
 def test_key_checks_apply_to_every_event_even_after_the_root_is_cached() -> None:

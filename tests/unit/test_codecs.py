@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from residuals.codecs import licences as licence_codec
 from residuals.codecs import usage as usage_codec
@@ -125,3 +127,95 @@ def test_one_usage_kind_mapping_covers_every_domain_kind() -> None:
     assert kind_name(0) == "" and kind_name(99) == ""
     with pytest.raises(ValueError):
         kind_value("SUBSCRIPTION")
+
+
+# --- parse_message: parse_event(to_raw(...)) without the mapping, for plain events ---------
+
+_TEXTS = st.one_of(
+    st.sampled_from(["", "e-1", "VEN-1", "LIC-1", "web", "US", "EUR", "A" * 128, "A" * 129]),
+    st.sampled_from([" e-1", "e-1 ", "e 1", "\te-1", "e-\x001", "e-\x1b[31m", "\u00a0x", "é-ü"]),
+    st.text(max_size=6),
+)
+_REVENUES = st.one_of(
+    st.sampled_from(["12.40", "0.35", "1000"]),
+    st.sampled_from(
+        ["12.40", "0", "-1", "1e5", "9e999999", "NaN", "Infinity", " 3.5 ", "12.40 EUR",
+         "1_000", "abc", "0.0000000001", "", "1" * 19, "3.50  US D", "7 \x00"]
+    ),
+    st.text(max_size=8),
+)  # fmt: skip
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> usage_pb2.UsageEvent:
+    kind = draw(st.one_of(st.integers(1, 3), st.integers(0, 5)))
+    message = usage_pb2.UsageEvent(kind=kind)  # type: ignore[arg-type]
+    for name in (
+        "event_id",
+        "vendor_id",
+        "licence_id",
+        "avatar_id",
+        "render_id",
+        "category",
+        "territory",
+        "channel",
+        "ad_revenue_currency",
+        "original_event_id",
+        "approval_id",
+    ):
+        plain = draw(st.integers(0, 5)) > 0
+        setattr(message, name, f"{name[:3]}-1" if plain else draw(_TEXTS))
+    if draw(st.integers(0, 9)):
+        wild = draw(st.integers(0, 3)) == 0
+        message.occurred_at.seconds = draw(st.integers(-(2**40), 2**40)) if wild else 1_790_000_000
+        message.occurred_at.nanos = draw(st.integers(-5, 10**9 + 5)) if wild else 999_999_999
+    if draw(st.booleans()):
+        message.quantity = draw(st.one_of(st.integers(0, 3), st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        message.viewable = draw(st.booleans())
+    if draw(st.booleans()):
+        message.ivt = draw(st.booleans())
+    if draw(st.booleans()):
+        message.ad_revenue = draw(_REVENUES)
+    return message
+
+
+def _general(message: usage_pb2.UsageEvent) -> str:
+    try:
+        return repr(parse_event(usage_codec.to_raw(message)))
+    except usage_codec.PayloadError as error:
+        return f"PayloadError({error})"
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_messages())
+def test_parse_message_decides_exactly_as_parse_event_of_to_raw(
+    message: usage_pb2.UsageEvent,
+) -> None:
+    try:
+        fast = repr(usage_codec.parse_message(message))
+    except usage_codec.PayloadError as error:
+        fast = f"PayloadError({error})"
+    assert fast == _general(message)  # repr: Decimal('1.0') == Decimal('1.00') otherwise
+
+
+def test_parse_message_builds_plain_events_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = usage_pb2.UsageEvent(
+        event_id="e-1",
+        vendor_id="VEN-1",
+        kind=common_pb2.USAGE_KIND_AD_IMPRESSION,
+        licence_id="LIC-1",
+        avatar_id="AVA-1",
+        render_id="r-1",
+        category="education",
+        territory="US",
+        channel="web",
+        quantity=3,
+        ad_revenue="12.40",
+        ad_revenue_currency="EUR",
+    )
+    message.occurred_at.seconds = 1_790_000_000
+    general = parse_event(usage_codec.to_raw(message))
+    monkeypatch.setattr(usage_codec, "to_raw", None)  # the general path is not taken
+    event = usage_codec.parse_message(message)
+    assert isinstance(event, UsageEvent) and repr(event) == repr(general)

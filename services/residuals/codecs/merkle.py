@@ -105,13 +105,28 @@ def root_from_path(
                     f"batch audit_path[{position}] is {len(element)} bytes, SHA-256 needs"
                     f" {HASH_BYTES}"
                 )
+    state = climb(leaf_hash(payload), leaf_index, leaf_count - 1, path)
+    if state is None or state[1] != 0:
+        raise _wrong_length(leaf_index, leaf_count, len(path))
+    return state[2]
+
+
+def climb(node: bytes, fn: int, sn: int, path: Sequence[bytes]) -> tuple[int, int, bytes] | None:
+    """RFC 9162 §2.1.3.2's loop from ``node`` with its state ``(fn, sn)``: the state and the
+    node after hashing every element of ``path`` in, or None when the path is longer than
+    the tree is high (``sn`` reached 0 before its end).
+
+    The result depends on nothing else, which is what lets a verifier remember where the
+    upper part of a path leads (:class:`~residuals.codecs.signed.VerifiedSignatures`).
+    Start from ``(leaf_hash(payload), leaf_index, leaf_count - 1)``; a proof is complete
+    when the returned ``sn`` is 0.
+    """
     # The loop of node_hash inlined: this runs for every event of a batch.
     sha256 = _sha256
-    fn, sn = leaf_index, leaf_count - 1
-    r = sha256(b"\x00" + payload).digest()
+    r = node
     for p in path:
         if sn == 0:
-            raise _wrong_length(leaf_index, leaf_count, len(path))
+            return None
         if fn & 1 or fn == sn:
             r = sha256(b"\x01" + p + r).digest()
             while fn and not fn & 1:
@@ -121,9 +136,7 @@ def root_from_path(
             r = sha256(b"\x01" + r + p).digest()
         fn >>= 1
         sn >>= 1
-    if sn != 0:
-        raise _wrong_length(leaf_index, leaf_count, len(path))
-    return r
+    return fn, sn, r
 
 
 def _wrong_length(leaf_index: int, leaf_count: int, given: int) -> ProofError:

@@ -16,9 +16,9 @@ from residuals.domain.bounds import (
     NANOS_PER_SECOND,
     timestamp_problem,
 )
-from residuals.domain.events import UsageEvent
+from residuals.domain.events import Rejection, UsageEvent, parse_event, plain_event
 from residuals.domain.money import fmt
-from residuals.domain.vocabulary import Violation
+from residuals.domain.vocabulary import Kind, Violation
 from residuals.v1 import common_pb2, usage_pb2
 
 _KIND_PREFIX = "USAGE_KIND_"
@@ -99,6 +99,48 @@ def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
     if message.HasField("ad_revenue"):
         raw["ad_revenue"] = message.ad_revenue
     return raw
+
+
+#: Usage kinds by wire number (retractions always take the general path).
+_USE_KINDS: dict[int, Kind] = {
+    kind_value(k.value): k for k in (Kind.RENDER, Kind.VIEW, Kind.AD_IMPRESSION)
+}
+
+
+def parse_message(message: usage_pb2.UsageEvent) -> UsageEvent | Rejection:
+    """``parse_event(to_raw(message))``: the same event or rejection, and the same
+    :class:`PayloadError`. A use whose values are all plain (nearly every one) is built
+    from the fields directly (:func:`~residuals.domain.events.plain_event`), without the
+    mapping in between; anything else takes the general path.
+    """
+    kind = _USE_KINDS.get(message.kind)
+    if kind is not None and message.HasField("occurred_at"):
+        stamp = message.occurred_at
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if EARLIEST_SECONDS <= seconds <= LATEST_SECONDS and 0 <= nanos < NANOS_PER_SECOND:
+            event = plain_event(
+                kind,
+                to_datetime(stamp),
+                (
+                    message.event_id,
+                    message.vendor_id,
+                    message.licence_id,
+                    message.avatar_id,
+                    message.render_id,
+                    message.category,
+                    message.territory,
+                    message.channel,
+                    message.ad_revenue_currency,
+                    message.approval_id,
+                ),
+                message.quantity if message.HasField("quantity") else None,
+                message.viewable if message.HasField("viewable") else True,
+                message.ivt,  # False when absent, its default
+                message.ad_revenue if message.HasField("ad_revenue") else None,
+            )
+            if event is not None:
+                return event
+    return parse_event(to_raw(message))
 
 
 def from_domain(event: UsageEvent) -> usage_pb2.UsageEvent:

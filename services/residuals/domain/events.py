@@ -275,6 +275,92 @@ def parse_event(raw: Mapping[str, Any]) -> UsageEvent | Rejection:
     )
 
 
+def plain_event(
+    kind: Kind,
+    occurred_at: datetime,
+    texts: tuple[str, str, str, str, str, str, str, str, str, str],
+    quantity: int | None,
+    viewable: bool,
+    ivt: bool,
+    ad_revenue: str | None,
+) -> UsageEvent | None:
+    """What :func:`parse_event` returns for a use (not a retraction) whose values are all
+    plain, or None when one is not (then :func:`parse_event` must judge it).
+
+    A decoder hands over what it read without building a mapping: ``kind``; an aware UTC
+    ``occurred_at``; ``texts`` = event_id, vendor_id, licence_id, avatar_id, render_id,
+    category, territory, channel, ad_revenue_currency, approval_id as sent ("" = absent);
+    ``quantity`` (None = absent), ``viewable`` and ``ivt`` with their defaults applied, and
+    ``ad_revenue`` (None = absent). Plain means: every required text present and every
+    text the rules read printable, within :data:`MAX_ID_CHARS` and without a space (so
+    stripping leaves it as it is: a space is the one printable whitespace), quantity in
+    range and, for an ad impression, a revenue :func:`parse_event` accepts. Such an event
+    passes every check of :func:`parse_event`, which would build exactly this one; this
+    only skips the general case's work (the meter and the gateway decode every event).
+    """
+    if kind is Kind.RETRACTION or occurred_at.tzinfo is not UTC:
+        return None
+    (
+        event_id,
+        vendor_id,
+        licence_id,
+        avatar_id,
+        render_id,
+        category,
+        territory,
+        channel,
+        ad_currency,
+        approval_id,
+    ) = texts
+    if not (event_id and vendor_id and licence_id and avatar_id and render_id):
+        return None
+    if not (category and territory and (channel or kind is Kind.RENDER)):
+        return None
+    # ad_revenue_currency counts only for ad impressions (parse_event ignores it otherwise).
+    read = texts if kind is Kind.AD_IMPRESSION else texts[:8] + texts[9:]
+    joined = "".join(read)
+    if " " in joined or not joined.isprintable() or max(map(len, read)) > MAX_ID_CHARS:
+        return None
+    if time_problem(occurred_at) is not None:
+        return None
+    if quantity is None:
+        quantity = 1
+    elif quantity.__class__ is not int or not 1 <= quantity <= MAX_QUANTITY:
+        return None
+    if viewable.__class__ is not bool or ivt.__class__ is not bool:
+        return None
+    revenue: Decimal | None = None
+    currency: str | None = None
+    if kind is Kind.AD_IMPRESSION:
+        if ad_revenue is None:
+            return None
+        revenue, currency = _money_field(ad_revenue)
+        if revenue is None or revenue < 0 or decimal_problem(revenue) is not None:
+            return None
+        currency = ad_currency or currency
+        if _text_out_of_bounds(("ad_revenue_currency",), [currency]) is not None:
+            return None
+    return UsageEvent(
+        event_id,
+        intern(vendor_id),
+        kind,
+        occurred_at,
+        intern(licence_id),
+        intern(avatar_id),
+        render_id,
+        intern(category),
+        intern(territory),
+        intern(channel) if channel else None,
+        quantity,
+        viewable,
+        ivt,
+        revenue,
+        currency,
+        None,
+        approval_id or None,
+    )
+
+
 def _bounded(value: str | None) -> str | None:
     """An id worth echoing in a rejection: None when it is out of bounds."""
     if value is None or len(value) > MAX_ID_CHARS or not value.isprintable():

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+#: Labels by (year, month), made once each: at most 12 x 9,999 of them.
+_LABELS: dict[tuple[int, int], str] = {}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -25,6 +27,17 @@ class Period:
     def containing(cls, t: datetime) -> Period:
         t = t.astimezone(UTC)
         return cls(t.year, t.month)
+
+    @staticmethod
+    def label(t: datetime) -> str:
+        """``str(Period.containing(t))`` without making the period (the meter needs the
+        label of every event's period, and nothing else of it)."""
+        t = t.astimezone(UTC)
+        key = (t.year, t.month)
+        label = _LABELS.get(key)
+        if label is None:
+            label = _LABELS[key] = str(Period(t.year, t.month))
+        return label
 
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"

@@ -50,11 +50,18 @@ def quota_near_alert_id(licence_id: str, metric: str, period: str) -> str:
 
 def rated_from_rating(rating: Rating) -> usage_pb2.RatedUsage:
     """Outcome, units and estimates of one rated use (event/envelope fields set by caller)."""
+    return rated_and_estimates(rating)[0]
+
+
+def rated_and_estimates(rating: Rating) -> tuple[usage_pb2.RatedUsage, Decimal, Decimal]:
+    """:func:`rated_from_rating`, with the rating's ``earned_estimate`` and
+    ``held_estimate``, summed in the same order in the same pass (the meter needs all
+    three for every use)."""
     rated = usage_pb2.RatedUsage(licence_version=rating.version)
     if rating.excluded is not None:
         rated.outcome = Outcome.OUTCOME_EXCLUDED
         rated.exclusion = _EXCLUSIONS[rating.excluded]
-        return rated
+        return rated, rating.earned_estimate, rating.held_estimate
     priced = held = 0
     earned = held_amount = ZERO
     deciding: Violation | None = None
@@ -81,7 +88,7 @@ def rated_from_rating(rating: Rating) -> usage_pb2.RatedUsage:
     for violation in rating.violations:
         if violation is not deciding:
             rated.notices.append(violation_value(violation))
-    return rated
+    return rated, earned, held_amount
 
 
 _DETAIL = {

@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from residuals.codecs.usage import from_domain, payload_bytes, to_raw
-from residuals.domain.events import UsageEvent, parse_event
+from residuals.codecs.usage import from_domain, parse_message, payload_bytes
+from residuals.domain.events import UsageEvent
 from residuals.domain.metering import LicenceCounters
 from residuals.domain.period import Period
 from residuals.v1 import usage_pb2
@@ -94,7 +94,7 @@ class IdentityEntry:
         start = _HEADER.size
         retracted = raw[start : start + n].decode() or None
         message = usage_pb2.UsageEvent.FromString(raw[start + n :])
-        event = parse_event(to_raw(message))
+        event = parse_message(message)
         if not isinstance(event, UsageEvent):  # only valid events are ever stored
             raise ValueError(f"stored identity does not parse: {event}")
         return cls(partition, offset, event, retracted)
@@ -177,10 +177,13 @@ class Suspension:
     @classmethod
     def decode(cls, raw: bytes | None) -> Suspension:
         if raw is None:
-            return cls()
+            return _NOT_SUSPENDED  # immutable: one for every licence never suspended
         doc = json.loads(raw)
         since = doc.get("s")
         return cls(int(doc["o"]), datetime.fromisoformat(since) if since else None)
+
+
+_NOT_SUSPENDED = Suspension()
 
 
 @dataclass(frozen=True, slots=True)
