@@ -242,8 +242,12 @@ def main() -> int:
         services = [*meters, *ledgers]
         profile: list[subprocess.Popen[bytes]] | None = None
         try:
-            # CPU is counted from the first ledgered record: start-up and loading the
-            # 100,000 licences are not per-event costs.
+            # CPU is counted from the first ledgered record once every meter has loaded
+            # its licences (SERVING): start-up and loading the 100,000 licences are not
+            # per-event costs (with several meters, the first one rates while the others
+            # still load).
+            for m in meters:
+                m.wait_healthy(300)
             run.wait_ledgered(1, 300, services)
             head = len(run.stored_positions())
             cpu_start = {

@@ -382,6 +382,7 @@ class MeterService:
             # comes back under the same id takes its partitions back at once; a dynamic
             # member would wait for the dead one's session to expire.
             consumer_group_instance_id=settings.instance_id,
+            table_standby_replicas=settings.standby_replicas,
         )
         self.usage_topic = self.app.topic(
             topic_name(kafka, USAGE),

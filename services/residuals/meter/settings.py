@@ -67,6 +67,15 @@ class MeterSettings:
         "unique among meters (e.g. the pod name): a restarted meter gets its partitions back "
         "at once instead of after the session timeout. Unset: dynamic membership",
     )
+    standby_replicas: int = env(
+        "METER_STANDBY_REPLICAS",
+        0,
+        help="standby copies of each state partition kept by other meters (faust's "
+        "table_standby_replicas): each follows the others' changelogs record by record, "
+        "which cost more CPU per event than the rating itself with two meters; 0 (Kafka "
+        "Streams' default too) restores a partition from its changelog when it moves",
+        minimum=0,
+    )
     ready_timeout: float = env(
         "METER_READY_TIMEOUT",
         120.0,
