@@ -36,7 +36,8 @@ import psycopg
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
-from psycopg import Connection, pq
+from psycopg import Connection, abc, adapt, pq
+from psycopg.adapt import PyFormat
 
 from residuals.codecs.signed import signed_envelope
 from residuals.codecs.usage import to_raw
@@ -276,7 +277,8 @@ def _event_row(
     )
 
 
-#: What COPY's text format escapes (as psycopg does), and NUL, which no text may hold.
+#: What COPY's text format escapes (as psycopg does), and NUL, which no text may hold
+#: (psycopg refuses it): a row with any of them is not written by :func:`_event_line`.
 _COPY_SPECIAL = re.compile("[\b\t\n\v\f\r\\\\\x00]")
 _COPY_ESCAPES = {
     "\b": "\\b",
@@ -293,29 +295,7 @@ _BYTEA = "\\\\x"
 
 
 def _copy_escape(match: re.Match[str]) -> str:
-    if match.group() == "\x00":  # psycopg refuses it before sending, with this error
-        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
     return _COPY_ESCAPES[match.group()]
-
-
-def _copy_value(value: Any) -> str:
-    """One value in COPY's text format, as psycopg's text dumpers write it (the general
-    case; :func:`_event_line` writes the usual row without a call per value)."""
-    if value is None:
-        return _NULL
-    if isinstance(value, str):
-        return _COPY_SPECIAL.sub(_copy_escape, value)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _BYTEA + bytes(value).hex()
-    if isinstance(value, Decimal):
-        return "NaN" if value.is_nan() else str(value)
-    if isinstance(value, list):
-        if any(not n or not n.isidentifier() for n in value):
-            raise ValueError(f"array element not a plain name: {value!r:.200}")
-        return "{" + ",".join(value) + "}"
-    return _COPY_SPECIAL.sub(_copy_escape, str(value))  # int, datetime (str(), as psycopg)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -339,15 +319,28 @@ def _time_text(moment: datetime) -> str:
     return f"{text}.{micro:06d}+00" if micro else f"{text}+00"
 
 
-def _copy_line(row: Sequence[Any]) -> str:
-    return "\t".join(map(_copy_value, row)) + "\n"
+def _copy_line(row: Sequence[Any], tx: abc.Transformer) -> str:
+    """A row exactly as psycopg's ``write_row`` writes it: its text dumpers (``tx``, of the
+    connection), then COPY's escapes. The general case, for rows :func:`_event_line`
+    leaves to it."""
+    values = tx.dump_sequence(row, [PyFormat.TEXT] * len(row))
+    encoding = tx.encoding
+    return (
+        "\t".join(
+            _NULL if v is None else _COPY_SPECIAL.sub(_copy_escape, bytes(v).decode(encoding))
+            for v in values
+        )
+        + "\n"
+    )
 
 
-def _event_line(r: Rated, seq: int, adjustment: str | None, *, licence_id: str, period: str) -> str:
+def _event_line(
+    r: Rated, seq: int, adjustment: str | None, *, licence_id: str, period: str
+) -> str | None:
     """The row of :func:`_event_row` as one line of COPY text, in one f-string: psycopg's
     write_row costs a dumper call per value, 42 a row. Values are written exactly as its
-    text dumpers write them (PostgreSQL parses them: its range checks still apply); a row
-    with anything to escape goes through :func:`_copy_line`."""
+    text dumpers write them (PostgreSQL parses them: its range checks still apply). None
+    for a row with anything to escape or an array to write: :func:`_copy_line` then."""
     e = r.event
     texts = (
         e.vendor_id,
@@ -371,7 +364,7 @@ def _event_line(r: Rated, seq: int, adjustment: str | None, *, licence_id: str, 
         r.source_topic,
     )
     if _COPY_SPECIAL.search("".join(texts)) or r.notices:
-        return _copy_line(_event_row(r, seq, adjustment, licence_id=licence_id, period=period))
+        return None
     N = _NULL
     proof = N if r.signature_proof is None else _BYTEA + r.signature_proof.hex()
     revenue = e.ad_revenue
@@ -584,16 +577,17 @@ class LedgerStore:
         if not uses:
             return []
         adjustment = periods.adjustment
-        lines = [
-            _event_line(
-                rated,
-                seq,
-                adjustment(rated.period),
-                licence_id=rated.event.licence_id or "",
-                period=rated.period,
-            )
-            for rated, seq in uses
-        ]
+        lines: list[str] = []
+        tx: abc.Transformer | None = None
+        for rated, seq in uses:
+            licence_id, period = rated.event.licence_id or "", rated.period
+            adjusted = adjustment(period)
+            line = _event_line(rated, seq, adjusted, licence_id=licence_id, period=period)
+            if line is None:
+                tx = tx or adapt.Transformer(conn)
+                row = _event_row(rated, seq, adjusted, licence_id=licence_id, period=period)
+                line = _copy_line(row, tx)
+            lines.append(line)
         if self._copy_new_uses(conn, lines):
             result.events += len(uses)
             result.inserted.extend(rated for rated, _ in uses)
@@ -644,7 +638,7 @@ class LedgerStore:
             return False  # a savepoint needs the caller's transaction (the sink's)
         try:
             with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_EVENTS) as cp:
-                cp.write("".join(lines).encode())
+                cp.write("".join(lines).encode(conn.info.encoding))
         except psycopg.errors.UniqueViolation:
             return False
         return True
@@ -655,7 +649,7 @@ class LedgerStore:
             with cur.copy(
                 f"COPY ledger_batch_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
             ) as cp:
-                cp.write("".join(lines).encode())
+                cp.write("".join(lines).encode(conn.info.encoding))
             cur.execute(
                 f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
                 f"SELECT {', '.join(EVENT_COLUMNS)} FROM ledger_batch_events "
