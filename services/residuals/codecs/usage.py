@@ -69,7 +69,18 @@ def kind_value(name: str) -> common_pb2.UsageKind.ValueType:
 def violation_value(violation: Violation) -> common_pb2.ViolationKind.ValueType:
     """``Violation.UNAPPROVED_USE`` → ``VIOLATION_KIND_UNAPPROVED_USE`` (the meter's records
     and alerts, the pre-flight answer)."""
-    return common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
+    value = _VIOLATION_VALUES.get(violation)
+    if value is None:  # not on the wire: ValueError, as ever
+        value = common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
+    return value
+
+
+#: Every violation the wire knows, looked up once (the meter's held records name one each).
+_VIOLATION_VALUES: dict[Violation, common_pb2.ViolationKind.ValueType] = {
+    v: common_pb2.ViolationKind.Value("VIOLATION_KIND_" + v.value)
+    for v in Violation
+    if "VIOLATION_KIND_" + v.value in set(common_pb2.ViolationKind.keys())
+}
 
 
 def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:

@@ -252,7 +252,13 @@ class Meter:
         if isinstance(verdict, Refused):
             return self._dead(record, received_at, verdict)
         context = _Context(
-            record, verdict.envelope, verdict.message, verdict.event, verdict.vendor_id, received_at
+            record,
+            verdict.envelope,
+            verdict.message,
+            verdict.event,
+            verdict.vendor_id,
+            received_at,
+            verdict.licence,
         )
         if verdict.event.kind is Kind.RETRACTION:
             return self._retraction(context, state)
@@ -262,7 +268,8 @@ class Meter:
 
     def _usage(self, c: _Context, state: StateView) -> Decision:
         event = c.event
-        licence = self.licences[event.licence_id or ""]
+        # The licence admission checked the event against (looked up once per record).
+        licence = c.licence if c.licence is not None else self.licences[event.licence_id or ""]
         ikey = identity_key(event.vendor_id, event.event_id)
         raw_entry = state.get(ikey)
         entry = IdentityEntry.decode(raw_entry) if raw_entry is not None else None
@@ -466,6 +473,7 @@ class _Context(NamedTuple):
     event: UsageEvent
     vendor_id: str  # authenticated: the signing key's vendor
     received_at: datetime
+    licence: Licence | None  # the usage event's, as admission found it
 
 
 def _incoming_trace(
