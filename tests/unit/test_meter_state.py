@@ -22,6 +22,31 @@ def test_counters_round_trip(counters: PeriodCounters) -> None:
     assert PeriodCounters.decode(counters.encode()) == counters
 
 
+@pytest.mark.parametrize(
+    "counters",
+    [
+        None,
+        PeriodCounters(41, 7, {}, set(), 3),
+        PeriodCounters(2**40, 10**6, {"RENDER": 180}, {"RENDER"}, 5),
+        PeriodCounters(9, 1, {"VIEW": 2}, set(), 0),
+    ],
+)
+@pytest.mark.parametrize("approvals", [None, {"APR-1": 2}])
+def test_the_meters_shortcuts_match_decode_to_domain_and_from_domain_encode(
+    counters: PeriodCounters | None, approvals: dict[str, int] | None
+) -> None:
+    raw = counters.encode() if counters is not None else None
+    since = datetime(2026, 10, 2, tzinfo=UTC)
+    expected = PeriodCounters.decode(raw).to_domain("2026-10", since, approvals)
+    domain = PeriodCounters.decode_domain(raw, "2026-10", since, approvals)
+    assert domain == expected
+    domain.billed_renders += 3
+    expected.billed_renders += 3
+    assert PeriodCounters.encode_domain(domain, 77, 4) == (
+        PeriodCounters.from_domain(expected, 77, 4).encode()
+    )
+
+
 def test_counters_without_quota_state_are_packed_and_with_it_json() -> None:
     assert PeriodCounters(1, 2, {}, set(), 0).encode()[:1] == b"P"
     assert PeriodCounters(1, 2, {"RENDER": 1}, set(), 0).encode()[:1] == b"{"

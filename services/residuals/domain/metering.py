@@ -22,10 +22,10 @@ from residuals.domain.events import UsageEvent
 from residuals.domain.licences import Licence, LicenceVersion
 from residuals.domain.money import MONEY_CONTEXT, ZERO
 from residuals.domain.pricing import (
+    THOUSAND,
     ad_amount,
     held_amount,
     render_tier_slices,
-    view_amount,
     view_rate,
 )
 from residuals.domain.scope import exclusion, scope_violation
@@ -144,7 +144,7 @@ def _billed(
         ]
     if event.kind is Kind.VIEW:
         rate = view_rate(rates, event.channel)
-        amount = view_amount(rates, event.channel, units)
+        amount = units * rate / THOUSAND  # view_amount(), without working the rate out again
         return [Portion(units, v.version, None, channel=event.channel, rate=rate, amount=amount)]
     revenue = _revenue_share(event, units)
     amount = ad_amount(rates, event.channel, units, revenue)

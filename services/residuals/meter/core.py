@@ -280,8 +280,8 @@ class Meter:
         period = Period.label(event.occurred_at)
         ckey = counters_key(licence.licence_id, period)
         skey = suspension_key(licence.licence_id)
-        stored = PeriodCounters.decode(state.get(ckey))
-        if mine and stored.through >= c.record.offset:
+        raw_counters = state.get(ckey)
+        if mine and PeriodCounters.decode(raw_counters).through >= c.record.offset:
             return Decision(kind=event.kind.value, outcome="skipped", skipped=True)
         suspension = Suspension.decode(state.get(skey))
         # A suspension this very record set before a crash was not there when it was rated.
@@ -290,7 +290,9 @@ class Meter:
         approval_id = event.approval_id
         akey = approval_key(licence.licence_id, approval_id) if approval_id else None
         used = ApprovalUse.decode(state.get(akey)).seen_by(c.record.offset) if akey else 0
-        counters = stored.to_domain(period, before, {approval_id: used} if approval_id else None)
+        counters = PeriodCounters.decode_domain(
+            raw_counters, period, before, {approval_id: used} if approval_id else None
+        )
         # localcontext(MONEY_CONTEXT), for a third of its cost: this context is the meter's
         # own copy, so nothing but flags (which nothing reads) outlives the call.
         caller_context = getcontext()
@@ -311,8 +313,7 @@ class Meter:
             now_used = counters.approval_renders.get(approval_id, 0)
             if now_used != used:
                 state.put(akey, ApprovalUse(c.record.offset, used, now_used).encode())
-        updated = PeriodCounters.from_domain(counters, c.record.offset, c.record.partition)
-        state.put(ckey, updated.encode())
+        state.put(ckey, PeriodCounters.encode_domain(counters, c.record.offset, c.record.partition))
 
         rated, earned, held = messages.rated_and_estimates(rating)
         self._fill(rated, c, licence.currency)

@@ -133,6 +133,33 @@ class PeriodCounters:
             through, counters.billed_renders, counters.quota_used, counters.quota_near, partition
         )
 
+    @staticmethod
+    def decode_domain(
+        raw: bytes | None,
+        period: str,
+        auto_suspended_since: datetime | None,
+        approval_renders: dict[str, int] | None = None,
+    ) -> LicenceCounters:
+        """``decode(raw).to_domain(...)``, without the intermediate object when ``raw`` is
+        absent or packed (every use reads its counters)."""
+        if raw is None or raw[:1] == _PACKED_TAG:
+            renders = 0 if raw is None else _PACKED_COUNTERS.unpack(raw)[2]
+            return LicenceCounters(
+                period=period,
+                billed_renders=renders,
+                auto_suspended_since=auto_suspended_since,
+                approval_renders=dict(approval_renders or {}),
+            )
+        return PeriodCounters.decode(raw).to_domain(period, auto_suspended_since, approval_renders)
+
+    @staticmethod
+    def encode_domain(counters: LicenceCounters, through: int, partition: int) -> bytes:
+        """``from_domain(counters, through, partition).encode()``, the common case without
+        the intermediate object (every use writes its counters)."""
+        if not counters.quota_used and not counters.quota_near:
+            return _PACKED_COUNTERS.pack(_PACKED_TAG, through, counters.billed_renders, partition)
+        return PeriodCounters.from_domain(counters, through, partition).encode()
+
     def encode(self) -> bytes:
         if not self.quota_used and not self.quota_near:
             # The common case, written for every use: packed, not JSON (a few µs less).
