@@ -303,10 +303,11 @@ class Meter:
             setcontext(caller_context)
 
         if not mine:
-            entry = IdentityEntry(
-                c.record.partition, c.record.offset, event, payload=c.envelope.payload
+            record = c.record
+            encoded = IdentityEntry.encode_new(
+                record.partition, record.offset, event, c.envelope.payload
             )
-            state.put(ikey, entry.encode())
+            state.put(ikey, encoded)
         if counters.auto_suspended_since != before:
             state.put(skey, Suspension(c.record.offset, counters.auto_suspended_since).encode())
         if akey is not None and approval_id:
@@ -317,13 +318,15 @@ class Meter:
 
         rated, earned, held = messages.rated_and_estimates(rating)
         self._fill(rated, c, licence.currency)
-        raised_at = self.now()
-        alerts = [
-            messages.make_alert(
-                v, event, licence, version=rating.version, rating=rating, raised_at=raised_at
-            )
-            for v in rating.violations
-        ]
+        alerts: list[alerts_pb2.Alert] = []
+        if rating.violations:  # the clock is read only when an alert needs it
+            raised_at = self.now()
+            alerts = [
+                messages.make_alert(
+                    v, event, licence, version=rating.version, rating=rating, raised_at=raised_at
+                )
+                for v in rating.violations
+            ]
         return Decision(
             kind=event.kind.value,
             outcome=_OUTCOME_LABEL[rated.outcome],

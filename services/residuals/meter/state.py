@@ -82,10 +82,24 @@ class IdentityEntry:
         return self.partition == partition and self.offset == offset
 
     def encode(self) -> bytes:
-        retracted = (self.retracted_by or "").encode()
-        canonical = self.payload or payload_bytes(from_domain(self.event))
-        occurred = int(self.event.occurred_at.timestamp())
-        header = _HEADER.pack(self.partition, self.offset, occurred, len(retracted))
+        return self.encode_new(
+            self.partition, self.offset, self.event, self.payload, self.retracted_by
+        )
+
+    @staticmethod
+    def encode_new(
+        partition: int,
+        offset: int,
+        event: UsageEvent,
+        payload: bytes | None,
+        retracted_by: str | None = None,
+    ) -> bytes:
+        """``IdentityEntry(...).encode()`` without making the entry (every new identity is
+        written once, and never read back by the record that wrote it)."""
+        retracted = (retracted_by or "").encode()
+        canonical = payload or payload_bytes(from_domain(event))
+        occurred = int(event.occurred_at.timestamp())
+        header = _HEADER.pack(partition, offset, occurred, len(retracted))
         return header + retracted + canonical
 
     @classmethod
