@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from residuals.meter.state import PeriodCounters, counters_key, expired
 
@@ -63,3 +66,25 @@ def test_packed_counters_of_old_periods_expire() -> None:
     value = PeriodCounters(5, 1, {}, set(), 4).encode()
     cutoff = datetime(2026, 10, 20, tzinfo=UTC)
     assert expired([(old, value), (current, value)], cutoff) == [(4, old)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 2**62),
+    st.dictionaries(st.text(max_size=12), st.integers(0, 2**40), max_size=4),
+    st.sets(st.text(max_size=12), max_size=4),
+    st.integers(-1, 2**31 - 1),
+)
+def test_counters_json_is_what_json_dumps_writes(
+    through: int, renders: int, used: dict[str, int], near: set[str], partition: int
+) -> None:
+    counters = PeriodCounters(through, renders, used, near, partition)
+    doc: dict[str, object] = {"o": through, "r": renders, "p": partition}
+    if used:
+        doc["q"] = used
+    if near:
+        doc["n"] = sorted(near)
+    if used or near:
+        assert counters.encode() == json.dumps(doc, separators=(",", ":")).encode()
+        assert PeriodCounters.decode(counters.encode()) == counters

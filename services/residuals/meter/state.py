@@ -44,6 +44,8 @@ _HEADER = struct.Struct(">iqqH")  # partition, offset, occurred_at (epoch s), le
 _PACKED_COUNTERS = struct.Struct(">cqqi")
 _PACKED_TAG = b"P"
 _APPROVAL_USE = struct.Struct(">qqq")  # through, before, used
+#: json.dumps(..., separators=(",", ":")) makes this very encoder anew at every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def identity_key(vendor_id: str, event_id: str) -> bytes:
@@ -185,7 +187,7 @@ class PeriodCounters:
             doc["q"] = self.quota_used
         if self.quota_near:
             doc["n"] = sorted(self.quota_near)
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode(doc).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PeriodCounters:
@@ -213,7 +215,7 @@ class Suspension:
 
     def encode(self) -> bytes:
         since = self.since.isoformat() if self.since is not None else None
-        return json.dumps({"o": self.through, "s": since}, separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode({"o": self.through, "s": since}).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Suspension:
