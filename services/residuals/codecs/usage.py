@@ -7,9 +7,10 @@ the same events for the same reasons.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from residuals.codecs.timestamps import set_timestamp, to_datetime
+from residuals.codecs.timestamps import EPOCH, set_timestamp, to_datetime
 from residuals.domain.bounds import (
     EARLIEST_SECONDS,
     LATEST_SECONDS,
@@ -131,7 +132,7 @@ def parse_message(message: usage_pb2.UsageEvent) -> UsageEvent | Rejection:
         if EARLIEST_SECONDS <= seconds <= LATEST_SECONDS and 0 <= nanos < NANOS_PER_SECOND:
             event = plain_event(
                 kind,
-                to_datetime(stamp),
+                EPOCH + timedelta(0, seconds, nanos // 1000),  # to_datetime(), in range
                 (
                     message.event_id,
                     message.vendor_id,
