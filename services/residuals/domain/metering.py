@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from residuals.domain.approvals import Approval, approved
 from residuals.domain.events import UsageEvent
-from residuals.domain.licences import Licence, LicenceVersion
+from residuals.domain.licences import Licence, LicenceVersion, Quota
 from residuals.domain.money import MONEY_CONTEXT, ZERO
 from residuals.domain.pricing import (
     THOUSAND,
@@ -194,8 +194,11 @@ def rate_event(
 
 
 def _rate_in_scope(event: UsageEvent, v: LicenceVersion, counters: LicenceCounters) -> Rating:
-    metric = event.kind.value
-    quota = v.quota(_METRICS[metric]) if v.quotas else None
+    metric = ""
+    quota: Quota | None = None
+    if v.quotas:  # the metric's name only when there are quotas (an enum's value costs)
+        metric = event.kind.value
+        quota = v.quota(_METRICS[metric])
     billable, over = event.quantity, 0
     violations: list[Violation] = []
     if quota is not None:
