@@ -74,6 +74,8 @@ class Admitted(NamedTuple):
     #: The licence the record is routed by: the event's, or (retractions) the payload's.
     licence_id: str
     trace: common_pb2.TraceContext | None = None
+    #: The event's licence as the checks saw it (None: a retraction, or no directory).
+    licence: Licence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,7 @@ def admit(
                 f"record key {printable(routing, 64)!r} is not the event's licence {licence_id!r}"
             )
             return _refuse(RejectReason.MALFORMED, detail, signer, message, trace)
-    return Admitted(envelope, message, event, signer, licence_id, trace)
+    return Admitted(envelope, message, event, signer, licence_id, trace, licence)
 
 
 def _refuse(

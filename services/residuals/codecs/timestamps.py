@@ -13,14 +13,14 @@ from residuals.domain.bounds import (
     timestamp_problem,
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_datetime(ts: Timestamp) -> datetime:
     seconds, nanos = ts.seconds, ts.nanos
     if EARLIEST_SECONDS <= seconds <= LATEST_SECONDS and 0 <= nanos < NANOS_PER_SECOND:
         # the same instant, twice as fast: every stored event is converted on each close
-        return _EPOCH + timedelta(0, seconds, nanos // 1000)
+        return EPOCH + timedelta(0, seconds, nanos // 1000)
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanos // 1000)
 
 
@@ -28,7 +28,7 @@ def set_timestamp(target: Timestamp, value: datetime) -> None:
     """Fill ``target`` exactly (microsecond precision, integer arithmetic, no float)."""
     if value.tzinfo is None:
         value = value.astimezone(UTC)  # naive: local time, as datetime.timestamp() reads it
-    since = value - _EPOCH
+    since = value - EPOCH
     target.seconds = since.days * 86400 + since.seconds
     target.nanos = since.microseconds * 1000
 

@@ -7,9 +7,10 @@ the same events for the same reasons.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from residuals.codecs.timestamps import set_timestamp, to_datetime
+from residuals.codecs.timestamps import EPOCH, set_timestamp, to_datetime
 from residuals.domain.bounds import (
     EARLIEST_SECONDS,
     LATEST_SECONDS,
@@ -69,7 +70,18 @@ def kind_value(name: str) -> common_pb2.UsageKind.ValueType:
 def violation_value(violation: Violation) -> common_pb2.ViolationKind.ValueType:
     """``Violation.UNAPPROVED_USE`` → ``VIOLATION_KIND_UNAPPROVED_USE`` (the meter's records
     and alerts, the pre-flight answer)."""
-    return common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
+    value = _VIOLATION_VALUES.get(violation)
+    if value is None:  # not on the wire: ValueError, as ever
+        value = common_pb2.ViolationKind.Value("VIOLATION_KIND_" + violation.value)
+    return value
+
+
+#: Every violation the wire knows, looked up once (the meter's held records name one each).
+_VIOLATION_VALUES: dict[Violation, common_pb2.ViolationKind.ValueType] = {
+    v: common_pb2.ViolationKind.Value("VIOLATION_KIND_" + v.value)
+    for v in Violation
+    if "VIOLATION_KIND_" + v.value in set(common_pb2.ViolationKind.keys())
+}
 
 
 def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
@@ -120,7 +132,7 @@ def parse_message(message: usage_pb2.UsageEvent) -> UsageEvent | Rejection:
         if EARLIEST_SECONDS <= seconds <= LATEST_SECONDS and 0 <= nanos < NANOS_PER_SECOND:
             event = plain_event(
                 kind,
-                to_datetime(stamp),
+                EPOCH + timedelta(0, seconds, nanos // 1000),  # to_datetime(), in range
                 (
                     message.event_id,
                     message.vendor_id,

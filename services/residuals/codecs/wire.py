@@ -32,10 +32,9 @@ def mistyped_field(message: Message) -> str | None:
 def reject_mistyped(message: Message, where: str) -> None:
     """:class:`DecodeError` naming the first field of ``message``, or of a message set
     inside it, that arrived with a wire type its schema does not allow."""
-    descriptor = message.DESCRIPTOR
     found = unknown_fields.UnknownFieldSet(message)
     if len(found):
-        fields = descriptor.fields_by_number
+        fields = message.DESCRIPTOR.fields_by_number
         for index in range(len(found)):
             unknown = found[index]
             field = fields.get(unknown.field_number)
@@ -44,20 +43,29 @@ def reject_mistyped(message: Message, where: str) -> None:
                     f"{where}: field {field.name} ({unknown.field_number}) has the wrong wire"
                     f" type {unknown.wire_type}"
                 )
-    for name, repeated in _message_fields(descriptor):
+    for name, repeated, nested in _message_fields(message.DESCRIPTOR):
         if repeated:
             for item in getattr(message, name):
                 reject_mistyped(item, f"{where}.{name}")
         elif message.HasField(name):
-            reject_mistyped(getattr(message, name), f"{where}.{name}")
+            inner = getattr(message, name)
+            # A message with no messages inside and no unknown fields has nothing to refuse
+            # (the common case, checked without a call: the meter decodes every record).
+            if nested or len(unknown_fields.UnknownFieldSet(inner)):
+                reject_mistyped(inner, f"{where}.{name}")
 
 
 @functools.cache
-def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
-    """The message-typed fields of a message type (looked up once per type: the gateway
-    and the meter check every record they read)."""
+def _message_fields(descriptor: Any) -> tuple[tuple[str, bool, bool], ...]:
+    """The message-typed fields of a message type: name, repeated, and whether its type
+    has message fields itself (looked up once per type: the gateway and the meter check
+    every record they read)."""
     return tuple(
-        (field.name, field.is_repeated)
+        (
+            field.name,
+            field.is_repeated,
+            any(inner.message_type is not None for inner in field.message_type.fields),
+        )
         for field in descriptor.fields
         if field.message_type is not None
     )

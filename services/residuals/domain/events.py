@@ -319,7 +319,9 @@ def plain_event(
     # ad_revenue_currency counts only for ad impressions (parse_event ignores it otherwise).
     read = texts if kind is Kind.AD_IMPRESSION else texts[:8] + texts[9:]
     joined = "".join(read)
-    if " " in joined or not joined.isprintable() or max(map(len, read)) > MAX_ID_CHARS:
+    if " " in joined or not joined.isprintable():
+        return None
+    if len(joined) > MAX_ID_CHARS and max(map(len, read)) > MAX_ID_CHARS:  # short: all are
         return None
     if time_problem(occurred_at) is not None:
         return None

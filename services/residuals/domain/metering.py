@@ -19,13 +19,13 @@ from typing import NamedTuple
 
 from residuals.domain.approvals import Approval, approved
 from residuals.domain.events import UsageEvent
-from residuals.domain.licences import Licence, LicenceVersion
+from residuals.domain.licences import Licence, LicenceVersion, Quota
 from residuals.domain.money import MONEY_CONTEXT, ZERO
 from residuals.domain.pricing import (
+    THOUSAND,
     ad_amount,
     held_amount,
     render_tier_slices,
-    view_amount,
     view_rate,
 )
 from residuals.domain.scope import exclusion, scope_violation
@@ -144,7 +144,7 @@ def _billed(
         ]
     if event.kind is Kind.VIEW:
         rate = view_rate(rates, event.channel)
-        amount = view_amount(rates, event.channel, units)
+        amount = units * rate / THOUSAND  # view_amount(), without working the rate out again
         return [Portion(units, v.version, None, channel=event.channel, rate=rate, amount=amount)]
     revenue = _revenue_share(event, units)
     amount = ad_amount(rates, event.channel, units, revenue)
@@ -194,8 +194,11 @@ def rate_event(
 
 
 def _rate_in_scope(event: UsageEvent, v: LicenceVersion, counters: LicenceCounters) -> Rating:
-    metric = event.kind.value
-    quota = v.quota(_METRICS[metric]) if v.quotas else None
+    metric = ""
+    quota: Quota | None = None
+    if v.quotas:  # the metric's name only when there are quotas (an enum's value costs)
+        metric = event.kind.value
+        quota = v.quota(_METRICS[metric])
     billable, over = event.quantity, 0
     violations: list[Violation] = []
     if quota is not None:

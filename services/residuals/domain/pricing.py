@@ -6,8 +6,8 @@ Every function returns an exact, unrounded amount; rounding happens once per sta
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from residuals.domain.licences import RateCard
 from residuals.domain.vocabulary import Kind
@@ -15,8 +15,9 @@ from residuals.domain.vocabulary import Kind
 THOUSAND = Decimal(1000)
 
 
-@dataclass(frozen=True, slots=True)
-class TierSlice:
+class TierSlice(NamedTuple):
+    """Renders of one event priced in one tier (a named tuple: one or two per render)."""
+
     tier: int  # 1-based, as on statements
     units: int
     unit_price: Decimal

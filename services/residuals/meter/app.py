@@ -92,6 +92,7 @@ MAX_OUTPUT_BYTES = 900_000
 
 
 _ABSENT = b""
+_ZERO = Decimal(0)
 
 
 class BatchState:
@@ -322,17 +323,15 @@ class BatchRunner:
                     "message.timestamp.type=LogAppendTime on it"
                 )
         m.batch_size.observe(len(records))
-        last: dict[int, int] = {}
-        partitions: Counter[int] = Counter()
-        outcomes: Counter[tuple[str, str]] = Counter()
+        last = {record.partition: record.offset for record in records}
+        partitions = Counter(record.partition for record in records)
+        outcomes = Counter((decision.kind, decision.outcome) for decision in decisions)
         reasons: Counter[str] = Counter()
         violations: Counter[tuple[str, str]] = Counter()
-        accrued: dict[tuple[str, str], Decimal] = {}
+        earned: dict[str, Decimal] = {}
+        held: dict[str, Decimal] = {}
         observe = m.latency.observe
         for record, decision in zip(records, decisions, strict=True):
-            partitions[record.partition] += 1
-            last[record.partition] = record.offset
-            outcomes[(decision.kind, decision.outcome)] += 1
             if decision.skipped:
                 continue
             observe(max(0.0, (acknowledged - record.timestamp).total_seconds()))
@@ -342,10 +341,15 @@ class BatchRunner:
                 kind = common_pb2.ViolationKind.Name(alert.kind).removeprefix("VIOLATION_KIND_")
                 severity = common_pb2.Severity.Name(alert.severity).removeprefix("SEVERITY_")
                 violations[(kind, severity)] += 1
-            if decision.currency:
-                for state, amount in (("earned", decision.earned), ("held", decision.held)):
-                    slot = (decision.currency, state)
-                    accrued[slot] = accrued.get(slot, Decimal(0)) + amount
+            currency = decision.currency
+            if currency:
+                # The same additions in the same order as ever (the first to Decimal(0)).
+                earned[currency] = earned.get(currency, _ZERO) + decision.earned
+                held[currency] = held.get(currency, _ZERO) + decision.held
+        accrued: dict[tuple[str, str], Decimal] = {}
+        for currency, amount in earned.items():  # earned and held have the same currencies
+            accrued[(currency, "earned")] = amount
+            accrued[(currency, "held")] = held[currency]
         for partition, n in partitions.items():
             m.records_in.labels(str(partition)).inc(n)
         for (kind, outcome), n in outcomes.items():

@@ -22,6 +22,10 @@ from residuals.domain.vocabulary import RejectReason, Violation
 from residuals.v1 import alerts_pb2, common_pb2, usage_pb2
 
 Outcome = usage_pb2.RatedUsage.Outcome
+# Read once: the enum wrapper's attributes are looked up in Python on every access.
+_ACCEPTED = Outcome.OUTCOME_ACCEPTED
+_HELD = Outcome.OUTCOME_HELD
+_EXCLUDED = Outcome.OUTCOME_EXCLUDED
 
 _EXCLUSIONS = {
     "ivt": usage_pb2.RatedUsage.EXCLUSION_IVT,
@@ -59,7 +63,7 @@ def rated_and_estimates(rating: Rating) -> tuple[usage_pb2.RatedUsage, Decimal, 
     three for every use)."""
     rated = usage_pb2.RatedUsage(licence_version=rating.version)
     if rating.excluded is not None:
-        rated.outcome = Outcome.OUTCOME_EXCLUDED
+        rated.outcome = _EXCLUDED
         rated.exclusion = _EXCLUSIONS[rating.excluded]
         return rated, rating.earned_estimate, rating.held_estimate
     priced = held = 0
@@ -81,10 +85,10 @@ def rated_and_estimates(rating: Rating) -> tuple[usage_pb2.RatedUsage, Decimal, 
     rated.held_amount = fmt(held_amount)
     rated.tier = tier
     if deciding is not None:
-        rated.outcome = Outcome.OUTCOME_HELD
+        rated.outcome = _HELD
         rated.violation = violation_value(deciding)
     else:
-        rated.outcome = Outcome.OUTCOME_ACCEPTED
+        rated.outcome = _ACCEPTED
     for violation in rating.violations:
         if violation is not deciding:
             rated.notices.append(violation_value(violation))

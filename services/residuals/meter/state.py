@@ -44,6 +44,8 @@ _HEADER = struct.Struct(">iqqH")  # partition, offset, occurred_at (epoch s), le
 _PACKED_COUNTERS = struct.Struct(">cqqi")
 _PACKED_TAG = b"P"
 _APPROVAL_USE = struct.Struct(">qqq")  # through, before, used
+#: json.dumps(..., separators=(",", ":")) makes this very encoder anew at every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def identity_key(vendor_id: str, event_id: str) -> bytes:
@@ -82,10 +84,24 @@ class IdentityEntry:
         return self.partition == partition and self.offset == offset
 
     def encode(self) -> bytes:
-        retracted = (self.retracted_by or "").encode()
-        canonical = self.payload or payload_bytes(from_domain(self.event))
-        occurred = int(self.event.occurred_at.timestamp())
-        header = _HEADER.pack(self.partition, self.offset, occurred, len(retracted))
+        return self.encode_new(
+            self.partition, self.offset, self.event, self.payload, self.retracted_by
+        )
+
+    @staticmethod
+    def encode_new(
+        partition: int,
+        offset: int,
+        event: UsageEvent,
+        payload: bytes | None,
+        retracted_by: str | None = None,
+    ) -> bytes:
+        """``IdentityEntry(...).encode()`` without making the entry (every new identity is
+        written once, and never read back by the record that wrote it)."""
+        retracted = (retracted_by or "").encode()
+        canonical = payload or payload_bytes(from_domain(event))
+        occurred = int(event.occurred_at.timestamp())
+        header = _HEADER.pack(partition, offset, occurred, len(retracted))
         return header + retracted + canonical
 
     @classmethod
@@ -133,6 +149,33 @@ class PeriodCounters:
             through, counters.billed_renders, counters.quota_used, counters.quota_near, partition
         )
 
+    @staticmethod
+    def decode_domain(
+        raw: bytes | None,
+        period: str,
+        auto_suspended_since: datetime | None,
+        approval_renders: dict[str, int] | None = None,
+    ) -> LicenceCounters:
+        """``decode(raw).to_domain(...)``, without the intermediate object when ``raw`` is
+        absent or packed (every use reads its counters)."""
+        if raw is None or raw[:1] == _PACKED_TAG:
+            renders = 0 if raw is None else _PACKED_COUNTERS.unpack(raw)[2]
+            return LicenceCounters(
+                period=period,
+                billed_renders=renders,
+                auto_suspended_since=auto_suspended_since,
+                approval_renders=dict(approval_renders or {}),
+            )
+        return PeriodCounters.decode(raw).to_domain(period, auto_suspended_since, approval_renders)
+
+    @staticmethod
+    def encode_domain(counters: LicenceCounters, through: int, partition: int) -> bytes:
+        """``from_domain(counters, through, partition).encode()``, the common case without
+        the intermediate object (every use writes its counters)."""
+        if not counters.quota_used and not counters.quota_near:
+            return _PACKED_COUNTERS.pack(_PACKED_TAG, through, counters.billed_renders, partition)
+        return PeriodCounters.from_domain(counters, through, partition).encode()
+
     def encode(self) -> bytes:
         if not self.quota_used and not self.quota_near:
             # The common case, written for every use: packed, not JSON (a few µs less).
@@ -144,7 +187,7 @@ class PeriodCounters:
             doc["q"] = self.quota_used
         if self.quota_near:
             doc["n"] = sorted(self.quota_near)
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode(doc).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PeriodCounters:
@@ -172,7 +215,7 @@ class Suspension:
 
     def encode(self) -> bytes:
         since = self.since.isoformat() if self.since is not None else None
-        return json.dumps({"o": self.through, "s": since}, separators=(",", ":")).encode()
+        return _COMPACT_JSON.encode({"o": self.through, "s": since}).encode()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Suspension:
