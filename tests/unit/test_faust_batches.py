@@ -269,3 +269,22 @@ def test_the_app_subscribes_the_topic_and_its_consumer_class_delivers_batches() 
     assert issubclass(consumer_class, faust_app.PromptDelivery)
     assert topic in app.topics
     assert faust_batches._HANDLERS[app] == {"t9.usage": handler}
+
+
+def test_faust_s_consumer_fetches_with_a_bounded_wait() -> None:
+    """faust hard-codes a 1,500 ms fetch wait; with one fetch in flight per broker, a fetch
+    of quiet partitions held that long kept busy ones from being fetched (1.2 s median
+    publish -> rated at 4,000 events/s)."""
+    from residuals.platform import faust_app
+    from residuals.platform.config import KafkaSettings
+
+    app = faust_app.make_faust_app(
+        "meter", KafkaSettings(bootstrap_servers="k:9", topic_prefix="t10."), data_dir="/tmp/x"
+    )
+
+    async def created() -> Any:
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        return thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(created())
+    assert consumer._fetch_max_wait_ms == faust_app.FETCH_MAX_WAIT_MS == 100
