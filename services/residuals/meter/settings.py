@@ -30,13 +30,11 @@ class MeterSettings:
         help="faust table store (memory:// rebuilds state from the changelog on start)",
     )
     batch_size: int = env(
-        "METER_BATCH_SIZE", 2000, help="records rated per batch (one state write-out)", minimum=1
-    )
-    batch_within: float = env(
-        "METER_BATCH_WITHIN",
-        0.05,
-        help="seconds to wait for a batch to fill before rating what arrived",
-        minimum=0.001,
+        "METER_BATCH_SIZE",
+        2000,
+        help="most records rated per batch (one state write-out); a batch is what the "
+        "consumer fetched, cut to this size",
+        minimum=1,
     )
     max_event_bytes: int = env(
         "METER_MAX_EVENT_BYTES", 64 * 1024, help="larger records are OVERSIZED", minimum=1024
