@@ -104,26 +104,11 @@ def faust_worker(topic: str, records: int, data_dir: str, *, batches: bool) -> N
     )
     state: dict[str, Any] = {"seen": 0, "started": None}
 
-    async def drain(stream: Any) -> None:
-        async for events in stream.take_events(2000, within=0.05):
-            if state["started"] is None:
-                state["started"] = (cpu_seconds(), time.perf_counter())
-            state["seen"] += len(events)
-            if state["seen"] >= records:
-                cpu = cpu_seconds() - state["started"][0]
-                wall = time.perf_counter() - state["started"][1]
-                report = {
-                    "cpu_us_per_record": round(cpu * 1e6 / state["seen"], 1),
-                    "records_per_s": round(state["seen"] / wall),
-                }
-                # A file, not stdout: faust's worker takes over the standard streams.
-                (Path(data_dir) / "report.json").write_text(json.dumps(report))
-                os._exit(0)
-
-    async def drain_batches(fetched: Any) -> None:
+    def count(n: int) -> None:
+        """Count ``n`` more records; report and exit once all were seen."""
         if state["started"] is None:
             state["started"] = (cpu_seconds(), time.perf_counter())
-        state["seen"] += sum(len(records) for _, records in fetched)
+        state["seen"] += n
         if state["seen"] >= records:
             cpu = cpu_seconds() - state["started"][0]
             wall = time.perf_counter() - state["started"][1]
@@ -131,8 +116,16 @@ def faust_worker(topic: str, records: int, data_dir: str, *, batches: bool) -> N
                 "cpu_us_per_record": round(cpu * 1e6 / state["seen"], 1),
                 "records_per_s": round(state["seen"] / wall),
             }
+            # A file, not stdout: faust's worker takes over the standard streams.
             (Path(data_dir) / "report.json").write_text(json.dumps(report))
             os._exit(0)
+
+    async def drain(stream: Any) -> None:
+        async for events in stream.take_events(2000, within=0.05):
+            count(len(events))
+
+    async def drain_batches(fetched: Any) -> None:
+        count(sum(len(batch) for _, batch in fetched))
 
     if batches:
         deliver_in_batches(app, source, drain_batches)
