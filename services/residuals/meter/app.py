@@ -511,9 +511,7 @@ class MeterService:
         batch_size = self.settings.batch_size
 
         async def rate(fetched: Fetched) -> None:
-            runner = self.runner
-            if runner is None:
-                return  # not started: nothing acknowledged, read again once it is
+            runner = self._started()
             records = [record_from(partition, r) for partition, rs in fetched for r in rs]
             for start in range(0, len(records), batch_size):
                 await self._rate(runner, records[start : start + batch_size])
@@ -521,12 +519,20 @@ class MeterService:
         deliver_in_batches(self.app, self.usage_topic, rate)
 
         async def started() -> None:
+            self._started()
+
+        self.app.task(started)
+
+    def _started(self) -> BatchRunner:
+        """The batch runner, made (and SERVING reported) by whichever comes first: the
+        app's start or the first fetched batch (a batch must never go unrated: its
+        offsets are acknowledged when the handler returns)."""
+        if self.runner is None:
             self.runner = self._make_runner()
             self.stall_watch.start()
             if self.on_ready is not None:
                 self.on_ready()
-
-        self.app.task(started)
+        return self.runner
 
     async def _rate(self, runner: BatchRunner, records: list[Record]) -> None:
         try:
