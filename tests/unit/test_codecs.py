@@ -150,19 +150,7 @@ _REVENUES = st.one_of(
 def _messages(draw: st.DrawFn) -> usage_pb2.UsageEvent:
     kind = draw(st.one_of(st.integers(1, 3), st.integers(0, 5)))
     message = usage_pb2.UsageEvent(kind=kind)  # type: ignore[arg-type]
-    for name in (
-        "event_id",
-        "vendor_id",
-        "licence_id",
-        "avatar_id",
-        "render_id",
-        "category",
-        "territory",
-        "channel",
-        "ad_revenue_currency",
-        "original_event_id",
-        "approval_id",
-    ):
+    for name in usage_codec.TEXT_FIELDS:
         plain = draw(st.integers(0, 5)) > 0
         setattr(message, name, f"{name[:3]}-1" if plain else draw(_TEXTS))
     if draw(st.integers(0, 9)):

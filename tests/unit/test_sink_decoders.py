@@ -15,7 +15,7 @@ from residuals.cli.dlq import Entry, redrive_problem
 from residuals.cli.quarantine import decoded
 from residuals.codecs.inspect import describe_message
 from residuals.codecs.timestamps import set_timestamp
-from residuals.codecs.usage import PayloadError, from_domain, to_raw
+from residuals.codecs.usage import TEXT_FIELDS, PayloadError, from_domain, to_raw
 from residuals.domain.events import UsageEvent, parse_event
 from residuals.ledger.records import (
     UndecodableRecord,
@@ -255,19 +255,7 @@ def test_a_normalised_event_is_read_as_parse_event_reads_it(
     for index, text in changes:
         texts[index] = text
     event = usage_pb2.UsageEvent(kind=kind)  # type: ignore[arg-type]
-    names = (
-        "event_id",
-        "vendor_id",
-        "licence_id",
-        "avatar_id",
-        "render_id",
-        "category",
-        "territory",
-        "channel",
-        "ad_revenue_currency",
-        "original_event_id",
-        "approval_id",
-    )
+    names = TEXT_FIELDS
     for name, text in zip(names, texts, strict=True):
         setattr(event, name, text)
     if stamped:

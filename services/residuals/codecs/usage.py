@@ -23,7 +23,8 @@ from residuals.domain.vocabulary import Kind, Violation
 from residuals.v1 import common_pb2, usage_pb2
 
 _KIND_PREFIX = "USAGE_KIND_"
-_TEXT_FIELDS = (
+#: The usage event's text fields (the tests build events from the same list).
+TEXT_FIELDS = (
     "event_id",
     "vendor_id",
     "licence_id",
@@ -92,7 +93,7 @@ def to_raw(message: usage_pb2.UsageEvent) -> dict[str, Any]:
     """
     kind = kind_name(message.kind)
     raw: dict[str, Any] = {"kind": kind or (f"USAGE_KIND({message.kind})" if message.kind else "")}
-    for name in _TEXT_FIELDS:
+    for name in TEXT_FIELDS:
         value = getattr(message, name)
         if value:
             raw[name] = value
